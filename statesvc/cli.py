@@ -1,0 +1,217 @@
+"""The `statesvc` command: thin click wrappers over the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+import orjson
+import zmq
+
+from . import dataset as ds
+from .client import ServiceError, Unavailable
+from .daemon import serve as serve_daemon
+from .endpoints import defaults, running
+from .export import FORMATS, lines
+from .state import STATUSES, Refused
+from .store import DamagedState, Locked, SaveFailed, load
+from .texts import TextsError
+from .verify import mismatches
+
+# Exceptions that are the user's or the environment's fault: one line, no traceback.
+EXPECTED = (ds.DatasetError, TextsError, DamagedState, Locked, Refused, ServiceError,
+            Unavailable, SaveFailed, OSError, zmq.ZMQError)
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except EXPECTED as exc:
+            click.echo(f"statesvc: error: {one_line(exc)}", err=True)
+            sys.exit(2 if isinstance(exc, (ds.DatasetError, TextsError, Refused)) else 1)
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, Locked):
+        return f"another statesvc daemon serves this dataset: {exc}"
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+dataset_opt = click.option("--dataset", "dataset", type=click.Path(file_okay=False, path_type=Path),
+                           default=".", envvar="STATESVC_DATASET", show_default=True,
+                           help="Dataset folder (holds generation_state.json and wavs/).")
+json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def emit_json(obj: object) -> None:
+    sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def parse_key(key: str) -> int | str:
+    return int(key) if key.isdigit() else key
+
+
+@click.group(cls=Group)
+def main() -> None:
+    """Single-writer state daemon and queries for a TTS dataset."""
+
+
+@main.command()
+@dataset_opt
+@click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--prefix", default=None, help="Filename prefix for .txt texts (default: folder name).")
+def init(dataset: Path, texts: Path, prefix: str | None) -> None:
+    """Create the state from a texts file (.txt, .csv, metadata.csv, .jsonl)."""
+    state = ds.init(dataset, texts, prefix)
+    click.echo(f"created {dataset / 'generation_state.json'} with {len(state.entries)} entries")
+
+
+@main.command()
+@dataset_opt
+@click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--prefix", default=None)
+def add(dataset: Path, texts: Path, prefix: str | None) -> None:
+    """Add texts to an existing dataset (through the daemon when one runs)."""
+    load(dataset)  # a clear error on a missing or damaged state before anything else
+    body = ds.add(dataset, texts, prefix)
+    click.echo(f"added {body['added']} entries")
+
+
+@main.command()
+@dataset_opt
+@click.option("--endpoint", default=None, help="Control endpoint (default ipc://DIR/statesvc.sock).")
+@click.option("--events", default=None, help="PUB endpoint for change events.")
+@click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None)
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds: float | None,
+          max_attempts: int | None, log_level: str) -> None:
+    """Run the daemon: the only writer of generation_state.json."""
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format="%(asctime)s statesvc[%(process)d] %(levelname)s %(message)s")
+    sys.exit(serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts))
+
+
+@main.command()
+@dataset_opt
+@json_opt
+def status(dataset: Path, as_json: bool) -> None:
+    """Counters, plus progress and rate when the daemon runs."""
+    st = ds.status(dataset)
+    if as_json:
+        emit_json(st)
+        return
+    total = st["total"] or 1
+    click.echo(" ".join(f"{k}={st[k]}" for k in ("total", "pending", "generating", "completed", "failed")))
+    click.echo(f"audio: {st['audio_seconds'] / 3600:.2f} h   done: {100 * (st['completed'] + st['failed']) / total:.1f}%")
+    if st.get("daemon"):
+        rate, eta = st.get("rate_per_second"), st.get("eta_seconds")
+        click.echo(f"daemon pid {st['pid']}, up {st['uptime']:.0f} s, leases {st['leases']}, "
+                   f"rate {rate if rate is not None else '-'} /s, eta {eta if eta is not None else '-'} s")
+    else:
+        click.echo("daemon: not running (read from the file)")
+
+
+@main.command(name="list")
+@dataset_opt
+@click.option("--status", "status_filter", type=click.Choice(STATUSES), default=None)
+@json_opt
+def list_(dataset: Path, status_filter: str | None, as_json: bool) -> None:
+    """List entries, optionally of one status."""
+    entries = ds.entries(dataset, status_filter)
+    if as_json:
+        emit_json(entries)
+        return
+    for e in entries:
+        dur = f"{e['duration_seconds']:.2f}s" if e["duration_seconds"] is not None else "-"
+        click.echo(f"{e['id']:>7} {e['filename']:<24} {e['status']:<10} {dur:>8} {e['text'][:60]}")
+
+
+@main.command()
+@dataset_opt
+@click.argument("key")
+@json_opt
+def show(dataset: Path, key: str, as_json: bool) -> None:
+    """Show one entry by id or filename."""
+    e = ds.show(dataset, parse_key(key))
+    if as_json:
+        emit_json(e)
+        return
+    for k, v in e.items():
+        click.echo(f"{k:>17}: {v}")
+
+
+@main.command()
+@dataset_opt
+@click.argument("keys", nargs=-1)
+@click.option("--failed", is_flag=True, help="Requeue every failed entry.")
+def requeue(dataset: Path, keys: tuple[str, ...], failed: bool) -> None:
+    """Put entries back to pending (durable on exit 0); old takes are moved to requeued/."""
+    if not keys and not failed:
+        raise click.UsageError("give entry ids or filenames, or --failed")
+    body = ds.write(dataset, "requeue", keys=[parse_key(k) for k in keys], failed=failed)
+    click.echo(f"requeued {len(body['requeued'])} entries" +
+               (f"; moved aside: {', '.join(body['moved'])}" if body.get("moved") else ""))
+
+
+@main.command()
+@dataset_opt
+def verify(dataset: Path) -> None:
+    """Check the state against wavs/; exit 0 only with 0 sync errors."""
+    st = ds.status(dataset)
+    n = 0
+    for line in mismatches(dataset, ds.entries(dataset), st.get("sample_rate")):
+        click.echo(line)
+        n += 1
+    click.echo(f"{n} sync errors")
+    sys.exit(1 if n else 0)
+
+
+@main.command()
+@dataset_opt
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="ljspeech", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file (default: stdout).")
+def export(dataset: Path, fmt: str, out: Path | None) -> None:
+    """Write a training manifest of the completed entries."""
+    rows = "".join(f"{line}\n" for line in lines(dataset, ds.entries(dataset, "completed"), fmt))
+    if out is None:
+        sys.stdout.write(rows)
+    else:
+        out.write_text(rows, encoding="utf-8")
+        click.echo(f"wrote {rows.count(chr(10))} rows to {out}", err=True)
+
+
+@main.command()
+@dataset_opt
+@json_opt
+def watch(dataset: Path, as_json: bool) -> None:
+    """Stream change events from the running daemon (Ctrl-C to stop)."""
+    rec = running(dataset)
+    if rec is None:
+        raise ds.DatasetError(f"no statesvc daemon serves {dataset}")
+    events = rec.get("events") or defaults(dataset)[1]
+    from .endpoints import connectable
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(connectable(events))
+    try:
+        while True:
+            if not sub.poll(1000):
+                continue
+            _topic, body = sub.recv_multipart()
+            if as_json:
+                sys.stdout.write(body.decode() + "\n")
+            else:
+                e = orjson.loads(body)
+                click.echo(f"{e['updated_at']} {e['id']:>7} {e['filename']:<24} {e['status']}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sub.close(0)

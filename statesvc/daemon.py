@@ -1,0 +1,216 @@
+"""The daemon loop: the only writer of generation_state.json.
+
+Group commit: each ``run_once`` drains what has arrived on the control socket,
+applies it one message at a time, saves once, and only then answers the writes.
+Reads are answered at once from memory. Signals only set a flag.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import time
+import traceback
+from pathlib import Path
+
+import orjson
+import zmq
+
+from . import protocol
+from .endpoints import defaults
+from .notify import Notifier
+from .protocol import BadRequest
+from .handlers import Handlers
+from .state import Refused, State
+from .store import OutcomeUnknown, SaveFailed, Store, WriterLock, load
+
+log = logging.getLogger("statesvc")
+
+DRAIN_LIMIT = 20_000
+EXPIRE_EVERY = 1.0
+
+
+class Daemon:
+    def __init__(self, dataset: Path, state: State, endpoint: str, events: str,
+                 ctx: zmq.Context | None = None):
+        self.dataset = dataset
+        self.state = state
+        self.store = Store(dataset, state)
+        self.handlers = Handlers(dataset, state)
+        self.ctx = ctx or zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
+        self.router.setsockopt(zmq.SNDHWM, 10_000)
+        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        self.router.bind(endpoint)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 10_000)
+        self.pub.bind(events)
+        for ep in (endpoint, events):
+            if ep.startswith("ipc://"):
+                os.chmod(ep[len("ipc://"):], 0o600)  # local endpoints: owner only
+        self.endpoint, self.events = endpoint, events
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.notifier = Notifier()
+        self.stopping = 0
+        self.started = time.time()
+        self.next_expire = 0.0
+        self.next_watchdog = 0.0
+        self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
+        self.totals = collections.Counter()
+
+    # ---- one message ----------------------------------------------------
+    def handle(self, frames: list[bytes], now: float) -> tuple[bytes | None, list[bytes] | None, bool]:
+        """Return (reply, envelope, deferred) for one multipart message."""
+        ident, rest = frames[0], frames[1:]
+        envelope = [ident]
+        if len(rest) == 2 and rest[0] == b"":
+            envelope, rest = [ident, b""], rest[1:]  # a REQ client's delimiter
+        rid = None
+        try:
+            if len(rest) != 1:
+                raise BadRequest(f"expected one frame, got {len(rest)}")
+            msg = protocol.decode(rest[0])
+            rid = protocol.request_id(msg)
+            op, args = protocol.validate(msg)
+            body, deferred = self.handlers.apply(op, args, now)
+            if op == "status":
+                body = self.status(now)
+            self.totals[op] += 1
+            reply = {"rid": rid, "ok": True, **body}
+        except (BadRequest, Refused) as exc:
+            self.totals["refused"] += 1
+            reply, deferred = {"rid": rid, "ok": False, "error": str(exc)}, False
+        except Exception as exc:  # a bug must cost one reply, never the daemon
+            log.error("internal error: %s", traceback.format_exc().replace("\n", " | "))
+            reply, deferred = {"rid": rid, "ok": False, "error": f"internal error: {exc}"}, False
+        return protocol.encode(reply), envelope, deferred
+
+    def status(self, now: float) -> dict:
+        s = self.state
+        done = s.counts["completed"] + s.counts["failed"]
+        total = len(s.entries)
+        rate = None
+        if len(self.rate_samples) >= 2:
+            (t0, c0), (t1, c1) = self.rate_samples[0], self.rate_samples[-1]
+            rate = round((c1 - c0) / (t1 - t0), 3) if t1 > t0 else None
+        remaining = s.counts["pending"] + s.counts["generating"]
+        return {**s.stats(), "daemon": True, "pid": os.getpid(), "uptime": round(now - self.started, 1),
+                "progress": round(done / total, 4) if total else 1.0, "rate_per_second": rate,
+                "eta_seconds": round(remaining / rate, 1) if rate else None,
+                "leases": len(s.leases)}
+
+    # ---- the loop -------------------------------------------------------
+    def run_once(self, now: float, timeout_ms: int = 200) -> None:
+        events = dict(self.poller.poll(timeout_ms))
+        deferred: list[tuple[list[bytes], bytes]] = []
+        if self.router in events:
+            for _ in range(DRAIN_LIMIT):
+                try:
+                    frames = self.router.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                reply, envelope, later = self.handle(frames, now)
+                if later:
+                    deferred.append((envelope, reply))
+                else:
+                    self.send(envelope, reply)
+        if now >= self.next_expire:
+            self.next_expire = now + EXPIRE_EVERY
+            for eid in self.state.expire(now):
+                log.info("lease on entry %d expired", eid)
+            self.rate_samples.append((now, self.state.counts["completed"]))
+        self.commit(deferred)
+        if now >= self.next_watchdog:
+            self.next_watchdog = now + self.notifier.watchdog_interval
+            self.notifier.send("WATCHDOG=1")
+
+    def commit(self, deferred: list[tuple[list[bytes], bytes]]) -> None:
+        if self.state.unsaved:
+            try:
+                self.store.save(self.state)
+            except SaveFailed as exc:
+                log.error("save failed, batch of %d writes refused: %s", len(deferred), exc)
+                err = {"ok": False, "error": f"not saved: {exc}"}
+                for envelope, reply in deferred:
+                    rid = orjson.loads(reply).get("rid")
+                    self.send(envelope, protocol.encode({"rid": rid, **err}))
+                if isinstance(exc, OutcomeUnknown):
+                    raise  # the supervisor restarts us; clients resend
+                return
+            self.publish()
+        for envelope, reply in deferred:
+            self.send(envelope, reply)
+
+    def publish(self) -> None:
+        s = self.state
+        for eid in s.changes:
+            e = s.by_id.get(eid)
+            if e is not None:
+                try:
+                    self.pub.send_multipart([b"entry", orjson.dumps(e.to_dict())], zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+        s.changes.clear()
+
+    def send(self, envelope: list[bytes], reply: bytes) -> None:
+        try:
+            self.router.send_multipart([*envelope, reply], zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            pass  # a vanished or slow client never blocks the daemon; it will resend
+
+    def close(self) -> None:
+        self.router.close(0)
+        self.pub.close(0)
+
+
+def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
+          lease_seconds: float | None = None, max_attempts: int | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Raises Locked or DamagedState before touching anything."""
+    control, events = defaults(dataset, endpoint, events)
+    lock = WriterLock(dataset)
+    lock.acquire(orjson.dumps({"pid": os.getpid(), "endpoint": control, "events": events}).decode())
+    try:
+        state = load(dataset)
+        if lease_seconds:
+            state.lease_seconds = lease_seconds
+        if max_attempts:
+            state.max_attempts = max_attempts
+        daemon = Daemon(dataset, state, control, events)
+        return _loop(daemon)
+    finally:
+        lock.release()
+
+
+def _loop(daemon: Daemon) -> int:
+    def on_signal(signum: int, _frame: object) -> None:
+        daemon.stopping += 1
+        if daemon.stopping > 1:
+            os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    s = daemon.state
+    log.info("serving %s on %s (events %s): %s", daemon.dataset, daemon.endpoint, daemon.events,
+             " ".join(f"{k}={v}" for k, v in s.counters().items()))
+    daemon.notifier.send("READY=1\nSTATUS=serving")
+    code = 0
+    try:
+        while not daemon.stopping:
+            daemon.run_once(time.time())
+        daemon.run_once(time.time(), timeout_ms=0)  # answer what already arrived
+    except OutcomeUnknown as exc:
+        log.error("stopping: %s", exc)
+        code = 75
+    finally:
+        daemon.notifier.send("STOPPING=1")
+        daemon.close()
+    log.info("stopped: %s; handled %s", " ".join(f"{k}={v}" for k, v in s.counters().items()),
+             dict(daemon.totals))
+    return code

@@ -1,0 +1,107 @@
+"""A dataset folder seen from outside the daemon: create it, query it, change it.
+
+Queries go to the running daemon when there is one, else read the file. Changes
+go through the daemon; with none running, the caller takes the writer lock
+itself, so there is still exactly one writer.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .client import Client, NoDaemon
+from .handlers import Handlers
+from .state import State
+from .protocol import validate
+from .store import Locked, Store, WriterLock, create, load, state_path
+from .texts import TextsError, read_texts
+
+
+class DatasetError(Exception):
+    """A one-line reason a command cannot be carried out."""
+
+
+def init(dataset: Path, texts: Path, prefix: str | None = None) -> State:
+    if state_path(dataset).exists():
+        raise DatasetError(f"{state_path(dataset)} already exists; to add texts use: "
+                           f"statesvc add --dataset {dataset} --texts {texts}")
+    items = read_texts(texts)
+    state = State([])
+    state.add(items, _prefix(dataset, prefix), time.time())
+    dataset.mkdir(parents=True, exist_ok=True)
+    (dataset / "wavs").mkdir(exist_ok=True)
+    create(dataset, state)
+    return state
+
+
+def _prefix(dataset: Path, prefix: str | None) -> str:
+    from .texts import check_filename
+    p = prefix or dataset.resolve().name or "utt"
+    if check_filename(p):
+        raise DatasetError(f"prefix: {check_filename(p)}")
+    return p
+
+
+def ask(dataset: Path, op: str, **fields: Any) -> dict | None:
+    """The running daemon's answer, or None when no daemon serves the dataset."""
+    try:
+        client = Client.for_dataset(dataset)
+    except NoDaemon:
+        return None
+    try:
+        return client.call(op, **fields)
+    finally:
+        client.close()
+
+
+def status(dataset: Path) -> dict:
+    reply = ask(dataset, "status")
+    if reply is not None:
+        reply.pop("rid", None)
+        reply.pop("ok", None)
+        return reply
+    return {**load(dataset).stats(), "daemon": False}
+
+
+def entries(dataset: Path, status_filter: str | None = None) -> list[dict]:
+    reply = ask(dataset, "list", status=status_filter)
+    if reply is not None:
+        return reply["entries"]
+    return [e.to_dict() for e in load(dataset).entries if status_filter in (None, e.status)]
+
+
+def show(dataset: Path, key: int | str) -> dict:
+    reply = ask(dataset, "show", key=key)
+    if reply is not None:
+        return reply["entry"]
+    return load(dataset).lookup(key).to_dict()
+
+
+def write(dataset: Path, op: str, **fields: Any) -> dict:
+    """Apply one write through the daemon, or offline under the writer lock. Durable on return."""
+    reply = ask(dataset, op, **fields)
+    if reply is not None:
+        return reply
+    lock = WriterLock(dataset)
+    try:
+        lock.acquire('{"pid": null, "endpoint": null, "note": "statesvc offline write"}')
+    except Locked as exc:
+        raise DatasetError(f"the dataset is locked by {exc}; try again") from None
+    try:
+        state = load(dataset)
+        _, args = validate({"op": op, **fields})
+        body, _ = Handlers(dataset, state).apply(op, args, time.time())
+        Store(dataset, state).save(state)
+        return body
+    finally:
+        lock.release()
+
+
+def add(dataset: Path, texts: Path, prefix: str | None = None) -> dict:
+    items = read_texts(texts)
+    return write(dataset, "add", items=[list(i) for i in items], prefix=_prefix(dataset, prefix))
+
+
+__all__ = ["DatasetError", "TextsError", "init", "status", "entries", "show", "write", "add"]

@@ -1,0 +1,23 @@
+"""Training manifests of the completed entries: LJSpeech metadata.csv or a NeMo jsonl manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+FORMATS = ("ljspeech", "jsonl")
+
+
+def lines(dataset: Path, entries: list[dict], fmt: str) -> Iterator[str]:
+    for e in entries:
+        if e["status"] != "completed":
+            continue
+        text = " ".join(e["text"].split())  # no newline or stray whitespace may split a row
+        if fmt == "ljspeech":
+            yield f"{e['filename']}|{text.replace('|', ' ')}|{text.replace('|', ' ')}"
+        else:
+            path = (dataset / "wavs" / f"{e['filename']}.wav").resolve()
+            yield orjson.dumps({"audio_filepath": str(path), "text": text,
+                                "duration": e["duration_seconds"]}).decode()

@@ -1,0 +1,205 @@
+"""Messages on the wire: names, limits, encoding and validation.
+
+A request is one frame, a JSON object ``{"op": NAME, "rid": N, ...}``; a reply is
+one frame ``{"rid": N, "ok": true, ...}`` or ``{"rid": N, "ok": false, "error": TEXT}``.
+Validation only checks shape; applying a message is the state's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .state import STATUSES
+from .texts import check_filename, check_text
+
+MAX_MESSAGE = 4 * 1024 * 1024
+MAX_BATCH = 10_000
+MAX_OWNER = 200
+MAX_ERROR = 4000
+MAX_TOKEN = 64
+
+# ops that change the state: their reply is sent only once the change is durable
+WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile"})
+READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat"})
+
+
+class BadRequest(ValueError):
+    """A request that cannot be understood; the text goes back to the client."""
+
+
+def encode(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def decode(frame: bytes) -> dict:
+    if len(frame) > MAX_MESSAGE:
+        raise BadRequest(f"message of {len(frame)} bytes exceeds {MAX_MESSAGE}")
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise BadRequest("not a JSON message") from None
+    if not isinstance(msg, dict):
+        raise BadRequest("a message must be a JSON object")
+    return msg
+
+
+# ---- field checks: each returns the value or raises BadRequest -------------
+def _int(msg: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
+    v = msg.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise BadRequest(f"{key} must be an integer from {lo} to {hi}")
+    return v
+
+
+def _num(msg: dict, key: str, lo: float, hi: float, required: bool = True) -> float | None:
+    v = msg.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+        raise BadRequest(f"{key} must be a number from {lo} to {hi}")
+    return float(v)
+
+
+def _str(msg: dict, key: str, maxlen: int, required: bool = True) -> str | None:
+    v = msg.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not v or len(v) > maxlen:
+        raise BadRequest(f"{key} must be a non-empty string of at most {maxlen} characters")
+    return v
+
+
+def _key(v: object) -> int | str:
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    if isinstance(v, str) and check_filename(v) is None:
+        return v
+    raise BadRequest(f"{str(v)[:60]!r} is neither an entry id nor a safe filename")
+
+
+def _list(msg: dict, key: str, maxlen: int) -> list:
+    v = msg.get(key, [])
+    if not isinstance(v, list) or len(v) > maxlen:
+        raise BadRequest(f"{key} must be a list of at most {maxlen} items")
+    return v
+
+
+# ---- one validator per op ---------------------------------------------------
+def _v_claim(m: dict) -> dict:
+    return {"owner": _str(m, "owner", MAX_OWNER), "n": _int(m, "n", 1, 1000, 1),
+            "lease_seconds": _num(m, "lease_seconds", 1, 86400, required=False)}
+
+
+def _v_heartbeat(m: dict) -> dict:
+    tokens = _list(m, "tokens", MAX_BATCH)
+    if not all(isinstance(t, str) and 0 < len(t) <= MAX_TOKEN for t in tokens):
+        raise BadRequest("tokens must be strings")
+    return {"owner": _str(m, "owner", MAX_OWNER), "tokens": tokens}
+
+
+def _v_result(m: dict) -> dict:
+    status = m.get("status")
+    if status not in ("completed", "failed"):
+        raise BadRequest("status must be 'completed' or 'failed'")
+    out = {"id": _key(m.get("id")), "token": _str(m, "token", MAX_TOKEN), "status": status}
+    if status == "completed":
+        out["duration_seconds"] = _num(m, "duration_seconds", 0.0, 86400.0)
+        out["sample_rate"] = _int(m, "sample_rate", 1000, 768_000)
+    else:
+        err = m.get("error")
+        if err is not None and not isinstance(err, str):
+            raise BadRequest("error must be a string")
+        out["error"] = (err or "synthesis failed")[:MAX_ERROR]
+    return out
+
+
+def _v_requeue(m: dict) -> dict:
+    keys = [_key(k) for k in _list(m, "keys", MAX_BATCH)]
+    failed = m.get("failed", False)
+    if not isinstance(failed, bool):
+        raise BadRequest("failed must be true or false")
+    if not keys and not failed:
+        raise BadRequest("requeue needs keys or failed=true")
+    return {"keys": keys, "failed": failed}
+
+
+def _v_add(m: dict) -> dict:
+    items = _list(m, "items", 100_000)
+    out = []
+    for it in items:
+        if not isinstance(it, list) or len(it) != 2:
+            raise BadRequest("items must be [filename or null, text] pairs")
+        fname, text = it
+        if fname is not None and check_filename(fname):
+            raise BadRequest(check_filename(fname))
+        if check_text(text):
+            raise BadRequest(check_text(text))
+        out.append((fname, text))
+    if not out:
+        raise BadRequest("add needs at least one item")
+    prefix = _str(m, "prefix", 100)
+    if check_filename(prefix):
+        raise BadRequest(f"prefix: {check_filename(prefix)}")
+    return {"items": out, "prefix": prefix}
+
+
+def _v_reconcile(m: dict) -> dict:
+    files = m.get("files", {})
+    if not isinstance(files, dict) or len(files) > MAX_BATCH:
+        raise BadRequest(f"files must be an object of at most {MAX_BATCH} observations")
+    clean = {}
+    for name, obs in files.items():
+        if check_filename(name):
+            raise BadRequest(check_filename(name))
+        if not isinstance(obs, dict) or not isinstance(obs.get("valid"), bool):
+            raise BadRequest(f"observation of {name!r} needs 'valid'")
+        o = {"valid": obs["valid"], "reason": str(obs.get("reason", ""))[:200]}
+        if obs["valid"]:
+            o["duration"] = _num(obs, "duration", 0.0, 86400.0)
+            o["sample_rate"] = _int(obs, "sample_rate", 1000, 768_000)
+        clean[name] = o
+    missing = _list(m, "missing", MAX_BATCH)
+    for name in missing:
+        if check_filename(name):
+            raise BadRequest(check_filename(name))
+    epoch = _str(m, "epoch", 64)
+    return {"since": _int(m, "since", 0, 2**62), "epoch": epoch, "files": clean, "missing": missing}
+
+
+def _v_list(m: dict) -> dict:
+    status = m.get("status")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+    return {"status": status}
+
+
+def _v_show(m: dict) -> dict:
+    return {"key": _key(m.get("key"))}
+
+
+def _v_none(m: dict) -> dict:
+    return {}
+
+
+VALIDATORS = {
+    "ping": _v_none, "status": _v_none, "snapshot": _v_none,
+    "list": _v_list, "show": _v_show, "heartbeat": _v_heartbeat,
+    "claim": _v_claim, "result": _v_result, "requeue": _v_requeue,
+    "add": _v_add, "reconcile": _v_reconcile,
+}
+assert set(VALIDATORS) == WRITES | READS
+
+
+def validate(msg: dict) -> tuple[str, dict]:
+    """Return (op, clean arguments) or raise BadRequest."""
+    op = msg.get("op")
+    if not isinstance(op, str) or op not in VALIDATORS:
+        raise BadRequest(f"unknown op {str(op)[:40]!r}")
+    return op, VALIDATORS[op](msg)
+
+
+def request_id(msg: dict) -> int | None:
+    rid = msg.get("rid")
+    return rid if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63 else None
