@@ -61,6 +61,12 @@ class Client:
     def close(self) -> None:
         self.sock.close(0)
 
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---- pipelined use (generators) --------------------------------------
     def send(self, op: str, **fields: object) -> int:
         rid = next(self._rids)

@@ -1,0 +1,109 @@
+"""Test support: real daemon processes on temp folders, polling with deadlines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
+    """Poll ``cond`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 60,
+        tool: str = "statesvc") -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{tool} {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_state(dataset: Path) -> dict:
+    return orjson.loads((dataset / "generation_state.json").read_bytes())
+
+
+def make_dataset(root: Path, texts: list[str], name: str = "ds") -> Path:
+    ds = root / name
+    tf = root / f"{name}-texts.txt"
+    tf.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    cli("init", "--dataset", str(ds), "--texts", str(tf), check=True)
+    return ds
+
+
+class Daemon:
+    """A real `statesvc serve` subprocess."""
+
+    def __init__(self, dataset: Path, *args: str, env: dict | None = None):
+        self.dataset = dataset
+        self.log = dataset.parent / f"serve-{time.monotonic_ns()}.log"
+        self._logf = open(self.log, "wb")
+        self.proc = subprocess.Popen([str(BIN / "statesvc"), "serve", "--dataset", str(dataset), *args],
+                                     stdout=self._logf, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = 15.0) -> Daemon:
+        from statesvc.client import Client, Unavailable
+        from statesvc.endpoints import running
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
+            rec = running(self.dataset)
+            if not rec or rec.get("pid") != self.proc.pid:
+                return False
+            c = Client(rec["endpoint"], timeout=0.5, retries=1)
+            try:
+                return c.call("ping")["pid"] == self.proc.pid
+            except Unavailable:
+                return False
+            finally:
+                c.close()
+        wait_for(ready, timeout, "daemon ready")
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        self._logf.close()
+        return code
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def start_daemon(daemons: list[Daemon]) -> Callable[..., Daemon]:
+    def start(dataset: Path, *args: str, env: dict | None = None, ready: bool = True) -> Daemon:
+        d = Daemon(dataset, *args, env=env)
+        daemons.append(d)
+        return d.wait_ready() if ready else d
+    return start

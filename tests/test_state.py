@@ -1,0 +1,194 @@
+"""The pure transitions: invariants under any sequence of messages (hypothesis) and the rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statesvc.state import Entry, Refused, State
+from statesvc.store import Store, parse_state
+
+
+def fresh(n: int = 5, max_attempts: int = 3) -> State:
+    s = State([Entry(i, f"utt_{i:04d}", f"text {i}") for i in range(1, n + 1)], max_attempts=max_attempts)
+    return s
+
+
+def check_invariants(s: State, reported: set[int]) -> None:
+    counted = {k: 0 for k in ("pending", "generating", "completed", "failed")}
+    for e in s.entries:
+        counted[e.status] += 1
+    assert s.counts == counted
+    assert sum(s.counters()[k] for k in counted) == s.counters()["total"] == len(s.entries)
+    live = [e for e in s.entries if e.lease_token is not None]
+    assert all(e.status == "generating" for e in live)
+    assert all(e.lease_token is not None for e in s.entries if e.status == "generating")
+    assert len({e.lease_token for e in live}) == len(live)  # one lease per entry, no token shared
+    assert set(s.leases) == {e.lease_token for e in live}
+    for e in s.entries:
+        if e.status == "completed":
+            assert e.id in reported, "completed without audio reported"
+            assert e.duration_seconds is not None
+        assert e.attempts <= s.max_attempts or e.status != "generating"
+
+
+OWNERS = st.sampled_from(["g1", "g2", "g3"])
+IDS = st.integers(1, 6)  # 6 does not exist: refusals are part of the sequence
+ops = st.one_of(
+    st.tuples(st.just("claim"), OWNERS, st.integers(1, 3)),
+    st.tuples(st.just("complete"), IDS, st.integers(0, 4)),
+    st.tuples(st.just("fail"), IDS, st.integers(0, 4)),
+    st.tuples(st.just("heartbeat"), OWNERS, st.integers(0, 4)),
+    st.tuples(st.just("tick"), st.floats(0, 300), st.none()),
+    st.tuples(st.just("requeue"), IDS, st.booleans()),
+    st.tuples(st.just("reconcile"), IDS, st.sampled_from(["valid", "invalid", "missing"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ops, max_size=60))
+def test_any_sequence_keeps_invariants(seq: list) -> None:
+    s = fresh()
+    now = 1000.0
+    tokens: list[tuple[int, str, str]] = []  # every token ever handed out, live or not
+    reported: set[int] = set()
+    for op, a, b in seq:
+        try:
+            if op == "claim":
+                for c in s.claim(a, b, None, now)["entries"]:
+                    tokens.append((c["id"], c["token"], a))
+            elif op in ("complete", "fail") and tokens:
+                eid, token, _ = tokens[b % len(tokens)]
+                msg = {"id": eid if a != 6 else 6, "token": token}
+                if op == "complete":
+                    reply = s.result({**msg, "status": "completed", "duration_seconds": 1.0,
+                                      "sample_rate": 22050}, now)
+                    if reply["applied"]:
+                        reported.add(msg["id"])
+                else:
+                    s.result({**msg, "status": "failed", "error": "boom"}, now)
+            elif op == "heartbeat" and tokens:
+                s.heartbeat(a, [t for _, t, _ in tokens[: b + 1]], now)
+            elif op == "tick":
+                now += a
+                s.expire(now)
+            elif op == "requeue":
+                s.requeue([a], b, now)
+            elif op == "reconcile":
+                name = f"utt_{a:04d}"
+                if b == "missing":
+                    s.reconcile(s.seq, s.epoch, {}, [name], now)
+                else:
+                    obs = {"valid": b == "valid", "duration": 1.0, "sample_rate": 22050, "reason": "bad"}
+                    fixes, _ = s.reconcile(s.seq, s.epoch, {name: obs}, [], now)
+                    if b == "valid":
+                        reported.add(a)
+        except Refused:
+            pass
+        check_invariants(s, reported)
+    # what is saved reads back as the same state
+    again = parse_state(Store(Path("/nonexistent"), s).render(s))
+    assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries]
+
+
+def test_resent_result_changes_nothing() -> None:
+    s = fresh()
+    c = s.claim("g", 1, None, 0)["entries"][0]
+    msg = {"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": 2.5, "sample_rate": 16000}
+    assert s.result(msg, 1)["applied"] is True
+    seq = s.seq
+    assert s.result(msg, 2)["applied"] is False
+    assert s.seq == seq
+
+
+def test_late_result_after_expiry_still_counts() -> None:
+    s = fresh(1)
+    c = s.claim("g", 1, 10, 0)["entries"][0]
+    assert s.expire(11) == [c["id"]]
+    assert s.by_id[1].status == "pending"
+    r = s.result({"id": 1, "token": c["token"], "status": "completed", "duration_seconds": 1.0,
+                  "sample_rate": 22050}, 12)
+    assert r["applied"] and s.by_id[1].status == "completed"
+
+
+def test_late_result_when_reclaimed_by_another_counts_once() -> None:
+    s = fresh(1)
+    old = s.claim("a", 1, 10, 0)["entries"][0]
+    s.expire(11)
+    new = s.claim("b", 1, 10, 12)["entries"][0]
+    done = {"status": "completed", "duration_seconds": 1.0, "sample_rate": 22050}
+    assert s.result({"id": 1, "token": old["token"], **done}, 13)["applied"]
+    assert s.leases == {}
+    assert not s.result({"id": 1, "token": new["token"], **done}, 14)["applied"]
+
+
+def test_attempts_limit_fails_with_last_error() -> None:
+    s = fresh(1, max_attempts=3)
+    for i in range(3):
+        c = s.claim("g", 1, None, i)["entries"][0]
+        s.result({"id": 1, "token": c["token"], "status": "failed", "error": f"err {i}"}, i)
+    e = s.by_id[1]
+    assert (e.status, e.attempts, e.error) == ("failed", 3, "err 2")
+    assert s.claim("g", 1, None, 10)["entries"] == []
+
+
+def test_expired_leases_count_as_attempts() -> None:
+    s = fresh(1, max_attempts=2)
+    s.claim("g", 1, 5, 0)
+    s.expire(6)
+    s.claim("g", 1, 5, 7)
+    s.expire(13)
+    assert s.by_id[1].status == "failed" and s.by_id[1].error == "lease expired"
+
+
+def test_requeued_entry_ignores_wav_on_disk_until_generated_again() -> None:
+    s = fresh(1)
+    c = s.claim("g", 1, None, 0)["entries"][0]
+    s.result({"id": 1, "token": c["token"], "status": "completed", "duration_seconds": 1.0, "sample_rate": 22050}, 1)
+    _, effects = s.requeue([1], False, 2)
+    assert [e.kind for e in effects] == ["set_aside"]
+    s.reconcile(s.seq, s.epoch, {"utt_0001": {"valid": True, "duration": 1.0, "sample_rate": 22050}}, [], 3)
+    assert s.by_id[1].status == "pending"
+    c = s.claim("g", 1, None, 4)["entries"][0]
+    assert s.by_id[1].requeued is False
+    s.expire(10_000)  # the generator died after writing the wav: now the wav counts
+    s.reconcile(s.seq, s.epoch, {"utt_0001": {"valid": True, "duration": 1.2, "sample_rate": 22050}}, [], 10_001)
+    assert s.by_id[1].status == "completed" and s.by_id[1].duration_seconds == 1.2
+
+
+def test_reconcile_ignores_entries_changed_after_the_scan() -> None:
+    s = fresh(1)
+    since = s.seq
+    c = s.claim("g", 1, None, 0)["entries"][0]
+    s.result({"id": 1, "token": c["token"], "status": "completed", "duration_seconds": 1.0, "sample_rate": 22050}, 1)
+    body, _ = s.reconcile(since, s.epoch, {}, ["utt_0001"], 2)  # the scan began before the wav existed
+    assert body["fixes"] == [] and s.by_id[1].status == "completed"
+
+
+def test_reconcile_from_another_daemon_run_is_refused() -> None:
+    s = fresh(1)
+    with pytest.raises(Refused, match="stale"):
+        s.reconcile(0, "other", {}, [], 0)
+
+
+def test_wrong_sample_rate_is_refused() -> None:
+    s = fresh(2)
+    a, b = s.claim("g", 2, None, 0)["entries"]
+    s.result({"id": a["id"], "token": a["token"], "status": "completed", "duration_seconds": 1.0,
+              "sample_rate": 22050}, 1)
+    with pytest.raises(Refused, match="sample rate"):
+        s.result({"id": b["id"], "token": b["token"], "status": "completed", "duration_seconds": 1.0,
+                  "sample_rate": 16000}, 2)
+    assert s.by_id[b["id"]].status == "pending"
+
+
+def test_add_refuses_duplicates_without_changing_anything() -> None:
+    s = fresh(2)
+    with pytest.raises(Refused):
+        s.add([("new_1", "x"), ("utt_0001", "y")], "utt", 0)
+    assert len(s.entries) == 2 and s.counts["pending"] == 2
+    s.add([(None, "x")], "utt", 0)
+    assert s.entries[-1].filename == "utt_0003"
