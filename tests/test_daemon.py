@@ -231,6 +231,7 @@ def test_watch_streams_changes(tmp_path: Path, start_daemon) -> None:
     finally:
         w.terminate()
         w.wait(10)
+        w.stdout.close()
 
 
 def select_line(stream) -> str | None:
