@@ -182,6 +182,7 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
             state.lease_seconds = lease_seconds
         if max_attempts:
             state.max_attempts = max_attempts
+        state.grant_grace(time.time())
         daemon = Daemon(dataset, state, control, events)
         return _loop(daemon)
     finally:

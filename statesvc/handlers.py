@@ -30,6 +30,8 @@ class Handlers:
             return s.claim(a["owner"], a["n"], a["lease_seconds"], now), True
         if op == "result":
             return s.result(a, now), True
+        if op == "release":
+            return s.release(a["owner"], a["tokens"], now), True
         if op == "heartbeat":
             return s.heartbeat(a["owner"], a["tokens"], now), False
         if op == "requeue":

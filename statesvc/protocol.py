@@ -21,7 +21,7 @@ MAX_ERROR = 4000
 MAX_TOKEN = 64
 
 # ops that change the state: their reply is sent only once the change is durable
-WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile"})
+WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release"})
 READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat"})
 
 
@@ -186,7 +186,7 @@ def _v_none(m: dict) -> dict:
 VALIDATORS = {
     "ping": _v_none, "status": _v_none, "snapshot": _v_none,
     "list": _v_list, "show": _v_show, "heartbeat": _v_heartbeat,
-    "claim": _v_claim, "result": _v_result, "requeue": _v_requeue,
+    "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "requeue": _v_requeue,
     "add": _v_add, "reconcile": _v_reconcile,
 }
 assert set(VALIDATORS) == WRITES | READS

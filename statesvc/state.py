@@ -199,6 +199,26 @@ class State:
             self.dirty.add(e.id)  # saved with the next write; a heartbeat needs no fsync
         return {"lost": lost}
 
+    def release(self, owner: str, tokens: list[str], now: float) -> dict:
+        """Give back leases not started (a generator shutting down): no attempt is spent."""
+        released = []
+        for token in tokens:
+            eid = self.leases.get(token)
+            e = self.by_id.get(eid) if eid is not None else None
+            if e is None or e.lease_owner != owner:
+                continue
+            self._drop_lease(e)
+            e.attempts = max(0, e.attempts - 1)
+            self._set_status(e, "pending", now)
+            released.append(e.id)
+        return {"released": released}
+
+    def grant_grace(self, now: float) -> None:
+        """After a restart, live leases get a full lease from now: generators kept working."""
+        for eid in self.leases.values():
+            e = self.by_id[eid]
+            e.lease_deadline = max(e.lease_deadline or 0.0, now + self.lease_seconds)
+
     def result(self, msg: dict, now: float) -> dict:
         e = self.lookup(msg["id"])
         token = msg["token"]

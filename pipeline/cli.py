@@ -1,0 +1,134 @@
+"""The `pipeline` command: generate, reconcile, run. Thin wrappers over the library."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
+from statesvc.endpoints import running
+
+from .reconciler import Reconciler, describe
+from .synth import PluginError, build
+
+log = logging.getLogger("pipeline")
+
+dataset_opt = click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=".",
+                           envvar="STATESVC_DATASET", show_default=True)
+endpoint_opt = click.option("--endpoint", default=None, envvar="STATESVC_ENDPOINT",
+                            help="Daemon control endpoint (default: the one serving --dataset).")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"pipeline: error: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"{p!r} is not KEY=VALUE", param_hint="--synth-opt")
+        out[key] = value
+    return out
+
+
+def endpoint_for(dataset: Path, endpoint: str | None, wait: float) -> str:
+    """The endpoint to use; with none given, wait up to ``wait`` s for a daemon on the dataset."""
+    if endpoint:
+        return endpoint
+    deadline = time.monotonic() + wait
+    while True:
+        rec = running(dataset)
+        if rec and rec.get("endpoint"):
+            return rec["endpoint"]
+        if time.monotonic() > deadline:
+            raise NoDaemon(f"no statesvc daemon serves {dataset} (start: statesvc serve --dataset {dataset})")
+        time.sleep(0.2)
+
+
+@click.group()
+def main() -> None:
+    """Generate TTS audio for a statesvc dataset."""
+
+
+@main.command()
+@dataset_opt
+@endpoint_opt
+@click.option("--synth", default="espeak", show_default=True, help="Name or package.module:Class.")
+@click.option("--synth-opt", "synth_opts", multiple=True, metavar="KEY=VALUE")
+@click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--wait", type=float, default=30.0, help="Seconds to wait for a daemon to appear.")
+@click.option("--log-level", default="INFO")
+def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[str, ...], batch: int,
+             wait: float, log_level: str) -> None:
+    """One generator process: claim, synthesize, write wavs, report."""
+    from .generator import Generator, install_signals
+    setup_logging(log_level)
+    try:
+        model = build(synth, parse_opts(synth_opts))
+        if not (dataset / "wavs").is_dir():
+            raise PluginError(f"{dataset / 'wavs'} is not a folder (is {dataset} a dataset?)")
+        ep = endpoint_for(dataset, endpoint, wait)
+    except (PluginError, NoDaemon) as exc:
+        fail(str(exc))
+    except Exception as exc:  # a plugin's own constructor failing
+        fail(f"synthesizer {synth!r} failed to start: {type(exc).__name__}: {exc}")
+    gen = Generator(Client(ep), model, dataset, batch=batch)
+    install_signals(gen)
+    log.info("generator %s: synth %s at %d Hz, batch %d, daemon %s", gen.owner, synth,
+             model.sample_rate, batch, ep)
+    sys.exit(gen.run())
+
+
+@main.command()
+@dataset_opt
+@endpoint_opt
+@click.option("--interval", type=click.FloatRange(0.1, 86400), default=30.0, show_default=True)
+@click.option("--once", is_flag=True, help="One pass, print what was fixed, exit.")
+@click.option("--temp-max-age", type=float, default=300.0, show_default=True,
+              help="Remove temp files in wavs/ older than this (seconds; longer than a lease).")
+@click.option("--wait", type=float, default=30.0)
+def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, temp_max_age: float,
+              wait: float) -> None:
+    """Check wavs/ against the state and report to the daemon."""
+    setup_logging()
+    try:
+        ep = endpoint_for(dataset, endpoint, wait)
+    except NoDaemon as exc:
+        fail(str(exc))
+    rec = Reconciler(Client(ep, timeout=30.0), dataset, temp_max_age)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    failures = 0
+    while True:
+        try:
+            for line in describe(rec.run_pass()):
+                click.echo(line)
+            sys.stdout.flush()
+            failures = 0
+            if once:
+                return
+        except (Unavailable, ServiceError) as exc:
+            failures += 1
+            if once and failures >= 3:
+                fail(str(exc))
+            log.warning("reconcile pass failed: %s", exc)
+            if once:
+                continue
+        deadline = time.monotonic() + interval
+        while time.monotonic() < deadline and not stop:
+            time.sleep(min(0.2, interval))
+        if stop:
+            return

@@ -1,0 +1,204 @@
+"""One generator process: claim texts, synthesize, write wavs, report results.
+
+The synthesizer is loaded once. Results are sent without waiting for their
+acknowledgement; unacknowledged ones are resent until the daemon confirms them,
+so the model never waits on the bookkeeping. Claims are prefetched so the next
+text is ready when the current one is done.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from statesvc.client import Client
+
+from .synth import Synthesizer, to_pcm16
+from .wavs import write_wav
+
+log = logging.getLogger("pipeline.generate")
+
+RESEND_AFTER = 2.0
+CLAIM_RETRY = 2.0
+IDLE_MAX = 2.0
+SILENCE_RECONNECT = 6.0
+FLUSH_SECONDS = 10.0
+
+
+@dataclass
+class Pending:
+    """A message waiting for its acknowledgement."""
+
+    op: str
+    fields: dict
+    sent: float
+
+
+@dataclass
+class Generator:
+    client: Client
+    synth: Synthesizer
+    dataset: Path
+    batch: int = 1
+    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    sync_dir: bool = True
+    stopping: int = 0
+    queue: collections.deque = field(default_factory=collections.deque)
+    unacked: dict[int, Pending] = field(default_factory=dict)
+    claim_rid: int | None = None
+    claim_sent: float = 0.0
+    idle_until: float = 0.0
+    lease_seconds: float = 120.0
+    next_heartbeat: float = 0.0
+    last_reply: float = field(default_factory=time.monotonic)
+    backoff: float = 0.5
+    done: int = 0
+    failed: int = 0
+
+    # ---- talking to the daemon -------------------------------------------
+    def send(self, op: str, **fields: object) -> int:
+        rid = self.client.send(op, **fields)
+        self.unacked[rid] = Pending(op, fields, time.monotonic())
+        return rid
+
+    def pump(self, timeout: float) -> None:
+        """Handle replies for up to ``timeout`` seconds; resend what is overdue."""
+        now = time.monotonic()
+        for msg in self.client.replies(timeout):
+            self.last_reply = now = time.monotonic()
+            self.backoff = 0.5
+            self.on_reply(msg)
+        if self.unacked and now - self.last_reply > SILENCE_RECONNECT * self.backoff:
+            # The daemon is away: a fresh socket, then resend everything (Lazy Pirate).
+            log.warning("no reply for %.0f s; reconnecting", now - self.last_reply)
+            self.client.reconnect()
+            self.last_reply = now
+            self.backoff = min(self.backoff * 2, 8.0)
+            for p in self.unacked.values():
+                p.sent = 0.0
+        for rid, p in list(self.unacked.items()):
+            if now - p.sent > RESEND_AFTER:
+                if p.op == "claim":
+                    del self.unacked[rid]  # a claim is never resent; expired leases come back
+                    self.claim_rid = None
+                    continue
+                self.client.resend(rid, p.op, **p.fields)
+                p.sent = now
+
+    def on_reply(self, msg: dict) -> None:
+        p = self.unacked.pop(msg.get("rid"), None)
+        if p is None:
+            return  # a late reply to something already answered
+        if not msg.get("ok"):
+            log.error("%s refused: %s", p.op, msg.get("error"))
+            if p.op == "claim":
+                self.claim_rid = None
+                self.idle_until = time.monotonic() + CLAIM_RETRY
+            elif str(msg.get("error", "")).startswith("not saved"):
+                self.unacked[self.client.send(p.op, **p.fields)] = Pending(p.op, p.fields, time.monotonic())
+            return
+        if p.op == "claim":
+            self.claim_rid = None
+            self.lease_seconds = msg.get("lease_seconds") or self.lease_seconds
+            got = msg.get("entries", [])
+            self.queue.extend(got)
+            self.idle_until = 0.0 if got else time.monotonic() + min(IDLE_MAX, 0.2 + self.backoff)
+        elif p.op == "heartbeat":
+            lost = set(msg.get("lost", []))
+            if lost:
+                self.queue = collections.deque(e for e in self.queue if e["token"] not in lost)
+
+    def want_more(self) -> None:
+        if self.stopping or self.claim_rid is not None or time.monotonic() < self.idle_until:
+            return
+        if len(self.queue) < 2 * self.batch:
+            self.claim_rid = self.send("claim", owner=self.owner, n=2 * self.batch - len(self.queue) + 1)
+
+    def heartbeat(self, tokens: list[str]) -> None:
+        now = time.monotonic()
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + max(1.0, self.lease_seconds / 4)
+            all_tokens = tokens + [e["token"] for e in self.queue]
+            if all_tokens:
+                self.send("heartbeat", owner=self.owner, tokens=all_tokens)
+
+    # ---- making audio -----------------------------------------------------
+    def work(self, entries: list[dict]) -> None:
+        self.heartbeat([e["token"] for e in entries])
+        folder = self.dataset / "wavs"
+        try:
+            if len(entries) > 1 and hasattr(self.synth, "synthesize_batch"):
+                audios = list(self.synth.synthesize_batch([e["text"] for e in entries]))
+                if len(audios) != len(entries):
+                    raise ValueError(f"synthesize_batch returned {len(audios)} results for {len(entries)}")
+            else:
+                audios = [None] * len(entries)
+        except Exception as exc:
+            for e in entries:
+                self.report_failure(e, exc)
+            return
+        for e, audio in zip(entries, audios, strict=True):
+            try:
+                if audio is None:
+                    audio = self.synth.synthesize(e["text"])
+                pcm = to_pcm16(audio)
+                seconds = write_wav(folder, e["filename"], pcm, self.synth.sample_rate, self.sync_dir)
+            except Exception as exc:
+                self.report_failure(e, exc)
+                continue
+            self.done += 1
+            self.send("result", id=e["id"], token=e["token"], status="completed",
+                      duration_seconds=round(seconds, 6), sample_rate=self.synth.sample_rate)
+
+    def report_failure(self, e: dict, exc: BaseException) -> None:
+        self.failed += 1
+        text = f"{type(exc).__name__}: {exc}"
+        log.warning("entry %s failed: %s", e["id"], text)
+        log.debug("%s", traceback.format_exc())
+        self.send("result", id=e["id"], token=e["token"], status="failed", error=text[:2000])
+
+    # ---- the loop -----------------------------------------------------------
+    def run_once(self) -> None:
+        self.want_more()
+        if self.queue:
+            take = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
+            self.work(take)
+            self.pump(0)
+        else:
+            self.heartbeat([])
+            self.pump(0.2)
+
+    def run(self) -> int:
+        while not self.stopping:
+            self.run_once()
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        """Give back what was not started, flush results for a bounded time."""
+        if self.queue:
+            self.send("release", owner=self.owner, tokens=[e["token"] for e in self.queue])
+            self.queue.clear()
+        deadline = time.monotonic() + FLUSH_SECONDS
+        while any(p.op != "claim" for p in self.unacked.values()) and time.monotonic() < deadline:
+            self.pump(0.1)
+        left = sum(p.op == "result" for p in self.unacked.values())
+        log.info("generator %s stopping: %d written, %d failed, %d results unacknowledged",
+                 self.owner, self.done, self.failed, left)
+        return 0
+
+
+def install_signals(gen: Generator) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
+        gen.stopping += 1
+        if gen.stopping > 1:
+            os._exit(130)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)

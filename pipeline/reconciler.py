@@ -1,0 +1,116 @@
+"""The reconciler: looks at wavs/ and tells the daemon what it saw. It never writes the state.
+
+A pass takes a snapshot (sequence number and every entry's status), scans the
+folder, and reports only what disagrees with the snapshot. The daemon decides,
+and ignores entries that changed after the snapshot. Unchanged files (same size,
+mtime and inode) are not opened again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from statesvc.audio import TMP_PREFIX, Observation, inspect
+from statesvc.client import Client
+
+log = logging.getLogger("pipeline.reconcile")
+
+CHUNK = 5000
+
+
+@dataclass
+class PassResult:
+    scanned: int = 0
+    opened: int = 0
+    fixes: list[dict] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    temp_removed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reconciler:
+    client: Client
+    dataset: Path
+    temp_max_age: float = 300.0
+    cache: dict[str, tuple[tuple, Observation]] = field(default_factory=dict)
+
+    def scan(self, sample_rate: int | None, now: float, result: PassResult) -> dict[str, Observation]:
+        seen: dict[str, Observation] = {}
+        folder = self.dataset / "wavs"
+        cache = self.cache
+        with os.scandir(folder) as it:
+            for d in it:
+                name = d.name
+                if name.startswith(TMP_PREFIX):
+                    self._old_temp(d, now, result)
+                    continue
+                if not name.endswith(".wav"):
+                    continue
+                st = d.stat(follow_symlinks=False)
+                key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode, sample_rate)
+                hit = cache.get(name)
+                if hit is not None and hit[0] == key:
+                    obs = hit[1]
+                else:
+                    obs = inspect(Path(d.path), sample_rate, st)
+                    result.opened += 1
+                    cache[name] = (key, obs)
+                seen[name[:-4]] = obs
+        result.scanned = len(seen)
+        for name in set(cache) - {f"{s}.wav" for s in seen}:
+            del cache[name]
+        return seen
+
+    def _old_temp(self, d: os.DirEntry, now: float, result: PassResult) -> None:
+        try:
+            if now - d.stat(follow_symlinks=False).st_mtime > self.temp_max_age:
+                os.unlink(d.path)
+                result.temp_removed.append(d.name)
+        except FileNotFoundError:
+            pass
+
+    def run_pass(self) -> PassResult:
+        result = PassResult()
+        snap = self.client.call("snapshot")
+        entries: dict[str, list] = snap["entries"]
+        seen = self.scan(snap["sample_rate"], time.time(), result)
+        files: dict[str, dict] = {}
+        for name, obs in seen.items():
+            info = entries.get(name)
+            if info is None:
+                result.orphans.append(name)
+                continue
+            status, duration, requeued = info
+            if status == "generating" or requeued:
+                continue
+            if not obs.valid:
+                files[name] = obs.to_wire()
+            elif status != "completed" or duration is None or abs(duration - obs.duration) > 0.002:
+                files[name] = obs.to_wire()
+        missing = [n for n, (status, _, _) in entries.items() if status == "completed" and n not in seen]
+        self.report(snap, files, missing, result)
+        return result
+
+    def report(self, snap: dict, files: dict, missing: list[str], result: PassResult) -> None:
+        names = list(files)
+        for i in range(0, max(len(names), len(missing), 1), CHUNK):
+            chunk = {n: files[n] for n in names[i:i + CHUNK]}
+            reply = self.client.call("reconcile", since=snap["seq"], epoch=snap["epoch"],
+                                     files=chunk, missing=missing[i:i + CHUNK])
+            result.fixes += reply["fixes"]
+            result.moved += reply.get("moved", [])
+
+
+def describe(r: PassResult) -> list[str]:
+    lines = [f"fixed {f['filename']} (id {f['id']}): {f['fix']}" for f in r.fixes]
+    lines += [f"quarantined/moved: {m}" for m in r.moved]
+    lines += [f"orphan wav with no entry (left alone): {o}.wav" for o in r.orphans]
+    lines += [f"removed stale temp file {t}" for t in r.temp_removed]
+    lines.append(f"reconcile: {r.scanned} wavs scanned, {r.opened} opened, {len(r.fixes)} fixes, "
+                 f"{len(r.orphans)} orphans")
+    return lines
