@@ -132,3 +132,55 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
             time.sleep(min(0.2, interval))
         if stop:
             return
+
+
+@main.command()
+@dataset_opt
+@click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Create the dataset from this file when it has no state yet.")
+@click.option("--prefix", default=None)
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--synth", default="espeak", show_default=True)
+@click.option("--synth-opt", "synth_opts", multiple=True, metavar="KEY=VALUE")
+@click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True)
+@click.option("--reconcile-interval", type=click.FloatRange(0.5, 86400), default=30.0, show_default=True)
+@click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None)
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
+def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, synth: str,
+        synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
+        max_attempts: int | None) -> None:
+    """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline)."""
+    from statesvc.dataset import DatasetError, init
+    from statesvc.store import DamagedState, state_path
+    from statesvc.texts import TextsError
+
+    from .supervisor import PipelineError, Run, install_signals
+    parse_opts(synth_opts)
+    try:
+        build(synth, parse_opts(synth_opts)) if ":" not in synth else None  # fail fast on a bad name
+        if not state_path(dataset).exists():
+            if texts is None:
+                fail(f"{dataset} has no state; give --texts FILE to create it")
+            st = init(dataset, texts, prefix)
+            click.echo(f"created {state_path(dataset)} with {len(st.entries)} entries", err=True)
+        elif texts is not None:
+            click.echo(f"resuming {dataset} (state exists; --texts ignored)", err=True)
+    except (DatasetError, TextsError, PluginError) as exc:
+        fail(str(exc))
+    gen_args = ["--synth", synth, "--batch", str(batch)]
+    for o in synth_opts:
+        gen_args += ["--synth-opt", o]
+    serve_args = []
+    if lease_seconds:
+        serve_args += ["--lease-seconds", str(lease_seconds)]
+    if max_attempts:
+        serve_args += ["--max-attempts", str(max_attempts)]
+    r = Run(dataset, workers, gen_args, reconcile_interval, serve_args)
+    install_signals(r)
+    try:
+        code = r.run()
+    except (PipelineError, DamagedState) as exc:
+        r.clear_bar()
+        r.stop_children()
+        fail(str(exc))
+    sys.exit(code)

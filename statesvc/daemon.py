@@ -168,6 +168,12 @@ class Daemon:
     def close(self) -> None:
         self.router.close(0)
         self.pub.close(0)
+        for ep in (self.endpoint, self.events):
+            if ep.startswith("ipc://"):
+                try:
+                    os.unlink(ep[len("ipc://"):])
+                except OSError:
+                    pass
 
 
 def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,

@@ -1,0 +1,290 @@
+"""run-pipeline: one command for a whole local run.
+
+Starts the daemon (unless one already serves the dataset), a reconciler and N
+generators as separate child commands, the same ones the systemd units run;
+restarts any that die; shows progress; ends when nothing is pending or
+generating after a final reconcile pass.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from statesvc.client import Client, ServiceError, Unavailable
+from statesvc.endpoints import running
+
+EXIT_OK, EXIT_PIPELINE, EXIT_FAILED_ENTRIES, EXIT_INTERRUPTED = 0, 1, 3, 130
+CRASH_LOOP = 5          # quick exits in a row that mean a child cannot start at all
+QUICK_EXIT = 3.0        # seconds: an exit sooner than this counts as quick
+STOP_GRACE = 20.0
+
+
+def command(tool: str) -> list[str]:
+    """How to run one of our console scripts: beside this Python, else as a module."""
+    path = Path(sys.executable).parent / tool
+    if path.exists():
+        return [str(path)]
+    found = shutil.which(tool)
+    return [found] if found else [sys.executable, "-m", {"statesvc": "statesvc", "pipeline": "pipeline"}[tool]]
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    restarts: int = 0
+    quick_exits: int = 0
+    next_start: float = 0.0
+    last_code: int | None = None
+
+    def start(self) -> None:
+        self.log.parent.mkdir(exist_ok=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def last_log_line(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+
+@dataclass
+class Run:
+    dataset: Path
+    workers: int
+    gen_args: list[str]
+    reconcile_interval: float = 30.0
+    serve_args: list[str] = field(default_factory=list)
+    out: object = sys.stderr
+    children: list[Child] = field(default_factory=list)
+    daemon: Child | None = None
+    stopping: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def say(self, text: str) -> None:
+        self.clear_bar()
+        print(text, file=self.out, flush=True)
+
+    # ---- children --------------------------------------------------------
+    def spawn(self, name: str, argv: list[str]) -> Child:
+        c = Child(name, argv, self.dataset / "logs" / f"{name}.log")
+        c.start()
+        self.children.append(c)
+        return c
+
+    def start_all(self) -> None:
+        ds = str(self.dataset)
+        if running(self.dataset) is None:
+            self.daemon = self.spawn("statesvc", [*command("statesvc"), "serve", "--dataset", ds,
+                                                  *self.serve_args])
+        else:
+            self.say(f"using the statesvc daemon already serving {ds}")
+        self.wait_daemon()
+        self.spawn("reconcile", [*command("pipeline"), "reconcile", "--dataset", ds,
+                                 "--interval", str(self.reconcile_interval)])
+        for i in range(self.workers):
+            self.spawn(f"generate-{i}", [*command("pipeline"), "generate", "--dataset", ds, *self.gen_args])
+
+    def wait_daemon(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.daemon is not None and not self.daemon.alive():
+                raise PipelineError(f"statesvc serve exited {self.daemon.proc.returncode}: "
+                                    f"{self.daemon.last_log_line()}")
+            if self.status(timeout=1.0) is not None:
+                return
+            time.sleep(0.1)
+        raise PipelineError("the statesvc daemon did not answer within 30 s")
+
+    def supervise(self) -> None:
+        now = time.monotonic()
+        for c in self.children:
+            if c.alive() or self.stopping:
+                continue
+            if c.proc is not None and c.next_start == 0.0:
+                code = c.proc.returncode
+                quick = now - c.started < QUICK_EXIT
+                c.quick_exits = c.quick_exits + 1 if quick and code != 0 else 0
+                if c.quick_exits >= CRASH_LOOP:
+                    raise PipelineError(f"{c.name} keeps failing at start (exit {code}): {c.last_log_line()}")
+                delay = min(30.0, 0.5 * 2 ** min(c.restarts, 6)) if quick else 0.5
+                c.next_start = now + delay
+                c.last_code = code
+                self.say(f"{c.name} (pid {c.proc.pid}) exited with {describe_code(code)}; "
+                         f"restarting in {delay:.1f} s")
+            if now >= c.next_start:
+                c.restarts += 1
+                c.next_start = 0.0
+                c.start()
+                self.say(f"{c.name} restarted (restart #{c.restarts}, pid {c.proc.pid})")
+
+    def stop_children(self, names_prefix: str = "") -> None:
+        targets = [c for c in self.children if c.name.startswith(names_prefix) and c is not self.daemon]
+        self._stop(targets)
+        if not names_prefix and self.daemon is not None:
+            self._stop([self.daemon])
+
+    def _stop(self, targets: list[Child]) -> None:
+        for c in targets:
+            c.signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for c in targets:
+            if c.proc is None:
+                continue
+            try:
+                c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                c.signal(signal.SIGKILL)
+                c.proc.wait()
+
+    # ---- the daemon's view -------------------------------------------------
+    _client: Client | None = None
+
+    def status(self, timeout: float = 3.0) -> dict | None:
+        rec = running(self.dataset)
+        if rec is None or not rec.get("endpoint"):
+            return None
+        if self._client is None or self._client.endpoint != rec["endpoint"]:
+            if self._client is not None:
+                self._client.close()
+            self._client = Client(rec["endpoint"], timeout=timeout, retries=1)
+        try:
+            return self._client.call("status")
+        except (Unavailable, ServiceError):
+            self._client.reconnect()
+            return None
+
+    def final_reconcile(self) -> str:
+        p = subprocess.run([*command("pipeline"), "reconcile", "--once", "--dataset", str(self.dataset)],
+                           capture_output=True, text=True, timeout=600)
+        if p.returncode != 0:
+            raise PipelineError(f"final reconcile failed: {p.stderr.strip().splitlines()[-1:]}")
+        return p.stdout.strip()
+
+    # ---- progress ------------------------------------------------------------
+    _bar_shown = False
+    _next_line = 0.0
+
+    def progress(self, st: dict) -> None:
+        total = st["total"] or 1
+        done = st["completed"] + st["failed"]
+        rate, eta = st.get("rate_per_second"), st.get("eta_seconds")
+        text = (f"{done}/{st['total']} {100 * done / total:5.1f}%  completed {st['completed']}  "
+                f"failed {st['failed']}  generating {st['generating']}  "
+                f"{(rate or 0):.1f}/s  ETA {fmt_seconds(eta) if eta is not None else '-'}")
+        if getattr(self.out, "isatty", lambda: False)():
+            width = 30
+            filled = int(width * done / total)
+            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\033[K", end="", file=self.out, flush=True)
+            self._bar_shown = True
+        elif time.monotonic() >= self._next_line:
+            self._next_line = time.monotonic() + 10.0
+            print(f"progress: {text}", file=self.out, flush=True)
+
+    def clear_bar(self) -> None:
+        if self._bar_shown:
+            print("\r\033[K", end="", file=self.out, flush=True)
+            self._bar_shown = False
+
+    # ---- the whole run -------------------------------------------------------
+    def run(self) -> int:
+        self.start_all()
+        st = None
+        while not self.stopping:
+            self.supervise()
+            st = self.status() or st
+            if st is not None:
+                self.progress(st)
+                if st["pending"] == 0 and st["generating"] == 0:
+                    for line in self.final_reconcile().splitlines()[:-1]:
+                        self.say(f"final reconcile: {line}")
+                    st = self.status() or st
+                    if st["pending"] == 0 and st["generating"] == 0:
+                        break
+            time.sleep(0.25)
+        interrupted = bool(self.stopping)
+        self.clear_bar()
+        self.stop_children()
+        return self.summary(interrupted)
+
+    def summary(self, interrupted: bool) -> int:
+        from statesvc.store import load
+        state = load(self.dataset)  # every child has stopped: the file is the truth
+        st = state.stats()
+        wall = time.monotonic() - self.started
+        self.say(f"{'interrupted' if interrupted else 'finished'}: completed {st['completed']}/{st['total']}, "
+                 f"failed {st['failed']}, pending {st['pending']}, audio {fmt_seconds(st['audio_seconds'])}, "
+                 f"wall time {fmt_seconds(wall)}")
+        if interrupted:
+            self.say("state is consistent; run the same command again to resume")
+            return EXIT_INTERRUPTED
+        failed = [e for e in state.entries if e.status == "failed"]
+        for e in failed[:50]:
+            self.say(f"failed: {e.id} {e.filename}: {e.error}")
+        if len(failed) > 50:
+            self.say(f"... and {len(failed) - 50} more (statesvc list --status failed)")
+        if failed:
+            self.say("retry them with: statesvc requeue --failed --dataset " + str(self.dataset))
+            return EXIT_FAILED_ENTRIES
+        return EXIT_OK
+
+
+class PipelineError(Exception):
+    pass
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when run-pipeline itself dies, so no generator outlives it."""
+    import ctypes
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def describe_code(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def install_signals(run: Run) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
+        run.stopping += 1
+        if run.stopping > 1:
+            for c in run.children:
+                c.signal(signal.SIGKILL)
+            os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)

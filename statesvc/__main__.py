@@ -1,0 +1,3 @@
+from statesvc.cli import main
+
+main()
