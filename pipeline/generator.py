@@ -119,7 +119,8 @@ class Generator:
         if self.stopping or self.claim_rid is not None or time.monotonic() < self.idle_until:
             return
         if len(self.queue) < 2 * self.batch:
-            self.claim_rid = self.send("claim", owner=self.owner, n=2 * self.batch - len(self.queue) + 1)
+            self.claim_rid = self.send("claim", owner=self.owner, n=2 * self.batch - len(self.queue) + 1,
+                                       batch=self.batch)
 
     def heartbeat(self, tokens: list[str]) -> None:
         now = time.monotonic()

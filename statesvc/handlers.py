@@ -27,7 +27,7 @@ class Handlers:
     def apply(self, op: str, a: dict, now: float) -> tuple[dict, bool]:
         s = self.state
         if op == "claim":
-            return s.claim(a["owner"], a["n"], a["lease_seconds"], now), True
+            return s.claim(a["owner"], a["n"], a["lease_seconds"], now, a["batch"]), True
         if op == "result":
             return s.result(a, now), True
         if op == "release":

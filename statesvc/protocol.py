@@ -89,7 +89,8 @@ def _list(msg: dict, key: str, maxlen: int) -> list:
 # ---- one validator per op ---------------------------------------------------
 def _v_claim(m: dict) -> dict:
     return {"owner": _str(m, "owner", MAX_OWNER), "n": _int(m, "n", 1, 1000, 1),
-            "lease_seconds": _num(m, "lease_seconds", 1, 86400, required=False)}
+            "lease_seconds": _num(m, "lease_seconds", 1, 86400, required=False),
+            "batch": _int(m, "batch", 1, 1024, 1)}
 
 
 def _v_heartbeat(m: dict) -> dict:

@@ -97,6 +97,10 @@ class State:
     changed_seq: dict[int, int] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)
     changes: list[int] = field(default_factory=list)
+    # An owner whose leases expire is dead or stuck; only the entries it was working
+    # on (its batch, the first claimed) are charged an attempt, not its prefetched ones.
+    owner_batch: dict[str, int] = field(default_factory=dict)
+    owner_charged: dict[str, int] = field(default_factory=dict)
     unsaved: bool = False
     _pending_heap: list[int] = field(default_factory=list)
 
@@ -169,8 +173,9 @@ class State:
         self._set_status(e, "failed" if e.attempts >= self.max_attempts else "pending", now)
 
     # ---- transitions ----------------------------------------------------
-    def claim(self, owner: str, n: int, lease_seconds: float | None, now: float) -> dict:
+    def claim(self, owner: str, n: int, lease_seconds: float | None, now: float, batch: int = 1) -> dict:
         seconds = lease_seconds or self.lease_seconds
+        self.owner_batch[owner] = batch
         out = []
         while self._pending_heap and len(out) < n:
             eid = heapq.heappop(self._pending_heap)
@@ -250,13 +255,23 @@ class State:
         return {"applied": True, "status": e.status}
 
     def expire(self, now: float) -> list[int]:
+        # self.leases keeps claim order, so an owner's first expired lease is the one it was on
         expired = [
             eid
             for eid in self.leases.values()
             if (d := self.by_id[eid].lease_deadline) is not None and d <= now
         ]
         for eid in expired:
-            self._retry_or_fail(self.by_id[eid], "lease expired", now)
+            e = self.by_id[eid]
+            owner = e.lease_owner or ""
+            charged = self.owner_charged.get(owner, 0)
+            if charged < self.owner_batch.get(owner, 1):
+                self.owner_charged[owner] = charged + 1
+                self._retry_or_fail(e, "lease expired", now)
+            else:
+                e.attempts = max(0, e.attempts - 1)  # prefetched, never started
+                self._drop_lease(e)
+                self._set_status(e, "pending", now)
         return expired
 
     def requeue(self, keys: list, failed: bool, now: float) -> tuple[dict, list[Effect]]:

@@ -137,11 +137,21 @@ def test_attempts_limit_fails_with_last_error() -> None:
 
 def test_expired_leases_count_as_attempts() -> None:
     s = fresh(1, max_attempts=2)
-    s.claim("g", 1, 5, 0)
+    s.claim("g1", 1, 5, 0)
     s.expire(6)
-    s.claim("g", 1, 5, 7)
+    s.claim("g2", 1, 5, 7)
     s.expire(13)
     assert s.by_id[1].status == "failed" and s.by_id[1].error == "lease expired"
+
+
+def test_a_dead_generators_prefetched_entries_cost_no_attempt() -> None:
+    s = fresh(4)
+    s.claim("dead", 2, 5, 0)
+    s.claim("dead", 1, 5, 1)  # prefetched later, expires in a later sweep
+    assert s.expire(5.5) == [1, 2]
+    assert s.expire(6.5) == [3]
+    assert [s.by_id[i].attempts for i in (1, 2, 3)] == [1, 0, 0]
+    assert all(s.by_id[i].status == "pending" for i in (1, 2, 3))
 
 
 def test_requeued_entry_ignores_wav_on_disk_until_generated_again() -> None:
