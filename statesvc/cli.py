@@ -107,7 +107,8 @@ def status(dataset: Path, as_json: bool) -> None:
         return
     total = st["total"] or 1
     click.echo(" ".join(f"{k}={st[k]}" for k in ("total", "pending", "generating", "completed", "failed")))
-    click.echo(f"audio: {st['audio_seconds'] / 3600:.2f} h   done: {100 * (st['completed'] + st['failed']) / total:.1f}%")
+    done = 100 * (st["completed"] + st["failed"]) / total
+    click.echo(f"audio: {st['audio_seconds'] / 3600:.2f} h   done: {done:.1f}%")
     if st.get("daemon"):
         rate, eta = st.get("rate_per_second"), st.get("eta_seconds")
         click.echo(f"daemon pid {st['pid']}, up {st['uptime']:.0f} s, leases {st['leases']}, "

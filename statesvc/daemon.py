@@ -20,9 +20,9 @@ import zmq
 
 from . import protocol
 from .endpoints import defaults
+from .handlers import Handlers
 from .notify import Notifier
 from .protocol import BadRequest
-from .handlers import Handlers
 from .state import Refused, State
 from .store import OutcomeUnknown, SaveFailed, Store, WriterLock, load
 

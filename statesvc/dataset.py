@@ -13,8 +13,8 @@ from typing import Any
 
 from .client import Client, NoDaemon
 from .handlers import Handlers
-from .state import State
 from .protocol import validate
+from .state import State
 from .store import Locked, Store, WriterLock, create, load, state_path
 from .texts import TextsError, read_texts
 

@@ -151,7 +151,7 @@ def test_kill9_while_clients_write_loses_no_acknowledged_update(tmp_path: Path, 
     kills = 0
     try:
         for _ in range(6):
-            wait_for(lambda: len(acked) > kills * 40 + 20, 30, "progress between kills")
+            wait_for(lambda k=kills: len(acked) > k * 40 + 20, 30, "progress between kills")
             d.kill(signal.SIGKILL)
             kills += 1
             doc = read_state(ds)  # parses after every kill

@@ -48,50 +48,66 @@ ops = st.one_of(
 )
 
 
+class Model:
+    """Drives a State with generated operations, remembering every token handed out."""
+
+    def __init__(self) -> None:
+        self.s = fresh()
+        self.now = 1000.0
+        self.tokens: list[tuple[int, str, str]] = []
+        self.reported: set[int] = set()
+
+    def claim(self, owner: str, n: int) -> None:
+        for c in self.s.claim(owner, n, None, self.now)["entries"]:
+            self.tokens.append((c["id"], c["token"], owner))
+
+    def complete(self, eid: int, i: int) -> None:
+        if self.tokens:
+            real, token, _ = self.tokens[i % len(self.tokens)]
+            msg = {"id": real if eid != 6 else 6, "token": token, "status": "completed",
+                   "duration_seconds": 1.0, "sample_rate": 22050}
+            if self.s.result(msg, self.now)["applied"]:
+                self.reported.add(msg["id"])
+
+    def fail(self, eid: int, i: int) -> None:
+        if self.tokens:
+            real, token, _ = self.tokens[i % len(self.tokens)]
+            self.s.result({"id": real if eid != 6 else 6, "token": token, "status": "failed", "error": "x"}, self.now)
+
+    def heartbeat(self, owner: str, i: int) -> None:
+        self.s.heartbeat(owner, [t for _, t, _ in self.tokens[: i + 1]], self.now)
+
+    def tick(self, seconds: float, _: None) -> None:
+        self.now += seconds
+        self.s.expire(self.now)
+
+    def requeue(self, eid: int, failed: bool) -> None:
+        self.s.requeue([eid], failed, self.now)
+
+    def reconcile(self, eid: int, seen: str) -> None:
+        name = f"utt_{eid:04d}"
+        if seen == "missing":
+            self.s.reconcile(self.s.seq, self.s.epoch, {}, [name], self.now)
+            return
+        obs = {"valid": seen == "valid", "duration": 1.0, "sample_rate": 22050, "reason": "bad"}
+        self.s.reconcile(self.s.seq, self.s.epoch, {name: obs}, [], self.now)
+        if seen == "valid":
+            self.reported.add(eid)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(ops, max_size=60))
 def test_any_sequence_keeps_invariants(seq: list) -> None:
-    s = fresh()
-    now = 1000.0
-    tokens: list[tuple[int, str, str]] = []  # every token ever handed out, live or not
-    reported: set[int] = set()
+    m = Model()
     for op, a, b in seq:
         try:
-            if op == "claim":
-                for c in s.claim(a, b, None, now)["entries"]:
-                    tokens.append((c["id"], c["token"], a))
-            elif op in ("complete", "fail") and tokens:
-                eid, token, _ = tokens[b % len(tokens)]
-                msg = {"id": eid if a != 6 else 6, "token": token}
-                if op == "complete":
-                    reply = s.result({**msg, "status": "completed", "duration_seconds": 1.0,
-                                      "sample_rate": 22050}, now)
-                    if reply["applied"]:
-                        reported.add(msg["id"])
-                else:
-                    s.result({**msg, "status": "failed", "error": "boom"}, now)
-            elif op == "heartbeat" and tokens:
-                s.heartbeat(a, [t for _, t, _ in tokens[: b + 1]], now)
-            elif op == "tick":
-                now += a
-                s.expire(now)
-            elif op == "requeue":
-                s.requeue([a], b, now)
-            elif op == "reconcile":
-                name = f"utt_{a:04d}"
-                if b == "missing":
-                    s.reconcile(s.seq, s.epoch, {}, [name], now)
-                else:
-                    obs = {"valid": b == "valid", "duration": 1.0, "sample_rate": 22050, "reason": "bad"}
-                    fixes, _ = s.reconcile(s.seq, s.epoch, {name: obs}, [], now)
-                    if b == "valid":
-                        reported.add(a)
+            getattr(m, op)(a, b)
         except Refused:
             pass
-        check_invariants(s, reported)
+        check_invariants(m.s, m.reported)
     # what is saved reads back as the same state
-    again = parse_state(Store(Path("/nonexistent"), s).render(s))
-    assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries]
+    again = parse_state(Store(Path("/nonexistent"), m.s).render(m.s))
+    assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in m.s.entries]
 
 
 def test_resent_result_changes_nothing() -> None:
