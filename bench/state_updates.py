@@ -1,0 +1,220 @@
+"""Acknowledged state updates per second: our daemon against a bare ROUTER (the physical limit).
+
+Each of W writer processes claims entries and keeps up to K results in flight; an update
+counts when its acknowledgement arrives (for the daemon: once it is durable). Run:
+
+    .venv/bin/python bench/state_updates.py --entries 2000 100000 --writers 8 --inflight 64 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: float) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    lat: list[float] = []
+    rid = 0
+    tokens: list[dict] = []
+    sent: dict[int, float] = {}
+    claim_rid = None
+    exhausted = False
+    while time.time() < start_at:
+        time.sleep(0.001)
+    t0 = time.perf_counter()
+    while True:
+        if not tokens and claim_rid is None and not exhausted:
+            rid += 1
+            claim_rid = rid
+            s.send(orjson.dumps({"op": "claim", "rid": rid, "owner": owner, "n": inflight}))
+        while tokens and len(sent) < inflight:
+            e = tokens.pop()
+            rid += 1
+            sent[rid] = time.perf_counter()
+            s.send(orjson.dumps({"op": "result", "rid": rid, "id": e["id"], "token": e["token"],
+                                 "status": "completed", "duration_seconds": 1.5, "sample_rate": 22050}))
+        if exhausted and not sent:
+            break
+        if not s.poll(10_000):
+            raise SystemExit("no reply within 10 s")
+        while True:
+            try:
+                msg = orjson.loads(s.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            r = msg["rid"]
+            if r == claim_rid:
+                claim_rid = None
+                tokens = msg["entries"]
+                exhausted = not tokens
+            elif r in sent:
+                assert msg["ok"], msg
+                lat.append(time.perf_counter() - sent.pop(r))
+    q.put((lat, time.perf_counter() - t0))
+    s.close()
+    ctx.term()
+
+
+def bare_router(endpoint: str, entries: int, ready: mp.Event) -> None:
+    """The same messages acknowledged at once with no state and no disk; claims hand out fake tokens."""
+    ctx = zmq.Context()
+    r = ctx.socket(zmq.ROUTER)
+    r.setsockopt(zmq.LINGER, 0)
+    r.bind(endpoint)
+    ready.set()
+    next_id = 1
+    while True:
+        frames = r.recv_multipart()
+        msg = orjson.loads(frames[-1])
+        if msg["op"] == "claim":
+            n = min(msg["n"], entries + 1 - next_id)
+            body = {"rid": msg["rid"], "ok": True,
+                    "entries": [{"id": i, "token": "t"} for i in range(next_id, next_id + n)]}
+            next_id += n
+        elif msg["op"] == "stop":
+            break
+        else:
+            body = {"rid": msg["rid"], "ok": True, "applied": True}
+        r.send_multipart([frames[0], orjson.dumps(body)])
+    r.close()
+    ctx.term()
+
+
+def make_state(folder: Path, entries: int) -> None:
+    from statesvc.state import Entry, State
+    from statesvc.store import create
+    (folder / "wavs").mkdir(parents=True)
+    create(folder, State([Entry(i, f"b_{i:07d}", f"text number {i}") for i in range(1, entries + 1)]))
+
+
+def run_writers(endpoint: str, writers: int, inflight: int) -> dict:
+    q: mp.Queue = mp.Queue()
+    start_at = time.time() + 0.5
+    procs = [mp.Process(target=writer, args=(endpoint, inflight, f"w{i}", q, start_at)) for i in range(writers)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    lat = sorted(x for r, _ in results for x in r)
+    wall = max(w for _, w in results)
+    return {"updates": len(lat), "per_second": len(lat) / wall, "median_ms": 1000 * statistics.median(lat),
+            "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))]}
+
+
+def bench_daemon(entries: int, writers: int, inflight: int) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="bench-state-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        make_state(folder, entries)
+        t0 = time.perf_counter()
+        d = subprocess.Popen([sys.executable, "-m", "statesvc", "serve", "--dataset", str(folder),
+                              "--log-level", "WARNING"])
+        from statesvc.client import Client, Unavailable
+        endpoint = f"ipc://{folder}/statesvc.sock"
+        while True:
+            try:
+                with Client(endpoint, timeout=0.2, retries=1) as c:
+                    c.call("ping")
+                break
+            except Unavailable:
+                if d.poll() is not None:
+                    raise SystemExit("daemon died")
+        startup = time.perf_counter() - t0
+        rss = _rss_mb(d.pid)
+        out = run_writers(endpoint, writers, inflight)
+        out["startup_s"] = startup
+        out["rss_mb"] = max(rss, _rss_mb(d.pid))
+        d.terminate()
+        d.wait(60)
+        doc = orjson.loads((folder / "generation_state.json").read_bytes())
+        out["lost"] = out["updates"] - doc["completed"]
+        return out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def bench_router(entries: int, writers: int, inflight: int) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix="bench-router-"))
+    endpoint = f"ipc://{folder}/r.sock"
+    ready = mp.Event()
+    p = mp.Process(target=bare_router, args=(endpoint, entries, ready))
+    p.start()
+    ready.wait(10)
+    out = run_writers(endpoint, writers, inflight)
+    p.kill()
+    p.join()
+    shutil.rmtree(folder, ignore_errors=True)
+    out["lost"] = 0
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+BENCHES = {"daemon": bench_daemon, "router": bench_router}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--entries", type=int, nargs="+", default=[2000, 100_000])
+    ap.add_argument("--writers", type=int, default=8)
+    ap.add_argument("--inflight", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--targets", nargs="+", default=list(BENCHES), choices=list(BENCHES))
+    ap.add_argument("--json", type=Path, default=None, help="Also write the medians here.")
+    a = ap.parse_args()
+    rows = []
+    for n in a.entries:
+        for run in range(a.runs):
+            for t in a.targets:  # interleaved, so drift on a shared machine hits every target alike
+                r = BENCHES[t](n, a.writers, a.inflight)
+                r.update(entries=n, target=t, run=run)
+                rows.append(r)
+                print(f"  {t:>7} n={n:>8} run {run}: {r['per_second']:9.0f}/s median {r['median_ms']:7.2f} ms "
+                      f"p99 {r['p99_ms']:8.2f} ms lost {r['lost']}", file=sys.stderr, flush=True)
+    summary = []
+    print(f"\n{'entries':>9} {'target':>8} {'updates/s':>10} {'median ms':>10} {'p99 ms':>9} {'lost':>5} {'vs router':>9}")
+    for n in a.entries:
+        base = statistics.median(r["per_second"] for r in rows if r["entries"] == n and r["target"] == "router") \
+            if "router" in a.targets else None
+        for t in a.targets:
+            rs = [r for r in rows if r["entries"] == n and r["target"] == t]
+            med = {k: statistics.median(r[k] for r in rs) for k in ("per_second", "median_ms", "p99_ms")}
+            med.update(entries=n, target=t, lost=max(r["lost"] for r in rs),
+                       ratio=(med["per_second"] / base) if base else None,
+                       startup_s=max((r.get("startup_s", 0) for r in rs)), rss_mb=max(r.get("rss_mb", 0) for r in rs))
+            summary.append(med)
+            ratio = f"{med['ratio']:.2f}x" if med["ratio"] else "-"
+            print(f"{n:>9} {t:>8} {med['per_second']:>10.0f} {med['median_ms']:>10.2f} {med['p99_ms']:>9.2f} "
+                  f"{med['lost']:>5} {ratio:>9}")
+    if a.json:
+        a.json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()
