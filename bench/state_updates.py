@@ -198,7 +198,8 @@ def main() -> None:
                 print(f"  {t:>7} n={n:>8} run {run}: {r['per_second']:9.0f}/s median {r['median_ms']:7.2f} ms "
                       f"p99 {r['p99_ms']:8.2f} ms lost {r['lost']}", file=sys.stderr, flush=True)
     summary = []
-    print(f"\n{'entries':>9} {'target':>8} {'updates/s':>10} {'median ms':>10} {'p99 ms':>9} {'lost':>5} {'vs router':>9}")
+    head = ("entries", "target", "updates/s", "median ms", "p99 ms", "lost", "vs router")
+    print("\n" + " ".join(f"{h:>{w}}" for h, w in zip(head, (9, 8, 10, 10, 9, 5, 9), strict=True)))
     for n in a.entries:
         base = statistics.median(r["per_second"] for r in rows if r["entries"] == n and r["target"] == "router") \
             if "router" in a.targets else None
@@ -207,7 +208,7 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in rs) for k in ("per_second", "median_ms", "p99_ms")}
             med.update(entries=n, target=t, lost=max(r["lost"] for r in rs),
                        ratio=(med["per_second"] / base) if base else None,
-                       startup_s=max((r.get("startup_s", 0) for r in rs)), rss_mb=max(r.get("rss_mb", 0) for r in rs))
+                       startup_s=max(r.get("startup_s", 0) for r in rs), rss_mb=max(r.get("rss_mb", 0) for r in rs))
             summary.append(med)
             ratio = f"{med['ratio']:.2f}x" if med["ratio"] else "-"
             print(f"{n:>9} {t:>8} {med['per_second']:>10.0f} {med['median_ms']:>10.2f} {med['p99_ms']:>9.2f} "

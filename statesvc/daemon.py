@@ -30,6 +30,7 @@ log = logging.getLogger("statesvc")
 
 DRAIN_LIMIT = 20_000
 EXPIRE_EVERY = 1.0
+SAVE_RETRY = 1.0
 
 
 class Daemon:
@@ -39,6 +40,7 @@ class Daemon:
         self.state = state
         self.store = Store(dataset, state)
         self.handlers = Handlers(dataset, state)
+        self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -62,6 +64,7 @@ class Daemon:
         self.started = time.time()
         self.next_expire = 0.0
         self.next_watchdog = 0.0
+        self.retry_at = 0.0
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
         self.totals = collections.Counter()
 
@@ -126,16 +129,20 @@ class Daemon:
             for eid in self.state.expire(now):
                 log.info("lease on entry %d expired", eid)
             self.rate_samples.append((now, self.state.counts["completed"]))
-        self.commit(deferred)
+        self.commit(deferred, now)
         if now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval
             self.notifier.send("WATCHDOG=1")
 
-    def commit(self, deferred: list[tuple[list[bytes], bytes]]) -> None:
-        if self.state.unsaved:
+    def commit(self, deferred: list[tuple[list[bytes], bytes]], now: float) -> None:
+        # After a failed save, an idle loop waits a little before trying the disk again;
+        # a batch with writes always tries.
+        if self.state.unsaved and (deferred or now >= self.retry_at):
             try:
                 self.store.save(self.state)
+                self.retry_at = 0.0
             except SaveFailed as exc:
+                self.retry_at = now + SAVE_RETRY
                 log.error("save failed, batch of %d writes refused: %s", len(deferred), exc)
                 err = {"ok": False, "error": f"not saved: {exc}"}
                 for envelope, reply in deferred:
@@ -168,6 +175,8 @@ class Daemon:
     def close(self) -> None:
         self.router.close(0)
         self.pub.close(0)
+        if self._own_ctx:
+            self.ctx.term()
         for ep in (self.endpoint, self.events):
             if ep.startswith("ipc://"):
                 try:
