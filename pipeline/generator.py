@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from statesvc.client import Client
+from statesvc.store import fsync_dir
 
 from .synth import Synthesizer, to_pcm16
 from .wavs import write_wav
@@ -29,6 +30,8 @@ RESEND_AFTER = 2.0
 CLAIM_RETRY = 2.0
 IDLE_MAX = 2.0
 SILENCE_RECONNECT = 6.0
+PREFETCH_MIN, PREFETCH_MAX = 8, 512   # bounds of the queue of claimed texts
+FLUSH_EVERY, FLUSH_COUNT = 0.05, 32   # results wait at most this long (s) / this many for one folder fsync
 FLUSH_SECONDS = 10.0
 
 
@@ -48,12 +51,13 @@ class Generator:
     dataset: Path
     batch: int = 1
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    sync_dir: bool = True
     stopping: int = 0
     queue: collections.deque = field(default_factory=collections.deque)
     unacked: dict[int, Pending] = field(default_factory=dict)
     claim_rid: int | None = None
     claim_sent: float = 0.0
+    claim_latency: float = 0.0
+    text_seconds: float = 0.0
     idle_until: float = 0.0
     lease_seconds: float = 120.0
     next_heartbeat: float = 0.0
@@ -61,6 +65,8 @@ class Generator:
     backoff: float = 0.5
     done: int = 0
     failed: int = 0
+    written: list = field(default_factory=list)
+    first_written: float = 0.0
 
     # ---- talking to the daemon -------------------------------------------
     def send(self, op: str, **fields: object) -> int:
@@ -106,6 +112,7 @@ class Generator:
             return
         if p.op == "claim":
             self.claim_rid = None
+            self.claim_latency = 0.7 * self.claim_latency + 0.3 * (time.monotonic() - self.claim_sent)
             self.lease_seconds = msg.get("lease_seconds") or self.lease_seconds
             got = msg.get("entries", [])
             self.queue.extend(got)
@@ -118,9 +125,21 @@ class Generator:
     def want_more(self) -> None:
         if self.stopping or self.claim_rid is not None or time.monotonic() < self.idle_until:
             return
-        if len(self.queue) < 2 * self.batch:
-            self.claim_rid = self.send("claim", owner=self.owner, n=2 * self.batch - len(self.queue) + 1,
-                                       batch=self.batch)
+        high = self.prefetch()
+        if len(self.queue) < high // 2 + self.batch:
+            self.claim_rid = self.send("claim", owner=self.owner, n=high - len(self.queue), batch=self.batch)
+            self.claim_sent = time.monotonic()
+
+    def prefetch(self) -> int:
+        """How many texts to hold: enough to keep synthesizing through two claim round trips.
+
+        A claim is answered once durable, so its latency follows the daemon's save time,
+        which grows with the dataset; the queue grows with it instead of the model waiting.
+        """
+        if self.text_seconds <= 0:
+            return max(PREFETCH_MIN, 4 * self.batch)
+        need = int(2 * self.claim_latency / self.text_seconds) + 2 * self.batch
+        return max(PREFETCH_MIN, 4 * self.batch, min(PREFETCH_MAX, need))
 
     def heartbeat(self, tokens: list[str]) -> None:
         now = time.monotonic()
@@ -132,6 +151,14 @@ class Generator:
 
     # ---- making audio -----------------------------------------------------
     def work(self, entries: list[dict]) -> None:
+        started = time.monotonic()
+        try:
+            self._work(entries)
+        finally:
+            per_text = (time.monotonic() - started) / len(entries)
+            self.text_seconds = per_text if not self.text_seconds else 0.8 * self.text_seconds + 0.2 * per_text
+
+    def _work(self, entries: list[dict]) -> None:
         self.heartbeat([e["token"] for e in entries])
         folder = self.dataset / "wavs"
         try:
@@ -150,13 +177,31 @@ class Generator:
                 if audio is None:
                     audio = self.synth.synthesize(e["text"])
                 pcm = to_pcm16(audio)
-                seconds = write_wav(folder, e["filename"], pcm, self.synth.sample_rate, self.sync_dir)
+                seconds, sig = write_wav(folder, e["filename"], pcm, self.synth.sample_rate, sync_dir=False)
             except Exception as exc:
                 self.report_failure(e, exc)
                 continue
+            if not self.written:
+                self.first_written = time.monotonic()
+            self.written.append((e, seconds, sig))
+
+    def flush_written(self, force: bool = False) -> None:
+        """One fsync of wavs/ makes every rename so far durable; only then are their results sent."""
+        if not self.written or not (force or len(self.written) >= FLUSH_COUNT or not self.queue
+                                    or time.monotonic() - self.first_written >= FLUSH_EVERY):
+            return
+        try:
+            fsync_dir(self.dataset / "wavs")
+        except OSError as exc:
+            for e, _, _ in self.written:
+                self.report_failure(e, exc)
+            self.written = []
+            return
+        for e, seconds, sig in self.written:
             self.done += 1
             self.send("result", id=e["id"], token=e["token"], status="completed",
-                      duration_seconds=round(seconds, 6), sample_rate=self.synth.sample_rate)
+                      duration_seconds=round(seconds, 6), sample_rate=self.synth.sample_rate, wav=sig)
+        self.written = []
 
     def report_failure(self, e: dict, exc: BaseException) -> None:
         self.failed += 1
@@ -171,8 +216,10 @@ class Generator:
         if self.queue:
             take = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
             self.work(take)
+            self.flush_written()
             self.pump(0)
         else:
+            self.flush_written(force=True)
             self.heartbeat([])
             self.pump(0.2)
 
@@ -183,6 +230,7 @@ class Generator:
 
     def shutdown(self) -> int:
         """Give back what was not started, flush results for a bounded time."""
+        self.flush_written(force=True)
         if self.queue:
             self.send("release", owner=self.owner, tokens=[e["token"] for e in self.queue])
             self.queue.clear()

@@ -12,8 +12,12 @@ from statesvc.audio import TMP_PREFIX
 from statesvc.store import fsync_dir
 
 
-def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int, sync_dir: bool = True) -> float:
-    """Write ``folder/filename.wav`` via a hidden temp file, fsync and rename; return seconds."""
+def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int,
+              sync_dir: bool = True) -> tuple[float, list[int]]:
+    """Write ``folder/filename.wav`` via a hidden temp file, fsync and rename.
+
+    Returns the duration in seconds and the file's [size, mtime_ns, inode].
+    """
     tmp = folder / f"{TMP_PREFIX}{filename}.{os.getpid()}.wav"
     final = folder / f"{filename}.wav"
     try:
@@ -21,6 +25,7 @@ def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int, 
             sf.write(f, pcm16, sample_rate, format="WAV", subtype="PCM_16")
             f.flush()
             os.fsync(f.fileno())
+            st = os.fstat(f.fileno())
         os.replace(tmp, final)
     except BaseException:
         try:
@@ -30,4 +35,4 @@ def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int, 
         raise
     if sync_dir:
         fsync_dir(folder)
-    return len(pcm16) / sample_rate
+    return len(pcm16) / sample_rate, [st.st_size, st.st_mtime_ns, st.st_ino]

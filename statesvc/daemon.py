@@ -31,6 +31,8 @@ log = logging.getLogger("statesvc")
 DRAIN_LIMIT = 20_000
 EXPIRE_EVERY = 1.0
 SAVE_RETRY = 1.0
+MIN_COMMIT_GAP = 0.1
+SAVE_DUTY = 2.0
 
 
 class Daemon:
@@ -64,7 +66,8 @@ class Daemon:
         self.started = time.time()
         self.next_expire = 0.0
         self.next_watchdog = 0.0
-        self.retry_at = 0.0
+        self.next_commit = 0.0
+        self.waiting: list[tuple[list[bytes], bytes]] = []
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
         self.totals = collections.Counter()
 
@@ -110,49 +113,61 @@ class Daemon:
                 "leases": len(s.leases)}
 
     # ---- the loop -------------------------------------------------------
-    def run_once(self, now: float, timeout_ms: int = 200) -> None:
-        events = dict(self.poller.poll(timeout_ms))
-        deferred: list[tuple[list[bytes], bytes]] = []
-        if self.router in events:
-            for _ in range(DRAIN_LIMIT):
-                try:
-                    frames = self.router.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                reply, envelope, later = self.handle(frames, now)
-                if later:
-                    deferred.append((envelope, reply))
-                else:
-                    self.send(envelope, reply)
+    def wait(self, max_ms: int = 200) -> None:
+        """Block until a message arrives or the next commit is due."""
+        timeout = max_ms
+        if self.waiting or self.state.unsaved:
+            timeout = min(timeout, max(0, int((self.next_commit - time.time()) * 1000) + 1))
+        self.poller.poll(timeout)
+
+    def run_once(self, now: float) -> None:
+        """Apply what has arrived; commit when due; answer the writes of a durable commit."""
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            reply, envelope, later = self.handle(frames, now)
+            if later:
+                self.waiting.append((envelope, reply))
+            else:
+                self.send(envelope, reply)
         if now >= self.next_expire:
             self.next_expire = now + EXPIRE_EVERY
             for eid in self.state.expire(now):
                 log.info("lease on entry %d expired", eid)
             self.rate_samples.append((now, self.state.counts["completed"]))
-        self.commit(deferred, now)
+        if (self.waiting or self.state.unsaved) and now >= self.next_commit:
+            self.commit(now)
         if now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval
             self.notifier.send("WATCHDOG=1")
 
-    def commit(self, deferred: list[tuple[list[bytes], bytes]], now: float) -> None:
-        # After a failed save, an idle loop waits a little before trying the disk again;
-        # a batch with writes always tries.
-        if self.state.unsaved and (deferred or now >= self.retry_at):
+    def commit(self, now: float) -> None:
+        """Group commit: one save for everything applied since the last one, then the replies.
+
+        The next commit waits at least SAVE_DUTY times as long as this save took, so a big
+        state is written less often (bigger batches) instead of saturating the disk.
+        """
+        waiting, self.waiting = self.waiting, []
+        if self.state.unsaved:
+            started = time.monotonic()
             try:
                 self.store.save(self.state)
-                self.retry_at = 0.0
             except SaveFailed as exc:
-                self.retry_at = now + SAVE_RETRY
-                log.error("save failed, batch of %d writes refused: %s", len(deferred), exc)
+                self.next_commit = now + SAVE_RETRY
+                log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
                 err = {"ok": False, "error": f"not saved: {exc}"}
-                for envelope, reply in deferred:
+                for envelope, reply in waiting:
                     rid = orjson.loads(reply).get("rid")
                     self.send(envelope, protocol.encode({"rid": rid, **err}))
                 if isinstance(exc, OutcomeUnknown):
                     raise  # the supervisor restarts us; clients resend
                 return
+            took = time.monotonic() - started
+            self.next_commit = now + max(MIN_COMMIT_GAP, SAVE_DUTY * took)
             self.publish()
-        for envelope, reply in deferred:
+        for envelope, reply in waiting:
             self.send(envelope, reply)
 
     def publish(self) -> None:
@@ -219,8 +234,10 @@ def _loop(daemon: Daemon) -> int:
     code = 0
     try:
         while not daemon.stopping:
+            daemon.wait()
             daemon.run_once(time.time())
-        daemon.run_once(time.time(), timeout_ms=0)  # answer what already arrived
+        daemon.next_commit = 0.0
+        daemon.run_once(time.time())  # apply and answer what already arrived
     except OutcomeUnknown as exc:
         log.error("stopping: %s", exc)
         code = 75

@@ -108,6 +108,12 @@ def _v_result(m: dict) -> dict:
     if status == "completed":
         out["duration_seconds"] = _num(m, "duration_seconds", 0.0, 86400.0)
         out["sample_rate"] = _int(m, "sample_rate", 1000, 768_000)
+        wav = m.get("wav")
+        if wav is not None:
+            if not (isinstance(wav, list) and len(wav) == 3 and
+                    all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64 for x in wav)):
+                raise BadRequest("wav must be [size, mtime_ns, inode]")
+            out["wav"] = wav
     else:
         err = m.get("error")
         if err is not None and not isinstance(err, str):

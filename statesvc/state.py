@@ -101,6 +101,9 @@ class State:
     # on (its batch, the first claimed) are charged an attempt, not its prefetched ones.
     owner_batch: dict[str, int] = field(default_factory=dict)
     owner_charged: dict[str, int] = field(default_factory=dict)
+    # (size, mtime_ns, inode) of a wav as its generator reported it, in memory only: the
+    # reconciler need not open a file its generator just wrote and that has not changed since
+    wav_sig: dict[int, list[int]] = field(default_factory=dict)
     unsaved: bool = False
     _pending_heap: list[int] = field(default_factory=list)
 
@@ -145,6 +148,7 @@ class State:
 
     def _set_status(self, e: Entry, status: str, now: float) -> None:
         if e.status != status:
+            self.wav_sig.pop(e.id, None)
             self.counts[e.status] -= 1
             self.counts[status] += 1
             e.status = status
@@ -228,7 +232,10 @@ class State:
         e = self.lookup(msg["id"])
         token = msg["token"]
         if msg["status"] == "completed":
-            return self._result_completed(e, token, msg["duration_seconds"], msg["sample_rate"], now)
+            reply = self._result_completed(e, token, msg["duration_seconds"], msg["sample_rate"], now)
+            if reply["applied"] and msg.get("wav"):
+                self.wav_sig[e.id] = msg["wav"]
+            return reply
         return self._result_failed(e, token, msg.get("error") or "synthesis failed", now)
 
     def _result_completed(self, e: Entry, token: str, duration: float, sr: int, now: float) -> dict:
@@ -378,7 +385,8 @@ class State:
             "epoch": self.epoch,
             "seq": self.seq,
             "sample_rate": self.sample_rate,
-            "entries": {e.filename: [e.status, e.duration_seconds, e.requeued] for e in self.entries},
+            "entries": {e.filename: [e.status, e.duration_seconds, e.requeued, self.wav_sig.get(e.id)]
+                        for e in self.entries},
         }
 
     def stats(self) -> dict:

@@ -126,25 +126,39 @@ def _dumps(e: Entry) -> bytes:
     return orjson.dumps(e.to_dict())
 
 
+BLOCK = 1024
+
+
 class Store:
-    """Serializes a state into bytes, reusing the bytes of unchanged entries."""
+    """Serializes a state into bytes, reusing the bytes of unchanged entries.
+
+    Entries are cached one by one and joined in blocks of BLOCK; a save re-serializes
+    the changed entries and re-joins only their blocks.
+    """
 
     def __init__(self, dataset: Path, state: State):
         self.dataset = dataset
         self.path = state_path(dataset)
         self._parts = [_dumps(e) for e in state.entries]
+        self._blocks: list[bytes | None] = [None] * (len(self._parts) // BLOCK + 1)
 
     def render(self, state: State) -> bytes:
-        parts = self._parts
+        parts, blocks = self._parts, self._blocks
         if len(parts) < len(state.entries):
             parts.extend(b"" for _ in range(len(state.entries) - len(parts)))
+            blocks.extend(None for _ in range(len(parts) // BLOCK + 1 - len(blocks)))  # added: dirty
         for eid in state.dirty:
             i = state.index_of[eid]
             parts[i] = _dumps(state.entries[i])
+            blocks[i // BLOCK] = None
         state.dirty.clear()
+        for b, block in enumerate(blocks):
+            if block is None:
+                blocks[b] = b",\n".join(parts[b * BLOCK:(b + 1) * BLOCK])
         head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sample_rate": state.sample_rate,
                              **state.counters()})
-        return b"".join((head[:-1], b',"entries":[\n', b",\n".join(parts), b"\n]}\n"))
+        body = b",\n".join(b for b in blocks if b)
+        return b"".join((head[:-1], b',"entries":[\n', body, b"\n]}\n"))
 
     def save(self, state: State) -> None:
         """Write the state durably, or raise SaveFailed leaving the old file intact."""

@@ -99,7 +99,8 @@ def _serve_in_thread(ds: Path, s: State) -> tuple[Daemon, threading.Event, threa
         import time
         try:
             while not stop.is_set():
-                d.run_once(time.time(), timeout_ms=20)
+                d.wait(20)
+                d.run_once(time.time())
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -163,3 +164,23 @@ def test_damaged_state_is_refused(tmp_path: Path) -> None:
         path.write_bytes(orjson.dumps(d))
         with pytest.raises(store.DamagedState):
             load(ds)
+
+
+def test_cached_render_equals_a_fresh_render(tmp_path: Path) -> None:
+    import random
+    rng = random.Random(7)
+    s = State([Entry(i, f"u_{i:05d}", f"t{i}") for i in range(1, 3001)])
+    cached = Store(tmp_path, s)
+    for step in range(30):
+        for c in s.claim("g", rng.randint(1, 300), None, step)["entries"]:
+            if rng.random() < 0.7:
+                s.result({"id": c["id"], "token": c["token"], "status": "completed",
+                          "duration_seconds": rng.random(), "sample_rate": 22050}, step)
+        if step % 7 == 0:
+            s.add([(None, f"new {step} {k}") for k in range(rng.randint(1, 1500))], "u", step)
+        assert cached.render(s) == Store(tmp_path, s).render(s)
+    assert len(load_bytes(cached.render(s)).entries) == len(s.entries)
+
+
+def load_bytes(raw: bytes) -> State:
+    return store.parse_state(raw)
