@@ -65,6 +65,7 @@ class Generator:
     backoff: float = 0.5
     done: int = 0
     failed: int = 0
+    starved: float = 0.0
     written: list = field(default_factory=list)
     first_written: float = 0.0
 
@@ -221,7 +222,9 @@ class Generator:
         else:
             self.flush_written(force=True)
             self.heartbeat([])
+            t = time.monotonic()
             self.pump(0.2)
+            self.starved += time.monotonic() - t
 
     def run(self) -> int:
         while not self.stopping:
@@ -238,8 +241,8 @@ class Generator:
         while any(p.op != "claim" for p in self.unacked.values()) and time.monotonic() < deadline:
             self.pump(0.1)
         left = sum(p.op == "result" for p in self.unacked.values())
-        log.info("generator %s stopping: %d written, %d failed, %d results unacknowledged",
-                 self.owner, self.done, self.failed, left)
+        log.info("generator %s stopping: %d written, %d failed, %d results unacknowledged, "
+                 "%.1f s waiting for work", self.owner, self.done, self.failed, left, self.starved)
         return 0
 
 

@@ -123,6 +123,11 @@ class Run:
 
     def supervise(self) -> None:
         now = time.monotonic()
+        if self.daemon is None and running(self.dataset) is None:
+            # the daemon we found at start went away: from now on we run our own
+            self.say("the statesvc daemon serving the dataset went away; starting one")
+            self.daemon = self.spawn("statesvc", [*command("statesvc"), "serve", "--dataset",
+                                                  str(self.dataset), *self.serve_args])
         for c in self.children:
             if c.alive() or self.stopping:
                 continue
