@@ -30,8 +30,8 @@ RESEND_AFTER = 2.0
 CLAIM_RETRY = 2.0
 IDLE_MAX = 2.0
 SILENCE_RECONNECT = 6.0
-PREFETCH_MIN, PREFETCH_MAX = 8, 512   # bounds of the queue of claimed texts
-FLUSH_EVERY, FLUSH_COUNT = 0.05, 32   # results wait at most this long (s) / this many for one folder fsync
+PREFETCH_MIN, PREFETCH_MAX = 8, 1024   # bounds of the queue of claimed texts
+FLUSH_EVERY, FLUSH_COUNT = 0.05, 256  # results wait at most this long (s) / this many for one folder fsync
 FLUSH_SECONDS = 10.0
 
 
@@ -118,6 +118,10 @@ class Generator:
             got = msg.get("entries", [])
             self.queue.extend(got)
             self.idle_until = 0.0 if got else time.monotonic() + min(IDLE_MAX, 0.2 + self.backoff)
+        elif p.op == "results":
+            for item, r in zip(p.fields["items"], msg.get("replies", []), strict=False):
+                if not r.get("ok"):
+                    log.error("result for entry %s refused: %s", item["id"], r.get("error"))
         elif p.op == "heartbeat":
             lost = set(msg.get("lost", []))
             if lost:
@@ -198,10 +202,10 @@ class Generator:
                 self.report_failure(e, exc)
             self.written = []
             return
-        for e, seconds, sig in self.written:
-            self.done += 1
-            self.send("result", id=e["id"], token=e["token"], status="completed",
-                      duration_seconds=round(seconds, 6), sample_rate=self.synth.sample_rate, wav=sig)
+        items = [{"id": e["id"], "token": e["token"], "status": "completed", "duration_seconds": round(sec, 6),
+                  "sample_rate": self.synth.sample_rate, "wav": sig} for e, sec, sig in self.written]
+        self.done += len(items)
+        self.send("results", items=items)  # one message for the whole flush
         self.written = []
 
     def report_failure(self, e: dict, exc: BaseException) -> None:
@@ -240,7 +244,7 @@ class Generator:
         deadline = time.monotonic() + FLUSH_SECONDS
         while any(p.op != "claim" for p in self.unacked.values()) and time.monotonic() < deadline:
             self.pump(0.1)
-        left = sum(p.op == "result" for p in self.unacked.values())
+        left = sum(len(p.fields.get("items", [p])) for p in self.unacked.values() if p.op.startswith("result"))
         log.info("generator %s stopping: %d written, %d failed, %d results unacknowledged, "
                  "%.1f s waiting for work", self.owner, self.done, self.failed, left, self.starved)
         return 0

@@ -31,8 +31,9 @@ log = logging.getLogger("statesvc")
 DRAIN_LIMIT = 20_000
 EXPIRE_EVERY = 1.0
 SAVE_RETRY = 1.0
-MIN_COMMIT_GAP = 0.1
+MIN_COMMIT_GAP = 0.05
 SAVE_DUTY = 2.0
+URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit without pacing
 
 
 class Daemon:
@@ -72,8 +73,8 @@ class Daemon:
         self.totals = collections.Counter()
 
     # ---- one message ----------------------------------------------------
-    def handle(self, frames: list[bytes], now: float) -> tuple[bytes | None, list[bytes] | None, bool]:
-        """Return (reply, envelope, deferred) for one multipart message."""
+    def handle(self, frames: list[bytes], now: float) -> tuple[bytes | None, list[bytes] | None, int]:
+        """Return (reply, envelope, deferred) for one multipart message; deferred may be URGENT."""
         ident, rest = frames[0], frames[1:]
         envelope = [ident]
         if len(rest) == 2 and rest[0] == b"":
@@ -88,6 +89,8 @@ class Daemon:
             body, deferred = self.handlers.apply(op, args, now)
             if op == "status":
                 body = self.status(now)
+            elif deferred and op in protocol.URGENT_WRITES:
+                deferred = URGENT
             self.totals[op] += 1
             reply = {"rid": rid, "ok": True, **body}
         except (BadRequest, Refused) as exc:
@@ -130,6 +133,8 @@ class Daemon:
             reply, envelope, later = self.handle(frames, now)
             if later:
                 self.waiting.append((envelope, reply))
+                if later == URGENT:
+                    self.next_commit = 0.0
             else:
                 self.send(envelope, reply)
         if now >= self.next_expire:

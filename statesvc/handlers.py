@@ -11,7 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .state import Effect, State
+from .protocol import VALIDATORS, WRITES
+from .state import Effect, Refused, State
 
 log = logging.getLogger("statesvc")
 
@@ -25,35 +26,58 @@ class Handlers:
         self.state = state
 
     def apply(self, op: str, a: dict, now: float) -> tuple[dict, bool]:
-        s = self.state
-        if op == "claim":
-            return s.claim(a["owner"], a["n"], a["lease_seconds"], now, a["batch"]), True
-        if op == "result":
-            return s.result(a, now), True
-        if op == "release":
-            return s.release(a["owner"], a["tokens"], now), True
-        if op == "heartbeat":
-            return s.heartbeat(a["owner"], a["tokens"], now), False
-        if op == "requeue":
-            body, effects = s.requeue(a["keys"], a["failed"], now)
-            body["moved"] = self.carry_out(effects)
-            return body, True
-        if op == "add":
-            return s.add(a["items"], a["prefix"], now), True
-        if op == "reconcile":
-            body, effects = s.reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
-            body["moved"] = self.carry_out(effects)
-            return body, True
-        if op == "status":
-            return s.stats(), False
-        if op == "list":
-            st = a["status"]
-            return {"entries": [e.to_dict() for e in s.entries if st is None or e.status == st]}, False
-        if op == "show":
-            return {"entry": s.lookup(a["key"]).to_dict()}, False
-        if op == "snapshot":
-            return s.snapshot(), False
-        return {"pid": os.getpid(), "epoch": s.epoch}, False  # ping
+        """Apply one validated message; returns (reply body, whether it is a write)."""
+        return getattr(self, f"on_{op}")(a, now), op in WRITES
+
+    # ---- writes: the reply goes out once the change is durable ----------
+    def on_claim(self, a: dict, now: float) -> dict:
+        return self.state.claim(a["owner"], a["n"], a["lease_seconds"], now, a["batch"])
+
+    def on_result(self, a: dict, now: float) -> dict:
+        return self.state.result(a, now)
+
+    def on_results(self, a: dict, now: float) -> dict:
+        return {"replies": [self._one_result(item, now) for item in a["items"]]}
+
+    def on_release(self, a: dict, now: float) -> dict:
+        return self.state.release(a["owner"], a["tokens"], now)
+
+    def on_requeue(self, a: dict, now: float) -> dict:
+        body, effects = self.state.requeue(a["keys"], a["failed"], now)
+        return {**body, "moved": self.carry_out(effects)}
+
+    def on_add(self, a: dict, now: float) -> dict:
+        return self.state.add(a["items"], a["prefix"], now)
+
+    def on_reconcile(self, a: dict, now: float) -> dict:
+        body, effects = self.state.reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
+        return {**body, "moved": self.carry_out(effects)}
+
+    # ---- reads: answered at once from memory ------------------------------
+    def on_heartbeat(self, a: dict, now: float) -> dict:
+        return self.state.heartbeat(a["owner"], a["tokens"], now)
+
+    def on_status(self, a: dict, now: float) -> dict:
+        return self.state.stats()
+
+    def on_list(self, a: dict, now: float) -> dict:
+        st = a["status"]
+        return {"entries": [e.to_dict() for e in self.state.entries if st is None or e.status == st]}
+
+    def on_show(self, a: dict, now: float) -> dict:
+        return {"entry": self.state.lookup(a["key"]).to_dict()}
+
+    def on_snapshot(self, a: dict, now: float) -> dict:
+        return self.state.snapshot()
+
+    def on_ping(self, a: dict, now: float) -> dict:
+        return {"pid": os.getpid(), "epoch": self.state.epoch}
+
+    def _one_result(self, a: dict, now: float) -> dict:
+        try:
+            return {"ok": True, **self.state.result(a, now)}
+        except Refused as exc:
+            return {"ok": False, "error": str(exc)}
 
     def carry_out(self, effects: list[Effect]) -> list[str]:
         """Move bad or set-aside wavs out of wavs/; nothing is ever deleted."""
@@ -73,3 +97,6 @@ class Handlers:
                 log.error("cannot move %s aside: %s", src, exc)
         return moved
 
+
+
+assert all(hasattr(Handlers, f"on_{op}") for op in VALIDATORS), "every op has a handler"

@@ -21,7 +21,9 @@ MAX_ERROR = 4000
 MAX_TOKEN = 64
 
 # ops that change the state: their reply is sent only once the change is durable
-WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release"})
+WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile", "release"})
+# writes whose sender waits for the reply before it can go on: committed without pacing
+URGENT_WRITES = frozenset({"claim", "requeue", "add"})
 READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat"})
 
 
@@ -122,6 +124,13 @@ def _v_result(m: dict) -> dict:
     return out
 
 
+def _v_results(m: dict) -> dict:
+    items = _list(m, "items", 1000)
+    if not items or not all(isinstance(i, dict) for i in items):
+        raise BadRequest("items must be a non-empty list of result objects")
+    return {"items": [_v_result(i) for i in items]}
+
+
 def _v_requeue(m: dict) -> dict:
     keys = [_key(k) for k in _list(m, "keys", MAX_BATCH)]
     failed = m.get("failed", False)
@@ -193,7 +202,7 @@ def _v_none(m: dict) -> dict:
 VALIDATORS = {
     "ping": _v_none, "status": _v_none, "snapshot": _v_none,
     "list": _v_list, "show": _v_show, "heartbeat": _v_heartbeat,
-    "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "requeue": _v_requeue,
+    "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "results": _v_results, "requeue": _v_requeue,
     "add": _v_add, "reconcile": _v_reconcile,
 }
 assert set(VALIDATORS) == WRITES | READS
