@@ -31,6 +31,7 @@ CLAIM_RETRY = 2.0
 IDLE_MAX = 2.0
 SILENCE_RECONNECT = 6.0
 PREFETCH_MIN, PREFETCH_MAX = 8, 1024   # bounds of the queue of claimed texts
+PREFETCH_SECONDS = 0.5                # of synthesis held in the queue
 FLUSH_EVERY, FLUSH_COUNT = 0.05, 256  # results wait at most this long (s) / this many for one folder fsync
 FLUSH_SECONDS = 10.0
 
@@ -136,14 +137,14 @@ class Generator:
             self.claim_sent = time.monotonic()
 
     def prefetch(self) -> int:
-        """How many texts to hold: enough to keep synthesizing through two claim round trips.
+        """How many texts to hold: about PREFETCH_SECONDS of work, and two claim round trips.
 
-        A claim is answered once durable, so its latency follows the daemon's save time,
-        which grows with the dataset; the queue grows with it instead of the model waiting.
+        Every claim costs the daemon a durable save, so claims come in chunks sized by time,
+        not by count: a fast synthesizer claims hundreds at once, a slow model a few.
         """
         if self.text_seconds <= 0:
             return max(PREFETCH_MIN, 4 * self.batch)
-        need = int(2 * self.claim_latency / self.text_seconds) + 2 * self.batch
+        need = int(max(PREFETCH_SECONDS, 2 * self.claim_latency) / self.text_seconds) + 2 * self.batch
         return max(PREFETCH_MIN, 4 * self.batch, min(PREFETCH_MAX, need))
 
     def heartbeat(self, tokens: list[str]) -> None:
