@@ -108,7 +108,7 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
         ep = endpoint_for(dataset, endpoint, wait)
     except NoDaemon as exc:
         fail(str(exc))
-    rec = Reconciler(Client(ep, timeout=30.0), dataset, temp_max_age)
+    rec = Reconciler(Client(ep, timeout=10.0, retries=6), dataset, temp_max_age)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     failures = 0

@@ -21,8 +21,9 @@ from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.endpoints import running
 
 EXIT_OK, EXIT_PIPELINE, EXIT_FAILED_ENTRIES, EXIT_INTERRUPTED = 0, 1, 3, 130
-CRASH_LOOP = 5          # quick exits in a row that mean a child cannot start at all
-QUICK_EXIT = 3.0        # seconds: an exit sooner than this counts as quick
+CRASH_LOOP = 5          # quick error exits in a row that mean a child cannot start at all
+QUICK_EXIT = 1.0        # seconds: an exit sooner than this counts as quick
+BACKOFF_MAX = 5.0       # seconds between restarts of a child that keeps dying quickly
 STOP_GRACE = 20.0
 
 
@@ -43,7 +44,8 @@ class Child:
     proc: subprocess.Popen | None = None
     started: float = 0.0
     restarts: int = 0
-    quick_exits: int = 0
+    quick_exits: int = 0    # quick exits in a row, any cause: paces restarts
+    quick_errors: int = 0   # quick exits in a row with an error code: a child that cannot start
     next_start: float = 0.0
     last_code: int | None = None
 
@@ -134,10 +136,13 @@ class Run:
             if c.proc is not None and c.next_start == 0.0:
                 code = c.proc.returncode
                 quick = now - c.started < QUICK_EXIT
-                c.quick_exits = c.quick_exits + 1 if quick and code != 0 else 0
-                if c.quick_exits >= CRASH_LOOP:
+                # A child that exits with an error right after starting cannot start at all (a bad
+                # option, a damaged state); one killed by a signal is restarted however often.
+                c.quick_errors = c.quick_errors + 1 if quick and code is not None and code > 0 else 0
+                c.quick_exits = c.quick_exits + 1 if quick else 0
+                if c.quick_errors >= CRASH_LOOP:
                     raise PipelineError(f"{c.name} keeps failing at start (exit {code}): {c.last_log_line()}")
-                delay = min(30.0, 0.5 * 2 ** min(c.restarts, 6)) if quick else 0.5
+                delay = min(BACKOFF_MAX, 0.25 * 2 ** c.quick_exits)
                 c.next_start = now + delay
                 c.last_code = code
                 self.say(f"{c.name} (pid {c.proc.pid}) exited with {describe_code(code)}; "

@@ -50,3 +50,31 @@ class Batched(Tone):
 
     def synthesize(self, text: str) -> np.ndarray:
         return self.synthesize_batch([text])[0]
+
+
+class Chaotic(Tone):
+    """Slow enough to be killed mid-run; raises on RAISE, kills itself on KILL; logs each synthesis.
+
+    Each synthesis appends "pid text start end" to ``log`` so a test can check that no text
+    was being synthesized by two processes at the same moment.
+    """
+
+    def __init__(self, log: str, delay: str = "0.02", **kw: str):
+        super().__init__(**kw)
+        self.log = log
+        self.delay = float(delay)
+
+    def synthesize(self, text: str) -> np.ndarray:
+        start = time.time()
+        if "KILL" in text:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(self.delay)
+        if "RAISE" in text:
+            raise RuntimeError(f"model cannot say {text!r}")
+        audio = super().synthesize(text)
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{os.getpid()}\t{text}\t{start:.6f}\t{time.time():.6f}\n".encode())
+        finally:
+            os.close(fd)
+        return audio
