@@ -12,6 +12,8 @@ import zmq
 
 from . import dataset as ds
 from .client import ServiceError, Unavailable
+from .curve import CurveError
+from .curve import keygen as keygen_pair
 from .daemon import serve as serve_daemon
 from .endpoints import defaults, running
 from .export import FORMATS, lines
@@ -22,7 +24,7 @@ from .verify import mismatches
 
 # Exceptions that are the user's or the environment's fault: one line, no traceback.
 EXPECTED = (ds.DatasetError, TextsError, DamagedState, Locked, Refused, ServiceError,
-            Unavailable, SaveFailed, OSError, zmq.ZMQError)
+            Unavailable, SaveFailed, CurveError, OSError, zmq.ZMQError)
 
 
 class Group(click.Group):
@@ -87,13 +89,29 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
 @click.option("--events", default=None, help="PUB endpoint for change events.")
 @click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None)
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
+@click.option("--curve-secret", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="STATESVC_CURVE_SECRET", help="The daemon's .key_secret file (required on tcp).")
+@click.option("--allow", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="STATESVC_ALLOW", help="Folder of client public .key files allowed on tcp.")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds: float | None,
-          max_attempts: int | None, log_level: str) -> None:
+          max_attempts: int | None, curve_secret: Path | None, allow: Path | None, log_level: str) -> None:
     """Run the daemon: the only writer of generation_state.json."""
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s statesvc[%(process)d] %(levelname)s %(message)s")
-    sys.exit(serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts))
+    if (curve_secret is None) != (allow is None):
+        raise click.UsageError("--curve-secret and --allow go together")
+    curve = (curve_secret, allow) if curve_secret and allow else None
+    sys.exit(serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts, curve))
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--name", required=True, help="Key name, e.g. daemon or gpu-box-1.")
+def keygen(out: Path, name: str) -> None:
+    """Make a CURVE key pair: NAME.key (public, to share) and NAME.key_secret (keep private)."""
+    public, secret = keygen_pair(out, name)
+    click.echo(f"public key: {public}\nsecret key: {secret}")
 
 
 @main.command()
@@ -200,6 +218,9 @@ def watch(dataset: Path, as_json: bool) -> None:
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    if events.startswith("tcp://"):
+        from .curve import secure_client
+        secure_client(sub)
     sub.connect(connectable(events))
     try:
         while True:

@@ -16,6 +16,7 @@ import orjson
 import zmq
 
 from . import protocol
+from .curve import secure_client
 from .endpoints import connectable, running
 
 
@@ -51,6 +52,8 @@ class Client:
     def _connect(self) -> zmq.Socket:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if self.endpoint.startswith("tcp://"):
+            secure_client(s)
         s.connect(self.endpoint)
         return s
 

@@ -19,6 +19,7 @@ import orjson
 import zmq
 
 from . import protocol
+from .curve import CurveError, secure_server
 from .endpoints import defaults
 from .handlers import Handlers
 from .notify import Notifier
@@ -31,14 +32,14 @@ log = logging.getLogger("statesvc")
 DRAIN_LIMIT = 20_000
 EXPIRE_EVERY = 1.0
 SAVE_RETRY = 1.0
-MIN_COMMIT_GAP = 0.05
+MIN_COMMIT_GAP = 0.0
 SAVE_DUTY = 2.0
 URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit without pacing
 
 
 class Daemon:
     def __init__(self, dataset: Path, state: State, endpoint: str, events: str,
-                 ctx: zmq.Context | None = None):
+                 ctx: zmq.Context | None = None, curve: tuple[Path, Path] | None = None):
         self.dataset = dataset
         self.state = state
         self.store = Store(dataset, state)
@@ -51,10 +52,13 @@ class Daemon:
         self.router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE)
         self.router.setsockopt(zmq.SNDHWM, 10_000)
         self.router.setsockopt(zmq.RCVHWM, 100_000)
-        self.router.bind(endpoint)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
+        self.auth = None
+        if curve is not None:  # before bind: a tcp endpoint never accepts a plain client
+            self.auth = secure_server(self.ctx, [self.router, self.pub], *curve)
+        self.router.bind(endpoint)
         self.pub.bind(events)
         for ep in (endpoint, events):
             if ep.startswith("ipc://"):
@@ -195,6 +199,8 @@ class Daemon:
     def close(self) -> None:
         self.router.close(0)
         self.pub.close(0)
+        if self.auth is not None:
+            self.auth.stop()
         if self._own_ctx:
             self.ctx.term()
         for ep in (self.endpoint, self.events):
@@ -206,9 +212,12 @@ class Daemon:
 
 
 def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
-          lease_seconds: float | None = None, max_attempts: int | None = None) -> int:
+          lease_seconds: float | None = None, max_attempts: int | None = None,
+          curve: tuple[Path, Path] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Raises Locked or DamagedState before touching anything."""
     control, events = defaults(dataset, endpoint, events)
+    if (control.startswith("tcp://") or events.startswith("tcp://")) and curve is None:
+        raise CurveError("a tcp endpoint requires --curve-secret and --allow (make keys with: statesvc keygen)")
     lock = WriterLock(dataset)
     lock.acquire(orjson.dumps({"pid": os.getpid(), "endpoint": control, "events": events}).decode())
     try:
@@ -218,7 +227,7 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
         if max_attempts:
             state.max_attempts = max_attempts
         state.grant_grace(time.time())
-        daemon = Daemon(dataset, state, control, events)
+        daemon = Daemon(dataset, state, control, events, curve=curve)
         return _loop(daemon)
     finally:
         lock.release()
