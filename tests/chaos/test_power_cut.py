@@ -1,0 +1,153 @@
+"""Power cuts: freeze the daemon, shut the filesystem down without flushing its log, remount, check.
+
+kill -9 cannot reveal a missing fsync; this can. The dataset lives on a small loop-mounted
+filesystem; at a random moment the daemon is frozen with SIGSTOP and the filesystem is shut
+down with FS_IOC_SHUTDOWN / FS_GOING_DOWN_NOLOGFLUSH, which drops everything not yet on
+"disk". After a remount, every update acknowledged before the freeze must be there. The same
+loop with the folder fsync left out must lose some: that shows the harness can fail.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from statesvc.client import Client, ServiceError, Unavailable
+from statesvc.state import Entry, State
+from statesvc.store import create, load
+
+FS_IOC_SHUTDOWN = 0x8004587D          # _IOR('X', 125, __u32)
+FS_GOING_DOWN_NOLOGFLUSH = 2
+SKIP_DIR_FSYNC = ("import statesvc.store as s; s.fsync_dir = lambda folder: None; "
+                  "from statesvc.cli import main; main()")
+
+
+def mkfs(fs: str, image: Path) -> list[str]:
+    tool = {"ext4": ["mkfs.ext4", "-q", "-F"], "xfs": ["mkfs.xfs", "-q", "-f"]}[fs]
+    if shutil.which(tool[0]) is None:
+        pytest.skip(f"{tool[0]} is not installed")
+    return [*tool, str(image)]
+
+
+class Mount:
+    def __init__(self, root: Path, fs: str):
+        self.image = root / f"{fs}.img"
+        self.point = root / f"mnt-{fs}"
+        self.point.mkdir(exist_ok=True)
+        self.fs = fs
+        with open(self.image, "wb") as f:
+            f.truncate(300 * 2**20 if fs == "xfs" else 64 * 2**20)
+        subprocess.run(mkfs(fs, self.image), check=True, capture_output=True)
+        self.mount()
+
+    def mount(self) -> None:
+        r = subprocess.run(["mount", "-o", "loop", str(self.image), str(self.point)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"loop mounts are not allowed here: {r.stderr.strip()}")
+
+    def shutdown(self) -> None:
+        fd = os.open(self.point, os.O_RDONLY)
+        try:
+            fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_DOWN_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+
+    def umount(self) -> None:
+        subprocess.run(["umount", str(self.point)], check=True, capture_output=True)
+
+
+def trial(m: Mount, rng: random.Random, safe: bool) -> tuple[int, int]:
+    """One power cut. Returns (acknowledged updates, of those lost)."""
+    ds = m.point / "ds"
+    if ds.exists():
+        shutil.rmtree(ds)
+    (ds / "wavs").mkdir(parents=True)
+    create(ds, State([Entry(i, f"p_{i:04d}", f"text {i}") for i in range(1, 401)]))
+    os.sync()
+    argv = [sys.executable, "-m", "statesvc"] if safe else [sys.executable, "-c", SKIP_DIR_FSYNC]
+    d = subprocess.Popen([*argv, "serve", "--dataset", str(ds), "--log-level", "ERROR"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    acked: dict[int, float] = {}
+    stop = threading.Event()
+
+    def writer() -> None:
+        endpoint = f"ipc://{ds}/statesvc.sock"
+        with Client(endpoint, timeout=0.5, retries=1) as c:
+            while not stop.is_set():
+                try:
+                    for e in c.call("claim", owner="w", n=4)["entries"]:
+                        dur = round(rng.uniform(0.5, 5), 4)
+                        c.call("result", id=e["id"], token=e["token"], status="completed",
+                               duration_seconds=dur, sample_rate=22050)
+                        acked[e["id"]] = dur
+                except (Unavailable, ServiceError):
+                    c.reconnect()
+    t = threading.Thread(target=writer)
+    t.start()
+    deadline, target = time.monotonic() + 10, rng.randrange(5, 150)
+    while len(acked) < target and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(rng.uniform(0, 0.01))
+    d.send_signal(signal.SIGSTOP)       # freeze: nothing more reaches the disk from the daemon
+    stop.set()
+    t.join()                           # replies already on the wire were sent by a durable daemon
+    m.shutdown()                       # the power cut: drop what is not on the disk
+    d.kill()
+    d.wait()
+    m.umount()
+    m.mount()
+    state = load(ds)                   # parses, or this raises
+    lost = sum(1 for eid, dur in acked.items()
+               if state.by_id[eid].status != "completed" or state.by_id[eid].duration_seconds != dur)
+    return len(acked), lost
+
+
+def run_trials(tmp_path: Path, fs: str, trials: int, safe: bool) -> tuple[int, int, int]:
+    if os.geteuid() != 0:
+        pytest.skip("power-cut trials need root for loop mounts")
+    m = Mount(tmp_path, fs)
+    rng = random.Random(5 if safe else 6)
+    total_acked = total_lost = trials_losing = 0
+    try:
+        for _ in range(trials):
+            a, lost = trial(m, rng, safe)
+            total_acked += a
+            total_lost += lost
+            trials_losing += bool(lost)
+    finally:
+        subprocess.run(["umount", str(m.point)], capture_output=True)
+    print(f"power cuts on {fs} ({'with' if safe else 'WITHOUT'} folder fsync): {trials} cuts, "
+          f"{total_acked} acknowledged updates, {total_lost} lost, {trials_losing} cuts lost some")
+    return total_acked, total_lost, trials_losing
+
+
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_power_cuts_lose_no_acknowledged_update(tmp_path: Path, fs: str) -> None:
+    acked, lost, _ = run_trials(tmp_path, fs, 8, safe=True)
+    assert acked > 0 and lost == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_power_cut_soak(tmp_path: Path, fs: str) -> None:
+    acked, lost, _ = run_trials(tmp_path, fs, 100, safe=True)
+    assert acked > 0 and lost == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_harness_catches_a_missing_folder_fsync(tmp_path: Path) -> None:
+    _, lost, losing = run_trials(tmp_path, "ext4", 60, safe=False)
+    assert lost > 0 and losing > 0, "without the folder fsync some acknowledged updates must be lost"
