@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import soundfile as sf
 
 from statesvc.audio import TMP_PREFIX
-from statesvc.store import fsync_dir
+from statesvc.store import fsync_dir, write_all
 
 
 def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int,
@@ -21,11 +22,17 @@ def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int,
     tmp = folder / f"{TMP_PREFIX}{filename}.{os.getpid()}.wav"
     final = folder / f"{filename}.wav"
     try:
-        with open(tmp, "wb") as f:
-            sf.write(f, pcm16, sample_rate, format="WAV", subtype="PCM_16")
-            f.flush()
-            os.fsync(f.fileno())
-            st = os.fstat(f.fileno())
+        # Encoded in memory first: a full disk then fails our own write with a plain OSError
+        # (libsndfile would swallow it inside its I/O callback and report a short write).
+        buf = io.BytesIO()
+        sf.write(buf, pcm16, sample_rate, format="WAV", subtype="PCM_16")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            write_all(fd, buf.getbuffer())
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, final)
     except BaseException:
         try:

@@ -174,9 +174,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise SaveFailed(f"cannot create {tmp.name}: {exc.strerror}") from None
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             # A failed fsync is never retried on this descriptor: the kernel may have
             # dropped the dirty pages and would report success the second time.
             os.fsync(fd)
@@ -190,6 +188,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         fsync_dir(path.parent)
     except OSError as exc:
         raise OutcomeUnknown(f"fsync of {path.parent} failed after rename: {exc.strerror}") from None
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte is written (a short write is not an error)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def fsync_dir(folder: Path) -> None:

@@ -1,0 +1,94 @@
+"""Full disks for real: small tmpfs mounts under the state file and under wavs/."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from statesvc.audio import inspect
+from statesvc.client import Client, ServiceError
+from tests.conftest import BIN, cli, read_state, wait_for
+
+
+def tmpfs(point: Path, size: str) -> None:
+    point.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"tmpfs mounts are not allowed here: {r.stderr.strip()}")
+
+
+def umount(point: Path) -> None:
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    junk = folder / "junk"
+    with open(junk, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    return junk
+
+
+def test_state_disk_full_refuses_writes_then_catches_up(tmp_path: Path, start_daemon) -> None:
+    ds = tmp_path / "ds"
+    tmpfs(ds, "2m")
+    try:
+        texts = tmp_path / "t.txt"
+        texts.write_text("".join(f"text {i}\n" for i in range(300)))
+        cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+        start_daemon(ds)
+        before = (ds / "generation_state.json").read_bytes()
+        junk = fill(ds)
+        with Client.for_dataset(ds, timeout=5, retries=1) as c:
+            with pytest.raises(ServiceError, match="not saved"):
+                c.call("claim", owner="g", n=5)
+            assert (ds / "generation_state.json").read_bytes() == before  # old file intact
+            assert not [p for p in ds.iterdir() if p.name.endswith(".tmp")]
+            assert c.call("ping")["pid"]                                   # still serving
+            junk.unlink()
+            got = c.call("claim", owner="g", n=5)["entries"]               # space is back
+        assert len(got) == 5 and read_state(ds)["generating"] == 10       # both batches saved now
+    finally:
+        umount(ds)
+
+
+def test_generator_disk_full_fails_entries_without_partial_wavs(tmp_path: Path, start_daemon) -> None:
+    texts = tmp_path / "t.txt"
+    texts.write_text("".join(f"{'una frase bastante larga ' * 8} {i}\n" for i in range(40)))
+    ds = tmp_path / "ds"
+    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    tmpfs(ds / "wavs", "1m")
+    try:
+        start_daemon(ds, "--max-attempts", "10")
+        log = open(tmp_path / "gen.log", "w")
+        gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth", "tone"],
+                               stderr=log)
+        wait_for(lambda: any(e["error"] and "No space" in e["error"] for e in read_state(ds)["entries"]),
+                 30, "a failed result for a full disk")
+        names = os.listdir(ds / "wavs")
+        assert not [n for n in names if n.startswith(".tmp-")], "temp files left behind"
+        for n in names:  # every wav under a real name is whole
+            assert inspect(ds / "wavs" / n).valid, n
+        subprocess.run(["mount", "-o", "remount,size=50m", str(ds / "wavs")], check=True)
+        wait_for(lambda: read_state(ds)["completed"] == 40, 60, "retries after space came back")
+        gen.send_signal(signal.SIGTERM)
+        assert gen.wait(timeout=30) == 0, (tmp_path / "gen.log").read_text()
+        log.close()
+        assert cli("verify", "--dataset", str(ds)).returncode == 0
+    finally:
+        umount(ds / "wavs")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
