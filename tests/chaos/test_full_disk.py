@@ -74,8 +74,12 @@ def test_generator_disk_full_fails_entries_without_partial_wavs(tmp_path: Path, 
         log = open(tmp_path / "gen.log", "w")
         gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth", "tone"],
                                stderr=log)
-        wait_for(lambda: any(e["error"] and "No space" in e["error"] for e in read_state(ds)["entries"]),
-                 30, "a failed result for a full disk")
+        try:
+            wait_for(lambda: any(e["error"] and "No space" in e["error"] for e in read_state(ds)["entries"]),
+                     30, "a failed result for a full disk")
+        except AssertionError:
+            gen.kill()
+            raise
         names = os.listdir(ds / "wavs")
         assert not [n for n in names if n.startswith(".tmp-")], "temp files left behind"
         for n in names:  # every wav under a real name is whole
