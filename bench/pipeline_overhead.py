@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 WORDS = ("el sol brilla sobre la montaña nevada mientras los niños juegan en el parque y la música "
          "suena por la ventana abierta de la biblioteca donde mi abuela lee un libro antiguo").split()
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=20_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/BENCHMARKS.md.")
     a = ap.parse_args()
     texts = make_texts(a.entries)
     times: dict[str, list[float]] = {"ideal": [], "run-pipeline": []}
@@ -96,6 +98,16 @@ def main() -> None:
     print(f"run-pipeline   median {med_p:8.2f} s   ({a.entries / med_p:8.0f} wavs/s)")
     print(f"ratio (per run, then median): {statistics.median(ratios):.3f}x  runs: "
           + ", ".join(f"{r:.3f}" for r in ratios))
+    if not a.no_doc:
+        from report import update
+        rows = "\n".join(f"| {i + 1} | {t_i:.2f} | {t_p:.2f} | {r:.3f}x |" for i, (t_i, t_p, r)
+                         in enumerate(zip(times["ideal"], times["run-pipeline"], ratios, strict=True)))
+        update(f"pipeline-{a.synth}", f"Pipeline overhead: `{a.synth}`, {a.entries:,} entries, {a.workers} workers",
+               "bin/run-pipeline (daemon, reconciler, generators, start-up and final reconcile included) against "
+               "an ideal loop: the same processes, synthesis and wav writes (temp file, fsync, rename), no "
+               f"bookkeeping.\n\n| run | ideal s | run-pipeline s | ratio |\n|---:|---:|---:|---:|\n{rows}\n\n"
+               f"Median ratio **{statistics.median(ratios):.3f}x** (ideal median {med_i:.2f} s, "
+               f"{a.entries / med_i:,.0f} wavs/s; run-pipeline median {med_p:.2f} s, {a.entries / med_p:,.0f} wavs/s).")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import zmq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: float) -> None:
@@ -187,6 +188,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--targets", nargs="+", default=list(BENCHES), choices=list(BENCHES))
     ap.add_argument("--json", type=Path, default=None, help="Also write the medians here.")
+    ap.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/BENCHMARKS.md.")
     a = ap.parse_args()
     rows = []
     for n in a.entries:
@@ -198,6 +200,8 @@ def main() -> None:
                 print(f"  {t:>7} n={n:>8} run {run}: {r['per_second']:9.0f}/s median {r['median_ms']:7.2f} ms "
                       f"p99 {r['p99_ms']:8.2f} ms lost {r['lost']}", file=sys.stderr, flush=True)
     summary = []
+    table = ["| entries | target | updates/s | median ack ms | p99 ack ms | lost | vs bare ROUTER | start s | RSS MB |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     head = ("entries", "target", "updates/s", "median ms", "p99 ms", "lost", "vs router")
     print("\n" + " ".join(f"{h:>{w}}" for h, w in zip(head, (9, 8, 10, 10, 9, 5, 9), strict=True)))
     for n in a.entries:
@@ -213,8 +217,16 @@ def main() -> None:
             ratio = f"{med['ratio']:.2f}x" if med["ratio"] else "-"
             print(f"{n:>9} {t:>8} {med['per_second']:>10.0f} {med['median_ms']:>10.2f} {med['p99_ms']:>9.2f} "
                   f"{med['lost']:>5} {ratio:>9}")
+            table.append(f"| {n:,} | {t} | {med['per_second']:,.0f} | {med['median_ms']:.2f} | {med['p99_ms']:.2f} | "
+                         f"{med['lost']} | {ratio} | {med['startup_s']:.2f} | {med['rss_mb']:.0f} |")
     if a.json:
         a.json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    if not a.no_doc:
+        from report import update
+        update("state-updates", "State updates: acknowledged updates per second",
+               f"{a.writers} writer processes, each keeping up to {a.inflight} results in flight; medians of "
+               f"{a.runs} runs. `daemon` acknowledges only once durable; `router` is a bare ROUTER that "
+               f"acknowledges the same messages with no state and no disk.\n\n" + "\n".join(table))
 
 
 if __name__ == "__main__":
