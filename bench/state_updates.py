@@ -1,4 +1,9 @@
-"""Acknowledged state updates per second: our daemon against a bare ROUTER (the physical limit).
+"""Acknowledged state updates per second: our daemon against what a user would otherwise do.
+
+(a) seed: each process loads the JSON, reloads it before saving, saves it (lost updates counted);
+(b) flock: the same under an exclusive flock with an atomic rename; (c) sqlite: WAL mode,
+synchronous=FULL, one row per entry, one commit per update; (d) daemon: ours, acknowledged once
+durable; (e) router: a bare ROUTER acknowledging the same messages with no state and no disk.
 
 Each of W writer processes claims entries and keeps up to K results in flight; an update
 counts when its acknowledgement arrives (for the daemon: once it is durable). Run:
@@ -177,7 +182,121 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-BENCHES = {"daemon": bench_daemon, "router": bench_router}
+# ---- what a user would otherwise do --------------------------------------------------------
+def file_writer(kind: str, folder: str, ids: list[int], seconds: float, q: mp.Queue, start_at: float) -> None:
+    """(a) the seed: load, modify, reload before save, save; (b) the same under flock, atomic rename."""
+    import fcntl
+    import json
+    path = Path(folder) / "generation_state.json"
+    lock_path = Path(folder) / "state.lock"
+    lat: list[float] = []
+    done: list[int] = []
+    while time.time() < start_at:
+        time.sleep(0.001)
+    end = time.perf_counter() + seconds
+    for eid in ids:
+        if time.perf_counter() >= end:
+            break
+        t = time.perf_counter()
+        if kind == "seed":
+            state = json.loads(path.read_bytes())          # load
+            fresh = json.loads(path.read_bytes())          # the seed's fix: reload before saving
+            fresh["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
+            fresh["completed"] = state["completed"] + 1    # a counter incremented, as the seed did
+            path.write_text(json.dumps(fresh))
+        else:
+            with open(lock_path, "w") as lf:
+                fcntl.flock(lf, fcntl.LOCK_EX)
+                state = json.loads(path.read_bytes())
+                state["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                with open(tmp, "w") as f:
+                    f.write(json.dumps(state))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                dfd = os.open(folder, os.O_RDONLY)
+                os.fsync(dfd)
+                os.close(dfd)
+        lat.append(time.perf_counter() - t)
+        done.append(eid)
+    q.put((lat, time.perf_counter() - (end - seconds), done))
+
+
+def sqlite_writer(folder: str, ids: list[int], seconds: float, q: mp.Queue, start_at: float) -> None:
+    """(c) SQLite in WAL mode, synchronous=FULL, one row per entry, one commit per update."""
+    import sqlite3
+    db = sqlite3.connect(str(Path(folder) / "state.db"), timeout=60, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    lat: list[float] = []
+    done: list[int] = []
+    while time.time() < start_at:
+        time.sleep(0.001)
+    end = time.perf_counter() + seconds
+    for eid in ids:
+        if time.perf_counter() >= end:
+            break
+        t = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE entries SET status='completed', duration=1.5 WHERE id=?", (eid,))
+        db.execute("COMMIT")
+        lat.append(time.perf_counter() - t)
+        done.append(eid)
+    db.close()
+    q.put((lat, time.perf_counter() - (end - seconds), done))
+
+
+def bench_baseline(kind: str, entries: int, writers: int, inflight: int, seconds: float = 8.0) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        if kind == "sqlite":
+            import sqlite3
+            db = sqlite3.connect(str(folder / "state.db"))
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE entries (id INTEGER PRIMARY KEY, filename TEXT, text TEXT, status TEXT, "
+                       "duration REAL)")
+            db.executemany("INSERT INTO entries VALUES (?,?,?,?,NULL)",
+                           ((i, f"b_{i:07d}", f"text number {i}", "pending") for i in range(1, entries + 1)))
+            db.commit()
+            db.close()
+        else:
+            make_state(folder, entries)
+        q: mp.Queue = mp.Queue()
+        start_at = time.time() + 0.5
+        shares = [list(range(1 + w, entries + 1, writers)) for w in range(writers)]
+        target, extra = (sqlite_writer, ()) if kind == "sqlite" else (file_writer, (kind,))
+        procs = [mp.Process(target=target, args=(*extra, str(folder), shares[w], seconds, q, start_at))
+                 for w in range(writers)]
+        for p in procs:
+            p.start()
+        results = [q.get(timeout=600) for _ in procs]
+        for p in procs:
+            p.join()
+        lat = sorted(x for r, _, _ in results for x in r)
+        done = {eid for _, _, d in results for eid in d}
+        if kind == "sqlite":
+            import sqlite3
+            db = sqlite3.connect(str(folder / "state.db"))
+            kept = {r[0] for r in db.execute("SELECT id FROM entries WHERE status='completed'")}
+            db.close()
+        else:
+            doc = orjson.loads((folder / "generation_state.json").read_bytes())
+            kept = {e["id"] for e in doc["entries"] if e["status"] == "completed"}
+        wall = max(w for _, w, _ in results)
+        return {"updates": len(lat), "per_second": len(lat) / wall, "median_ms": 1000 * statistics.median(lat),
+                "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "lost": len(done - kept)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+BENCHES = {
+    "seed": lambda n, w, k: bench_baseline("seed", n, w, k),
+    "flock": lambda n, w, k: bench_baseline("flock", n, w, k),
+    "sqlite": lambda n, w, k: bench_baseline("sqlite", n, w, k),
+    "daemon": bench_daemon,
+    "router": bench_router,
+}
 
 
 def main() -> None:
@@ -186,7 +305,9 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=8)
     ap.add_argument("--inflight", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--targets", nargs="+", default=list(BENCHES), choices=list(BENCHES))
+    ap.add_argument("--targets", nargs="+", default=list(BENCHES), choices=list(BENCHES),
+                    help="seed: load/reload/save (a); flock: locked atomic rewrite (b); sqlite: WAL, "
+                         "synchronous=FULL (c); daemon (d); router: bare ROUTER (e)")
     ap.add_argument("--json", type=Path, default=None, help="Also write the medians here.")
     ap.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/BENCHMARKS.md.")
     a = ap.parse_args()

@@ -55,7 +55,7 @@ def endpoint_for(dataset: Path, endpoint: str | None, wait: float) -> str:
             return rec["endpoint"]
         if time.monotonic() > deadline:
             raise NoDaemon(f"no statesvc daemon serves {dataset} (start: statesvc serve --dataset {dataset})")
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 @click.group()

@@ -9,6 +9,7 @@ text is ready when the current one is done.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import signal
@@ -32,6 +33,8 @@ IDLE_MAX = 2.0
 SILENCE_RECONNECT = 6.0
 PREFETCH_MIN, PREFETCH_MAX = 8, 1024   # bounds of the queue of claimed texts
 PREFETCH_SECONDS = 0.5                # of synthesis held in the queue
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+DISK_BACKOFF_MAX = 60.0
 FLUSH_EVERY, FLUSH_COUNT = 0.05, 256  # results wait at most this long (s) / this many for one folder fsync
 FLUSH_SECONDS = 10.0
 
@@ -67,6 +70,7 @@ class Generator:
     done: int = 0
     failed: int = 0
     starved: float = 0.0
+    disk_backoff: float = 0.0
     written: list = field(default_factory=list)
     first_written: float = 0.0
 
@@ -184,12 +188,28 @@ class Generator:
                     audio = self.synth.synthesize(e["text"])
                 pcm = to_pcm16(audio)
                 seconds, sig = write_wav(folder, e["filename"], pcm, self.synth.sample_rate, sync_dir=False)
+            except OSError as exc:
+                self.report_failure(e, exc)
+                if exc.errno in DISK_ERRORS:
+                    self.pause_for_disk(exc)
+                    return
+                continue
             except Exception as exc:
                 self.report_failure(e, exc)
                 continue
+            self.disk_backoff = 0.0
             if not self.written:
                 self.first_written = time.monotonic()
             self.written.append((e, seconds, sig))
+
+    def pause_for_disk(self, exc: OSError) -> None:
+        """The disk, not the text, failed: give back the queue and wait before claiming again."""
+        self.disk_backoff = min(DISK_BACKOFF_MAX, max(1.0, 2 * self.disk_backoff))
+        log.warning("cannot write wavs (%s); pausing %.0f s", exc.strerror, self.disk_backoff)
+        if self.queue:
+            self.send("release", owner=self.owner, tokens=[e["token"] for e in self.queue])
+            self.queue.clear()
+        self.idle_until = time.monotonic() + self.disk_backoff
 
     def flush_written(self, force: bool = False) -> None:
         """One fsync of wavs/ makes every rename so far durable; only then are their results sent."""

@@ -20,6 +20,8 @@ from pathlib import Path
 from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.endpoints import running
 
+from .reconciler import Reconciler, describe
+
 EXIT_OK, EXIT_PIPELINE, EXIT_FAILED_ENTRIES, EXIT_INTERRUPTED = 0, 1, 3, 130
 CRASH_LOOP = 5          # quick error exits in a row that mean a child cannot start at all
 QUICK_EXIT = 1.0        # seconds: an exit sooner than this counts as quick
@@ -106,11 +108,13 @@ class Run:
                                                   *self.serve_args])
         else:
             self.say(f"using the statesvc daemon already serving {ds}")
-        self.wait_daemon()
+        # Everything starts at once: generators load their model while the daemon loads the
+        # state, and find it through the lock file when it is up.
         self.spawn("reconcile", [*command("pipeline"), "reconcile", "--dataset", ds,
                                  "--interval", str(self.reconcile_interval)])
         for i in range(self.workers):
             self.spawn(f"generate-{i}", [*command("pipeline"), "generate", "--dataset", ds, *self.gen_args])
+        self.wait_daemon()
 
     def wait_daemon(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -189,12 +193,17 @@ class Run:
             self._client.reconnect()
             return None
 
-    def final_reconcile(self) -> str:
-        p = subprocess.run([*command("pipeline"), "reconcile", "--once", "--dataset", str(self.dataset)],
-                           capture_output=True, text=True, timeout=600)
-        if p.returncode != 0:
-            raise PipelineError(f"final reconcile failed: {p.stderr.strip().splitlines()[-1:]}")
-        return p.stdout.strip()
+    def final_reconcile(self) -> list[str]:
+        """One reconcile pass, acknowledged by the daemon, run here (the same library as the child)."""
+        rec = running(self.dataset)
+        for _ in range(3):
+            try:
+                with Client(rec["endpoint"] if rec else "", timeout=10.0, retries=6) as c:
+                    return describe(Reconciler(c, self.dataset).run_pass())
+            except (Unavailable, ServiceError) as exc:
+                error = exc
+                rec = running(self.dataset)
+        raise PipelineError(f"final reconcile failed: {error}")
 
     # ---- progress ------------------------------------------------------------
     _bar_shown = False
@@ -231,15 +240,18 @@ class Run:
             if st is not None:
                 self.progress(st)
                 if st["pending"] == 0 and st["generating"] == 0:
-                    for line in self.final_reconcile().splitlines()[:-1]:
+                    for line in self.final_reconcile()[:-1]:
                         self.say(f"final reconcile: {line}")
                     st = self.status() or st
                     if st["pending"] == 0 and st["generating"] == 0:
                         break
-            time.sleep(0.25)
+            time.sleep(0.1)
         interrupted = bool(self.stopping)
         self.clear_bar()
-        self.stop_children()
+        if interrupted:
+            self.stop_children()  # generators flush their results to the daemon, then it stops
+        else:
+            self._stop([c for c in self.children if c.alive()])  # all acknowledged: stop together
         return self.summary(interrupted)
 
     def summary(self, interrupted: bool) -> int:

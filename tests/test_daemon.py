@@ -127,8 +127,9 @@ def test_kill9_while_clients_write_loses_no_acknowledged_update(tmp_path: Path, 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_kill9_soak(tmp_path: Path, start_daemon) -> None:
-    kill_loop(tmp_path, start_daemon, kills_wanted=60, n=4000)
+    kill_loop(tmp_path, start_daemon, kills_wanted=210, n=9000)
 
 
 def kill_loop(tmp_path: Path, start_daemon, kills_wanted: int, n: int) -> None:

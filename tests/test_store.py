@@ -80,6 +80,21 @@ def test_failed_save_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch, st
     assert load(ds).counts["generating"] == 2
 
 
+@pytest.mark.parametrize("step", ["open", "write", "fsync", "replace"])
+def test_a_fault_for_ever_never_touches_the_old_file(tmp_path: Path, monkeypatch, step: str) -> None:
+    ds = tmp_path / "ds"
+    s = new_state(ds)
+    before = (ds / "generation_state.json").read_bytes()
+    Faults(monkeypatch, step, errno.EIO, times=0)
+    st = Store(ds, s)
+    for i in range(5):
+        s.claim("g", 1, None, i)
+        with pytest.raises(SaveFailed):
+            st.save(s)
+        assert (ds / "generation_state.json").read_bytes() == before
+        assert [p.name for p in ds.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_failed_fsync_is_not_retried_on_the_same_descriptor(tmp_path: Path, monkeypatch) -> None:
     ds = tmp_path / "ds"
     s = new_state(ds)
