@@ -296,6 +296,8 @@ def describe_code(code: int | None) -> str:
 
 
 def fmt_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f}s"
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
