@@ -74,7 +74,7 @@ def test_crash_loop_2000_entries_4_generators(tmp_path: Path) -> None:
     finally:
         stop.set()
         t.join()
-    print(f"chaos: kills {dict(kills)}\n{err[-1500:]}")
+    print(f"chaos: kills {dict(kills)}")
     assert kills["daemon"] >= 8, f"only {kills['daemon']} daemon kills; the run was too short"
     assert proc.returncode == 3, err[-3000:]
     doc = assert_books_consistent(ds)
