@@ -183,4 +183,12 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         r.clear_bar()
         r.stop_children()
         fail(str(exc))
+    except Exception as exc:  # a bug of ours: stop the children cleanly, keep the traceback in the log
+        import traceback
+        (dataset / "logs").mkdir(exist_ok=True)
+        with open(dataset / "logs" / "run-pipeline.log", "a") as f:
+            f.write(traceback.format_exc())
+        r.clear_bar()
+        r.stop_children()
+        fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {dataset / 'logs' / 'run-pipeline.log'})")
     sys.exit(code)

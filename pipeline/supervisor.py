@@ -194,15 +194,24 @@ class Run:
             return None
 
     def final_reconcile(self) -> list[str]:
-        """One reconcile pass, acknowledged by the daemon, run here (the same library as the child)."""
-        rec = running(self.dataset)
-        for _ in range(3):
+        """One reconcile pass, acknowledged by the daemon, run here (the same library as the child).
+
+        The daemon may be restarting (it may have just died); children keep being supervised
+        while we wait for it.
+        """
+        error: Exception = PipelineError("no daemon")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not self.stopping:
+            self.supervise()
+            rec = running(self.dataset)
+            if rec is None or not rec.get("endpoint"):
+                time.sleep(0.2)
+                continue
             try:
-                with Client(rec["endpoint"] if rec else "", timeout=10.0, retries=6) as c:
+                with Client(rec["endpoint"], timeout=5.0, retries=2) as c:
                     return describe(Reconciler(c, self.dataset).run_pass())
             except (Unavailable, ServiceError) as exc:
                 error = exc
-                rec = running(self.dataset)
         raise PipelineError(f"final reconcile failed: {error}")
 
     # ---- progress ------------------------------------------------------------
