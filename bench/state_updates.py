@@ -183,6 +183,16 @@ def _rss_mb(pid: int) -> float:
 
 
 # ---- what a user would otherwise do --------------------------------------------------------
+def read_torn(path: Path) -> dict:
+    """The seed writes in place, so a reader can see a half-written file: read until it parses."""
+    import json
+    while True:
+        try:
+            return json.loads(path.read_bytes())
+        except ValueError:
+            time.sleep(0.001)
+
+
 def file_writer(kind: str, folder: str, ids: list[int], seconds: float, q: mp.Queue, start_at: float) -> None:
     """(a) the seed: load, modify, reload before save, save; (b) the same under flock, atomic rename."""
     import fcntl
@@ -199,8 +209,8 @@ def file_writer(kind: str, folder: str, ids: list[int], seconds: float, q: mp.Qu
             break
         t = time.perf_counter()
         if kind == "seed":
-            state = json.loads(path.read_bytes())          # load
-            fresh = json.loads(path.read_bytes())          # the seed's fix: reload before saving
+            state = read_torn(path)                        # load
+            fresh = read_torn(path)                        # the seed's fix: reload before saving
             fresh["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
             fresh["completed"] = state["completed"] + 1    # a counter incremented, as the seed did
             path.write_text(json.dumps(fresh))
