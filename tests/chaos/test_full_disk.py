@@ -63,6 +63,7 @@ def test_state_disk_full_refuses_writes_then_catches_up(tmp_path: Path, start_da
         umount(ds)
 
 
+@pytest.mark.timeout(240)
 def test_generator_disk_full_fails_entries_without_partial_wavs(tmp_path: Path, start_daemon) -> None:
     texts = tmp_path / "t.txt"
     texts.write_text("".join(f"{'una frase bastante larga ' * 8} {i}\n" for i in range(40)))
@@ -77,18 +78,19 @@ def test_generator_disk_full_fails_entries_without_partial_wavs(tmp_path: Path, 
         try:
             wait_for(lambda: any(e["error"] and "No space" in e["error"] for e in read_state(ds)["entries"]),
                      30, "a failed result for a full disk")
-        except AssertionError:
-            gen.kill()
-            raise
-        names = os.listdir(ds / "wavs")
-        assert not [n for n in names if n.startswith(".tmp-")], "temp files left behind"
-        for n in names:  # every wav under a real name is whole
-            assert inspect(ds / "wavs" / n).valid, n
-        subprocess.run(["mount", "-o", "remount,size=50m", str(ds / "wavs")], check=True)
-        wait_for(lambda: read_state(ds)["completed"] == 40, 60, "retries after space came back")
-        gen.send_signal(signal.SIGTERM)
-        assert gen.wait(timeout=30) == 0, (tmp_path / "gen.log").read_text()
-        log.close()
+            for n in os.listdir(ds / "wavs"):  # every wav under a real name is whole
+                if not n.startswith(".tmp-"):     # (a temp file may be mid-write right now)
+                    assert inspect(ds / "wavs" / n).valid, n
+            subprocess.run(["mount", "-o", "remount,size=50m", str(ds / "wavs")], check=True)
+            wait_for(lambda: read_state(ds)["completed"] == 40, 90, "retries after space came back")
+            gen.send_signal(signal.SIGTERM)
+            assert gen.wait(timeout=30) == 0, (tmp_path / "gen.log").read_text()
+            assert not [n for n in os.listdir(ds / "wavs") if n.startswith(".tmp-")], "temp files left behind"
+        finally:
+            if gen.poll() is None:
+                gen.kill()
+                gen.wait()
+            log.close()
         assert cli("verify", "--dataset", str(ds)).returncode == 0
     finally:
         umount(ds / "wavs")
