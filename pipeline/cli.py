@@ -14,7 +14,7 @@ from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
 from statesvc.endpoints import running
 
 from .reconciler import Reconciler, describe
-from .synth import PluginError, build
+from .synth import PluginError, build, resolve
 
 log = logging.getLogger("pipeline")
 
@@ -155,9 +155,9 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
     from statesvc.texts import TextsError
 
     from .supervisor import PipelineError, Run, install_signals
-    parse_opts(synth_opts)
+    parse_opts(synth_opts)  # a malformed option is a usage error before anything starts
     try:
-        build(synth, parse_opts(synth_opts)) if ":" not in synth else None  # fail fast on a bad name
+        resolve(synth)  # fail fast on an unknown synthesizer, without loading a model here
         if not state_path(dataset).exists():
             if texts is None:
                 fail(f"{dataset} has no state; give --texts FILE to create it")

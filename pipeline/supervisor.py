@@ -22,7 +22,7 @@ from statesvc.endpoints import running
 
 from .reconciler import Reconciler, describe
 
-EXIT_OK, EXIT_PIPELINE, EXIT_FAILED_ENTRIES, EXIT_INTERRUPTED = 0, 1, 3, 130
+EXIT_OK, EXIT_FAILED_ENTRIES, EXIT_INTERRUPTED = 0, 3, 130  # a pipeline failure exits 1 (cli.fail)
 CRASH_LOOP = 5          # quick error exits in a row that mean a child cannot start at all
 QUICK_EXIT = 1.0        # seconds: an exit sooner than this counts as quick
 BACKOFF_MAX = 5.0       # seconds between restarts of a child that keeps dying quickly

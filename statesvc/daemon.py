@@ -34,6 +34,7 @@ EXPIRE_EVERY = 1.0
 SAVE_RETRY = 1.0
 MIN_COMMIT_GAP = 0.0
 SAVE_DUTY = 2.0
+STATS_EVERY = 2.0  # seconds between recomputing the audio total for status replies
 URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit without pacing
 
 
@@ -72,6 +73,8 @@ class Daemon:
         self.next_expire = 0.0
         self.next_watchdog = 0.0
         self.next_commit = 0.0
+        self.stats_cache: dict = {}
+        self.stats_at = float("-inf")
         self.waiting: list[tuple[list[bytes], bytes]] = []
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
         self.totals = collections.Counter()
@@ -90,10 +93,11 @@ class Daemon:
             msg = protocol.decode(rest[0])
             rid = protocol.request_id(msg)
             op, args = protocol.validate(msg)
-            body, deferred = self.handlers.apply(op, args, now)
-            if op == "status":
-                body = self.status(now)
-            elif deferred and op in protocol.URGENT_WRITES:
+            if op == "status":  # the daemon's own view: progress and rate on top of the counters
+                body, deferred = self.status(now), False
+            else:
+                body, deferred = self.handlers.apply(op, args, now)
+            if deferred and op in protocol.URGENT_WRITES:
                 deferred = URGENT
             self.totals[op] += 1
             reply = {"rid": rid, "ok": True, **body}
@@ -114,7 +118,10 @@ class Daemon:
             (t0, c0), (t1, c1) = self.rate_samples[0], self.rate_samples[-1]
             rate = round((c1 - c0) / (t1 - t0), 3) if t1 > t0 else None
         remaining = s.counts["pending"] + s.counts["generating"]
-        return {**s.stats(), "daemon": True, "pid": os.getpid(), "uptime": round(now - self.started, 1),
+        if now - self.stats_at >= STATS_EVERY:  # summing every duration is O(entries): not per poll
+            self.stats_cache, self.stats_at = s.stats(), now
+        return {**self.stats_cache, **s.counters(), "sample_rate": s.sample_rate,
+                "daemon": True, "pid": os.getpid(), "uptime": round(now - self.started, 1),
                 "progress": round(done / total, 4) if total else 1.0, "rate_per_second": rate,
                 "eta_seconds": round(remaining / rate, 1) if rate else None,
                 "leases": len(s.leases)}

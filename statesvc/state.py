@@ -199,9 +199,8 @@ class State:
         """Extend leases; tokens no longer held come back as ``lost``."""
         lost = []
         for token in tokens:
-            eid = self.leases.get(token)
-            e = self.by_id.get(eid) if eid is not None else None
-            if e is None or e.lease_owner != owner:
+            e = self._held(owner, token)
+            if e is None:
                 lost.append(token)
                 continue
             e.lease_deadline = now + self.lease_seconds
@@ -212,15 +211,23 @@ class State:
         """Give back leases not started (a generator shutting down): no attempt is spent."""
         released = []
         for token in tokens:
-            eid = self.leases.get(token)
-            e = self.by_id.get(eid) if eid is not None else None
-            if e is None or e.lease_owner != owner:
-                continue
-            self._drop_lease(e)
-            e.attempts = max(0, e.attempts - 1)
-            self._set_status(e, "pending", now)
-            released.append(e.id)
+            e = self._held(owner, token)
+            if e is not None:
+                self._give_back(e, now)
+                released.append(e.id)
         return {"released": released}
+
+    def _held(self, owner: str, token: str) -> Entry | None:
+        """The entry ``owner`` holds under ``token``, or None when that lease is gone."""
+        eid = self.leases.get(token)
+        e = self.by_id.get(eid) if eid is not None else None
+        return e if e is not None and e.lease_owner == owner else None
+
+    def _give_back(self, e: Entry, now: float) -> None:
+        """A lease whose work never started: back to pending, its attempt refunded."""
+        self._drop_lease(e)
+        e.attempts = max(0, e.attempts - 1)
+        self._set_status(e, "pending", now)
 
     def grant_grace(self, now: float) -> None:
         """After a restart, live leases get a full lease from now: generators kept working."""
@@ -276,9 +283,7 @@ class State:
                 self.owner_charged[owner] = charged + 1
                 self._retry_or_fail(e, "lease expired", now)
             else:
-                e.attempts = max(0, e.attempts - 1)  # prefetched, never started
-                self._drop_lease(e)
-                self._set_status(e, "pending", now)
+                self._give_back(e, now)  # prefetched, never started
         return expired
 
     def requeue(self, keys: list, failed: bool, now: float) -> tuple[dict, list[Effect]]:
