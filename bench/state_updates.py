@@ -193,12 +193,8 @@ def read_torn(path: Path) -> dict:
             time.sleep(0.001)
 
 
-def file_writer(kind: str, folder: str, ids: list[int], seconds: float, q: mp.Queue, start_at: float) -> None:
-    """(a) the seed: load, modify, reload before save, save; (b) the same under flock, atomic rename."""
-    import fcntl
-    import json
-    path = Path(folder) / "generation_state.json"
-    lock_path = Path(folder) / "state.lock"
+def timed_updates(update, ids: list[int], seconds: float, q: mp.Queue, start_at: float) -> None:
+    """Apply ``update(eid)`` to ``ids`` until ``seconds`` pass; report latencies and what was done."""
     lat: list[float] = []
     done: list[int] = []
     while time.time() < start_at:
@@ -208,29 +204,36 @@ def file_writer(kind: str, folder: str, ids: list[int], seconds: float, q: mp.Qu
         if time.perf_counter() >= end:
             break
         t = time.perf_counter()
-        if kind == "seed":
-            state = read_torn(path)                        # load
-            fresh = read_torn(path)                        # the seed's fix: reload before saving
-            fresh["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
-            fresh["completed"] = state["completed"] + 1    # a counter incremented, as the seed did
-            path.write_text(json.dumps(fresh))
-        else:
-            with open(lock_path, "w") as lf:
-                fcntl.flock(lf, fcntl.LOCK_EX)
-                state = json.loads(path.read_bytes())
-                state["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                with open(tmp, "w") as f:
-                    f.write(json.dumps(state))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                dfd = os.open(folder, os.O_RDONLY)
-                os.fsync(dfd)
-                os.close(dfd)
+        update(eid)
         lat.append(time.perf_counter() - t)
         done.append(eid)
     q.put((lat, time.perf_counter() - (end - seconds), done))
+
+
+def file_writer(kind: str, folder: str, ids: list[int], seconds: float, q: mp.Queue, start_at: float) -> None:
+    """(a) the seed: load, modify, reload before save, save; (b) the same under flock, atomic rename."""
+    import fcntl
+    import json
+
+    from statesvc.store import write_atomic
+    path = Path(folder) / "generation_state.json"
+    lock_path = Path(folder) / "state.lock"
+
+    def seed(eid: int) -> None:
+        state = read_torn(path)                        # load
+        fresh = read_torn(path)                        # the seed's fix: reload before saving
+        fresh["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
+        fresh["completed"] = state["completed"] + 1    # a counter incremented, as the seed did
+        path.write_text(json.dumps(fresh))
+
+    def flocked(eid: int) -> None:
+        with open(lock_path, "w") as lf:
+            fcntl.flock(lf, fcntl.LOCK_EX)
+            state = json.loads(path.read_bytes())
+            state["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
+            write_atomic(path, json.dumps(state).encode())  # temp, fsync, rename, folder fsync
+
+    timed_updates(seed if kind == "seed" else flocked, ids, seconds, q, start_at)
 
 
 def sqlite_writer(folder: str, ids: list[int], seconds: float, q: mp.Queue, start_at: float) -> None:
@@ -239,22 +242,14 @@ def sqlite_writer(folder: str, ids: list[int], seconds: float, q: mp.Queue, star
     db = sqlite3.connect(str(Path(folder) / "state.db"), timeout=60, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    lat: list[float] = []
-    done: list[int] = []
-    while time.time() < start_at:
-        time.sleep(0.001)
-    end = time.perf_counter() + seconds
-    for eid in ids:
-        if time.perf_counter() >= end:
-            break
-        t = time.perf_counter()
+
+    def update(eid: int) -> None:
         db.execute("BEGIN IMMEDIATE")
         db.execute("UPDATE entries SET status='completed', duration=1.5 WHERE id=?", (eid,))
         db.execute("COMMIT")
-        lat.append(time.perf_counter() - t)
-        done.append(eid)
+
+    timed_updates(update, ids, seconds, q, start_at)
     db.close()
-    q.put((lat, time.perf_counter() - (end - seconds), done))
 
 
 def bench_baseline(kind: str, entries: int, writers: int, inflight: int, seconds: float = 8.0) -> dict:
