@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: float) -> None:
+def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: float, seconds: float) -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -47,6 +47,8 @@ def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: floa
         time.sleep(0.001)
     t0 = time.perf_counter()
     while True:
+        if not exhausted and time.perf_counter() - t0 > seconds:
+            exhausted = True  # stop claiming; what is in flight is still counted
         if not tokens and claim_rid is None and not exhausted:
             rid += 1
             claim_rid = rid
@@ -57,7 +59,7 @@ def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: floa
             sent[rid] = time.perf_counter()
             s.send(orjson.dumps({"op": "result", "rid": rid, "id": e["id"], "token": e["token"],
                                  "status": "completed", "duration_seconds": 1.5, "sample_rate": 22050}))
-        if exhausted and not sent:
+        if exhausted and not sent and claim_rid is None:
             break
         if not s.poll(10_000):
             raise SystemExit("no reply within 10 s")
@@ -70,7 +72,7 @@ def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: floa
             if r == claim_rid:
                 claim_rid = None
                 tokens = msg["entries"]
-                exhausted = not tokens
+                exhausted = exhausted or not tokens
             elif r in sent:
                 assert msg["ok"], msg
                 lat.append(time.perf_counter() - sent.pop(r))
@@ -111,10 +113,14 @@ def make_state(folder: Path, entries: int) -> None:
     create(folder, State([Entry(i, f"b_{i:07d}", f"text number {i}") for i in range(1, entries + 1)]))
 
 
+SECONDS = 10.0  # writers stop claiming after this long; a small state is finished well before
+
+
 def run_writers(endpoint: str, writers: int, inflight: int) -> dict:
     q: mp.Queue = mp.Queue()
     start_at = time.time() + 0.5
-    procs = [mp.Process(target=writer, args=(endpoint, inflight, f"w{i}", q, start_at)) for i in range(writers)]
+    procs = [mp.Process(target=writer, args=(endpoint, inflight, f"w{i}", q, start_at, SECONDS))
+             for i in range(writers)]
     for p in procs:
         p.start()
     results = [q.get(timeout=600) for _ in procs]
@@ -324,7 +330,9 @@ def main() -> None:
                 r.update(entries=n, target=t, run=run)
                 rows.append(r)
                 print(f"  {t:>7} n={n:>8} run {run}: {r['per_second']:9.0f}/s median {r['median_ms']:7.2f} ms "
-                      f"p99 {r['p99_ms']:8.2f} ms lost {r['lost']}", file=sys.stderr, flush=True)
+                      f"p99 {r['p99_ms']:8.2f} ms lost {r['lost']}"
+                      + (f" start {r['startup_s']:.2f} s RSS {r['rss_mb']:.0f} MB" if "startup_s" in r else ""),
+                      file=sys.stderr, flush=True)
     summary = []
     table = ["| entries | target | updates/s | median ack ms | p99 ack ms | lost | vs bare ROUTER | start s | RSS MB |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]

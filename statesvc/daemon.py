@@ -25,7 +25,7 @@ from .handlers import Handlers
 from .notify import Notifier
 from .protocol import BadRequest
 from .state import Refused, State
-from .store import OutcomeUnknown, SaveFailed, Store, WriterLock, load
+from .store import OutcomeUnknown, SaveFailed, Store, WriterLock, load_for_writing
 
 log = logging.getLogger("statesvc")
 
@@ -40,10 +40,11 @@ URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit wit
 
 class Daemon:
     def __init__(self, dataset: Path, state: State, endpoint: str, events: str,
-                 ctx: zmq.Context | None = None, curve: tuple[Path, Path] | None = None):
+                 ctx: zmq.Context | None = None, curve: tuple[Path, Path] | None = None,
+                 store: Store | None = None):
         self.dataset = dataset
         self.state = state
-        self.store = Store(dataset, state)
+        self.store = store or Store(dataset, state)
         self.handlers = Handlers(dataset, state)
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -228,13 +229,13 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
     lock = WriterLock(dataset)
     lock.acquire(orjson.dumps({"pid": os.getpid(), "endpoint": control, "events": events}).decode())
     try:
-        state = load(dataset)
+        state, store = load_for_writing(dataset)
         if lease_seconds:
             state.lease_seconds = lease_seconds
         if max_attempts:
             state.max_attempts = max_attempts
         state.grant_grace(time.time())
-        daemon = Daemon(dataset, state, control, events, curve=curve)
+        daemon = Daemon(dataset, state, control, events, curve=curve, store=store)
         return _loop(daemon)
     finally:
         lock.release()

@@ -15,7 +15,7 @@ from .client import Client, NoDaemon
 from .handlers import Handlers
 from .protocol import validate
 from .state import State
-from .store import Locked, Store, WriterLock, create, load, state_path
+from .store import Locked, WriterLock, create, load, load_for_writing, state_path
 from .texts import TextsError, read_texts
 
 
@@ -90,10 +90,10 @@ def write(dataset: Path, op: str, **fields: Any) -> dict:
     except Locked as exc:
         raise DatasetError(f"the dataset is locked by {exc}; try again") from None
     try:
-        state = load(dataset)
+        state, store = load_for_writing(dataset)
         _, args = validate({"op": op, **fields})
         body, _ = Handlers(dataset, state).apply(op, args, time.time())
-        Store(dataset, state).save(state)
+        store.save(state)
         return body
     finally:
         lock.release()

@@ -33,6 +33,7 @@ class Faults:
         self.left = times if times else 10**9
         self.fsyncs = []
         real_open, real_write, real_fsync, real_replace = os.open, os.write, os.fsync, os.replace
+        real_writev = os.writev
 
         def failing(real, name):
             def wrapped(*a, **kw):
@@ -54,6 +55,7 @@ class Faults:
 
         monkeypatch.setattr(store.os, "open", failing(real_open, "open"))
         monkeypatch.setattr(store.os, "write", failing(real_write, "write"))
+        monkeypatch.setattr(store.os, "writev", failing(real_writev, "write"))
         monkeypatch.setattr(store.os, "replace", failing(real_replace, "replace"))
         monkeypatch.setattr(store.os, "fsync", fsync)
 
@@ -199,3 +201,60 @@ def test_cached_render_equals_a_fresh_render(tmp_path: Path) -> None:
 
 def load_bytes(raw: bytes) -> State:
     return store.parse_state(raw)
+
+
+def _saved(tmp_path: Path, n: int) -> Path:
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    s = State([Entry(i, f"u_{i:05d}", f"t{i}\n\"quoted\", {{x}}") for i in range(1, n + 1)])
+    for c in s.claim("g", n // 2, None, 1)["entries"][::2]:
+        s.result({"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": 0.5,
+                  "sample_rate": 16000}, 2)
+    store.create(ds, s)
+    return ds
+
+
+def test_a_checksummed_save_loads_fast_and_equals_a_full_validation(tmp_path: Path) -> None:
+    ds = _saved(tmp_path, 2500)  # three blocks, the last one partial
+    raw = (ds / "generation_state.json").read_bytes()
+    fast, blocks = store.read_state(raw)
+    assert blocks is not None and len(blocks) == 3
+    slow = store.read_state(orjson.dumps(orjson.loads(raw)))  # same content, another layout
+    assert slow[1] is None
+    assert [e.to_dict() for e in fast.entries] == [e.to_dict() for e in slow[0].entries]
+    assert fast.counters() == slow[0].counters() and fast.sample_rate == slow[0].sample_rate == 16000
+
+
+def test_a_hand_edit_is_validated_the_long_way(tmp_path: Path) -> None:
+    ds = _saved(tmp_path, 50)
+    path = ds / "generation_state.json"
+    raw = path.read_bytes()
+    line = b'{"id":40,"filename":"u_00040","text":"t40\\n\\"quoted\\", {x}","status":"pending"'
+    assert line in raw
+    state, blocks = store.read_state(raw.replace(line, line.replace(b"pending", b"failed")))
+    assert blocks is None and state.by_id[40].status == "failed"  # the checksum no longer matches
+    path.write_bytes(raw.replace(b'"status":"pending"', b'"status":"done"', 1))
+    with pytest.raises(store.DamagedState, match="unknown status 'done'"):
+        load(ds)
+
+
+def test_saves_after_a_fast_load_equal_a_fresh_render(tmp_path: Path) -> None:
+    ds = _saved(tmp_path, 3000)
+    s, st = store.load_for_writing(ds)
+    for step in range(5):
+        for c in s.claim("g", 700, None, step)["entries"]:
+            s.result({"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": 1.25,
+                      "sample_rate": 16000}, step)
+        s.add([(None, f"added {step} {k}") for k in range(333)], "a", step)
+        st.save(s)
+        assert (ds / "generation_state.json").read_bytes() == Store(ds, s).render(s)
+        again, blocks = store.read_state((ds / "generation_state.json").read_bytes())
+        assert blocks is not None and again.counters() == s.counters()
+
+
+def test_short_writev_resumes_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
+    real = os.writev
+    monkeypatch.setattr(store.os, "writev", lambda fd, bufs: real(fd, [bytes(b"".join(bytes(b) for b in bufs)[:7])]))
+    parts = [b"abc", memoryview(b"defghij")[2:], b"", b"0123456789" * 3]
+    store.write_atomic(tmp_path / "f", parts)
+    assert (tmp_path / "f").read_bytes() == b"".join(bytes(p) for p in parts)
