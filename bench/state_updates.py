@@ -14,6 +14,7 @@ counts when its acknowledgement arrives (for the daemon: once it is durable). Ru
 from __future__ import annotations
 
 import argparse
+import collections
 import multiprocessing as mp
 import os
 import shutil
@@ -32,51 +33,81 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+class Writer:
+    """Claims ahead and keeps up to ``inflight`` results in flight; when the pool runs dry it
+    requeues what it completed and goes on, so a small state is measured as long as a big one."""
+
+    def __init__(self, sock: zmq.Socket, inflight: int, owner: str):
+        self.sock, self.inflight, self.owner = sock, inflight, owner
+        self.rid = 0
+        self.tokens: list[dict] = []
+        self.sent: dict[int, tuple[float, int]] = {}
+        self.done: list[int] = []  # acknowledged as completed and not requeued since
+        self.lat: list[float] = []
+        self.requeues: set[int] = set()
+        self.claim_rid: int | None = None
+        self.exhausted = False
+
+    def send(self, **msg: object) -> int:
+        self.rid += 1
+        self.sock.send(orjson.dumps({**msg, "rid": self.rid}))
+        return self.rid
+
+    def fill(self) -> None:
+        while self.tokens and len(self.sent) < self.inflight:
+            e = self.tokens.pop()
+            t = time.perf_counter()
+            rid = self.send(op="result", id=e["id"], token=e["token"], status="completed",
+                            duration_seconds=1.5, sample_rate=22050)
+            self.sent[rid] = (t, e["id"])
+        if len(self.tokens) < self.inflight and self.claim_rid is None and not self.requeues and not self.exhausted:
+            self.claim_rid = self.send(op="claim", owner=self.owner, n=self.inflight)
+
+    def idle(self) -> bool:
+        return self.exhausted and not self.sent and self.claim_rid is None and not self.requeues
+
+    def on_reply(self, msg: dict) -> None:
+        assert msg["ok"], msg
+        r = msg["rid"]
+        if r in self.sent:
+            t, eid = self.sent.pop(r)
+            self.lat.append(time.perf_counter() - t)
+            self.done.append(eid)
+        elif r == self.claim_rid:
+            self.claim_rid = None
+            self.tokens += msg["entries"]
+            if not msg["entries"] and not self.sent and not self.exhausted:
+                self.exhausted = not self.done  # the pool ran dry: put this writer's entries back
+                for k in range(0, len(self.done), 5000):
+                    self.requeues.add(self.send(op="requeue", keys=self.done[k:k + 5000]))
+                self.done = []
+        else:
+            self.requeues.discard(r)
+
+
 def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: float, seconds: float) -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(endpoint)
-    lat: list[float] = []
-    rid = 0
-    tokens: list[dict] = []
-    sent: dict[int, float] = {}
-    claim_rid = None
-    exhausted = False
+    w = Writer(s, inflight, owner)
     while time.time() < start_at:
         time.sleep(0.001)
     t0 = time.perf_counter()
     while True:
-        if not exhausted and time.perf_counter() - t0 > seconds:
-            exhausted = True  # stop claiming; what is in flight is still counted
-        if not tokens and claim_rid is None and not exhausted:
-            rid += 1
-            claim_rid = rid
-            s.send(orjson.dumps({"op": "claim", "rid": rid, "owner": owner, "n": inflight}))
-        while tokens and len(sent) < inflight:
-            e = tokens.pop()
-            rid += 1
-            sent[rid] = time.perf_counter()
-            s.send(orjson.dumps({"op": "result", "rid": rid, "id": e["id"], "token": e["token"],
-                                 "status": "completed", "duration_seconds": 1.5, "sample_rate": 22050}))
-        if exhausted and not sent and claim_rid is None:
+        if time.perf_counter() - t0 > seconds:
+            w.exhausted = True  # stop claiming; what is in flight is still counted
+        w.fill()
+        if w.idle():
             break
         if not s.poll(10_000):
             raise SystemExit("no reply within 10 s")
         while True:
             try:
-                msg = orjson.loads(s.recv(zmq.NOBLOCK))
+                w.on_reply(orjson.loads(s.recv(zmq.NOBLOCK)))
             except zmq.Again:
                 break
-            r = msg["rid"]
-            if r == claim_rid:
-                claim_rid = None
-                tokens = msg["entries"]
-                exhausted = exhausted or not tokens
-            elif r in sent:
-                assert msg["ok"], msg
-                lat.append(time.perf_counter() - sent.pop(r))
-    q.put((lat, time.perf_counter() - t0))
+    q.put((w.lat, time.perf_counter() - t0, w.done))
     s.close()
     ctx.term()
 
@@ -88,15 +119,16 @@ def bare_router(endpoint: str, entries: int, ready: mp.Event) -> None:
     r.setsockopt(zmq.LINGER, 0)
     r.bind(endpoint)
     ready.set()
-    next_id = 1
+    pool = collections.deque(range(1, entries + 1))
     while True:
         frames = r.recv_multipart()
         msg = orjson.loads(frames[-1])
         if msg["op"] == "claim":
-            n = min(msg["n"], entries + 1 - next_id)
-            body = {"rid": msg["rid"], "ok": True,
-                    "entries": [{"id": i, "token": "t"} for i in range(next_id, next_id + n)]}
-            next_id += n
+            got = [pool.popleft() for _ in range(min(msg["n"], len(pool)))]
+            body = {"rid": msg["rid"], "ok": True, "entries": [{"id": i, "token": "t"} for i in got]}
+        elif msg["op"] == "requeue":
+            pool.extend(msg["keys"])
+            body = {"rid": msg["rid"], "ok": True, "requeued": msg["keys"]}
         elif msg["op"] == "stop":
             break
         else:
@@ -113,7 +145,7 @@ def make_state(folder: Path, entries: int) -> None:
     create(folder, State([Entry(i, f"b_{i:07d}", f"text number {i}") for i in range(1, entries + 1)]))
 
 
-SECONDS = 10.0  # writers stop claiming after this long; a small state is finished well before
+SECONDS = 8.0  # every target is measured for this long
 
 
 def run_writers(endpoint: str, writers: int, inflight: int) -> dict:
@@ -126,10 +158,10 @@ def run_writers(endpoint: str, writers: int, inflight: int) -> dict:
     results = [q.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    lat = sorted(x for r, _ in results for x in r)
-    wall = max(w for _, w in results)
+    lat = sorted(x for r, _, _ in results for x in r)
+    wall = max(w for _, w, _ in results)
     return {"updates": len(lat), "per_second": len(lat) / wall, "median_ms": 1000 * statistics.median(lat),
-            "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))]}
+            "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "done": {i for _, _, d in results for i in d}}
 
 
 def bench_daemon(entries: int, writers: int, inflight: int) -> dict:
@@ -150,14 +182,14 @@ def bench_daemon(entries: int, writers: int, inflight: int) -> dict:
                 if d.poll() is not None:
                     raise SystemExit("daemon died")
         startup = time.perf_counter() - t0
-        rss = _rss_mb(d.pid)
         out = run_writers(endpoint, writers, inflight)
         out["startup_s"] = startup
-        out["rss_mb"] = max(rss, _rss_mb(d.pid))
-        d.terminate()
+        out["rss_mb"] = _rss_mb(d.pid, "VmHWM")  # the peak, start-up included
+        d.kill()  # an acknowledgement means durable: SIGKILL must lose none of them
         d.wait(60)
         doc = orjson.loads((folder / "generation_state.json").read_bytes())
-        out["lost"] = out["updates"] - doc["completed"]
+        kept = {e["id"] for e in doc["entries"] if e["status"] == "completed"}
+        out["lost"] = len(out.pop("done") - kept)
         return out
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -175,13 +207,14 @@ def bench_router(entries: int, writers: int, inflight: int) -> dict:
     p.join()
     shutil.rmtree(folder, ignore_errors=True)
     out["lost"] = 0
+    del out["done"]
     return out
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -258,7 +291,7 @@ def sqlite_writer(folder: str, ids: list[int], seconds: float, q: mp.Queue, star
     db.close()
 
 
-def bench_baseline(kind: str, entries: int, writers: int, inflight: int, seconds: float = 8.0) -> dict:
+def bench_baseline(kind: str, entries: int, writers: int, inflight: int, seconds: float = SECONDS) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-", dir=os.environ.get("BENCH_DIR")))
     try:
         if kind == "sqlite":

@@ -35,6 +35,8 @@ SAVE_RETRY = 1.0
 MIN_COMMIT_GAP = 0.0
 SAVE_DUTY = 2.0
 STATS_EVERY = 2.0  # seconds between recomputing the audio total for status replies
+# Plain ints: pyzmq's enum flags cost more to combine than the send itself.
+NOBLOCK, NOBLOCK_MORE, RCVMORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE), int(zmq.RCVMORE)
 URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit without pacing
 
 
@@ -139,7 +141,9 @@ class Daemon:
         """Apply what has arrived; commit when due; answer the writes of a durable commit."""
         for _ in range(DRAIN_LIMIT):
             try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = [self.router.recv(NOBLOCK)]
+                while self.router.getsockopt(RCVMORE):
+                    frames.append(self.router.recv(NOBLOCK))
             except zmq.Again:
                 break
             reply, envelope, later = self.handle(frames, now)
@@ -182,25 +186,29 @@ class Daemon:
                     raise  # the supervisor restarts us; clients resend
                 return
             took = time.monotonic() - started
-            self.next_commit = now + max(MIN_COMMIT_GAP, SAVE_DUTY * took)
+            self.next_commit = now + took + max(MIN_COMMIT_GAP, SAVE_DUTY * took)
             self.publish()
         for envelope, reply in waiting:
             self.send(envelope, reply)
 
     def publish(self) -> None:
         s = self.state
-        for eid in s.changes:
+        fresh = self.store.fresh  # what the save just serialized: not serialized twice
+        for eid in dict.fromkeys(s.changes):
             e = s.by_id.get(eid)
             if e is not None:
                 try:
-                    self.pub.send_multipart([b"entry", orjson.dumps(e.to_dict())], zmq.NOBLOCK)
+                    self.pub.send(b"entry", NOBLOCK_MORE)
+                    self.pub.send(fresh.get(eid) or orjson.dumps(e.to_dict()), NOBLOCK)
                 except zmq.Again:
                     break
         s.changes.clear()
 
     def send(self, envelope: list[bytes], reply: bytes) -> None:
         try:
-            self.router.send_multipart([*envelope, reply], zmq.NOBLOCK)
+            for frame in envelope:
+                self.router.send(frame, NOBLOCK_MORE)
+            self.router.send(reply, NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             pass  # a vanished or slow client never blocks the daemon; it will resend
 

@@ -82,17 +82,18 @@ class Handlers:
     def carry_out(self, effects: list[Effect]) -> list[str]:
         """Move bad or set-aside wavs out of wavs/; nothing is ever deleted."""
         moved = []
+        wavs = os.path.join(self.dataset, "wavs")
         for eff in effects:
-            src = self.dataset / "wavs" / f"{eff.filename}.wav"
-            folder = self.dataset / (QUARANTINE if eff.kind == "quarantine" else SET_ASIDE)
+            src = os.path.join(wavs, f"{eff.filename}.wav")  # a str: a requeue of thousands costs a stat each, not more
             if not os.path.lexists(src):
                 continue
+            folder = self.dataset / (QUARANTINE if eff.kind == "quarantine" else SET_ASIDE)
             folder.mkdir(exist_ok=True)
             dst = folder / f"{eff.filename}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 10**9:09d}.wav"
             try:
                 shutil.move(src, dst)
                 moved.append(str(dst.relative_to(self.dataset)))
-                log.info("moved %s to %s", src.name, dst.relative_to(self.dataset))
+                log.info("moved %s to %s", os.path.basename(src), dst.relative_to(self.dataset))
             except OSError as exc:
                 log.error("cannot move %s aside: %s", src, exc)
         return moved
