@@ -32,7 +32,12 @@ log = logging.getLogger("statesvc")
 DRAIN_LIMIT = 20_000
 EXPIRE_EVERY = 1.0
 SAVE_RETRY = 1.0
-MIN_COMMIT_GAP = 0.0
+# Writes nobody waits on (a generator's results batches) are saved at most every
+# MIN_COMMIT_GAP seconds, or SAVE_DUTY times the last save's duration if longer: every
+# save rewrites the whole file, and on a 20,000-entry state saving after every batch (about
+# 30 saves a second) slowed the generators' own wav fsyncs: run-pipeline took 1.4-1.6x the
+# ideal loop instead of 1.0-1.1x (bench/pipeline_overhead.py --synth tone).
+MIN_COMMIT_GAP = 0.25
 SAVE_DUTY = 2.0
 STATS_EVERY = 2.0  # seconds between recomputing the audio total for status replies
 # Plain ints: pyzmq's enum flags cost more to combine than the send itself.

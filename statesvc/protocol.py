@@ -22,8 +22,10 @@ MAX_TOKEN = 64
 
 # ops that change the state: their reply is sent only once the change is durable
 WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile", "release"})
-# writes whose sender waits for the reply before it can go on: committed without pacing
-URGENT_WRITES = frozenset({"claim", "requeue", "add"})
+# Writes whose sender waits for the reply before it can go on: committed without pacing.
+# A single ``result`` is what a simple client sends and waits on; a generator sends
+# ``results`` batches and goes on without waiting, so those are paced (fewer saves).
+URGENT_WRITES = frozenset({"claim", "result", "requeue", "add"})
 READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat"})
 
 
