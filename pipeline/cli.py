@@ -13,7 +13,6 @@ import click
 from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
 from statesvc.endpoints import running
 
-from .reconciler import Reconciler, describe
 from .synth import PluginError, build, resolve
 
 log = logging.getLogger("pipeline")
@@ -108,6 +107,7 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
         ep = endpoint_for(dataset, endpoint, wait)
     except NoDaemon as exc:
         fail(str(exc))
+    from .reconciler import Reconciler, describe  # opening wavs needs soundfile: not for the other commands
     rec = Reconciler(Client(ep, timeout=10.0, retries=6), dataset, temp_max_age)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))

@@ -20,8 +20,6 @@ from pathlib import Path
 from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.endpoints import running
 
-from .reconciler import Reconciler, describe
-
 EXIT_OK, EXIT_FAILED_ENTRIES, EXIT_INTERRUPTED = 0, 3, 130  # a pipeline failure exits 1 (cli.fail)
 CRASH_LOOP = 5          # quick error exits in a row that mean a child cannot start at all
 QUICK_EXIT = 1.0        # seconds: an exit sooner than this counts as quick
@@ -199,6 +197,7 @@ class Run:
         The daemon may be restarting (it may have just died); children keep being supervised
         while we wait for it.
         """
+        from .reconciler import Reconciler, describe  # soundfile and numpy: not before the children start
         error: Exception = PipelineError("no daemon")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not self.stopping:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger("statesvc")
 
@@ -27,6 +29,7 @@ class CurveError(Exception):
 
 def keygen(folder: Path, name: str) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
+    import zmq.auth  # here, not at the top: only key handling needs it (it costs every process 30 ms)
     public, secret = zmq.auth.create_certificates(str(folder), name)
     os.chmod(secret, 0o600)
     return Path(public), Path(secret)
@@ -34,6 +37,7 @@ def keygen(folder: Path, name: str) -> tuple[Path, Path]:
 
 def load_pair(path: Path) -> tuple[bytes, bytes]:
     try:
+        import zmq.auth
         public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
         raise CurveError(f"cannot read key {path}: {exc}") from None
@@ -44,6 +48,7 @@ def load_pair(path: Path) -> tuple[bytes, bytes]:
 
 def load_public(path: Path) -> bytes:
     try:
+        import zmq.auth
         return zmq.auth.load_certificate(str(path))[0]
     except (OSError, ValueError) as exc:
         raise CurveError(f"cannot read key {path}: {exc}") from None
@@ -60,6 +65,7 @@ class AllowFolder:
     def reload(self) -> None:
         if not self.folder.is_dir():
             raise CurveError(f"allow folder {self.folder} does not exist")
+        import zmq.auth
         self.keys = set(zmq.auth.load_certificates(str(self.folder)))
 
     def callback(self, domain: str, key: bytes) -> bool:
@@ -74,6 +80,7 @@ class AllowFolder:
 
 def secure_server(ctx: zmq.Context, sockets: list[zmq.Socket], secret_file: Path, allow: Path
                   ) -> ThreadAuthenticator:
+    from zmq.auth.thread import ThreadAuthenticator
     public, secret = load_pair(secret_file)
     provider = AllowFolder(allow)
     auth = ThreadAuthenticator(ctx)

@@ -14,7 +14,6 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import orjson
 
 from .state import SCHEMA_VERSION, STATUSES, Entry, State
@@ -176,6 +175,7 @@ def _read_checked(raw: bytes) -> tuple[State, list] | None:
     want = head.get("checksum")
     if not isinstance(want, str) or head.get("schema_version") != SCHEMA_VERSION:
         return None
+    import numpy as np  # here: only loading needs it, and every client imports this module
     body = memoryview(raw)[nl + 1:len(raw) - len(_CLOSE)]
     if not body:
         return (_state([], head.get("sample_rate")), []) if want == _checksum([]) else None
