@@ -12,6 +12,7 @@ entries (the tests check the two always agree).
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import secrets
@@ -96,6 +97,7 @@ class State:
     by_name: dict[str, Entry] = field(default_factory=dict)
     index_of: dict[int, int] = field(default_factory=dict)
     leases: dict[str, int] = field(default_factory=dict)
+    owner_leases: collections.Counter = field(default_factory=collections.Counter)  # owner -> leases held
     changed_seq: dict[int, int] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)
     changes: list[int] = field(default_factory=list)
@@ -116,6 +118,7 @@ class State:
             self.index_of[e.id] = i
             if e.lease_token is not None:
                 self.leases[e.lease_token] = e.id
+                self.owner_leases[e.lease_owner] += 1
         self.recount()
         self._pending_heap = [e.id for e in self.entries if e.status == "pending"]
         heapq.heapify(self._pending_heap)
@@ -159,8 +162,10 @@ class State:
         self._touch(e, now)
 
     def _drop_lease(self, e: Entry) -> None:
-        if e.lease_token is not None:
-            self.leases.pop(e.lease_token, None)
+        if e.lease_token is not None and self.leases.pop(e.lease_token, None) is not None:
+            self.owner_leases[e.lease_owner] -= 1
+            if not self.owner_leases[e.lease_owner]:
+                del self.owner_leases[e.lease_owner]
         e.lease_token = e.lease_owner = e.lease_deadline = None
 
     def _complete(self, e: Entry, duration: float, sample_rate: int, now: float) -> None:
@@ -183,6 +188,10 @@ class State:
         seconds = lease_seconds or self.lease_seconds
         self.owner_batch[owner] = batch
         out = []
+        # Near the end, what is left is shared among the owners holding work, so no generator
+        # sits on a queue while another has nothing (every run ends with its slowest generator).
+        owners = len(self.owner_leases) + (owner not in self.owner_leases)
+        n = min(n, max(batch, -(-self.counts["pending"] // owners)))
         randomness = secrets.token_hex(8 * min(n, self.counts["pending"]))  # one system call, not one per entry
         while self._pending_heap and len(out) < n:
             eid = heapq.heappop(self._pending_heap)
@@ -194,9 +203,11 @@ class State:
             e.attempts += 1
             e.requeued = False
             self.leases[token] = e.id
+            self.owner_leases[owner] += 1
             self._set_status(e, "generating", now)
             out.append({"id": e.id, "filename": e.filename, "text": e.text, "token": token})
-        return {"entries": out, "lease_seconds": seconds, "sample_rate": self.sample_rate}
+        return {"entries": out, "lease_seconds": seconds, "sample_rate": self.sample_rate,
+                "pending": self.counts["pending"], "owners": owners}
 
     def heartbeat(self, owner: str, tokens: list[str], now: float) -> dict:
         """Extend leases; tokens no longer held come back as ``lost``."""

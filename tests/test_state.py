@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ def check_invariants(s: State, reported: set[int]) -> None:
     assert all(e.lease_token is not None for e in s.entries if e.status == "generating")
     assert len({e.lease_token for e in live}) == len(live)  # one lease per entry, no token shared
     assert set(s.leases) == {e.lease_token for e in live}
+    assert s.owner_leases == collections.Counter(e.lease_owner for e in live)
     for e in s.entries:
         if e.status == "completed":
             assert e.id in reported, "completed without audio reported"
@@ -218,3 +220,13 @@ def test_add_refuses_duplicates_without_changing_anything() -> None:
     assert len(s.entries) == 2 and s.counts["pending"] == 2
     s.add([(None, "x")], "utt", 0)
     assert s.entries[-1].filename == "utt_0003"
+
+
+def test_the_last_entries_are_shared_among_the_owners_holding_work() -> None:
+    s = fresh(20)
+    assert len(s.claim("g1", 8, None, 0)["entries"]) == 8  # alone: what it asks
+    reply = s.claim("g2", 8, None, 0)
+    assert len(reply["entries"]) == 6 and reply["owners"] == 2  # 12 left, two owners: half each
+    assert reply["pending"] == 6
+    assert len(s.claim("g1", 8, None, 0)["entries"]) == 3
+    assert len(s.claim("g3", 8, None, 0)["entries"]) == 1  # 3 left, three owners
