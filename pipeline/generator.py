@@ -226,7 +226,8 @@ class Generator:
         items = [{"id": e["id"], "token": e["token"], "status": "completed", "duration_seconds": round(sec, 6),
                   "sample_rate": self.synth.sample_rate, "wav": sig} for e, sec, sig in self.written]
         self.done += len(items)
-        self.send("results", items=items)  # one message for the whole flush
+        # one message for the whole flush; nobody waits on its reply unless we are stopping
+        self.send("results", items=items, **({"wait": True} if self.stopping else {}))
         self.written = []
 
     def report_failure(self, e: dict, exc: BaseException) -> None:

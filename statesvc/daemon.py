@@ -101,11 +101,12 @@ class Daemon:
             msg = protocol.decode(rest[0])
             rid = protocol.request_id(msg)
             op, args = protocol.validate(msg)
+            urgent = protocol.waits(op, msg)  # validated before anything is applied
             if op == "status":  # the daemon's own view: progress and rate on top of the counters
                 body, deferred = self.status(now), False
             else:
                 body, deferred = self.handlers.apply(op, args, now)
-            if deferred and op in protocol.URGENT_WRITES:
+            if deferred and urgent:
                 deferred = URGENT
             self.totals[op] += 1
             reply = {"rid": rid, "ok": True, **body}

@@ -24,8 +24,9 @@ MAX_TOKEN = 64
 WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile", "release"})
 # Writes whose sender waits for the reply before it can go on: committed without pacing.
 # A single ``result`` is what a simple client sends and waits on; a generator sends
-# ``results`` batches and goes on without waiting, so those are paced (fewer saves).
-URGENT_WRITES = frozenset({"claim", "result", "requeue", "add"})
+# ``results`` batches and goes on without waiting, so those are paced (fewer saves),
+# unless the message says ``"wait": true`` (a generator flushing before it exits).
+URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release"})
 READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat"})
 
 
@@ -216,6 +217,14 @@ def validate(msg: dict) -> tuple[str, dict]:
     if not isinstance(op, str) or op not in VALIDATORS:
         raise BadRequest(f"unknown op {str(op)[:40]!r}")
     return op, VALIDATORS[op](msg)
+
+
+def waits(op: str, msg: dict) -> bool:
+    """Whether the sender of this write waits for its reply (see URGENT_WRITES)."""
+    wait = msg.get("wait", False)
+    if not isinstance(wait, bool):
+        raise BadRequest("wait must be true or false")
+    return wait or op in URGENT_WRITES
 
 
 def request_id(msg: dict) -> int | None:

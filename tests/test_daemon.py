@@ -68,6 +68,7 @@ def test_malformed_requests_get_errors_and_change_nothing(tmp_path: Path, start_
         [orjson.dumps({"op": "result", "id": 1, "token": "t", "status": "completed",
                        "duration_seconds": -1, "sample_rate": 22050})],
         [b"[" * 100_000 + b"]" * 100_000],
+        [orjson.dumps({"op": "claim", "owner": "g", "n": 2, "wait": "yes"})],  # refused before it is applied
     ]
     for frames in bad:
         s.send_multipart(frames)
