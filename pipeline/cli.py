@@ -13,7 +13,7 @@ import click
 from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
 from statesvc.endpoints import running
 
-from .synth import PluginError, build, resolve
+from .synth import PluginError, build
 
 log = logging.getLogger("pipeline")
 
@@ -129,7 +129,7 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
                 continue
         deadline = time.monotonic() + interval
         while time.monotonic() < deadline and not stop:
-            time.sleep(min(0.2, interval))
+            time.sleep(min(0.05, interval))  # short: SIGTERM is noticed within it
         if stop:
             return
 
@@ -150,23 +150,18 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
         max_attempts: int | None) -> None:
     """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline)."""
-    from statesvc.dataset import DatasetError, init
+    from statesvc.dataset import DatasetError
     from statesvc.store import DamagedState, state_path
     from statesvc.texts import TextsError
 
-    from .supervisor import PipelineError, Run, install_signals
+    from .supervisor import PipelineError, Run, install_signals, plan
     parse_opts(synth_opts)  # a malformed option is a usage error before anything starts
     try:
-        resolve(synth)  # fail fast on an unknown synthesizer, without loading a model here
-        if not state_path(dataset).exists():
-            if texts is None:
-                fail(f"{dataset} has no state; give --texts FILE to create it")
-            st = init(dataset, texts, prefix)
-            click.echo(f"created {state_path(dataset)} with {len(st.entries)} entries", err=True)
-        elif texts is not None:
-            click.echo(f"resuming {dataset} (state exists; --texts ignored)", err=True)
-    except (DatasetError, TextsError, PluginError) as exc:
+        new_state = plan(dataset, texts, prefix, synth)
+    except (DatasetError, TextsError, PluginError, PipelineError) as exc:
         fail(str(exc))
+    if new_state is None and texts is not None:
+        click.echo(f"resuming {dataset} (state exists; --texts ignored)", err=True)
     gen_args = ["--synth", synth, "--batch", str(batch)]
     for o in synth_opts:
         gen_args += ["--synth-opt", o]
@@ -178,6 +173,9 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
     r = Run(dataset, workers, gen_args, reconcile_interval, serve_args)
     install_signals(r)
     try:
+        if new_state is not None:
+            r.create(new_state)
+            click.echo(f"created {state_path(dataset)} with {len(new_state.entries)} entries", err=True)
         code = r.run()
     except (PipelineError, DamagedState) as exc:
         r.clear_bar()

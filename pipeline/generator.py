@@ -30,12 +30,13 @@ log = logging.getLogger("pipeline.generate")
 RESEND_AFTER = 2.0
 CLAIM_RETRY = 2.0
 IDLE_MAX = 2.0
+IDLE_POLL = 0.05  # short: SIGTERM (the end of a run) is noticed within it
 SILENCE_RECONNECT = 6.0
 PREFETCH_MIN, PREFETCH_MAX = 8, 1024   # bounds of the queue of claimed texts
 PREFETCH_SECONDS = 0.5                # of synthesis held in the queue
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 DISK_BACKOFF_MAX = 60.0
-FLUSH_EVERY, FLUSH_COUNT = 0.05, 256  # results wait at most this long (s) / this many for one folder fsync
+FLUSH_EVERY, FLUSH_COUNT = 0.2, 256  # results wait at most this long (s) / this many for one folder fsync
 FLUSH_SECONDS = 10.0
 
 
@@ -249,7 +250,7 @@ class Generator:
             self.flush_written(force=True)
             self.heartbeat([])
             t = time.monotonic()
-            self.pump(0.2)
+            self.pump(IDLE_POLL)
             self.starved += time.monotonic() - t
 
     def run(self) -> int:

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from statesvc.client import Client, ServiceError, Unavailable
+from statesvc.dataset import create_prepared, prepare_init
 from statesvc.endpoints import running
+from statesvc.state import State
+from statesvc.store import SaveFailed, state_path
+
+from .synth import BUILTIN, resolve
 
 EXIT_OK, EXIT_FAILED_ENTRIES, EXIT_INTERRUPTED = 0, 3, 130  # a pipeline failure exits 1 (cli.fail)
 CRASH_LOOP = 5          # quick error exits in a row that mean a child cannot start at all
@@ -106,13 +111,30 @@ class Run:
                                                   *self.serve_args])
         else:
             self.say(f"using the statesvc daemon already serving {ds}")
-        # Everything starts at once: generators load their model while the daemon loads the
-        # state, and find it through the lock file when it is up.
+        self.start_generators()
+        self.wait_daemon()
+        # Not needed before there is work to check: started once the daemon answers, it does
+        # not compete with the generators loading their models.
         self.spawn("reconcile", [*command("pipeline"), "reconcile", "--dataset", ds,
                                  "--interval", str(self.reconcile_interval)])
+
+    def create(self, state: State) -> None:
+        """Write the new state while the generators load their models."""
+        (self.dataset / "wavs").mkdir(parents=True, exist_ok=True)
+        self.start_generators()
+        try:
+            create_prepared(self.dataset, state)
+        except (OSError, SaveFailed) as exc:
+            raise PipelineError(f"cannot create {state_path(self.dataset)}: {exc}") from None
+
+    def start_generators(self) -> None:
+        """Generators load their model while the daemon loads the state, and find it through
+        the lock file when it is up."""
+        if any(c.name.startswith("generate-") for c in self.children):
+            return
         for i in range(self.workers):
-            self.spawn(f"generate-{i}", [*command("pipeline"), "generate", "--dataset", ds, *self.gen_args])
-        self.wait_daemon()
+            self.spawn(f"generate-{i}", [*command("pipeline"), "generate", "--dataset", str(self.dataset),
+                                         *self.gen_args])
 
     def wait_daemon(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -286,6 +308,17 @@ class Run:
 
 class PipelineError(Exception):
     pass
+
+
+def plan(dataset: Path, texts: Path | None, prefix: str | None, synth: str) -> State | None:
+    """Every check before anything starts: the state to create, or None to resume the one there."""
+    if synth not in BUILTIN:
+        resolve(synth)  # fail fast on an unknown plugin, without loading a model here
+    if state_path(dataset).exists():
+        return None
+    if texts is None:
+        raise PipelineError(f"{dataset} has no state; give --texts FILE to create it")
+    return prepare_init(dataset, texts, prefix)  # nothing written yet
 
 
 def _die_with_parent() -> None:

@@ -136,7 +136,7 @@ class Daemon:
                 "leases": len(s.leases)}
 
     # ---- the loop -------------------------------------------------------
-    def wait(self, max_ms: int = 200) -> None:
+    def wait(self, max_ms: int = 50) -> None:  # short: a signal is noticed within max_ms
         """Block until a message arrives or the next commit is due."""
         timeout = max_ms
         if self.waiting or self.state.unsaved:

@@ -24,12 +24,20 @@ class DatasetError(Exception):
 
 
 def init(dataset: Path, texts: Path, prefix: str | None = None) -> State:
+    return create_prepared(dataset, prepare_init(dataset, texts, prefix))
+
+
+def prepare_init(dataset: Path, texts: Path, prefix: str | None = None) -> State:
+    """Every check and the parsed texts of ``init``, with nothing written yet."""
     if state_path(dataset).exists():
         raise DatasetError(f"{state_path(dataset)} already exists; to add texts use: "
                            f"statesvc add --dataset {dataset} --texts {texts}")
-    items = read_texts(texts)
     state = State([])
-    state.add(items, _prefix(dataset, prefix), time.time())
+    state.add(read_texts(texts), _prefix(dataset, prefix), time.time())
+    return state
+
+
+def create_prepared(dataset: Path, state: State) -> State:
     dataset.mkdir(parents=True, exist_ok=True)
     (dataset / "wavs").mkdir(exist_ok=True)
     create(dataset, state)
@@ -104,4 +112,5 @@ def add(dataset: Path, texts: Path, prefix: str | None = None) -> dict:
     return write(dataset, "add", items=[list(i) for i in items], prefix=_prefix(dataset, prefix))
 
 
-__all__ = ["DatasetError", "TextsError", "init", "status", "entries", "show", "write", "add"]
+__all__ = ["DatasetError", "TextsError", "init", "prepare_init", "create_prepared", "status", "entries", "show",
+           "write", "add"]

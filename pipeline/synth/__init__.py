@@ -9,10 +9,10 @@ optionally ``synthesize_batch(texts) -> list[numpy.ndarray]``.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 GROUP = "pipeline.synthesizers"
 BUILTIN = {"espeak": "pipeline.synth.espeak:Espeak", "tone": "pipeline.synth.tone:Tone"}
@@ -32,6 +32,7 @@ def resolve(spec: str) -> type:
     """The synthesizer class for a name (builtin or entry point) or ``package.module:Class``."""
     target = BUILTIN.get(spec)
     if target is None and ":" not in spec:
+        from importlib.metadata import entry_points  # 20 ms: only for a plugin's name
         found = [ep for ep in entry_points(group=GROUP) if ep.name == spec]
         if not found:
             names = sorted(set(BUILTIN) | {ep.name for ep in entry_points(group=GROUP)})
@@ -61,6 +62,7 @@ def build(spec: str, options: dict[str, str]) -> Synthesizer:
 
 def to_pcm16(audio: object) -> np.ndarray:
     """Check a synthesizer's output and turn it into mono int16 samples."""
+    import numpy as np  # here: the supervisor imports this package only to check a name
     a = np.asarray(audio)
     if a.ndim == 2 and 1 in a.shape:
         a = a.reshape(-1)
