@@ -182,7 +182,9 @@ def bench_daemon(entries: int, writers: int, inflight: int) -> dict:
                 if d.poll() is not None:
                     raise SystemExit("daemon died")
         startup = time.perf_counter() - t0
+        cpu = _cpu_seconds(d.pid)
         out = run_writers(endpoint, writers, inflight)
+        out["cpu_us"] = 1e6 * (_cpu_seconds(d.pid) - cpu) / max(1, out["updates"])
         out["startup_s"] = startup
         out["rss_mb"] = _rss_mb(d.pid, "VmHWM")  # the peak, start-up included
         d.kill()  # an acknowledgement means durable: SIGKILL must lose none of them
@@ -202,13 +204,21 @@ def bench_router(entries: int, writers: int, inflight: int) -> dict:
     p = mp.Process(target=bare_router, args=(endpoint, entries, ready))
     p.start()
     ready.wait(10)
+    cpu = _cpu_seconds(p.pid)
     out = run_writers(endpoint, writers, inflight)
+    out["cpu_us"] = 1e6 * (_cpu_seconds(p.pid) - cpu) / max(1, out["updates"])
     p.kill()
     p.join()
     shutil.rmtree(folder, ignore_errors=True)
     out["lost"] = 0
     del out["done"]
     return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -364,11 +374,12 @@ def main() -> None:
                 rows.append(r)
                 print(f"  {t:>7} n={n:>8} run {run}: {r['per_second']:9.0f}/s median {r['median_ms']:7.2f} ms "
                       f"p99 {r['p99_ms']:8.2f} ms lost {r['lost']}"
+                      + (f" cpu {r['cpu_us']:.1f} us/update" if "cpu_us" in r else "")
                       + (f" start {r['startup_s']:.2f} s RSS {r['rss_mb']:.0f} MB" if "startup_s" in r else ""),
                       file=sys.stderr, flush=True)
     summary = []
     table = ["| entries | target | updates/s | median ack ms | p99 ack ms | lost | vs bare ROUTER | vs SQLite "
-             "| start s | peak RSS MB |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| server CPU µs/update | start s | peak RSS MB |", "|---:|---|" + "---:|" * 9]
     head = ("entries", "target", "updates/s", "median ms", "p99 ms", "lost", "vs router", "vs sqlite")
     print("\n" + " ".join(f"{h:>{w}}" for h, w in zip(head, (9, 8, 10, 10, 9, 5, 9, 9), strict=True)))
     for n in a.entries:
@@ -379,14 +390,16 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in rs) for k in ("per_second", "median_ms", "p99_ms")}
             med.update(entries=n, target=t, lost=max(r["lost"] for r in rs),
                        **{f"vs_{b}": med["per_second"] / v for b, v in base.items() if v},
-                       startup_s=max(r.get("startup_s", 0) for r in rs), rss_mb=max(r.get("rss_mb", 0) for r in rs))
+                       startup_s=max(r.get("startup_s", 0) for r in rs), rss_mb=max(r.get("rss_mb", 0) for r in rs),
+                       cpu_us=statistics.median(r.get("cpu_us", 0) for r in rs))
             summary.append(med)
             vs = {b: f"{med[f'vs_{b}']:.2f}x" if f"vs_{b}" in med else "-" for b in ("router", "sqlite")}
             print(f"{n:>9} {t:>8} {med['per_second']:>10.0f} {med['median_ms']:>10.2f} {med['p99_ms']:>9.2f} "
                   f"{med['lost']:>5} {vs['router']:>9} {vs['sqlite']:>9}")
             start, rss = (f"{med['startup_s']:.2f}", f"{med['rss_mb']:.0f}") if t == "daemon" else ("-", "-")
+            cpu = f"{med['cpu_us']:.1f}" if t in ("daemon", "router") else "-"
             table.append(f"| {n:,} | {t} | {med['per_second']:,.0f} | {med['median_ms']:.2f} | {med['p99_ms']:.2f} | "
-                         f"{med['lost']} | {vs['router']} | {vs['sqlite']} | {start} | {rss} |")
+                         f"{med['lost']} | {vs['router']} | {vs['sqlite']} | {cpu} | {start} | {rss} |")
     if a.json:
         a.json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     if not a.no_doc:
@@ -401,8 +414,9 @@ def main() -> None:
                f"for {SECONDS:.0f} s per target (on a small state a writer requeues what it completed and goes on); "
                f"medians of {a.runs} runs, targets interleaved. `daemon` acknowledges only once durable and is "
                "SIGKILLed before the lost updates are counted; `router` is a bare ROUTER that acknowledges the "
-               "same messages with no state and no disk. Start is the time until the daemon answers; peak RSS "
-               "is its VmHWM.\n\n" + "\n".join(table) + (f"\n\n{chart}" if chart else ""))
+               "same messages with no state and no disk. Server CPU is the user+system time of the daemon "
+               "(or the ROUTER) during the run per acknowledged update; start is the time until the daemon "
+               "answers; peak RSS is its VmHWM.\n\n" + "\n".join(table) + (f"\n\n{chart}" if chart else ""))
 
 
 if __name__ == "__main__":
