@@ -232,13 +232,23 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 # ---- what a user would otherwise do --------------------------------------------------------
-def read_torn(path: Path) -> dict:
-    """The seed writes in place, so a reader can see a half-written file: read until it parses."""
+class Unreadable(Exception):
+    """The seed's in-place writes left a file that no longer parses: every update is lost."""
+
+
+def read_torn(path: Path, give_up: float = 3.0) -> dict:
+    """The seed writes in place, so a reader can see a half-written file: read until it parses.
+
+    Two writers overlapping can leave a file that never parses again; after ``give_up``
+    seconds of that the writer stops (the post-mortem's worst case, counted as such)."""
     import json
+    deadline = time.monotonic() + give_up
     while True:
         try:
             return json.loads(path.read_bytes())
         except ValueError:
+            if time.monotonic() > deadline:
+                raise Unreadable(str(path)) from None
             time.sleep(0.001)
 
 
@@ -253,7 +263,10 @@ def timed_updates(update, ids: list[int], seconds: float, q: mp.Queue, start_at:
         if time.perf_counter() >= end:
             break
         t = time.perf_counter()
-        update(eid)
+        try:
+            update(eid)
+        except Unreadable:
+            break
         lat.append(time.perf_counter() - t)
         done.append(eid)
     q.put((lat, time.perf_counter() - (end - seconds), done))
@@ -335,11 +348,16 @@ def bench_baseline(kind: str, entries: int, writers: int, inflight: int, seconds
             kept = {r[0] for r in db.execute("SELECT id FROM entries WHERE status='completed'")}
             db.close()
         else:
-            doc = orjson.loads((folder / "generation_state.json").read_bytes())
+            try:
+                doc = orjson.loads((folder / "generation_state.json").read_bytes())
+            except orjson.JSONDecodeError:
+                doc = {"entries": [], "torn": True}  # the seed tore its own file: nothing survives
             kept = {e["id"] for e in doc["entries"] if e["status"] == "completed"}
         wall = max(w for _, w, _ in results)
-        return {"updates": len(lat), "per_second": len(lat) / wall, "median_ms": 1000 * statistics.median(lat),
-                "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "lost": len(done - kept)}
+        lat = lat or [float("nan")]
+        return {"updates": len(done), "per_second": len(done) / wall, "median_ms": 1000 * statistics.median(lat),
+                "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "lost": len(done - kept),
+                "torn": kind != "sqlite" and doc.get("torn", False)}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -388,7 +406,7 @@ def main() -> None:
         for t in a.targets:
             rs = [r for r in rows if r["entries"] == n and r["target"] == t]
             med = {k: statistics.median(r[k] for r in rs) for k in ("per_second", "median_ms", "p99_ms")}
-            med.update(entries=n, target=t, lost=max(r["lost"] for r in rs),
+            med.update(entries=n, target=t, lost=max(r["lost"] for r in rs), torn=sum(r.get("torn", 0) for r in rs),
                        **{f"vs_{b}": med["per_second"] / v for b, v in base.items() if v},
                        startup_s=max(r.get("startup_s", 0) for r in rs), rss_mb=max(r.get("rss_mb", 0) for r in rs),
                        cpu_us=statistics.median(r.get("cpu_us", 0) for r in rs))
@@ -398,8 +416,9 @@ def main() -> None:
                   f"{med['lost']:>5} {vs['router']:>9} {vs['sqlite']:>9}")
             start, rss = (f"{med['startup_s']:.2f}", f"{med['rss_mb']:.0f}") if t == "daemon" else ("-", "-")
             cpu = f"{med['cpu_us']:.1f}" if t in ("daemon", "router") else "-"
+            lost = f"{med['lost']}" + (f" (file torn in {med['torn']} of {len(rs)} runs)" if med["torn"] else "")
             table.append(f"| {n:,} | {t} | {med['per_second']:,.0f} | {med['median_ms']:.2f} | {med['p99_ms']:.2f} | "
-                         f"{med['lost']} | {vs['router']} | {vs['sqlite']} | {cpu} | {start} | {rss} |")
+                         f"{lost} | {vs['router']} | {vs['sqlite']} | {cpu} | {start} | {rss} |")
     if a.json:
         a.json.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     if not a.no_doc:
