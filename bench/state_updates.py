@@ -284,8 +284,11 @@ def file_writer(kind: str, folder: str, ids: list[int], seconds: float, q: mp.Qu
     def seed(eid: int) -> None:
         state = read_torn(path)                        # load
         fresh = read_torn(path)                        # the seed's fix: reload before saving
-        fresh["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
-        fresh["completed"] = state["completed"] + 1    # a counter incremented, as the seed did
+        try:
+            fresh["entries"][eid - 1].update(status="completed", duration_seconds=1.5)
+            fresh["completed"] = state["completed"] + 1  # a counter incremented, as the seed did
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise Unreadable("parses, but is no longer a state") from None
         path.write_text(json.dumps(fresh))
 
     def flocked(eid: int) -> None:
@@ -350,14 +353,16 @@ def bench_baseline(kind: str, entries: int, writers: int, inflight: int, seconds
         else:
             try:
                 doc = orjson.loads((folder / "generation_state.json").read_bytes())
+                entries = doc["entries"] if isinstance(doc, dict) and isinstance(doc.get("entries"), list) else None
             except orjson.JSONDecodeError:
-                doc = {"entries": [], "torn": True}  # the seed tore its own file: nothing survives
-            kept = {e["id"] for e in doc["entries"] if e["status"] == "completed"}
+                entries = None
+            torn = entries is None  # the seed tore its own file: nothing it did survives
+            kept = {e.get("id") for e in entries or [] if isinstance(e, dict) and e.get("status") == "completed"}
         wall = max(w for _, w, _ in results)
         lat = lat or [float("nan")]
         return {"updates": len(done), "per_second": len(done) / wall, "median_ms": 1000 * statistics.median(lat),
                 "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "lost": len(done - kept),
-                "torn": kind != "sqlite" and doc.get("torn", False)}
+                "torn": kind != "sqlite" and torn}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
