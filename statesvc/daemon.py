@@ -8,6 +8,7 @@ Reads are answered at once from memory. Signals only set a flag.
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import os
 import signal
@@ -173,8 +174,9 @@ class Daemon:
     def commit(self, now: float) -> None:
         """Group commit: one save for everything applied since the last one, then the replies.
 
-        The next commit waits at least SAVE_DUTY times as long as this save took, so a big
-        state is written less often (bigger batches) instead of saturating the disk.
+        Unless somebody waits (URGENT), the next commit comes MIN_COMMIT_GAP or SAVE_DUTY times
+        this save's duration later, whichever is longer: a big state is written less often, in
+        bigger batches, instead of taking the disk from the generators' wavs.
         """
         waiting, self.waiting = self.waiting, []
         if self.state.unsaved:
@@ -244,6 +246,7 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
     lock.acquire(orjson.dumps({"pid": os.getpid(), "endpoint": control, "events": events}).decode())
     try:
         state, store = load_for_writing(dataset)
+        gc.freeze()  # the loaded entries live as long as we do: full collections need not walk them
         if lease_seconds:
             state.lease_seconds = lease_seconds
         if max_attempts:

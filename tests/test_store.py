@@ -258,3 +258,12 @@ def test_short_writev_resumes_where_it_stopped(tmp_path: Path, monkeypatch) -> N
     parts = [b"abc", memoryview(b"defghij")[2:], b"", b"0123456789" * 3]
     store.write_atomic(tmp_path / "f", parts)
     assert (tmp_path / "f").read_bytes() == b"".join(bytes(p) for p in parts)
+
+
+@pytest.mark.parametrize("n", [0, 1, 1023, 1024, 1025, 2048])
+def test_block_edges_round_trip_through_the_fast_path(tmp_path: Path, n: int) -> None:
+    s = State([Entry(i, f"e_{i:05d}", f"text {i}") for i in range(1, n + 1)])
+    raw = Store(tmp_path, s).render(s)
+    again, blocks = store.read_state(raw)
+    assert blocks is not None and len(blocks) == -(-n // store.BLOCK)
+    assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries]
