@@ -53,9 +53,10 @@ class Reconciler:
         with os.scandir(folder) as it:
             for d in it:
                 name = d.name
-                if name[-4:] != ".wav" or name.startswith(TMP_PREFIX):
-                    if name.startswith(TMP_PREFIX):
-                        self._old_temp(d, now, result)
+                if name.startswith(TMP_PREFIX):
+                    self._old_temp(d, now, result)
+                    continue
+                if not name.endswith(".wav"):
                     continue
                 st = d.stat(follow_symlinks=False)
                 key = (st.st_mtime_ns, st.st_size, st.st_ino)  # a replaced or rewritten file changes one

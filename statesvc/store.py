@@ -150,11 +150,17 @@ def _state(entries: list[Entry], sr: int | None) -> State:
 
 
 def load(dataset: Path) -> State:
-    return load_for_writing(dataset)[0]
+    """The state, for reading: no save cache is built (a hand-edited file would cost one)."""
+    return _read_file(dataset)[0]
 
 
 def load_for_writing(dataset: Path) -> tuple[State, Store]:
     """The state and a Store that reuses the file's own bytes for entries that have not changed."""
+    state, blocks = _read_file(dataset)
+    return state, Store(dataset, state, blocks)
+
+
+def _read_file(dataset: Path) -> tuple[State, list | None]:
     path = state_path(dataset)
     try:
         raw = path.read_bytes()
@@ -162,8 +168,7 @@ def load_for_writing(dataset: Path) -> tuple[State, Store]:
         raise DamagedState(f"no state in {dataset} (create one with: statesvc init --texts FILE)") from None
     except OSError as exc:
         raise DamagedState(f"{path}: {exc.strerror}") from None
-    state, blocks = read_state(raw, str(path))
-    return state, Store(dataset, state, blocks)
+    return read_state(raw, str(path))
 
 
 # ---- the file's layout -----------------------------------------------------
