@@ -85,7 +85,7 @@ class Writer:
             self.requeues.discard(r)
 
 
-def writer(endpoint: str, inflight: int, owner: str, q: mp.Queue, start_at: float, seconds: float) -> None:
+def writer(endpoint: str, inflight: int, owner: str, seconds: float, q: mp.Queue, start_at: float) -> None:
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -148,20 +148,30 @@ def make_state(folder: Path, entries: int) -> None:
 SECONDS = 8.0  # every target is measured for this long
 
 
-def run_writers(endpoint: str, writers: int, inflight: int) -> dict:
+def fan_out(target, args: list[tuple]) -> tuple[list[float], float, set[int]]:
+    """One process per tuple of ``args``, each given a queue and a common start time; returns every
+    latency, the longest wall time and the ids each reported done."""
     q: mp.Queue = mp.Queue()
     start_at = time.time() + 0.5
-    procs = [mp.Process(target=writer, args=(endpoint, inflight, f"w{i}", q, start_at, SECONDS))
-             for i in range(writers)]
+    procs = [mp.Process(target=target, args=(*a, q, start_at)) for a in args]
     for p in procs:
         p.start()
     results = [q.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    lat = sorted(x for r, _, _ in results for x in r)
-    wall = max(w for _, w, _ in results)
-    return {"updates": len(lat), "per_second": len(lat) / wall, "median_ms": 1000 * statistics.median(lat),
-            "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "done": {i for _, _, d in results for i in d}}
+    return (sorted(x for r, _, _ in results for x in r), max(w for _, w, _ in results),
+            {i for _, _, d in results for i in d})
+
+
+def rates(lat: list[float], updates: int, wall: float) -> dict:
+    lat = lat or [float("nan")]
+    return {"updates": updates, "per_second": updates / wall, "median_ms": 1000 * statistics.median(lat),
+            "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))]}
+
+
+def run_writers(endpoint: str, writers: int, inflight: int) -> dict:
+    lat, wall, done = fan_out(writer, [(endpoint, inflight, f"w{i}", SECONDS) for i in range(writers)])
+    return {**rates(lat, len(lat), wall), "done": done}
 
 
 def bench_daemon(entries: int, writers: int, inflight: int) -> dict:
@@ -332,19 +342,9 @@ def bench_baseline(kind: str, entries: int, writers: int, inflight: int, seconds
             db.close()
         else:
             make_state(folder, entries)
-        q: mp.Queue = mp.Queue()
-        start_at = time.time() + 0.5
         shares = [list(range(1 + w, entries + 1, writers)) for w in range(writers)]
         target, extra = (sqlite_writer, ()) if kind == "sqlite" else (file_writer, (kind,))
-        procs = [mp.Process(target=target, args=(*extra, str(folder), shares[w], seconds, q, start_at))
-                 for w in range(writers)]
-        for p in procs:
-            p.start()
-        results = [q.get(timeout=600) for _ in procs]
-        for p in procs:
-            p.join()
-        lat = sorted(x for r, _, _ in results for x in r)
-        done = {eid for _, _, d in results for eid in d}
+        lat, wall, done = fan_out(target, [(*extra, str(folder), shares[w], seconds) for w in range(writers)])
         if kind == "sqlite":
             import sqlite3
             db = sqlite3.connect(str(folder / "state.db"))
@@ -358,11 +358,7 @@ def bench_baseline(kind: str, entries: int, writers: int, inflight: int, seconds
                 entries = None
             torn = entries is None  # the seed tore its own file: nothing it did survives
             kept = {e.get("id") for e in entries or [] if isinstance(e, dict) and e.get("status") == "completed"}
-        wall = max(w for _, w, _ in results)
-        lat = lat or [float("nan")]
-        return {"updates": len(done), "per_second": len(done) / wall, "median_ms": 1000 * statistics.median(lat),
-                "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "lost": len(done - kept),
-                "torn": kind != "sqlite" and torn}
+        return {**rates(lat, len(done), wall), "lost": len(done - kept), "torn": kind != "sqlite" and torn}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
