@@ -132,17 +132,10 @@ def run_trials(tmp_path: Path, fs: str, trials: int, safe: bool) -> tuple[int, i
     return total_acked, total_lost, trials_losing
 
 
+@pytest.mark.parametrize("cuts", [8, pytest.param(100, marks=[pytest.mark.slow, pytest.mark.timeout(1800)], id="soak")])
 @pytest.mark.parametrize("fs", ["ext4", "xfs"])
-def test_power_cuts_lose_no_acknowledged_update(tmp_path: Path, fs: str) -> None:
-    acked, lost, _ = run_trials(tmp_path, fs, 8, safe=True)
-    assert acked > 0 and lost == 0
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-@pytest.mark.parametrize("fs", ["ext4", "xfs"])
-def test_power_cut_soak(tmp_path: Path, fs: str) -> None:
-    acked, lost, _ = run_trials(tmp_path, fs, 100, safe=True)
+def test_power_cuts_lose_no_acknowledged_update(tmp_path: Path, fs: str, cuts: int) -> None:
+    acked, lost, _ = run_trials(tmp_path, fs, cuts, safe=True)
     assert acked > 0 and lost == 0
 
 
