@@ -53,6 +53,7 @@ class Child:
     quick_errors: int = 0   # quick exits in a row with an error code: a child that cannot start
     next_start: float = 0.0
     last_code: int | None = None
+    pids: list[int] = field(default_factory=list)  # every process this child has been
 
     def start(self) -> None:
         self.log.parent.mkdir(exist_ok=True)
@@ -60,6 +61,7 @@ class Child:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
                                          preexec_fn=_die_with_parent)
+        self.pids.append(self.proc.pid)
         self.started = time.monotonic()
 
     def alive(self) -> bool:
@@ -282,7 +284,22 @@ class Run:
             self.stop_children()  # generators flush their results to the daemon, then it stops
         else:
             self._stop([c for c in self.children if c.alive()])  # all acknowledged: stop together
+        self.remove_dead_temps()
         return self.summary(interrupted)
+
+    def remove_dead_temps(self) -> None:
+        """A generator killed mid-write leaves its temp wav (named with its pid); once every child of
+        ours has stopped, those are garbage. Temp files of other writers wait for the reconciler's
+        age rule."""
+        from statesvc.audio import TMP_PREFIX  # soundfile: not before the children start
+        ours = {str(pid) for c in self.children if c.name.startswith("generate-") for pid in c.pids}
+        removed = 0
+        for path in (self.dataset / "wavs").glob(f"{TMP_PREFIX}*.wav"):
+            if path.name.rsplit(".", 2)[-2] in ours:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            self.say(f"removed {removed} temp file(s) left by killed generators")
 
     def summary(self, interrupted: bool) -> int:
         from statesvc.store import load
