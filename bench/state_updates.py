@@ -287,7 +287,7 @@ def file_writer(kind: str, folder: str, ids: list[int], seconds: float, q: mp.Qu
     import fcntl
     import json
 
-    from statesvc.store import write_atomic
+    from statesvc.atomic import write_atomic
     path = Path(folder) / "generation_state.json"
     lock_path = Path(folder) / "state.lock"
 

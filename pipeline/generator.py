@@ -19,8 +19,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from statesvc.atomic import fsync_dir
 from statesvc.client import Client
-from statesvc.store import fsync_dir
 
 from .synth import Synthesizer, to_pcm16
 from .wavs import write_wav

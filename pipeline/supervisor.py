@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from statesvc.atomic import SaveFailed
 from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.dataset import create_prepared, prepare_init
 from statesvc.endpoints import running
 from statesvc.state import State
-from statesvc.store import SaveFailed, state_path
+from statesvc.store import state_path
 
 from .synth import BUILTIN, resolve
 

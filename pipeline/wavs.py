@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from statesvc.atomic import fsync_dir, write_all
 from statesvc.audio import TMP_PREFIX
-from statesvc.store import fsync_dir, write_all
 
 
 def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int,

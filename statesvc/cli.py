@@ -11,6 +11,7 @@ import orjson
 import zmq
 
 from . import dataset as ds
+from .atomic import SaveFailed
 from .client import ServiceError, Unavailable
 from .curve import CurveError
 from .curve import keygen as keygen_pair
@@ -18,7 +19,7 @@ from .daemon import serve as serve_daemon
 from .endpoints import defaults, running
 from .export import FORMATS, lines
 from .state import STATUSES, Refused
-from .store import DamagedState, Locked, SaveFailed, load
+from .store import DamagedState, Locked, load
 from .texts import TextsError
 from .verify import mismatches
 

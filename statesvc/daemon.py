@@ -20,13 +20,14 @@ import orjson
 import zmq
 
 from . import protocol
+from .atomic import OutcomeUnknown, SaveFailed
 from .curve import CurveError, secure_server
 from .endpoints import defaults
 from .handlers import Handlers
 from .notify import Notifier
 from .protocol import BadRequest
 from .state import Refused, State
-from .store import OutcomeUnknown, SaveFailed, Store, WriterLock, load_for_writing
+from .store import Store, WriterLock, load_for_writing
 
 log = logging.getLogger("statesvc")
 

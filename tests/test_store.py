@@ -11,10 +11,11 @@ import orjson
 import pytest
 
 from statesvc import store
+from statesvc.atomic import OutcomeUnknown, SaveFailed
 from statesvc.client import Client, ServiceError
 from statesvc.daemon import Daemon
 from statesvc.state import Entry, State
-from statesvc.store import OutcomeUnknown, SaveFailed, Store, load
+from statesvc.store import Store, load
 
 STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]
 

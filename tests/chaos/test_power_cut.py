@@ -29,7 +29,7 @@ from statesvc.store import create, load
 
 FS_IOC_SHUTDOWN = 0x8004587D          # _IOR('X', 125, __u32)
 FS_GOING_DOWN_NOLOGFLUSH = 2
-SKIP_DIR_FSYNC = ("import statesvc.store as s; s.fsync_dir = lambda folder: None; "
+SKIP_DIR_FSYNC = ("import statesvc.atomic as s; s.fsync_dir = lambda folder: None; "
                   "from statesvc.cli import main; main()")
 
 
