@@ -21,6 +21,8 @@ dataset_opt = click.option("--dataset", type=click.Path(file_okay=False, path_ty
                            envvar="STATESVC_DATASET", show_default=True)
 endpoint_opt = click.option("--endpoint", default=None, envvar="STATESVC_ENDPOINT",
                             help="Daemon control endpoint (default: the one serving --dataset).")
+heartbeat_opt = click.option("--heartbeat-seconds", type=click.FloatRange(0.1, 3600), default=None,
+                             help="Seconds between lease heartbeats (default: a fifth of the lease)")
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -69,9 +71,11 @@ def main() -> None:
 @click.option("--synth-opt", "synth_opts", multiple=True, metavar="KEY=VALUE")
 @click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True)
 @click.option("--wait", type=float, default=30.0, help="Seconds to wait for a daemon to appear.")
+@click.option("--owner", default=None, help="Lease owner name; unique per process start (default HOST:PID:RANDOM)")
+@heartbeat_opt
 @click.option("--log-level", default="INFO")
 def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[str, ...], batch: int,
-             wait: float, log_level: str) -> None:
+             wait: float, owner: str | None, heartbeat_seconds: float | None, log_level: str) -> None:
     """One generator process: claim, synthesize, write wavs, report."""
     from .generator import Generator, install_signals
     setup_logging(log_level)
@@ -84,7 +88,8 @@ def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[
         fail(str(exc))
     except Exception as exc:  # a plugin's own constructor failing
         fail(f"synthesizer {synth!r} failed to start: {type(exc).__name__}: {exc}")
-    gen = Generator(Client(ep), model, dataset, batch=batch)
+    given = {"owner": owner, "heartbeat_seconds": heartbeat_seconds}
+    gen = Generator(Client(ep), model, dataset, batch=batch, **{k: v for k, v in given.items() if v is not None})
     install_signals(gen)
     log.info("generator %s: synth %s at %d Hz, batch %d, daemon %s", gen.owner, synth,
              model.sample_rate, batch, ep)
@@ -146,15 +151,16 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
 @click.option("--reconcile-interval", type=click.FloatRange(0.5, 86400), default=30.0, show_default=True)
 @click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None)
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
+@heartbeat_opt
 def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, synth: str,
         synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
-        max_attempts: int | None) -> None:
+        max_attempts: int | None, heartbeat_seconds: float | None) -> None:
     """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline)."""
     from statesvc.dataset import DatasetError
-    from statesvc.store import DamagedState, state_path
+    from statesvc.store import DamagedState
     from statesvc.texts import TextsError
 
-    from .supervisor import PipelineError, Run, install_signals, plan
+    from .supervisor import STATE_FILE, PipelineError, Run, install_signals, plan
     parse_opts(synth_opts)  # a malformed option is a usage error before anything starts
     try:
         new_state = plan(dataset, texts, prefix, synth)
@@ -165,6 +171,8 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
     gen_args = ["--synth", synth, "--batch", str(batch)]
     for o in synth_opts:
         gen_args += ["--synth-opt", o]
+    if heartbeat_seconds is not None:
+        gen_args += ["--heartbeat-seconds", str(heartbeat_seconds)]
     serve_args = []
     if lease_seconds:
         serve_args += ["--lease-seconds", str(lease_seconds)]
@@ -175,7 +183,7 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
     try:
         if new_state is not None:
             r.create(new_state)
-            click.echo(f"created {state_path(dataset)} with {len(new_state.entries)} entries", err=True)
+            click.echo(f"created {dataset / STATE_FILE} with {len(new_state.entries)} entries", err=True)
         code = r.run()
     except (PipelineError, DamagedState) as exc:
         r.clear_bar()

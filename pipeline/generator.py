@@ -1,9 +1,13 @@
-"""One generator process: claim texts, synthesize, write wavs, report results.
+"""One generator process: claim texts, synthesize, write takes, report results.
 
-The synthesizer is loaded once. Results are sent without waiting for their
-acknowledgement; unacknowledged ones are resent until the daemon confirms them,
-so the model never waits on the bookkeeping. Claims are prefetched so the next
-text is ready when the current one is done.
+The synthesizer is loaded once. Before each synthesis the generator tells the daemon
+which leases it is working on (and waits for the answer), so a text that kills the
+process is charged and no other. Each take is written under a hidden name that
+records the text hash, revision and lease it was made for; the daemon moves it under
+the entry's name only if it counts. Results are sent without waiting for their
+acknowledgement and resent until the daemon confirms them. A thread heartbeats the
+leases held, during synthesis too, so a long batch keeps its leases and a dead
+process loses them within a lease (seconds).
 """
 
 from __future__ import annotations
@@ -12,18 +16,20 @@ import collections
 import errno
 import logging
 import os
+import secrets
 import signal
 import socket
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statesvc.atomic import fsync_dir
-from statesvc.client import Client
+from statesvc.audio import Provenance
+from statesvc.client import Client, Unavailable
 
 from .synth import Synthesizer, to_pcm16
-from .wavs import write_wav
+from .wavs import write_take
 
 log = logging.getLogger("pipeline.generate")
 
@@ -36,8 +42,14 @@ PREFETCH_MIN, PREFETCH_MAX = 8, 1024   # bounds of the queue of claimed texts
 PREFETCH_SECONDS = 0.5                # of synthesis held in the queue
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 DISK_BACKOFF_MAX = 60.0
-FLUSH_EVERY, FLUSH_COUNT = 0.2, 256  # results wait at most this long (s) / this many for one folder fsync
+FLUSH_EVERY, FLUSH_COUNT = 0.2, 256  # results wait at most this long (s) / this many for one message
 FLUSH_SECONDS = 10.0
+WORKING_WAIT = 2.0  # seconds to wait for the daemon to hear what we start on (then start anyway)
+
+
+def default_owner() -> str:
+    """Unique per process start: a pid reused after a reboot is another owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 @dataclass
@@ -55,7 +67,8 @@ class Generator:
     synth: Synthesizer
     dataset: Path
     batch: int = 1
-    owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    owner: str = field(default_factory=default_owner)
+    heartbeat_seconds: float | None = None  # None: a fifth of the lease
     stopping: int = 0
     queue: collections.deque = field(default_factory=collections.deque)
     unacked: dict[int, Pending] = field(default_factory=dict)
@@ -64,8 +77,9 @@ class Generator:
     claim_latency: float = 0.0
     text_seconds: float = 0.0
     idle_until: float = 0.0
-    lease_seconds: float = 120.0
-    next_heartbeat: float = 0.0
+    lease_seconds: float = 10.0
+    held: dict[str, None] = field(default_factory=dict)   # tokens of our live leases, for the heartbeat thread
+    lost: collections.deque = field(default_factory=collections.deque)  # tokens the daemon says we lost
     last_reply: float = field(default_factory=time.monotonic)
     backoff: float = 0.5
     done: int = 0
@@ -123,15 +137,23 @@ class Generator:
             self.lease_seconds = msg.get("lease_seconds") or self.lease_seconds
             got = msg.get("entries", [])
             self.queue.extend(got)
+            self.held.update(dict.fromkeys(e["token"] for e in got))
             self.idle_until = 0.0 if got else time.monotonic() + min(IDLE_MAX, 0.2 + self.backoff)
         elif p.op == "results":
-            for item, r in zip(p.fields["items"], msg.get("replies", []), strict=False):
-                if not r.get("ok"):
-                    log.error("result for entry %s refused: %s", item["id"], r.get("error"))
-        elif p.op == "heartbeat":
-            lost = set(msg.get("lost", []))
-            if lost:
-                self.queue = collections.deque(e for e in self.queue if e["token"] not in lost)
+            self.on_results(p.fields["items"], msg.get("replies", []))
+        elif p.op == "result":
+            self.held.pop(p.fields["token"], None)
+        elif p.op == "release":
+            for t in p.fields["tokens"]:
+                self.held.pop(t, None)
+
+    def on_results(self, items: list[dict], replies: list[dict]) -> None:
+        for item, r in zip(items, replies, strict=False):
+            self.held.pop(item["token"], None)
+            if not r.get("ok"):
+                log.error("result for entry %s refused: %s", item["id"], r.get("error"))
+            elif not r.get("applied") and r.get("reason") not in (None, "duplicate"):
+                log.warning("take of entry %s does not count (%s); moved to stale/", item["id"], r["reason"])
 
     def want_more(self) -> None:
         if self.stopping or self.claim_rid is not None or time.monotonic() < self.idle_until:
@@ -152,13 +174,32 @@ class Generator:
         need = int(max(PREFETCH_SECONDS, 2 * self.claim_latency) / self.text_seconds) + 2 * self.batch
         return max(PREFETCH_MIN, 4 * self.batch, min(PREFETCH_MAX, need))
 
-    def heartbeat(self, tokens: list[str]) -> None:
-        now = time.monotonic()
-        if now >= self.next_heartbeat:
-            self.next_heartbeat = now + max(1.0, self.lease_seconds / 4)
-            all_tokens = tokens + [e["token"] for e in self.queue]
-            if all_tokens:
-                self.send("heartbeat", owner=self.owner, tokens=all_tokens)
+    def drop_lost(self) -> None:
+        """Leases the heartbeat thread heard we lost: never start on them."""
+        if self.lost:
+            lost = set()
+            while self.lost:
+                lost.add(self.lost.popleft())
+            for t in lost:
+                self.held.pop(t, None)
+            self.queue = collections.deque(e for e in self.queue if e["token"] not in lost)
+
+    def tell_working(self, entries: list[dict]) -> list[dict]:
+        """Tell the daemon what we are about to synthesize and wait for its answer: a text that
+        kills us is then charged, and only it. Returns the entries whose leases we still hold."""
+        rid = self.send("working", owner=self.owner, tokens=[e["token"] for e in entries])
+        deadline = time.monotonic() + WORKING_WAIT
+        while rid in self.unacked and time.monotonic() < deadline:
+            for msg in self.client.replies(0.05):
+                self.last_reply = time.monotonic()
+                if msg.get("rid") == rid:
+                    self.unacked.pop(rid, None)
+                    lost = set(msg.get("lost", []))
+                    self.lost.extend(lost)
+                    return [e for e in entries if e["token"] not in lost]
+                self.on_reply(msg)
+        self.unacked.pop(rid, None)  # the daemon is away: work on; the leases say the rest
+        return entries
 
     # ---- making audio -----------------------------------------------------
     def work(self, entries: list[dict]) -> None:
@@ -170,8 +211,6 @@ class Generator:
             self.text_seconds = per_text if not self.text_seconds else 0.8 * self.text_seconds + 0.2 * per_text
 
     def _work(self, entries: list[dict]) -> None:
-        self.heartbeat([e["token"] for e in entries])
-        folder = self.dataset / "wavs"
         try:
             if len(entries) > 1 and hasattr(self.synth, "synthesize_batch"):
                 audios = list(self.synth.synthesize_batch([e["text"] for e in entries]))
@@ -188,7 +227,8 @@ class Generator:
                 if audio is None:
                     audio = self.synth.synthesize(e["text"])
                 pcm = to_pcm16(audio)
-                seconds, sig = write_wav(folder, e["filename"], pcm, self.synth.sample_rate, sync_dir=False)
+                seconds, sig = write_take(self.dataset, e["filename"], pcm, self.synth.sample_rate,
+                                          Provenance(e["text_hash"], e["rev"], e["token"]))
             except OSError as exc:
                 self.report_failure(e, exc)
                 if exc.errno in DISK_ERRORS:
@@ -213,19 +253,14 @@ class Generator:
         self.idle_until = time.monotonic() + self.disk_backoff
 
     def flush_written(self, force: bool = False) -> None:
-        """One fsync of wavs/ makes every rename so far durable; only then are their results sent."""
+        """Report the takes written so far in one message. Each take was fsynced; the daemon
+        moves the ones that count under their names and fsyncs wavs/ before it counts them."""
         if not self.written or not (force or len(self.written) >= FLUSH_COUNT or not self.queue
                                     or time.monotonic() - self.first_written >= FLUSH_EVERY):
             return
-        try:
-            fsync_dir(self.dataset / "wavs")
-        except OSError as exc:
-            for e, _, _ in self.written:
-                self.report_failure(e, exc)
-            self.written = []
-            return
         items = [{"id": e["id"], "token": e["token"], "status": "completed", "duration_seconds": round(sec, 6),
-                  "sample_rate": self.synth.sample_rate, "wav": sig} for e, sec, sig in self.written]
+                  "sample_rate": self.synth.sample_rate, "text_hash": e["text_hash"], "rev": e["rev"],
+                  "wav": sig} for e, sec, sig in self.written]
         self.done += len(items)
         # one message for the whole flush; nobody waits on its reply unless we are stopping
         self.send("results", items=items, **({"wait": True} if self.stopping else {}))
@@ -240,23 +275,30 @@ class Generator:
 
     # ---- the loop -----------------------------------------------------------
     def run_once(self) -> None:
+        self.drop_lost()
         self.want_more()
         if self.queue:
             take = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
-            self.work(take)
+            take = self.tell_working(take)
+            if take:
+                self.work(take)
             self.flush_written()
             self.pump(0)
         else:
             self.flush_written(force=True)
-            self.heartbeat([])
             t = time.monotonic()
             self.pump(IDLE_POLL)
             self.starved += time.monotonic() - t
 
     def run(self) -> int:
-        while not self.stopping:
-            self.run_once()
-        return self.shutdown()
+        beat = Heartbeat(self)
+        beat.start()
+        try:
+            while not self.stopping:
+                self.run_once()
+            return self.shutdown()
+        finally:
+            beat.stop()
 
     def shutdown(self) -> int:
         """Give back what was not started, flush results for a bounded time."""
@@ -271,6 +313,41 @@ class Generator:
         log.info("generator %s stopping: %d written, %d failed, %d results unacknowledged, "
                  "%.1f s waiting for work", self.owner, self.done, self.failed, left, self.starved)
         return 0
+
+
+class Heartbeat(threading.Thread):
+    """Renews the generator's leases every few seconds, during synthesis too, on its own socket
+    (a zmq socket belongs to one thread). Lost leases go back to the generator through ``lost``."""
+
+    def __init__(self, gen: Generator):
+        super().__init__(name="heartbeat", daemon=True)
+        self.gen = gen
+        self.done = threading.Event()
+
+    def interval(self) -> float:
+        return self.gen.heartbeat_seconds or max(0.2, self.gen.lease_seconds / 5)
+
+    def run(self) -> None:
+        client = Client(self.gen.client.endpoint, timeout=1.0, retries=1, ctx=self.gen.client.ctx)
+        try:
+            while not self.done.wait(self.interval()):
+                tokens = list(self.gen.held)
+                if not tokens:
+                    continue
+                try:
+                    reply = client.call("heartbeat", owner=self.gen.owner, tokens=tokens)
+                except Unavailable:
+                    continue  # the daemon is away; it grants a full lease when it comes back
+                except Exception as exc:  # never let the thread die silently: the leases would go
+                    log.warning("heartbeat failed: %s", exc)
+                    continue
+                self.gen.lost.extend(reply.get("lost", []))
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(5)
 
 
 def install_signals(gen: Generator) -> None:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statesvc.audio import TMP_PREFIX, Observation, inspect
+from statesvc.audio import TAKE_PREFIX, TMP_PREFIX, Observation, Provenance, inspect, same_duration
 from statesvc.client import Client
 
 log = logging.getLogger("pipeline.reconcile")
@@ -53,7 +53,7 @@ class Reconciler:
         with os.scandir(folder) as it:
             for d in it:
                 name = d.name
-                if name.startswith(TMP_PREFIX):
+                if name.startswith((TMP_PREFIX, TAKE_PREFIX)):  # a take not reported within the age: orphaned
                     self._old_temp(d, now, result)
                     continue
                 if not name.endswith(".wav"):
@@ -63,10 +63,10 @@ class Reconciler:
                 hit = cached(name)
                 if hit is not None and hit[0] == key:
                     obs = hit[1]
-                elif (info := (known or {}).get(name[:-4])) and info[3] == [st.st_size, st.st_mtime_ns, st.st_ino] \
-                        and info[0] == "completed" and stat.S_ISREG(st.st_mode):
+                elif (info := (known or {}).get(name[:-4])) and info[5] == [st.st_size, st.st_mtime_ns, st.st_ino] \
+                        and info[0] == "completed" and info[4] and stat.S_ISREG(st.st_mode):
                     # written by a generator and unchanged since: what it reported still holds
-                    obs = Observation(True, "", info[1], sample_rate or 0, 1)
+                    obs = Observation(True, "", info[1], sample_rate or 0, 1, Provenance(info[2], info[3], info[4]))
                     cache[name] = (key, obs)
                 else:
                     obs = inspect(Path(d.path), sample_rate, st)
@@ -97,13 +97,7 @@ class Reconciler:
             info = entries.get(name)
             if info is None:
                 result.orphans.append(name)
-                continue
-            status, duration, requeued, _ = info
-            if status == "generating" or requeued:
-                continue
-            if not obs.valid:
-                files[name] = obs.to_wire()
-            elif status != "completed" or duration is None or abs(duration - obs.duration) > 0.002:
+            elif info[0] != "generating" and disagrees(info, obs):
                 files[name] = obs.to_wire()
         missing = [n for n, (status, *_) in entries.items() if status == "completed" and n not in seen]
         self.report(snap, files, missing, result)
@@ -117,6 +111,18 @@ class Reconciler:
                                      files=chunk, missing=missing[i:i + CHUNK])
             result.fixes += reply["fixes"]
             result.moved += reply.get("moved", [])
+
+
+def disagrees(info: list, obs: Observation) -> bool:
+    """Whether a wav on disk differs from what the snapshot says of its entry:
+    [status, duration, text hash, revision, take token, signature]."""
+    status, duration, text_hash, rev, take, _ = info
+    if not obs.valid or status != "completed" or not same_duration(duration, obs.duration):
+        return True
+    p = obs.provenance
+    if p is None:
+        return take is not None  # the take the state recorded was replaced by a foreign file
+    return (p.text_hash, p.rev, p.token) != (text_hash, rev, take)
 
 
 def describe(r: PassResult) -> list[str]:

@@ -8,29 +8,38 @@ generating after a final reconcile pass.
 
 from __future__ import annotations
 
+import enum
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from statesvc.atomic import SaveFailed
-from statesvc.client import Client, ServiceError, Unavailable
+from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
 from statesvc.dataset import create_prepared, prepare_init
+from statesvc.dataset import entries as dataset_entries
+from statesvc.dataset import status as dataset_status
 from statesvc.endpoints import running
-from statesvc.state import State
-from statesvc.store import state_path
 
 from .synth import BUILTIN, resolve
+
+if TYPE_CHECKING:  # the supervisor only hands it from prepare_init to create_prepared
+    from statesvc.state import State
 
 EXIT_OK, EXIT_FAILED_ENTRIES, EXIT_INTERRUPTED = 0, 3, 130  # a pipeline failure exits 1 (cli.fail)
 CRASH_LOOP = 5          # quick error exits in a row that mean a child cannot start at all
 QUICK_EXIT = 1.0        # seconds: an exit sooner than this counts as quick
 BACKOFF_MAX = 5.0       # seconds between restarts of a child that keeps dying quickly
 STOP_GRACE = 20.0
+DIED_TIMEOUT = 2.0      # seconds to wait for the daemon's answer to "died"; lease expiry is the fallback
+STATE_FILE = "generation_state.json"  # the dataset's state file (statesvc's store does not export its path)
 
 
 def command(tool: str) -> list[str]:
@@ -42,24 +51,66 @@ def command(tool: str) -> list[str]:
     return [found] if found else [sys.executable, "-m", {"statesvc": "statesvc", "pipeline": "pipeline"}[tool]]
 
 
+class ChildState(enum.Enum):
+    """Where a supervised child is in its life. Changed only by ``Child.change``."""
+
+    STARTING = "starting"        # spawned, not yet seen alive past QUICK_EXIT seconds
+    RUNNING = "running"          # seen alive past QUICK_EXIT seconds
+    BACKING_OFF = "backing off"  # died; waits for its restart time
+    STOPPED = "stopped"          # not started yet, or stopped on purpose (end of run, Ctrl-C)
+    GIVEN_UP = "given up"        # a crash loop: it cannot start at all; the run fails
+
+
+_S = ChildState
+TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
+    _S.STOPPED: frozenset({_S.STARTING}),
+    _S.STARTING: frozenset({_S.RUNNING, _S.BACKING_OFF, _S.GIVEN_UP, _S.STOPPED}),
+    _S.RUNNING: frozenset({_S.BACKING_OFF, _S.STOPPED}),
+    _S.BACKING_OFF: frozenset({_S.STARTING, _S.STOPPED}),
+    _S.GIVEN_UP: frozenset(),
+}
+LIVE = frozenset({_S.STARTING, _S.RUNNING})     # a process is (or was, until we notice) running
+ACTIVE = LIVE | {_S.BACKING_OFF}                 # under supervision: what a stop must end
+
+
+class BadTransition(RuntimeError):
+    """A change the table forbids: a bug in the supervisor, not a child's failure."""
+
+
 @dataclass
 class Child:
     name: str
     argv: list[str]
     log: Path
+    leases: bool = False    # a generator: takes leases under a fresh owner id at each start
+    state: ChildState = ChildState.STOPPED
+    why: str = "not started yet"  # the reason for the last change of state
     proc: subprocess.Popen | None = None
+    owner: str | None = None  # the lease owner id of the current process (generators)
     started: float = 0.0
     restarts: int = 0
     quick_exits: int = 0    # quick exits in a row, any cause: paces restarts
     quick_errors: int = 0   # quick exits in a row with an error code: a child that cannot start
-    next_start: float = 0.0
-    last_code: int | None = None
+    restart_at: float = 0.0  # when BACKING_OFF ends
     pids: list[int] = field(default_factory=list)  # every process this child has been
 
-    def start(self) -> None:
+    def change(self, to: ChildState, why: str) -> None:
+        if to not in TRANSITIONS[self.state]:
+            raise BadTransition(f"{self.name}: {self.state.name} -> {to.name} is not allowed ({why}); "
+                                f"it was {self.state.value} because: {self.why}")
+        self.state, self.why = to, why
+
+    def start(self, why: str) -> None:
+        self.change(ChildState.STARTING, why)
+        argv = self.argv
+        if self.leases:
+            # Unique per process start: the daemon can tell this process's leases from those of
+            # the one before it, and give back exactly the dead one's.
+            self.owner = f"{socket.gethostname()}:{self.name}:{secrets.token_hex(4)}"
+            argv = [*argv, "--owner", self.owner]
         self.log.parent.mkdir(exist_ok=True)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
                                          preexec_fn=_die_with_parent)
         self.pids.append(self.proc.pid)
@@ -101,9 +152,9 @@ class Run:
         print(text, file=self.out, flush=True)
 
     # ---- children --------------------------------------------------------
-    def spawn(self, name: str, argv: list[str]) -> Child:
-        c = Child(name, argv, self.dataset / "logs" / f"{name}.log")
-        c.start()
+    def spawn(self, name: str, argv: list[str], leases: bool = False) -> Child:
+        c = Child(name, argv, self.dataset / "logs" / f"{name}.log", leases=leases)
+        c.start("first start")
         self.children.append(c)
         return c
 
@@ -128,7 +179,7 @@ class Run:
         try:
             create_prepared(self.dataset, state)
         except (OSError, SaveFailed) as exc:
-            raise PipelineError(f"cannot create {state_path(self.dataset)}: {exc}") from None
+            raise PipelineError(f"cannot create {self.dataset / STATE_FILE}: {exc}") from None
 
     def start_generators(self) -> None:
         """Generators load their model while the daemon loads the state, and find it through
@@ -137,7 +188,7 @@ class Run:
             return
         for i in range(self.workers):
             self.spawn(f"generate-{i}", [*command("pipeline"), "generate", "--dataset", str(self.dataset),
-                                         *self.gen_args])
+                                         *self.gen_args], leases=True)
 
     def wait_daemon(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -151,69 +202,103 @@ class Run:
         raise PipelineError("the statesvc daemon did not answer within 30 s")
 
     def supervise(self) -> None:
+        """One look at every child: promote, notice a death, restart after the backoff."""
         now = time.monotonic()
         if self.daemon is None and running(self.dataset) is None:
             # the daemon we found at start went away: from now on we run our own
             self.say("the statesvc daemon serving the dataset went away; starting one")
             self.daemon = self.spawn("statesvc", [*command("statesvc"), "serve", "--dataset",
                                                   str(self.dataset), *self.serve_args])
+        if self.stopping:
+            return
         for c in self.children:
-            if c.alive() or self.stopping:
-                continue
-            if c.proc is not None and c.next_start == 0.0:
-                code = c.proc.returncode
-                quick = now - c.started < QUICK_EXIT
-                # A child that exits with an error right after starting cannot start at all (a bad
-                # option, a damaged state); one killed by a signal is restarted however often.
-                c.quick_errors = c.quick_errors + 1 if quick and code is not None and code > 0 else 0
-                c.quick_exits = c.quick_exits + 1 if quick else 0
-                if c.quick_errors >= CRASH_LOOP:
-                    raise PipelineError(f"{c.name} keeps failing at start (exit {code}): {c.last_log_line()}")
-                delay = min(BACKOFF_MAX, 0.25 * 2 ** c.quick_exits)
-                c.next_start = now + delay
-                c.last_code = code
-                self.say(f"{c.name} (pid {c.proc.pid}) exited with {describe_code(code)}; "
-                         f"restarting in {delay:.1f} s")
-            if now >= c.next_start:
+            if c.state in LIVE and not c.alive():
+                self.exited(c, now)
+            elif c.state is ChildState.STARTING and now - c.started >= QUICK_EXIT:
+                c.change(ChildState.RUNNING, f"alive {QUICK_EXIT:.0f} s after its start")
+            elif c.state is ChildState.BACKING_OFF and now >= c.restart_at:
                 c.restarts += 1
-                c.next_start = 0.0
-                c.start()
+                c.start(f"restart #{c.restarts}")
                 self.say(f"{c.name} restarted (restart #{c.restarts}, pid {c.proc.pid})")
 
-    def stop_children(self, names_prefix: str = "") -> None:
-        targets = [c for c in self.children if c.name.startswith(names_prefix) and c is not self.daemon]
-        self._stop(targets)
-        if not names_prefix and self.daemon is not None:
-            self._stop([self.daemon])
+    def exited(self, c: Child, now: float) -> None:
+        """A child died without being asked to: back off and restart it, or give up on a crash loop."""
+        code = c.proc.returncode
+        # Quick: it died before it was seen alive past QUICK_EXIT. A child that exits with an error
+        # right after starting cannot start at all (a bad option, a damaged state); one killed by
+        # a signal is restarted however often.
+        quick = c.state is ChildState.STARTING
+        c.quick_errors = c.quick_errors + 1 if quick and code > 0 else 0
+        c.quick_exits = c.quick_exits + 1 if quick else 0
+        if c.quick_errors >= CRASH_LOOP:
+            c.change(ChildState.GIVEN_UP, f"{c.quick_errors} quick exits in a row, the last {describe_code(code)}")
+            self.report_death(c, code)
+            raise PipelineError(f"{c.name} keeps failing at start (exit {code}): {c.last_log_line()}")
+        delay = min(BACKOFF_MAX, 0.25 * 2 ** c.quick_exits)
+        c.restart_at = now + delay
+        c.change(ChildState.BACKING_OFF, f"exited with {describe_code(code)}")
+        self.say(f"{c.name} (pid {c.proc.pid}) exited with {describe_code(code)}; restarting in {delay:.1f} s")
+        self.report_death(c, code)
 
-    def _stop(self, targets: list[Child]) -> None:
+    def report_death(self, c: Child, code: int) -> None:
+        """Tell the daemon at once that a generator died, so its leases come back now rather than
+        when they expire. Lease expiry stays the fallback: no answer is no failure here."""
+        if not c.leases or code == 0 or c.owner is None:
+            return  # an exit with 0 released its leases itself
+        head = f"{c.name} (pid {c.proc.pid}) died ({describe_code(code)})"
+        try:
+            reply = self._call("died", timeout=DIED_TIMEOUT, owner=c.owner)
+        except (NoDaemon, Unavailable, ServiceError) as exc:
+            self.say(f"{head}; the daemon was not told ({exc}); its leases come back when they expire")
+            return
+        self.say(f"{head}; {leases_back(reply)}")
+
+    def stop_children(self, names_prefix: str = "", why: str = "stopped by run-pipeline") -> None:
+        targets = [c for c in self.children if c.name.startswith(names_prefix) and c is not self.daemon]
+        self._stop(targets, why)
+        if not names_prefix and self.daemon is not None:
+            self._stop([self.daemon], why)
+
+    def _stop(self, targets: list[Child], why: str) -> None:
+        targets = [c for c in targets if c.state in ACTIVE]
         for c in targets:
             c.signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
         for c in targets:
-            if c.proc is None:
-                continue
-            try:
-                c.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                c.signal(signal.SIGKILL)
-                c.proc.wait()
+            if c.proc is not None:
+                try:
+                    c.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    c.signal(signal.SIGKILL)
+                    c.proc.wait()
+            c.change(ChildState.STOPPED, why)
 
     # ---- the daemon's view -------------------------------------------------
     _client: Client | None = None
+    _client_endpoint: str | None = None
 
-    def status(self, timeout: float = 3.0) -> dict | None:
+    def _call(self, op: str, timeout: float = 3.0, **fields: object) -> dict:
+        """One request to the daemon serving the dataset, on the run's one client (a new one when
+        the daemon's endpoint changes). Raises NoDaemon, Unavailable or ServiceError."""
         rec = running(self.dataset)
         if rec is None or not rec.get("endpoint"):
-            return None
-        if self._client is None or self._client.endpoint != rec["endpoint"]:
+            raise NoDaemon(f"no statesvc daemon serves {self.dataset}")
+        if self._client is None or self._client_endpoint != rec["endpoint"]:
             if self._client is not None:
                 self._client.close()
             self._client = Client(rec["endpoint"], timeout=timeout, retries=1)
+            self._client_endpoint = rec["endpoint"]
+        self._client.timeout = timeout
         try:
-            return self._client.call("status")
-        except (Unavailable, ServiceError):
-            self._client.reconnect()
+            return self._client.call(op, **fields)
+        except Unavailable:
+            self._client.reconnect()  # Lazy Pirate: a fresh socket for the next request
+            raise
+
+    def status(self, timeout: float = 3.0) -> dict | None:
+        try:
+            return self._call("status", timeout=timeout)
+        except (NoDaemon, Unavailable, ServiceError):
             return None
 
     def final_reconcile(self) -> list[str]:
@@ -282,9 +367,9 @@ class Run:
         interrupted = bool(self.stopping)
         self.clear_bar()
         if interrupted:
-            self.stop_children()  # generators flush their results to the daemon, then it stops
+            self.stop_children(why="interrupted")  # generators flush their results to the daemon, then it stops
         else:
-            self._stop([c for c in self.children if c.alive()])  # all acknowledged: stop together
+            self._stop(self.children, "the run is done")  # all acknowledged: stop together
         self.remove_dead_temps()
         return self.summary(interrupted)
 
@@ -303,9 +388,7 @@ class Run:
             self.say(f"removed {removed} temp file(s) left by killed generators")
 
     def summary(self, interrupted: bool) -> int:
-        from statesvc.store import load
-        state = load(self.dataset)  # every child has stopped: the file is the truth
-        st = state.stats()
+        st = dataset_status(self.dataset)  # every child has stopped: the file (or a daemon not ours) is the truth
         wall = time.monotonic() - self.started
         self.say(f"{'interrupted' if interrupted else 'finished'}: completed {st['completed']}/{st['total']}, "
                  f"failed {st['failed']}, pending {st['pending']}, audio {fmt_seconds(st['audio_seconds'])}, "
@@ -313,9 +396,9 @@ class Run:
         if interrupted:
             self.say("state is consistent; run the same command again to resume")
             return EXIT_INTERRUPTED
-        failed = [e for e in state.entries if e.status == "failed"]
+        failed = dataset_entries(self.dataset, "failed")
         for e in failed[:50]:
-            self.say(f"failed: {e.id} {e.filename}: {e.error}")
+            self.say(f"failed: {e['id']} {e['filename']}: {e.get('error')}")
         if len(failed) > 50:
             self.say(f"... and {len(failed) - 50} more (statesvc list --status failed)")
         if failed:
@@ -332,7 +415,7 @@ def plan(dataset: Path, texts: Path | None, prefix: str | None, synth: str) -> S
     """Every check before anything starts: the state to create, or None to resume the one there."""
     if synth not in BUILTIN:
         resolve(synth)  # fail fast on an unknown plugin, without loading a model here
-    if state_path(dataset).exists():
+    if (dataset / STATE_FILE).exists():
         return None
     if texts is None:
         raise PipelineError(f"{dataset} has no state; give --texts FILE to create it")
@@ -346,6 +429,25 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def leases_back(reply: dict) -> str:
+    """The daemon's answer to "died" in words: how many leases came back, which entries paid."""
+    returned, charged, failed = (list(reply.get(k) or []) for k in ("returned", "charged", "failed"))
+    n = len(returned) + len(charged)
+    if n == 0:
+        return "it held no leases"
+    text = f"its {n} lease{'s are' if n != 1 else ' is'} back"
+    if charged:
+        text += f": {_entries(charged)} charged an attempt"
+    if failed:
+        text += f"; {_entries(failed)} reached max attempts and failed"
+    return text
+
+
+def _entries(ids: list, most: int = 10) -> str:
+    shown = ", ".join(str(i) for i in ids[:most]) + (f" and {len(ids) - most} more" if len(ids) > most else "")
+    return f"entr{'ies' if len(ids) != 1 else 'y'} {shown}"
 
 
 def describe_code(code: int | None) -> str:

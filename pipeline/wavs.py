@@ -1,34 +1,31 @@
-"""Writing a wav so that no partial file ever carries a real name."""
+"""Writing a take: a whole wav under a hidden name, which only the daemon moves under the entry's name."""
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from statesvc.atomic import fsync_dir, write_all
-from statesvc.audio import TMP_PREFIX
+from statesvc.atomic import write_all
+from statesvc.audio import TMP_PREFIX, Provenance, encode_wav, take_path
 
 
-def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int,
-              sync_dir: bool = True) -> tuple[float, list[int]]:
-    """Write ``folder/filename.wav`` via a hidden temp file, fsync and rename.
+def write_take(dataset: Path, filename: str, pcm16: np.ndarray, sample_rate: int,
+               provenance: Provenance) -> tuple[float, list[int]]:
+    """Write the take of ``filename`` made under ``provenance`` (its text hash, revision and lease
+    token, recorded in the file): a temp file named with our pid, fsync, rename to the take's name.
 
-    Returns the duration in seconds and the file's [size, mtime_ns, inode].
+    A generator killed mid-write leaves only a temp file; a take file is always whole. Returns
+    the duration in seconds and the file's [size, mtime_ns, inode].
     """
-    tmp = folder / f"{TMP_PREFIX}{filename}.{os.getpid()}.wav"
-    final = folder / f"{filename}.wav"
+    final = take_path(dataset, filename, provenance.token)
+    tmp = final.with_name(f"{TMP_PREFIX}{filename}.{os.getpid()}.wav")
+    data = encode_wav(pcm16, sample_rate, provenance)  # in memory first: a full disk fails our own write
     try:
-        # Encoded in memory first: a full disk then fails our own write with a plain OSError
-        # (libsndfile would swallow it inside its I/O callback and report a short write).
-        buf = io.BytesIO()
-        sf.write(buf, pcm16, sample_rate, format="WAV", subtype="PCM_16")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            write_all(fd, buf.getbuffer())
+            write_all(fd, data)
             os.fsync(fd)
             st = os.fstat(fd)
         finally:
@@ -40,6 +37,4 @@ def write_wav(folder: Path, filename: str, pcm16: np.ndarray, sample_rate: int,
         except OSError:
             pass
         raise
-    if sync_dir:
-        fsync_dir(folder)
     return len(pcm16) / sample_rate, [st.st_size, st.st_mtime_ns, st.st_ino]

@@ -54,10 +54,6 @@ def emit_json(obj: object) -> None:
     sys.stdout.buffer.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def parse_key(key: str) -> int | str:
-    return int(key) if key.isdigit() else key
-
-
 @click.group(cls=Group)
 def main() -> None:
     """Single-writer state daemon and queries for a TTS dataset."""
@@ -71,6 +67,11 @@ def init(dataset: Path, texts: Path, prefix: str | None) -> None:
     """Create the state from a texts file (.txt, .csv, metadata.csv, .jsonl)."""
     state = ds.init(dataset, texts, prefix)
     click.echo(f"created {dataset / 'generation_state.json'} with {len(state.entries)} entries")
+    old = ds.wavs_already_there(dataset)
+    if old:
+        click.echo(f"note: wavs/ already holds {old} wav files. The reconciler counts a wav only for the entry "
+                   "whose text it was made from; a take of another text goes to stale/, and a wav that records "
+                   "no text (made by another tool) is adopted and reported as such.")
 
 
 @main.command()
@@ -156,8 +157,9 @@ def list_(dataset: Path, status_filter: str | None, as_json: bool) -> None:
 @click.argument("key")
 @json_opt
 def show(dataset: Path, key: str, as_json: bool) -> None:
-    """Show one entry by id or filename."""
-    e = ds.show(dataset, parse_key(key))
+    """Show one entry. KEY: its filename, or its id (12 or #12; an exact filename wins, so with
+    numeric filenames such as 0001 use #1 for an id)."""
+    e = ds.show(dataset, key)
     if as_json:
         emit_json(e)
         return
@@ -170,11 +172,26 @@ def show(dataset: Path, key: str, as_json: bool) -> None:
 @click.argument("keys", nargs=-1)
 @click.option("--failed", is_flag=True, help="Requeue every failed entry.")
 def requeue(dataset: Path, keys: tuple[str, ...], failed: bool) -> None:
-    """Put entries back to pending (durable on exit 0); old takes are moved to requeued/."""
+    """Put entries back to pending (durable on exit 0); old takes are moved to requeued/.
+
+    KEYS: filenames or ids (#12 for an id when filenames are numbers)."""
     if not keys and not failed:
         raise click.UsageError("give entry ids or filenames, or --failed")
-    body = ds.write(dataset, "requeue", keys=[parse_key(k) for k in keys], failed=failed)
+    body = ds.write(dataset, "requeue", keys=list(keys), failed=failed)
     click.echo(f"requeued {len(body['requeued'])} entries" +
+               (f"; moved aside: {', '.join(body['moved'])}" if body.get("moved") else ""))
+
+
+@main.command()
+@dataset_opt
+@click.argument("key")
+@click.option("--text", required=True, help="The new text.")
+def edit(dataset: Path, key: str, text: str) -> None:
+    """Change the text of an entry that is not being generated (KEY: filename, id or #id).
+
+    Its old take moves to requeued/ and it goes back to pending; takes of the old text never count."""
+    body = ds.write(dataset, "edit", key=key, text=text)
+    click.echo(f"entry {body['edited']} edited (revision {body['rev']}), pending" +
                (f"; moved aside: {', '.join(body['moved'])}" if body.get("moved") else ""))
 
 

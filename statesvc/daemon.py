@@ -20,14 +20,14 @@ import orjson
 import zmq
 
 from . import protocol
-from .atomic import OutcomeUnknown, SaveFailed
+from .atomic import OutcomeUnknown, SaveFailed, fsync_dir
 from .curve import CurveError, secure_server
 from .endpoints import defaults
 from .handlers import Handlers
 from .notify import Notifier
 from .protocol import BadRequest
 from .state import Refused, State
-from .store import Store, WriterLock, load_for_writing
+from .store import DamagedState, Store, WriterLock, load_for_writing, remove_stale_temps
 
 log = logging.getLogger("statesvc")
 
@@ -42,6 +42,7 @@ SAVE_RETRY = 1.0
 MIN_COMMIT_GAP = 0.25
 SAVE_DUTY = 2.0
 STATS_EVERY = 2.0  # seconds between recomputing the audio total for status replies
+ANSWERS_KEPT = 10_000  # answers to add/edit kept for resends (a client resends within seconds)
 # Plain ints: pyzmq's enum flags cost more to combine than the send itself.
 NOBLOCK, NOBLOCK_MORE, RCVMORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE), int(zmq.RCVMORE)
 URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit without pacing
@@ -88,6 +89,10 @@ class Daemon:
         self.waiting: list[tuple[list[bytes], bytes]] = []
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
         self.totals = collections.Counter()
+        # Answers to writes that are not idempotent (add, edit), by request id: a resend gets the
+        # first answer. ``unsaved_reqs``: those applied since the last save, forgotten if it fails.
+        self.answered: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self.unsaved_reqs: list[str] = []
 
     # ---- one message ----------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> tuple[bytes | None, list[bytes] | None, int]:
@@ -104,10 +109,15 @@ class Daemon:
             rid = protocol.request_id(msg)
             op, args = protocol.validate(msg)
             urgent = protocol.waits(op, msg)  # validated before anything is applied
-            if op == "status":  # the daemon's own view: progress and rate on top of the counters
+            req = args.get("req") if op in protocol.NOT_IDEMPOTENT else None
+            if req is not None and req in self.answered:  # a resend: the first answer, applied once
+                body, deferred = self.answered[req], True
+            elif op == "status":  # the daemon's own view: progress and rate on top of the counters
                 body, deferred = self.status(now), False
             else:
                 body, deferred = self.handlers.apply(op, args, now)
+                if req is not None:
+                    self.remember(req, body)
             if deferred and urgent:
                 deferred = URGENT
             self.totals[op] += 1
@@ -119,6 +129,12 @@ class Daemon:
             log.error("internal error: %s", traceback.format_exc().replace("\n", " | "))
             reply, deferred = {"rid": rid, "ok": False, "error": f"internal error: {exc}"}, False
         return protocol.encode(reply), envelope, deferred
+
+    def remember(self, req: str, body: dict) -> None:
+        self.answered[req] = body
+        self.unsaved_reqs.append(req)
+        while len(self.answered) > ANSWERS_KEPT:
+            self.answered.popitem(last=False)
 
     def status(self, now: float) -> dict:
         s = self.state
@@ -183,22 +199,53 @@ class Daemon:
         if self.state.unsaved:
             started = time.monotonic()
             try:
+                if self.handlers.promoted:  # the takes' renames are durable before the state counts them
+                    self.handlers.promoted = False
+                    try:
+                        fsync_dir(self.dataset / "wavs")
+                    except OSError as exc:
+                        raise SaveFailed(f"fsync of wavs/: {exc.strerror}") from None
                 self.store.save(self.state)
             except SaveFailed as exc:
-                self.next_commit = now + SAVE_RETRY
-                log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
-                err = {"ok": False, "error": f"not saved: {exc}"}
-                for envelope, reply in waiting:
-                    rid = orjson.loads(reply).get("rid")
-                    self.send(envelope, protocol.encode({"rid": rid, **err}))
+                self.refuse(waiting, exc)
                 if isinstance(exc, OutcomeUnknown):
                     raise  # the supervisor restarts us; clients resend
+                self.next_commit = now + SAVE_RETRY
+                self.rollback(now)
                 return
             took = time.monotonic() - started
             self.next_commit = now + took + max(MIN_COMMIT_GAP, SAVE_DUTY * took)
+            self.unsaved_reqs.clear()
+            self.handlers.carry_out(self.handlers.after_save)
+            self.handlers.after_save.clear()
             self.publish()
         for envelope, reply in waiting:
             self.send(envelope, reply)
+
+    def refuse(self, waiting: list, exc: SaveFailed) -> None:
+        log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
+        err = {"ok": False, "error": f"not saved: {exc}"}
+        for envelope, reply in waiting:
+            rid = orjson.loads(reply).get("rid")
+            self.send(envelope, protocol.encode({"rid": rid, **err}))
+
+    def rollback(self, now: float) -> None:
+        """A failed save: memory goes back to what is on disk, so nothing answered "not saved"
+        appears later (SQLite's rollback). Costs a load (seconds at a million entries), only on failure."""
+        started = time.monotonic()
+        try:
+            state, store = load_for_writing(self.dataset)
+        except DamagedState as exc:  # cannot happen unless the disk lies: restart and load again
+            raise OutcomeUnknown(f"cannot roll back: {exc}") from None
+        for req in self.unsaved_reqs:
+            self.answered.pop(req, None)
+        self.unsaved_reqs.clear()
+        state.lease_seconds, state.max_attempts = self.state.lease_seconds, self.state.max_attempts
+        state.grant_grace(now)
+        self.state, self.store = state, store
+        self.handlers = Handlers(self.dataset, state)
+        log.warning("rolled back to the state on disk in %.2f s: %s", time.monotonic() - started,
+                    " ".join(f"{k}={v}" for k, v in state.counters().items()))
 
     def publish(self) -> None:
         s = self.state
@@ -246,13 +293,18 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
     lock = WriterLock(dataset)
     lock.acquire(orjson.dumps({"pid": os.getpid(), "endpoint": control, "events": events}).decode())
     try:
+        for name in remove_stale_temps(dataset):
+            log.info("removed %s, left by a daemon that was killed mid-save", name)
         state, store = load_for_writing(dataset)
         gc.freeze()  # the loaded entries live as long as we do: full collections need not walk them
         if lease_seconds:
             state.lease_seconds = lease_seconds
         if max_attempts:
             state.max_attempts = max_attempts
-        state.grant_grace(time.time())
+        now = time.time()
+        state.grant_grace(now)
+        for eid in state.repair(now):
+            log.warning("entry %d was generating without a lease: back to pending", eid)
         daemon = Daemon(dataset, state, control, events, curve=curve, store=store)
         return _loop(daemon)
     finally:
@@ -267,7 +319,7 @@ def _loop(daemon: Daemon) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    s = daemon.state
+    s = daemon.state  # the loop may replace it (a rollback): the last line reads daemon.state
     log.info("serving %s on %s (events %s): %s", daemon.dataset, daemon.endpoint, daemon.events,
              " ".join(f"{k}={v}" for k, v in s.counters().items()))
     daemon.notifier.send("READY=1\nSTATUS=serving")
@@ -284,6 +336,6 @@ def _loop(daemon: Daemon) -> int:
     finally:
         daemon.notifier.send("STOPPING=1")
         daemon.close()
-    log.info("stopped: %s; handled %s", " ".join(f"{k}={v}" for k, v in s.counters().items()),
+    log.info("stopped: %s; handled %s", " ".join(f"{k}={v}" for k, v in daemon.state.counters().items()),
              dict(daemon.totals))
     return code

@@ -7,13 +7,14 @@ itself, so there is still exactly one writer.
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from .client import Client, NoDaemon
 from .handlers import Handlers
-from .protocol import validate
+from .protocol import NOT_IDEMPOTENT, validate
 from .state import State
 from .store import Locked, WriterLock, create, load, load_for_writing, state_path
 from .texts import TextsError, read_texts
@@ -89,6 +90,8 @@ def show(dataset: Path, key: int | str) -> dict:
 
 def write(dataset: Path, op: str, **fields: Any) -> dict:
     """Apply one write through the daemon, or offline under the writer lock. Durable on return."""
+    if op in NOT_IDEMPOTENT:  # a resend after a timeout gets the first answer, not a second add
+        fields.setdefault("req", secrets.token_hex(16))
     reply = ask(dataset, op, **fields)
     if reply is not None:
         return reply
@@ -100,11 +103,19 @@ def write(dataset: Path, op: str, **fields: Any) -> dict:
     try:
         state, store = load_for_writing(dataset)
         _, args = validate({"op": op, **fields})
-        body, _ = Handlers(dataset, state).apply(op, args, time.time())
+        handlers = Handlers(dataset, state)
+        body, _ = handlers.apply(op, args, time.time())
         store.save(state)
+        handlers.carry_out(handlers.after_save)  # once the change is durable, as the daemon does
         return body
     finally:
         lock.release()
+
+
+def wavs_already_there(dataset: Path) -> int:
+    """How many wavs a new state would find in ``wavs/`` (a re-init over an earlier run)."""
+    folder = dataset / "wavs"
+    return sum(1 for p in folder.glob("*.wav") if not p.name.startswith(".")) if folder.is_dir() else 0
 
 
 def add(dataset: Path, texts: Path, prefix: str | None = None) -> dict:
@@ -113,4 +124,4 @@ def add(dataset: Path, texts: Path, prefix: str | None = None) -> dict:
 
 
 __all__ = ["DatasetError", "TextsError", "init", "prepare_init", "create_prepared", "status", "entries", "show",
-           "write", "add"]
+           "write", "add", "wavs_already_there"]

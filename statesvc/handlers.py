@@ -11,19 +11,28 @@ import shutil
 import time
 from pathlib import Path
 
+from .audio import read_provenance, take_path
 from .protocol import VALIDATORS, WRITES
 from .state import Effect, Refused, State
 
 log = logging.getLogger("statesvc")
 
-QUARANTINE = "quarantine"
-SET_ASIDE = "requeued"
+QUARANTINE = "quarantine"   # files that are not valid audio
+SET_ASIDE = "requeued"      # an entry's earlier takes (requeue, edit)
+STALE = "stale"             # takes that do not count: late, of another text or revision, over another's lease
+FOLDERS = {"quarantine": QUARANTINE, "set_aside": SET_ASIDE, "stale": STALE}
 
 
 class Handlers:
+    """Applies validated messages. Moves a take under an entry's name at once (before the save:
+    the state must never say completed without its wav) and keeps every other move in
+    ``after_save``: the daemon carries those out once the change is durable, so a save that
+    fails leaves the files as the state on disk describes them."""
+
     def __init__(self, dataset: Path, state: State):
         self.dataset = dataset
         self.state = state
+        self.after_save: list[Effect] = []
 
     def apply(self, op: str, a: dict, now: float) -> tuple[dict, bool]:
         """Apply one validated message; returns (reply body, whether it is a write)."""
@@ -34,7 +43,11 @@ class Handlers:
         return self.state.claim(a["owner"], a["n"], a["lease_seconds"], now, a["batch"])
 
     def on_result(self, a: dict, now: float) -> dict:
-        return self.state.result(a, now)
+        if a["status"] == "completed":
+            body, effects = self.state.result(a, now, self.take_ready(a))
+            self.promote(effects)
+            return body
+        return self.state.result(a, now)[0]
 
     def on_results(self, a: dict, now: float) -> dict:
         return {"replies": [self._one_result(item, now) for item in a["items"]]}
@@ -42,20 +55,30 @@ class Handlers:
     def on_release(self, a: dict, now: float) -> dict:
         return self.state.release(a["owner"], a["tokens"], now)
 
+    def on_died(self, a: dict, now: float) -> dict:
+        return self.state.died(a["owner"], now)
+
     def on_requeue(self, a: dict, now: float) -> dict:
         body, effects = self.state.requeue(a["keys"], a["failed"], now)
-        return {**body, "moved": self.carry_out(effects)}
+        return {**body, "moved": self.later(effects)}
+
+    def on_edit(self, a: dict, now: float) -> dict:
+        body, effects = self.state.edit(a["key"], a["text"], now)
+        return {**body, "moved": self.later(effects)}
 
     def on_add(self, a: dict, now: float) -> dict:
         return self.state.add(a["items"], a["prefix"], now)
 
     def on_reconcile(self, a: dict, now: float) -> dict:
         body, effects = self.state.reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
-        return {**body, "moved": self.carry_out(effects)}
+        return {**body, "moved": self.later(effects)}
 
     # ---- reads: answered at once from memory ------------------------------
     def on_heartbeat(self, a: dict, now: float) -> dict:
         return self.state.heartbeat(a["owner"], a["tokens"], now)
+
+    def on_working(self, a: dict, now: float) -> dict:
+        return self.state.working(a["owner"], a["tokens"], now)
 
     def on_status(self, a: dict, now: float) -> dict:
         return self.state.stats()
@@ -75,19 +98,55 @@ class Handlers:
 
     def _one_result(self, a: dict, now: float) -> dict:
         try:
-            return {"ok": True, **self.state.result(a, now)}
+            return {"ok": True, **self.on_result(a, now)}
         except Refused as exc:
             return {"ok": False, "error": str(exc)}
 
+    # ---- files ---------------------------------------------------------------
+    def take_ready(self, a: dict) -> bool:
+        """The take of this result is on disk: as its take file, or already under the entry's name
+        (a resend after a save that failed, or after a restart)."""
+        if not a["take_file"]:
+            return True
+        e = self.state.lookup(a["id"])
+        if take_path(self.dataset, e.filename, a["token"]).exists():
+            return True
+        prov = read_provenance(self.dataset / "wavs" / f"{e.filename}.wav")
+        return prov is not None and prov.token == a["token"]
+
+    def promote(self, effects: list[Effect]) -> None:
+        """A take that counts goes under the entry's name now; one that does not, aside after the save."""
+        for eff in effects:
+            if eff.kind != "promote":
+                self.after_save.append(eff)
+                continue
+            src = take_path(self.dataset, eff.filename, eff.token)
+            try:
+                os.replace(src, self.dataset / "wavs" / f"{eff.filename}.wav")
+                self.promoted = True
+            except FileNotFoundError:
+                pass  # promoted before a failed save or a restart: take_ready saw it under the name
+
+    promoted = False  # a take was renamed since the last save: the daemon fsyncs wavs/ before saving
+
+    def later(self, effects: list[Effect]) -> list[str]:
+        """Queue moves for after the save; the reply names where each file will go."""
+        self.after_save.extend(effects)
+        return [f"{FOLDERS[e.kind]}/{e.filename}.wav" for e in effects
+                if os.path.lexists(os.path.join(self.dataset, "wavs", f"{e.filename}.wav"))]
+
     def carry_out(self, effects: list[Effect]) -> list[str]:
-        """Move bad or set-aside wavs out of wavs/; nothing is ever deleted."""
+        """Move bad, set-aside or stale wavs out of wavs/; nothing is ever deleted."""
         moved = []
         wavs = os.path.join(self.dataset, "wavs")
         for eff in effects:
-            src = os.path.join(wavs, f"{eff.filename}.wav")  # a str: a requeue of thousands costs a stat each, not more
+            if eff.kind == "stale" and eff.token is not None:
+                src = str(take_path(self.dataset, eff.filename, eff.token))
+            else:  # a str: a requeue of thousands costs a stat each, not more
+                src = os.path.join(wavs, f"{eff.filename}.wav")
             if not os.path.lexists(src):
                 continue
-            folder = self.dataset / (QUARANTINE if eff.kind == "quarantine" else SET_ASIDE)
+            folder = self.dataset / FOLDERS[eff.kind]
             folder.mkdir(exist_ok=True)
             dst = folder / f"{eff.filename}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 10**9:09d}.wav"
             try:

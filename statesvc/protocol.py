@@ -21,13 +21,18 @@ MAX_ERROR = 4000
 MAX_TOKEN = 64
 
 # ops that change the state: their reply is sent only once the change is durable
-WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile", "release"})
+WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile", "release", "died", "edit"})
 # Writes whose sender waits for the reply before it can go on: committed without pacing.
 # A single ``result`` is what a simple client sends and waits on; a generator sends
 # ``results`` batches and goes on without waiting, so those are paced (fewer saves),
 # unless the message says ``"wait": true`` (a generator flushing before it exits).
-URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release"})
-READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat"})
+URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release", "died", "edit"})
+# Answered at once from memory. ``heartbeat`` and ``working`` change only leases in memory
+# (saved with the next write): a lost one costs at most an attempt charged or not.
+READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working"})
+# Writes that are not idempotent: they carry a request id ``req`` and a resend gets the first answer.
+NOT_IDEMPOTENT = frozenset({"add", "edit"})
+MAX_REQ = 64
 
 
 class BadRequest(ValueError):
@@ -77,9 +82,10 @@ def _str(msg: dict, key: str, maxlen: int, required: bool = True) -> str | None:
 
 
 def _key(v: object) -> int | str:
+    """An entry id (an int, or "#12"), or a filename; an exact filename wins over an id."""
     if isinstance(v, int) and not isinstance(v, bool) and v > 0:
         return v
-    if isinstance(v, str) and check_filename(v) is None:
+    if isinstance(v, str) and (check_filename(v) is None or (v[:1] == "#" and v[1:].isascii() and v[1:].isdigit() and len(v) < 20)):
         return v
     raise BadRequest(f"{str(v)[:60]!r} is neither an entry id nor a safe filename")
 
@@ -113,6 +119,15 @@ def _v_result(m: dict) -> dict:
     if status == "completed":
         out["duration_seconds"] = _num(m, "duration_seconds", 0.0, 86400.0)
         out["sample_rate"] = _int(m, "sample_rate", 1000, 768_000)
+        # what the take was made from, as the claim gave it: a take of another text or revision never counts
+        out["text_hash"] = _str(m, "text_hash", 64)
+        out["rev"] = _int(m, "rev", 0, 2**62)
+        # True (the default): the audio is wavs/.take-FILENAME.TOKEN.wav and the daemon moves it under
+        # the entry's name if it counts. False: no file (a client of the books alone, e.g. a benchmark).
+        take_file = m.get("take_file", True)
+        if not isinstance(take_file, bool):
+            raise BadRequest("take_file must be true or false")
+        out["take_file"] = take_file
         wav = m.get("wav")
         if wav is not None:
             if not (isinstance(wav, list) and len(wav) == 3 and
@@ -144,6 +159,24 @@ def _v_requeue(m: dict) -> dict:
     return {"keys": keys, "failed": failed}
 
 
+def _v_edit(m: dict) -> dict:
+    text = m.get("text")
+    if check_text(text):
+        raise BadRequest(check_text(text))
+    return {"key": _key(m.get("key")), "text": text, "req": _req(m)}
+
+
+def _v_died(m: dict) -> dict:
+    return {"owner": _str(m, "owner", MAX_OWNER)}
+
+
+def _req(m: dict) -> str | None:
+    req = m.get("req")
+    if req is not None and (not isinstance(req, str) or not 0 < len(req) <= MAX_REQ):
+        raise BadRequest(f"req must be a string of 1 to {MAX_REQ} characters")
+    return req
+
+
 def _v_add(m: dict) -> dict:
     items = _list(m, "items", 100_000)
     out = []
@@ -161,7 +194,7 @@ def _v_add(m: dict) -> dict:
     prefix = _str(m, "prefix", 100)
     if check_filename(prefix):
         raise BadRequest(f"prefix: {check_filename(prefix)}")
-    return {"items": out, "prefix": prefix}
+    return {"items": out, "prefix": prefix, "req": _req(m)}
 
 
 def _v_reconcile(m: dict) -> dict:
@@ -206,7 +239,7 @@ VALIDATORS = {
     "ping": _v_none, "status": _v_none, "snapshot": _v_none,
     "list": _v_list, "show": _v_show, "heartbeat": _v_heartbeat,
     "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "results": _v_results, "requeue": _v_requeue,
-    "add": _v_add, "reconcile": _v_reconcile,
+    "add": _v_add, "reconcile": _v_reconcile, "edit": _v_edit, "died": _v_died, "working": _v_heartbeat,
 }
 assert set(VALIDATORS) == WRITES | READS
 

@@ -1,34 +1,106 @@
-"""The entries of a dataset and their transitions.
+"""The entries of a dataset and their lifecycle.
 
 Pure: nothing here touches a socket, a file or the clock. Every transition takes
 the state, a validated message and ``now`` (seconds since the epoch) and returns
-a reply; file moves it needs (quarantine, moving an old take aside) are returned
-as ``Effect`` values for the daemon to carry out.
+a reply; file moves it needs (promoting a take, moving an old take aside) are
+returned as ``Effect`` values for the daemon to carry out.
 
-Counters are derived: ``counts`` changes only inside ``_set_status``, which moves
-one entry from one bucket to another, and ``recount`` rebuilds it from the
-entries (the tests check the two always agree).
+The lifecycle is one table, ``LIFECYCLE``: for each cause (claim, result, failure,
+expiry, release, requeue, reconcile, edit) the statuses it may move an entry from
+and to. ``_transition`` is the only code that changes a status; it refuses anything
+the table does not list, keeps the counters, and owns the lease: an entry holds a
+lease exactly while it is generating.
+
+Fencing: every lease has a token, checked on every result and heartbeat. Every
+entry has a revision, bumped by requeue and edit, and the hash of its text; a take
+(a wav) names the revision, text hash and token it was made under, so a take made
+before a requeue or an edit, or over another generator's live lease, never counts.
 """
 
 from __future__ import annotations
 
-import collections
+import enum
 import functools
+import hashlib
 import heapq
-import operator
 import secrets
 import time
 from dataclasses import dataclass, field
 
-STATUSES = ("pending", "generating", "completed", "failed")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DURATION_TOLERANCE = 0.002  # seconds: the one tolerance between a duration recorded and one measured
 DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_LEASE_SECONDS = 120.0
-DURATION_TOLERANCE = 0.002
+DEFAULT_LEASE_SECONDS = 10.0
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    GENERATING = "generating"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+STATUSES = tuple(s.value for s in Status)
+STATUS_OF = {s.value: s for s in Status}
+
+
+class Cause(enum.StrEnum):
+    CLAIM = "claim"          # a generator takes a pending entry under a lease
+    RESULT = "result"        # a take is accepted: its lease's, or a late one nobody else holds
+    FAILURE = "failure"      # the synthesizer raised on the text
+    EXPIRY = "expiry"        # the lease ended without a result: its generator died or went silent
+    RELEASE = "release"      # a generator gives back a lease it never started
+    REQUEUE = "requeue"      # a person asks for a new take
+    RECONCILE = "reconcile"  # what the reconciler saw in wavs/
+    EDIT = "edit"            # a person changes the text
+
+
+P, G, C, F = Status.PENDING, Status.GENERATING, Status.COMPLETED, Status.FAILED
+# cause -> {from: allowed targets}. Anything else is refused.
+LIFECYCLE: dict[Cause, dict[Status, frozenset[Status]]] = {
+    Cause.CLAIM: {P: frozenset({G})},
+    Cause.RESULT: {G: frozenset({C}), P: frozenset({C}), F: frozenset({C})},
+    Cause.FAILURE: {G: frozenset({P, F})},
+    Cause.EXPIRY: {G: frozenset({P, F})},
+    Cause.RELEASE: {G: frozenset({P})},
+    Cause.REQUEUE: {P: frozenset({P}), G: frozenset({P}), C: frozenset({P}), F: frozenset({P})},
+    Cause.RECONCILE: {P: frozenset({C}), F: frozenset({C}), C: frozenset({P, C})},
+    Cause.EDIT: {P: frozenset({P}), C: frozenset({P}), F: frozenset({P})},
+}
+
+
+class Phase(enum.StrEnum):
+    """Where the work under a lease is, as its generator last said."""
+
+    QUEUED = "queued"              # claimed, not started: given back uncharged if the generator dies
+    SYNTHESIZING = "synthesizing"  # under way: the text is charged an attempt if the generator dies
+    WRITTEN = "written"            # synthesized, its result not in yet: given back uncharged
 
 
 class Refused(Exception):
     """A request that is well formed but cannot be applied; its text is the reply."""
+
+
+def text_hash(text: str) -> str:
+    """What a take records of the text it was made from: 16 hex digits of its SHA-256."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def same_duration(a: object, b: object) -> bool:
+    """Two durations in seconds agree: both known and within DURATION_TOLERANCE."""
+    ok = (isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+    return all(ok) and abs(a - b) <= DURATION_TOLERANCE
+
+
+@dataclass(slots=True)
+class Lease:
+    token: str
+    owner: str
+    deadline: float
+    phase: Phase = Phase.QUEUED
+
+    def to_dict(self) -> dict:
+        return {"token": self.token, "owner": self.owner, "deadline": self.deadline, "phase": self.phase}
 
 
 @dataclass(slots=True)
@@ -36,18 +108,20 @@ class Entry:
     id: int
     filename: str
     text: str
-    status: str = "pending"
+    status: Status = Status.PENDING
     duration_seconds: float | None = None
     sample_rate: int | None = None
-    attempts: int = 0
+    attempts: int = 0        # syntheses that ended: completed, raised, or died with their generator
     error: str | None = None
     updated_at: str | None = None
-    lease_token: str | None = None
-    lease_owner: str | None = None
-    lease_deadline: float | None = None
-    # Set by requeue: a wav seen on disk must not flip the entry back to
-    # completed until a generator has claimed it again.
-    requeued: bool = False
+    text_hash: str = ""
+    rev: int = 0             # bumped by requeue and edit: takes of an older revision never count
+    take: str | None = None  # the token of the take under the entry's name, when it is ours
+    lease: Lease | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text_hash:
+            self.text_hash = text_hash(self.text)
 
     def to_dict(self) -> dict:
         d = {
@@ -60,24 +134,23 @@ class Entry:
             "attempts": self.attempts,
             "error": self.error,
             "updated_at": self.updated_at,
+            "text_hash": self.text_hash,
+            "rev": self.rev,
+            "take": self.take,
         }
-        if self.lease_token is not None:
-            d["lease"] = {
-                "token": self.lease_token,
-                "owner": self.lease_owner,
-                "deadline": self.lease_deadline,
-            }
-        if self.requeued:
-            d["requeued"] = True
+        if self.lease is not None:
+            d["lease"] = self.lease.to_dict()
         return d
 
 
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """A file move the daemon performs before the change is saved."""
+    """A file move the daemon performs: ``promote`` before the save, the others after it."""
 
-    kind: str  # "quarantine" or "set_aside"
+    kind: str  # "promote" (a take to the entry's name), "stale" (a take that does not count),
+    #            "set_aside" (an entry's old take), "quarantine" (a bad file)
     filename: str
+    token: str | None = None
 
 
 @functools.lru_cache(maxsize=1)  # every change applied in one loop turn shares one ``now``
@@ -93,19 +166,15 @@ class State:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     epoch: str = field(default_factory=lambda: secrets.token_hex(4))
     seq: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[Status, int] = field(default_factory=dict)
     by_id: dict[int, Entry] = field(default_factory=dict)
     by_name: dict[str, Entry] = field(default_factory=dict)
     index_of: dict[int, int] = field(default_factory=dict)
-    leases: dict[str, int] = field(default_factory=dict)
-    owner_leases: collections.Counter = field(default_factory=collections.Counter)  # owner -> leases held
+    leases: dict[str, int] = field(default_factory=dict)                 # token -> entry id, claim order
+    owner_tokens: dict[str, dict[str, None]] = field(default_factory=dict)  # owner -> its tokens; none empty
     changed_seq: dict[int, int] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)
     changes: list[int] = field(default_factory=list)
-    # An owner whose leases expire is dead or stuck; only the entries it was working
-    # on (its batch, the first claimed) are charged an attempt, not its prefetched ones.
-    owner_batch: dict[str, int] = field(default_factory=dict)
-    owner_charged: dict[str, int] = field(default_factory=dict)
     # (size, mtime_ns, inode) of a wav as its generator reported it, in memory only: the
     # reconciler need not open a file its generator just wrote and that has not changed since
     wav_sig: dict[int, list[int]] = field(default_factory=dict)
@@ -117,26 +186,34 @@ class State:
         self.by_id = {e.id: e for e in entries}
         self.by_name = {e.filename: e for e in entries}
         self.index_of = {e.id: i for i, e in enumerate(entries)}
-        for e in [e for e in entries if e.lease_token is not None]:
-            self.leases[e.lease_token] = e.id
-            self.owner_leases[e.lease_owner] += 1
+        for e in [e for e in entries if e.lease is not None]:
+            self.leases[e.lease.token] = e.id
+            self.owner_tokens.setdefault(e.lease.owner, {})[e.lease.token] = None
         self.recount()
-        self._pending_heap = [e.id for e in entries if e.status == "pending"]
+        self._pending_heap = [e.id for e in entries if e.status == P]
         heapq.heapify(self._pending_heap)
 
     # ---- derived values -------------------------------------------------
     def recount(self) -> None:
-        counts = collections.Counter(map(operator.attrgetter("status"), self.entries))
-        self.counts = {s: counts[s] for s in STATUSES}
+        counts = dict.fromkeys(Status, 0)
+        for e in self.entries:
+            counts[e.status] += 1
+        self.counts = counts
 
     def counters(self) -> dict[str, int]:
-        return {"total": len(self.entries), **self.counts}
+        return {"total": len(self.entries), **{s.value: n for s, n in self.counts.items()}}
 
     # ---- lookups --------------------------------------------------------
     def lookup(self, key: int | str) -> Entry:
-        entry = self.by_id.get(key) if isinstance(key, int) else self.by_name.get(key)
-        if entry is None and isinstance(key, str) and key.isdigit():
-            entry = self.by_id.get(int(key))
+        """An entry by id, or by filename; an exact filename wins over an id ("0001" is a
+        filename when one is called that), and "#12" is always the id 12."""
+        if isinstance(key, int):
+            entry = self.by_id.get(key)
+        else:
+            entry = self.by_name.get(key)
+            digits = key[1:] if key.startswith("#") else key
+            if entry is None and digits.isascii() and digits.isdigit():
+                entry = self.by_id.get(int(digits))
         if entry is None:
             raise Refused(f"no entry {key!r}")
         return entry
@@ -150,63 +227,80 @@ class State:
         self.changes.append(e.id)
         self.unsaved = True
 
-    def _set_status(self, e: Entry, status: str, now: float) -> None:
-        if e.status != status:
+    def _transition(self, e: Entry, cause: Cause, to: Status, now: float, lease: Lease | None = None) -> None:
+        """Move ``e`` to ``to`` because of ``cause``, or refuse. The entry holds a lease exactly
+        while it is generating: one is given here on entering, dropped here on leaving."""
+        if to not in LIFECYCLE[cause].get(e.status, ()):
+            raise Refused(f"entry {e.id} is {e.status}: {cause} cannot make it {to}")
+        if (to == G) != (lease is not None):
+            raise Refused(f"entry {e.id}: generating needs a lease, and only generating has one")
+        if e.lease is not None:
+            self._drop_lease(e)
+        if lease is not None:
+            e.lease = lease
+            self.leases[lease.token] = e.id
+            self.owner_tokens.setdefault(lease.owner, {})[lease.token] = None
+        if e.status != to:
             self.wav_sig.pop(e.id, None)
             self.counts[e.status] -= 1
-            self.counts[status] += 1
-            e.status = status
-            if status == "pending":
+            self.counts[to] += 1
+            e.status = to
+            if to == P:
                 heapq.heappush(self._pending_heap, e.id)
         self._touch(e, now)
 
     def _drop_lease(self, e: Entry) -> None:
-        if e.lease_token is not None and self.leases.pop(e.lease_token, None) is not None:
-            self.owner_leases[e.lease_owner] -= 1
-            if not self.owner_leases[e.lease_owner]:
-                del self.owner_leases[e.lease_owner]
-        e.lease_token = e.lease_owner = e.lease_deadline = None
+        lease, e.lease = e.lease, None
+        self.leases.pop(lease.token, None)
+        tokens = self.owner_tokens.get(lease.owner)
+        if tokens is not None:
+            tokens.pop(lease.token, None)
+            if not tokens:
+                del self.owner_tokens[lease.owner]  # an owner holding nothing leaves no trace
 
-    def _complete(self, e: Entry, duration: float, sample_rate: int, now: float) -> None:
-        self._drop_lease(e)
-        e.duration_seconds = duration
-        e.sample_rate = sample_rate
+    def _charge(self, e: Entry, cause: Cause, error: str, now: float) -> None:
+        """A synthesis of ``e`` ended badly: one attempt; failed once the attempts are spent."""
+        e.attempts += 1
+        e.error = error[:2000]
+        self._transition(e, cause, F if e.attempts >= self.max_attempts else P, now)
+
+    def _reset(self, e: Entry, cause: Cause, now: float) -> list[Effect]:
+        """A new revision of ``e`` (requeue, edit): no take of an older one will count."""
+        effects = [Effect("set_aside", e.filename)] if e.status == C else []
+        e.rev += 1
+        e.attempts = 0
         e.error = None
-        e.requeued = False
-        if self.sample_rate is None:
-            self.sample_rate = sample_rate
-        self._set_status(e, "completed", now)
+        e.duration_seconds = None
+        e.take = None
+        self._transition(e, cause, P, now)
+        return effects
 
-    def _retry_or_fail(self, e: Entry, error: str, now: float) -> None:
-        self._drop_lease(e)
-        e.error = error
-        self._set_status(e, "failed" if e.attempts >= self.max_attempts else "pending", now)
-
-    # ---- transitions ----------------------------------------------------
+    # ---- leases -----------------------------------------------------------
     def claim(self, owner: str, n: int, lease_seconds: float | None, now: float, batch: int = 1) -> dict:
         seconds = lease_seconds or self.lease_seconds
-        self.owner_batch[owner] = batch
         out = []
         # Near the end, what is left is shared among the owners holding work, so no generator
         # sits on a queue while another has nothing (every run ends with its slowest generator).
-        owners = len(self.owner_leases) + (owner not in self.owner_leases)
-        n = min(n, max(batch, -(-self.counts["pending"] // owners)))
-        randomness = secrets.token_hex(8 * min(n, self.counts["pending"]))  # one system call, not one per entry
+        owners = len(self.owner_tokens) + (owner not in self.owner_tokens)
+        n = min(n, max(batch, -(-self.counts[P] // owners)))
+        randomness = secrets.token_hex(8 * min(n, self.counts[P]))  # one system call, not one per entry
         while self._pending_heap and len(out) < n:
             eid = heapq.heappop(self._pending_heap)
             e = self.by_id.get(eid)
-            if e is None or e.status != "pending":
+            if e is None or e.status != P:
                 continue  # stale heap item: the entry moved on since it was pushed
             token = randomness[16 * len(out):16 * len(out) + 16]
-            e.lease_token, e.lease_owner, e.lease_deadline = token, owner, now + seconds
-            e.attempts += 1
-            e.requeued = False
-            self.leases[token] = e.id
-            self.owner_leases[owner] += 1
-            self._set_status(e, "generating", now)
-            out.append({"id": e.id, "filename": e.filename, "text": e.text, "token": token})
+            self._transition(e, Cause.CLAIM, G, now, Lease(token, owner, now + seconds))
+            out.append({"id": e.id, "filename": e.filename, "text": e.text, "token": token,
+                        "text_hash": e.text_hash, "rev": e.rev})
         return {"entries": out, "lease_seconds": seconds, "sample_rate": self.sample_rate,
-                "pending": self.counts["pending"], "owners": owners}
+                "pending": self.counts[P], "owners": owners}
+
+    def _held(self, owner: str, token: str) -> Entry | None:
+        """The entry ``owner`` holds under ``token``, or None when that lease is gone."""
+        eid = self.leases.get(token)
+        e = self.by_id.get(eid) if eid is not None else None
+        return e if e is not None and e.lease.owner == owner else None
 
     def heartbeat(self, owner: str, tokens: list[str], now: float) -> dict:
         """Extend leases; tokens no longer held come back as ``lost``."""
@@ -216,9 +310,27 @@ class State:
             if e is None:
                 lost.append(token)
                 continue
-            e.lease_deadline = now + self.lease_seconds
+            e.lease.deadline = max(e.lease.deadline, now + self.lease_seconds)
             self.dirty.add(e.id)  # saved with the next write; a heartbeat needs no fsync
         return {"lost": lost}
+
+    def working(self, owner: str, tokens: list[str], now: float) -> dict:
+        """The generator is about to synthesize exactly ``tokens``: what it was synthesizing
+        before is written. Sent (and answered) before the synthesis starts, so a text that kills
+        its generator is charged even when it kills at once."""
+        wanted = set(tokens)
+        for t in list(self.owner_tokens.get(owner, ())):
+            e = self.by_id[self.leases[t]]
+            if t in wanted:
+                e.lease.phase = Phase.SYNTHESIZING
+                e.lease.deadline = max(e.lease.deadline, now + self.lease_seconds)
+            elif e.lease.phase == Phase.SYNTHESIZING:
+                e.lease.phase = Phase.WRITTEN
+            else:
+                continue
+            self.dirty.add(e.id)  # saved with the next write, like a heartbeat
+        held = self.owner_tokens.get(owner, {})
+        return {"lost": [t for t in tokens if t not in held]}
 
     def release(self, owner: str, tokens: list[str], now: float) -> dict:
         """Give back leases not started (a generator shutting down): no attempt is spent."""
@@ -226,96 +338,122 @@ class State:
         for token in tokens:
             e = self._held(owner, token)
             if e is not None:
-                self._give_back(e, now)
+                self._transition(e, Cause.RELEASE, P, now)
                 released.append(e.id)
         return {"released": released}
 
-    def _held(self, owner: str, token: str) -> Entry | None:
-        """The entry ``owner`` holds under ``token``, or None when that lease is gone."""
-        eid = self.leases.get(token)
-        e = self.by_id.get(eid) if eid is not None else None
-        return e if e is not None and e.lease_owner == owner else None
+    def _end_lease(self, e: Entry, why: str, now: float) -> bool:
+        """The lease of ``e`` ended without a result. Only a synthesis under way is charged."""
+        if e.lease.phase == Phase.SYNTHESIZING:
+            self._charge(e, Cause.EXPIRY, why, now)
+            return True
+        self._transition(e, Cause.EXPIRY, P, now)
+        return False
 
-    def _give_back(self, e: Entry, now: float) -> None:
-        """A lease whose work never started: back to pending, its attempt refunded."""
-        self._drop_lease(e)
-        e.attempts = max(0, e.attempts - 1)
-        self._set_status(e, "pending", now)
+    def expire(self, now: float) -> list[int]:
+        expired = [eid for eid in self.leases.values() if self.by_id[eid].lease.deadline <= now]
+        for eid in expired:
+            self._end_lease(self.by_id[eid], "lease expired while synthesizing (generator dead or stuck)", now)
+        return expired
+
+    def died(self, owner: str, now: float) -> dict:
+        """A supervisor saw this generator die: its leases end now, not at expiry."""
+        returned, charged = [], []
+        for token in list(self.owner_tokens.get(owner, ())):
+            e = self.by_id[self.leases[token]]
+            (charged if self._end_lease(e, "the generator died while synthesizing this text", now)
+             else returned).append(e.id)
+        return {"returned": returned, "charged": charged,
+                "failed": [i for i in charged if self.by_id[i].status == F]}
 
     def grant_grace(self, now: float) -> None:
         """After a restart, live leases get a full lease from now: generators kept working."""
         for eid in self.leases.values():
-            e = self.by_id[eid]
-            e.lease_deadline = max(e.lease_deadline or 0.0, now + self.lease_seconds)
+            lease = self.by_id[eid].lease
+            lease.deadline = max(lease.deadline, now + self.lease_seconds)
 
-    def result(self, msg: dict, now: float) -> dict:
+    def repair(self, now: float) -> list[int]:
+        """What a load can safely fix: a generating entry without a lease (a hand edit, an older
+        file) goes back to pending, uncharged."""
+        stuck = [e for e in self.entries if e.status == G and e.lease is None]
+        for e in stuck:
+            self._transition(e, Cause.EXPIRY, P, now)
+        return [e.id for e in stuck]
+
+    # ---- results ----------------------------------------------------------
+    def result(self, msg: dict, now: float, take_ready: bool = True) -> tuple[dict, list[Effect]]:
+        """Apply one result. ``take_ready``: the take file is on disk (or already promoted)."""
         e = self.lookup(msg["id"])
         token = msg["token"]
-        if msg["status"] == "completed":
-            reply = self._result_completed(e, token, msg["duration_seconds"], msg["sample_rate"], now)
-            if reply["applied"] and msg.get("wav"):
-                self.wav_sig[e.id] = msg["wav"]
-            return reply
-        return self._result_failed(e, token, msg.get("error") or "synthesis failed", now)
-
-    def _result_completed(self, e: Entry, token: str, duration: float, sr: int, now: float) -> dict:
+        if msg["status"] == "failed":
+            return self._result_failed(e, token, msg.get("error") or "synthesis failed", now), []
+        why = self._take_refusal(e, msg, take_ready)
+        if why is not None:
+            keep = why == "duplicate"
+            return ({"applied": False, "status": e.status, "reason": why},
+                    [] if keep else [Effect("stale", e.filename, token)])
+        sr = msg["sample_rate"]
         if self.sample_rate is not None and sr != self.sample_rate:
-            if e.lease_token == token:
-                self._retry_or_fail(e, f"sample rate {sr} differs from the dataset's {self.sample_rate}", now)
+            if e.lease is not None and e.lease.token == token:
+                self._charge(e, Cause.FAILURE, f"sample rate {sr} differs from the dataset's {self.sample_rate}", now)
             raise Refused(f"sample rate {sr} differs from the dataset's {self.sample_rate}")
-        if e.status == "completed":
-            # A resend, or somebody else finished first: nothing changes.
-            return {"applied": False, "status": e.status}
-        if e.requeued and e.lease_token != token:
-            return {"applied": False, "status": e.status, "reason": "requeued"}
-        # Own live lease, an expired lease (pending/failed), or another live lease:
-        # valid audio is never thrown away.
-        if e.status == "generating" and e.lease_token != token:
-            self._drop_lease(e)
-        self._complete(e, duration, sr, now)
-        return {"applied": True, "status": "completed"}
+        e.attempts += 1
+        e.duration_seconds = msg["duration_seconds"]
+        e.sample_rate = sr
+        e.error = None
+        e.take = token
+        if self.sample_rate is None:
+            self.sample_rate = sr
+        self._transition(e, Cause.RESULT, C, now)
+        if msg.get("wav"):
+            self.wav_sig[e.id] = msg["wav"]
+        return {"applied": True, "status": e.status}, [Effect("promote", e.filename, token)] if msg["take_file"] else []
+
+    @staticmethod
+    def _take_refusal(e: Entry, msg: dict, take_ready: bool) -> str | None:
+        """Why a completed take does not count, or None when it does."""
+        token = msg["token"]
+        if e.status == C and e.take == token:
+            return "duplicate"  # a resend of a result already applied
+        held = e.lease is not None and e.lease.token == token
+        if e.status == G and not held:
+            return "another generator holds the entry"
+        if e.status == C:
+            return "the entry is already completed by another take"
+        if msg["rev"] != e.rev:
+            return "the entry was requeued or edited since this take was claimed"
+        if msg["text_hash"] != e.text_hash:
+            return "the take was made from another text"
+        if not take_ready:
+            return "the take's file is not in wavs/"
+        return None
 
     def _result_failed(self, e: Entry, token: str, error: str, now: float) -> dict:
-        if e.status != "generating" or e.lease_token != token:
+        if e.status != G or e.lease.token != token:
             return {"applied": False, "status": e.status}
-        self._retry_or_fail(e, error[:2000], now)
+        self._charge(e, Cause.FAILURE, error, now)
         return {"applied": True, "status": e.status}
 
-    def expire(self, now: float) -> list[int]:
-        # self.leases keeps claim order, so an owner's first expired lease is the one it was on
-        expired = [
-            eid
-            for eid in self.leases.values()
-            if (d := self.by_id[eid].lease_deadline) is not None and d <= now
-        ]
-        for eid in expired:
-            e = self.by_id[eid]
-            owner = e.lease_owner or ""
-            charged = self.owner_charged.get(owner, 0)
-            if charged < self.owner_batch.get(owner, 1):
-                self.owner_charged[owner] = charged + 1
-                self._retry_or_fail(e, "lease expired", now)
-            else:
-                self._give_back(e, now)  # prefetched, never started
-        return expired
-
+    # ---- people's requests --------------------------------------------------
     def requeue(self, keys: list, failed: bool, now: float) -> tuple[dict, list[Effect]]:
         targets = [self.lookup(k) for k in keys]  # refuses before changing anything
         if failed:
-            targets += [e for e in self.entries if e.status == "failed"]
+            targets += [e for e in self.entries if e.status == F]
         effects, done = [], []
-        for e in dict.fromkeys(t.id for t in targets):
-            entry = self.by_id[e]
-            if entry.status == "completed":
-                effects.append(Effect("set_aside", entry.filename))
-            self._drop_lease(entry)
-            entry.attempts = 0
-            entry.error = None
-            entry.duration_seconds = None
-            entry.requeued = True
-            self._set_status(entry, "pending", now)
-            done.append(entry.id)
+        for eid in dict.fromkeys(t.id for t in targets):
+            effects += self._reset(self.by_id[eid], Cause.REQUEUE, now)
+            done.append(eid)
         return {"requeued": done}, effects
+
+    def edit(self, key: int | str, text: str, now: float) -> tuple[dict, list[Effect]]:
+        """A new text for an entry that is not being generated: a new revision, back to pending."""
+        e = self.lookup(key)
+        if e.status == G:
+            raise Refused(f"entry {e.id} ({e.filename}) is being generated; edit it once its lease ends")
+        e.text = text
+        e.text_hash = text_hash(text)
+        effects = self._reset(e, Cause.EDIT, now)
+        return {"edited": e.id, "rev": e.rev}, effects
 
     def add(self, items: list[tuple[str | None, str]], prefix: str, now: float) -> dict:
         """Append texts; ``items`` are (filename or None, text). All or nothing."""
@@ -335,19 +473,20 @@ class State:
             self.entries.append(e)
             self.by_id[e.id] = e
             self.by_name[e.filename] = e
-            self.counts["pending"] += 1
+            self.counts[P] += 1
             heapq.heappush(self._pending_heap, e.id)
             self._touch(e, now)
         return {"added": len(new), "first_id": next_id if new else None}
 
+    # ---- what the reconciler saw --------------------------------------------
     def reconcile(self, since: int, epoch: str, files: dict, missing: list[str], now: float
                   ) -> tuple[dict, list[Effect]]:
         """Apply what the reconciler saw on disk at sequence ``since``.
 
-        ``files`` maps filename to an observation ``{"valid": bool, "duration":
-        float, "sample_rate": int, "reason": str}``; ``missing`` lists entries the
-        reconciler believed completed and found no wav for. Entries that changed
-        after ``since`` are left alone: the observation may predate the change.
+        ``files`` maps filename to an observation ``{"valid": bool, "duration": float,
+        "sample_rate": int, "reason": str, "take": {"text_hash", "rev", "token"} or absent}``;
+        ``missing`` lists entries the reconciler believed completed and found no wav for.
+        Entries that changed after ``since`` are left alone: the observation may predate the change.
         """
         if epoch != self.epoch:
             raise Refused("stale reconcile snapshot (the daemon restarted); scan again")
@@ -355,59 +494,72 @@ class State:
         effects: list[Effect] = []
         for name, obs in files.items():
             e = self.by_name.get(name)
-            if e is None or self.changed_seq.get(e.id, 0) > since:
+            if e is None or e.status == G or self.changed_seq.get(e.id, 0) > since:
                 continue
-            fix = self._reconcile_file(e, obs, now)
+            fix, effect = self._reconcile_file(e, obs, now)
             if fix:
                 fixes.append({"id": e.id, "filename": name, "fix": fix})
-                if fix.startswith("quarantined"):
-                    effects.append(Effect("quarantine", name))
+            if effect:
+                effects.append(Effect(effect, name))
         for name in missing:
             e = self.by_name.get(name)
-            if e is None or e.status != "completed" or self.changed_seq.get(e.id, 0) > since:
+            if e is None or e.status != C or self.changed_seq.get(e.id, 0) > since:
                 continue
             e.duration_seconds = None
+            e.take = None
             e.error = "audio missing"
-            self._set_status(e, "pending", now)
+            self._transition(e, Cause.RECONCILE, P, now)
             fixes.append({"id": e.id, "filename": name, "fix": "completed -> pending (wav missing)"})
         return {"fixes": fixes}, effects
 
-    def _reconcile_file(self, e: Entry, obs: dict, now: float) -> str | None:
-        if e.status == "generating" or e.requeued:
-            return None
-        if not obs["valid"] or (
-            self.sample_rate is not None and obs.get("sample_rate") != self.sample_rate
-        ):
+    def _reconcile_file(self, e: Entry, obs: dict, now: float) -> tuple[str | None, str | None]:
+        """What one wav on disk means for its entry: (the fix made, the file move needed)."""
+        before = e.status
+        if not obs["valid"] or (self.sample_rate is not None and obs.get("sample_rate") != self.sample_rate):
             reason = obs.get("reason") or f"sample rate {obs.get('sample_rate')}"
-            before = e.status
-            if before == "completed":
-                e.duration_seconds = None
-                e.error = f"bad audio: {reason}"
-                self._set_status(e, "pending", now)
-            return f"quarantined ({reason}); {before} -> {e.status}"
-        duration = obs["duration"]
-        if e.status in ("pending", "failed"):
-            before = e.status
-            self._complete(e, duration, obs["sample_rate"], now)
-            return f"{before} -> completed (valid wav on disk)"
-        if e.duration_seconds is None or abs(e.duration_seconds - duration) > DURATION_TOLERANCE:
+            if before == C:
+                self._unset(e, f"bad audio: {reason}", now)
+            return f"quarantined ({reason}); {before} -> {e.status}", "quarantine"
+        take = obs.get("take")
+        if take is not None and (take["text_hash"] != e.text_hash or take["rev"] != e.rev):
+            if before == C:
+                self._unset(e, "the wav on disk is a take of another text or revision", now)
+            what = "another text" if take["text_hash"] != e.text_hash else f"revision {take['rev']}"
+            return f"moved aside (a take of {what}); {before} -> {e.status}", "stale"
+        token = take["token"] if take is not None else None
+        if before in (P, F):
+            e.take, e.duration_seconds, e.sample_rate, e.error = token, obs["duration"], obs["sample_rate"], None
+            if self.sample_rate is None:
+                self.sample_rate = obs["sample_rate"]
+            self._transition(e, Cause.RECONCILE, C, now)
+            how = "a late take of its text" if token else "adopted a wav that records no text (made by another tool)"
+            return f"{before} -> completed ({how})", None
+        if e.take != token or not same_duration(e.duration_seconds, obs["duration"]):
             old = e.duration_seconds
-            e.duration_seconds = duration
-            self._touch(e, now)
-            return f"duration {old} -> {duration}"
-        return None
+            e.take, e.duration_seconds = token, obs["duration"]
+            self._transition(e, Cause.RECONCILE, C, now)
+            return f"duration {old} -> {obs['duration']}" + ("" if token else " (a wav that records no text)"), None
+        return None, None
 
+    def _unset(self, e: Entry, error: str, now: float) -> None:
+        e.duration_seconds = None
+        e.take = None
+        e.error = error
+        self._transition(e, Cause.RECONCILE, P, now)
+
+    # ---- views ----------------------------------------------------------------
     def snapshot(self) -> dict:
-        """What the reconciler needs: the status and duration of every filename."""
+        """What the reconciler needs of every filename: [status, duration, text hash, revision,
+        take token, the wav's signature as its generator reported it]."""
         return {
             "epoch": self.epoch,
             "seq": self.seq,
             "sample_rate": self.sample_rate,
-            "entries": {e.filename: [e.status, e.duration_seconds, e.requeued, self.wav_sig.get(e.id)]
-                        for e in self.entries},
+            "entries": {e.filename: [e.status, e.duration_seconds, e.text_hash, e.rev, e.take,
+                                     self.wav_sig.get(e.id)] for e in self.entries},
         }
 
     def stats(self) -> dict:
         return {**self.counters(), "sample_rate": self.sample_rate,
                 "audio_seconds": round(sum(e.duration_seconds or 0.0 for e in self.entries
-                                           if e.status == "completed"), 3)}
+                                           if e.status == C), 3)}

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from .atomic import write_atomic
-from .state import SCHEMA_VERSION, STATUSES, Entry, State
+from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, State
 from .texts import check_filename
 
 STATE_FILE = "generation_state.json"
@@ -67,15 +67,18 @@ def _entry_from(obj: object, n: int) -> Entry:
     err = obj.get("error")
     if err is not None and not isinstance(err, str):
         raise DamagedState(f"entry {eid}: error must be a string or null")
-    e = Entry(eid, fname, text, status, None if dur is None else float(dur), sr, attempts, err,
+    e = Entry(eid, fname, text, STATUS_OF[status], None if dur is None else float(dur), sr, attempts, err,
               obj.get("updated_at") if isinstance(obj.get("updated_at"), str) else None)
+    # text_hash is recomputed from the text (a hand edit of the text makes older takes not count)
+    rev, take = obj.get("rev", 0), obj.get("take")
+    e.rev = rev if isinstance(rev, int) and not isinstance(rev, bool) and 0 <= rev < 2**62 else 0
+    e.take = take if isinstance(take, str) and 0 < len(take) <= 64 else None
     lease = obj.get("lease")
     if status == "generating" and isinstance(lease, dict) and isinstance(lease.get("token"), str):
-        e.lease_token = lease["token"]
-        e.lease_owner = str(lease.get("owner"))
         d = lease.get("deadline")
-        e.lease_deadline = float(d) if isinstance(d, (int, float)) else None
-    e.requeued = obj.get("requeued") is True
+        phase = lease.get("phase")
+        e.lease = Lease(lease["token"], str(lease.get("owner")), float(d) if isinstance(d, (int, float)) else 0.0,
+                        Phase(phase) if phase in Phase.__members__.values() else Phase.QUEUED)
     return e
 
 
@@ -119,7 +122,7 @@ def _read(raw: bytes, where: str) -> tuple[State, list | None]:
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
         raise DamagedState(f"{where} has no 'entries' list")
     schema = doc.get("schema_version", SCHEMA_VERSION)
-    if schema != SCHEMA_VERSION:
+    if schema not in (1, SCHEMA_VERSION):  # 1: before text hashes and revisions, which a load fills in
         raise DamagedState(f"{where} has schema_version {schema!r}; this statesvc reads {SCHEMA_VERSION}")
     entries = [_entry_from(obj, n) for n, obj in enumerate(doc["entries"], 1)]
     ids, names = set(), set()
@@ -175,7 +178,6 @@ CHECKSUM = "crc32-blocks-1024:"
 _OPEN = b',"entries":[\n'
 _CLOSE = b"\n]}\n"
 _SEP = b",\n"
-_STATUS = {s: s for s in STATUSES}  # one shared string per status, not one per entry
 
 
 def _checksum(crcs: list[int]) -> str:
@@ -211,14 +213,8 @@ def _read_checked(raw: bytes) -> tuple[State, list] | None:
         start = end + 1
     if _checksum(crcs) != want:
         return None
-    entries: list[Entry] = []
-    try:
-        for blk in blocks:
-            # A checksummed line is Entry.to_dict(): nine values in Entry's field order, then
-            # "lease" and "requeued" only when set. Entry(*values) skips a lookup per field.
-            entries.extend([Entry(*d.values()) if len(d) == 9 else _entry_of(d)
-                            for d in orjson.loads(b"[" + blk + b"]")])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+    entries = _entries_of(blocks)
+    if entries is None:
         return None  # a forged checksum: validate the long way and say what is wrong
     state = _state(entries, head.get("sample_rate"))
     if len(state.by_id) != len(entries) or len(state.by_name) != len(entries):
@@ -226,13 +222,27 @@ def _read_checked(raw: bytes) -> tuple[State, list] | None:
     return state, list(zip(blocks, crcs, strict=True))
 
 
+def _entries_of(blocks: list) -> list[Entry] | None:
+    entries: list[Entry] = []
+    try:
+        for blk in blocks:
+            # A checksummed line is Entry.to_dict(): twelve values in Entry's field order, then
+            # "lease" only when set. Entry(*values) skips a lookup per field.
+            entries.extend([Entry(*d.values()) if len(d) == 12 else _entry_of(d)
+                            for d in orjson.loads(b"[" + blk + b"]")])
+        for e in entries:
+            e.status = STATUS_OF[e.status]  # one shared enumeration member per status, not a string each
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    return entries
+
+
 def _entry_of(d: dict) -> Entry:
-    e = Entry(d["id"], d["filename"], d["text"], _STATUS[d["status"]], d["duration_seconds"], d["sample_rate"],
-              d["attempts"], d["error"], d["updated_at"])
+    e = Entry(d["id"], d["filename"], d["text"], d["status"], d["duration_seconds"], d["sample_rate"],
+              d["attempts"], d["error"], d["updated_at"], d["text_hash"], d["rev"], d["take"])
     lease = d.get("lease")
     if lease is not None:
-        e.lease_token, e.lease_owner, e.lease_deadline = lease["token"], lease["owner"], lease["deadline"]
-    e.requeued = d.get("requeued") is True
+        e.lease = Lease(lease["token"], lease["owner"], lease["deadline"], Phase(lease["phase"]))
     return e
 
 
@@ -308,6 +318,18 @@ class Store:
         """Write the state durably, or raise SaveFailed leaving the old file intact."""
         write_atomic(self.path, self.render_parts(state))
         state.unsaved = False
+
+
+def remove_stale_temps(dataset: Path) -> list[str]:
+    """Temp copies of the state left by a writer killed mid-save. Call only under the writer lock."""
+    removed = []
+    for tmp in dataset.glob(f".{STATE_FILE}.*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp.name)
+        except OSError:
+            pass
+    return removed
 
 
 def create(dataset: Path, state: State) -> None:

@@ -107,3 +107,10 @@ def start_daemon(daemons: list[Daemon]) -> Callable[..., Daemon]:
         daemons.append(d)
         return d.wait_ready() if ready else d
     return start
+
+
+def take(c: dict, duration: float = 1.0, sample_rate: int = 22050, **kw: object) -> dict:
+    """A completed result for the claimed item ``c``, as a generator sends it, with no take file
+    (a client of the books alone)."""
+    return {"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": duration,
+            "sample_rate": sample_rate, "text_hash": c["text_hash"], "rev": c["rev"], "take_file": False, **kw}

@@ -17,6 +17,8 @@ from statesvc.daemon import Daemon
 from statesvc.state import Entry, State
 from statesvc.store import Store, load
 
+from .conftest import take
+
 STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]
 
 
@@ -128,7 +130,7 @@ def _serve_in_thread(ds: Path, s: State) -> tuple[Daemon, threading.Event, threa
     return d, stop, t, errors
 
 
-def test_daemon_refuses_the_failed_batch_and_catches_up(tmp_path: Path, monkeypatch) -> None:
+def test_daemon_refuses_the_failed_batch_and_rolls_it_back(tmp_path: Path, monkeypatch) -> None:
     ds = tmp_path / "ds"
     s = new_state(ds)
     Faults(monkeypatch, "write", errno.ENOSPC, times=3)
@@ -140,8 +142,9 @@ def test_daemon_refuses_the_failed_batch_and_catches_up(tmp_path: Path, monkeypa
                     c.call("claim", owner="g", n=1)
                 assert c.call("ping")["pid"] == os.getpid()  # still serving
             assert orjson.loads((ds / "generation_state.json").read_bytes())["generating"] == 0
-            c.call("claim", owner="g", n=1)  # space is back: this batch and the earlier ones are saved
-        assert orjson.loads((ds / "generation_state.json").read_bytes())["generating"] == 4
+            c.call("claim", owner="g", n=1)  # space is back: this batch is saved, the refused ones never
+        # were applied (rolled back): what was answered "not saved" does not appear later
+        assert orjson.loads((ds / "generation_state.json").read_bytes())["generating"] == 1
     finally:
         stop.set()
         t.join(10)
@@ -192,8 +195,7 @@ def test_cached_render_equals_a_fresh_render(tmp_path: Path) -> None:
     for step in range(30):
         for c in s.claim("g", rng.randint(1, 300), None, step)["entries"]:
             if rng.random() < 0.7:
-                s.result({"id": c["id"], "token": c["token"], "status": "completed",
-                          "duration_seconds": rng.random(), "sample_rate": 22050}, step)
+                s.result(take(c, rng.random()), step)
         if step % 7 == 0:
             s.add([(None, f"new {step} {k}") for k in range(rng.randint(1, 1500))], "u", step)
         assert cached.render(s) == Store(tmp_path, s).render(s)
@@ -209,8 +211,7 @@ def _saved(tmp_path: Path, n: int) -> Path:
     ds.mkdir()
     s = State([Entry(i, f"u_{i:05d}", f"t{i}\n\"quoted\", {{x}}") for i in range(1, n + 1)])
     for c in s.claim("g", n // 2, None, 1)["entries"][::2]:
-        s.result({"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": 0.5,
-                  "sample_rate": 16000}, 2)
+        s.result(take(c, 0.5, 16000), 2)
     store.create(ds, s)
     return ds
 
@@ -244,8 +245,7 @@ def test_saves_after_a_fast_load_equal_a_fresh_render(tmp_path: Path) -> None:
     s, st = store.load_for_writing(ds)
     for step in range(5):
         for c in s.claim("g", 700, None, step)["entries"]:
-            s.result({"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": 1.25,
-                      "sample_rate": 16000}, step)
+            s.result(take(c, 1.25, 16000), step)
         s.add([(None, f"added {step} {k}") for k in range(333)], "a", step)
         st.save(s)
         assert (ds / "generation_state.json").read_bytes() == Store(ds, s).render(s)

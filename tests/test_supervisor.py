@@ -1,0 +1,210 @@
+"""run-pipeline's supervisor: the child state table, deaths told to the daemon, owner ids per start."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline import supervisor
+from pipeline.supervisor import (
+    TRANSITIONS,
+    BadTransition,
+    Child,
+    ChildState,
+    PipelineError,
+    Run,
+    leases_back,
+)
+from tests.conftest import ROOT, cli, read_state, wait_for
+
+S = ChildState
+ALLOWED = {
+    (S.STOPPED, S.STARTING),
+    (S.STARTING, S.RUNNING), (S.STARTING, S.BACKING_OFF), (S.STARTING, S.GIVEN_UP), (S.STARTING, S.STOPPED),
+    (S.RUNNING, S.BACKING_OFF), (S.RUNNING, S.STOPPED),
+    (S.BACKING_OFF, S.STARTING), (S.BACKING_OFF, S.STOPPED),
+}
+OWNER = re.compile(rf"^{re.escape(socket.gethostname())}:(generate-\d+|gen):[0-9a-f]{{8}}$")
+
+
+def child_in(state: ChildState) -> Child:
+    c = Child("gen", ["true"], Path("/nonexistent/gen.log"))
+    c.state = state
+    return c
+
+
+# ---- the table: pure ---------------------------------------------------------------
+
+def test_the_table_is_the_documented_one() -> None:
+    assert {(a, b) for a, targets in TRANSITIONS.items() for b in targets} == ALLOWED
+    assert set(TRANSITIONS) == set(ChildState)
+    assert Child("x", [], Path("x.log")).state is S.STOPPED  # before its first start
+
+
+@pytest.mark.parametrize(("frm", "to"), sorted(ALLOWED, key=lambda t: (t[0].name, t[1].name)))
+def test_allowed_transition(frm: ChildState, to: ChildState) -> None:
+    c = child_in(frm)
+    c.change(to, "because")
+    assert (c.state, c.why) == (to, "because")
+
+
+@pytest.mark.parametrize(("frm", "to"), sorted({(a, b) for a in S for b in S} - ALLOWED,
+                                               key=lambda t: (t[0].name, t[1].name)))
+def test_disallowed_transition_is_a_bug(frm: ChildState, to: ChildState) -> None:
+    c = child_in(frm)
+    with pytest.raises(BadTransition, match=f"{frm.name} -> {to.name} is not allowed"):
+        c.change(to, "because")
+    assert c.state is frm  # refused: nothing changed
+
+
+def test_leases_back_in_words() -> None:
+    assert leases_back({"ok": True, "returned": [], "charged": [], "failed": []}) == "it held no leases"
+    assert leases_back({"returned": [1]}) == "its 1 lease is back"
+    assert (leases_back({"returned": [1, 2, 3, 4, 5, 6], "charged": [42], "failed": []})
+            == "its 7 leases are back: entry 42 charged an attempt")
+    assert (leases_back({"returned": [], "charged": [4, 5], "failed": [5]})
+            == "its 2 leases are back: entries 4, 5 charged an attempt; entry 5 reached max attempts and failed")
+    assert leases_back({"charged": list(range(12))}).endswith("entries 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more "
+                                                             "charged an attempt")
+
+
+# ---- the supervisor over real processes, no daemon ----------------------------------
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Run]:
+    r = Run(tmp_path, workers=0, gen_args=[], out=io.StringIO())
+    # a placeholder that never starts: the supervisor must not start a daemon of its own here
+    r.daemon = Child("statesvc", [], tmp_path / "logs" / "statesvc.log")
+    yield r
+    r.stop_children(why="end of test")
+
+
+def step_until(r: Run, cond, what: str, timeout: float = 10.0) -> None:
+    def stepped() -> object:
+        r.supervise()
+        return cond()
+    wait_for(stepped, timeout, what)
+
+
+def test_killed_generator_is_reported_and_restarted_under_a_new_owner(run: Run, tmp_path: Path) -> None:
+    # prints its own arguments, so the test sees the --owner it was given
+    c = run.spawn("gen", [sys.executable, "-c", "import sys, time; print(sys.argv[1:], flush=True); time.sleep(60)"],
+                  leases=True)
+    first_owner, first_pid = c.owner, c.proc.pid
+    assert c.state is S.STARTING and OWNER.match(first_owner)
+    step_until(run, lambda: c.state is S.RUNNING, "promoted to RUNNING")
+    os.kill(first_pid, signal.SIGKILL)
+    step_until(run, lambda: c.state is S.BACKING_OFF, "the death noticed")
+    out = run.out.getvalue()
+    assert f"gen (pid {first_pid}) exited with signal SIGKILL; restarting in 0.2 s" in out
+    assert (f"gen (pid {first_pid}) died (signal SIGKILL); the daemon was not told (no statesvc daemon serves "
+            f"{tmp_path}); its leases come back when they expire") in out
+    step_until(run, lambda: c.state is S.STARTING, "the restart")
+    assert c.owner != first_owner and OWNER.match(c.owner) and c.restarts == 1 and c.pids == [first_pid, c.proc.pid]
+    wait_for(lambda: c.log.read_text().count("--owner") == 2, 10, "the second start's arguments in the log")
+    assert [f"['--owner', '{first_owner}']", f"['--owner', '{c.owner}']"] == c.log.read_text().splitlines()
+    run.stop_children(why="end of test")
+    assert c.state is S.STOPPED and c.why == "end of test" and not c.alive()
+    run.stop_children(why="again")  # stopping twice is harmless: a stopped child is left alone
+    assert c.why == "end of test"
+
+
+def test_a_child_that_cannot_start_is_given_up(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(supervisor, "BACKOFF_MAX", 0.1)  # the crash-loop rule, without the real backoff wait
+    c = run.spawn("broken", [sys.executable, "-c", "print('bad option --frobnicate'); raise SystemExit(2)"])
+    with pytest.raises(PipelineError, match=r"broken keeps failing at start \(exit 2\): bad option --frobnicate"):
+        step_until(run, lambda: False, "a crash loop", timeout=15)
+    assert c.state is S.GIVEN_UP and c.restarts == supervisor.CRASH_LOOP - 1
+    assert "died" not in run.out.getvalue()  # not a generator: it holds no leases
+    run.stop_children(why="end of test")
+    assert c.state is S.GIVEN_UP  # terminal
+
+
+# ---- a whole run: real daemon, reconciler and generators -------------------------------
+
+def test_run_reports_a_killed_generator_to_the_daemon(tmp_path: Path) -> None:
+    texts = tmp_path / "t.txt"
+    texts.write_text("one\ntwo\nplease KILL me\nfour\nfive\nsix\n")
+    ds = tmp_path / "ds"
+    r = cli("run", "--dataset", str(ds), "--texts", str(texts), "--workers", "2", "--synth", "tests.plugins:Flaky",
+            "--lease-seconds", "1", "--max-attempts", "1", "--reconcile-interval", "0.5", tool="pipeline",
+            env={"PYTHONPATH": str(ROOT)}, timeout=20)
+    assert r.returncode == 3, r.stderr
+    assert "finished: completed 5/6, failed 1" in r.stderr
+    died = re.findall(r"^generate-\d \(pid \d+\) died \(signal SIGKILL\); (.*)$", r.stderr, re.M)
+    assert died, r.stderr
+    for rest in died:
+        # the daemon's answer, or (until its "died" op lands) its refusal; the run goes on either way
+        assert re.fullmatch(r"it held no leases|its \d+ leases? (is|are) back(: .*)?"
+                            r"|the daemon was not told \(unknown op 'died'\); its leases come back when they expire",
+                            rest), rest
+    if not any("unknown op" in rest for rest in died):
+        assert any(re.search(r"entr(y|ies) [\d, ]*\b3\b.* charged an attempt", rest) for rest in died), died
+    assert [e["id"] for e in read_state(ds)["entries"] if e["status"] == "failed"] == [3]
+    # every generator start had its own owner id
+    owners = [m for log in (ds / "logs").glob("generate-*.log")
+              for m in re.findall(r"INFO generator (\S+): synth", log.read_text())]
+    assert len(owners) == len(set(owners)) >= 3 and all(OWNER.match(o) for o in owners), owners
+
+
+class Recorder:
+    """Stands in for a class the command builds: records how it was built, runs as a no-op."""
+
+    made: list[tuple[tuple, dict]] = []
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        Recorder.made.append((args, kw))
+        self.owner = kw.get("owner", "default-owner")
+
+    def run(self) -> int:
+        return 0
+
+    def create(self, state: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("extra", "given"), [
+    ([], {}),
+    (["--owner", "box:generate-3:0badcafe", "--heartbeat-seconds", "0.5"],
+     {"owner": "box:generate-3:0badcafe", "heartbeat_seconds": 0.5}),
+])
+def test_generate_passes_owner_and_heartbeat_only_when_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             extra: list[str], given: dict) -> None:
+    import pipeline.cli
+    import pipeline.generator
+    monkeypatch.setattr(pipeline.generator, "Generator", Recorder)
+    monkeypatch.setattr(pipeline.generator, "install_signals", lambda gen: None)
+    monkeypatch.setattr(pipeline.cli, "Client", lambda endpoint: "client")
+    monkeypatch.setattr(pipeline.cli, "setup_logging", lambda level: None)
+    monkeypatch.setattr(Recorder, "made", [])
+    (tmp_path / "wavs").mkdir()
+    result = CliRunner().invoke(pipeline.cli.main, ["generate", "--dataset", str(tmp_path), "--synth", "tone",
+                                                    "--endpoint", "ipc:///nowhere", *extra])
+    assert result.exit_code == 0, result.output
+    [(args, kw)] = Recorder.made
+    assert args[0] == "client" and kw == {"batch": 1, **given}
+
+
+def test_run_passes_heartbeat_to_every_generator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.cli
+    monkeypatch.setattr(supervisor, "Run", Recorder)
+    monkeypatch.setattr(supervisor, "install_signals", lambda run: None)
+    monkeypatch.setattr(Recorder, "made", [])
+    texts = tmp_path / "t.txt"
+    texts.write_text("hola\n")
+    result = CliRunner().invoke(pipeline.cli.main, ["run", "--dataset", str(tmp_path / "ds"), "--texts", str(texts),
+                                                    "--synth", "tone", "--heartbeat-seconds", "2.5"])
+    assert result.exit_code == 0, result.output
+    [((_, _, gen_args, *_), _)] = Recorder.made
+    assert gen_args == ["--synth", "tone", "--batch", "1", "--heartbeat-seconds", "2.5"]
+    bad = CliRunner().invoke(pipeline.cli.main, ["generate", "--heartbeat-seconds", "0"])
+    assert bad.exit_code == 2 and "0.1" in bad.output
