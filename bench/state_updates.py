@@ -58,7 +58,8 @@ class Writer:
             e = self.tokens.pop()
             t = time.perf_counter()
             rid = self.send(op="result", id=e["id"], token=e["token"], status="completed",
-                            duration_seconds=1.5, sample_rate=22050)
+                            duration_seconds=1.5, sample_rate=22050, text_hash=e["text_hash"], rev=e["rev"],
+                            take_file=False)  # the books alone: no audio behind these results
             self.sent[rid] = (t, e["id"])
         if len(self.tokens) < self.inflight and self.claim_rid is None and not self.requeues and not self.exhausted:
             self.claim_rid = self.send(op="claim", owner=self.owner, n=self.inflight)

@@ -56,7 +56,10 @@ class Handlers:
         return self.state.release(a["owner"], a["tokens"], now)
 
     def on_died(self, a: dict, now: float) -> dict:
-        return self.state.died(a["owner"], now)
+        body = self.state.died(a["owner"], now)
+        self.later(self.state.orphaned_takes)
+        self.state.orphaned_takes.clear()
+        return body
 
     def on_requeue(self, a: dict, now: float) -> dict:
         body, effects = self.state.requeue(a["keys"], a["failed"], now)

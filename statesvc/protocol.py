@@ -7,6 +7,7 @@ Validation only checks shape; applying a message is the state's business.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "w
 # Writes that are not idempotent: they carry a request id ``req`` and a resend gets the first answer.
 NOT_IDEMPOTENT = frozenset({"add", "edit"})
 MAX_REQ = 64
+_HASH_ID = re.compile(r"#[0-9]{1,18}")  # "#12": the id 12, even where a filename is "12"
 
 
 class BadRequest(ValueError):
@@ -85,7 +87,7 @@ def _key(v: object) -> int | str:
     """An entry id (an int, or "#12"), or a filename; an exact filename wins over an id."""
     if isinstance(v, int) and not isinstance(v, bool) and v > 0:
         return v
-    if isinstance(v, str) and (check_filename(v) is None or (v[:1] == "#" and v[1:].isascii() and v[1:].isdigit() and len(v) < 20)):
+    if isinstance(v, str) and (check_filename(v) is None or _HASH_ID.fullmatch(v)):
         return v
     raise BadRequest(f"{str(v)[:60]!r} is neither an entry id nor a safe filename")
 

@@ -23,6 +23,7 @@ import enum
 import functools
 import hashlib
 import heapq
+import numbers
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -88,7 +89,7 @@ def text_hash(text: str) -> str:
 
 def same_duration(a: object, b: object) -> bool:
     """Two durations in seconds agree: both known and within DURATION_TOLERANCE."""
-    ok = (isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+    ok = (isinstance(x, numbers.Real) and not isinstance(x, bool) for x in (a, b))
     return all(ok) and abs(a - b) <= DURATION_TOLERANCE
 
 
@@ -179,6 +180,7 @@ class State:
     # reconciler need not open a file its generator just wrote and that has not changed since
     wav_sig: dict[int, list[int]] = field(default_factory=dict)
     unsaved: bool = False
+    orphaned_takes: list[Effect] = field(default_factory=list)  # of leases that ended without a result
     _pending_heap: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -361,6 +363,7 @@ class State:
         returned, charged = [], []
         for token in list(self.owner_tokens.get(owner, ())):
             e = self.by_id[self.leases[token]]
+            self.orphaned_takes.append(Effect("stale", e.filename, token))  # a dead process reports nothing
             (charged if self._end_lease(e, "the generator died while synthesizing this text", now)
              else returned).append(e.id)
         return {"returned": returned, "charged": charged,

@@ -27,7 +27,7 @@ def test_init_txt_ids_and_filenames(tmp_path: Path) -> None:
     assert [(e["id"], e["filename"], e["text"]) for e in doc["entries"]] == [
         (1, "voz_0001", "Hola."), (2, "voz_0002", "Adiós.")]
     assert (doc["total"], doc["pending"], doc["completed"]) == (2, 2, 0)
-    assert doc["schema_version"] == 1 and (ds / "wavs").is_dir()
+    assert doc["schema_version"] == 2 and (ds / "wavs").is_dir()
 
 
 def test_init_wide_ids(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from statesvc.client import Client, ServiceError, Unavailable
-from tests.conftest import cli, make_dataset, read_state, wait_for
+from tests.conftest import cli, make_dataset, read_state, take, wait_for
 
 
 def client(ds: Path, timeout: float = 5.0) -> Client:
@@ -26,8 +26,7 @@ def test_ack_means_durable_and_second_daemon_refused(tmp_path: Path, start_daemo
     d = start_daemon(ds)
     c = client(ds)
     got = c.call("claim", owner="g1", n=3)["entries"]
-    c.call("result", id=got[0]["id"], token=got[0]["token"], status="completed",
-           duration_seconds=1.25, sample_rate=22050)
+    c.call("result", **take(got[0], 1.25))
     on_disk = {e["id"]: e for e in read_state(ds)["entries"]}
     assert on_disk[got[0]["id"]]["status"] == "completed"
     assert on_disk[got[0]["id"]]["duration_seconds"] == 1.25
@@ -146,8 +145,7 @@ def kill_loop(tmp_path: Path, start_daemon, kills_wanted: int, n: int) -> None:
                 got = c.call("claim", owner=owner, n=2)["entries"]
                 for e in got:
                     dur = round(random.uniform(0.5, 3), 3)
-                    c.call("result", id=e["id"], token=e["token"], status="completed",
-                           duration_seconds=dur, sample_rate=22050)
+                    c.call("result", **take(e, dur))
                     with lock:
                         acked[e["id"]] = dur
             except (Unavailable, ServiceError):
@@ -214,7 +212,7 @@ def test_requeue_moves_old_take_aside_and_stays_pending(tmp_path: Path, start_da
     with client(ds) as c:
         e = c.call("claim", owner="g", n=1)["entries"][0]
         sf.write(ds / "wavs" / f"{e['filename']}.wav", np.zeros(2205, dtype=np.float32), 22050)
-        c.call("result", id=e["id"], token=e["token"], status="completed", duration_seconds=0.1, sample_rate=22050)
+        c.call("result", **take(e, 0.1))
     r = cli("requeue", "--dataset", str(ds), e["filename"])
     assert r.returncode == 0, r.stderr
     assert not (ds / "wavs" / f"{e['filename']}.wav").exists()

@@ -44,7 +44,7 @@ def assert_books_consistent(ds: Path) -> dict:
             info = sf.info(str(ds / "wavs" / f"{e['filename']}.wav"))
             assert info.frames > 0 and info.channels == 1
             assert abs(info.frames / info.samplerate - e["duration_seconds"]) < 0.002
-    assert not [p for p in (ds / "wavs").iterdir() if p.name.startswith(".tmp-")], "temp files left"
+    assert not [p for p in (ds / "wavs").iterdir() if p.name.startswith((".tmp-", ".take-"))], "temp files left"
     return doc
 
 
@@ -136,8 +136,10 @@ def test_plugin_that_raises_and_one_that_kills_itself(tmp_path: Path) -> None:
     failed = {e["id"]: e for e in doc["entries"] if e["status"] == "failed"}
     assert set(failed) == {6, 18}
     assert "RuntimeError" in failed[6]["error"] and failed[6]["attempts"] == 3
-    assert failed[18]["error"] == "lease expired"
+    # charged exactly: the text that kills its generator, three times, and no other entry ever
+    assert failed[18]["error"] == "the generator died while synthesizing this text" and failed[18]["attempts"] == 3
     assert doc["completed"] == 28
+    assert all(e["attempts"] == 1 for e in doc["entries"] if e["status"] == "completed")
     assert re.search(r"failed: 6 flaky_0006: RuntimeError", r.stderr)
 
 

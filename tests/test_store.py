@@ -16,8 +16,7 @@ from statesvc.client import Client, ServiceError
 from statesvc.daemon import Daemon
 from statesvc.state import Entry, State
 from statesvc.store import Store, load
-
-from .conftest import take
+from tests.conftest import take
 
 STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]
 

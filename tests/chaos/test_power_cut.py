@@ -26,6 +26,7 @@ import pytest
 from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.state import Entry, State
 from statesvc.store import create, load
+from tests.conftest import take
 
 FS_IOC_SHUTDOWN = 0x8004587D          # _IOR('X', 125, __u32)
 FS_GOING_DOWN_NOLOGFLUSH = 2
@@ -88,8 +89,7 @@ def trial(m: Mount, rng: random.Random, safe: bool) -> tuple[int, int]:
                 try:
                     for e in c.call("claim", owner="w", n=4)["entries"]:
                         dur = round(rng.uniform(0.5, 5), 4)
-                        c.call("result", id=e["id"], token=e["token"], status="completed",
-                               duration_seconds=dur, sample_rate=22050)
+                        c.call("result", **take(e, dur))
                         acked[e["id"]] = dur
                 except (Unavailable, ServiceError):
                     c.reconnect()
