@@ -1,197 +1,400 @@
-"""The pure transitions: invariants under any sequence of messages (hypothesis) and the rules."""
+"""The pure lifecycle: a stateful model (hypothesis) that any sequence of messages keeps the
+invariants, and the rules one by one."""
 
 from __future__ import annotations
 
-import collections
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from statesvc.state import Entry, Refused, State
+from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, State, Status, text_hash
 from statesvc.store import Store, parse_state
+from tests.conftest import take
+
+SR = 22050
 
 
 def fresh(n: int = 5, max_attempts: int = 3) -> State:
-    s = State([Entry(i, f"utt_{i:04d}", f"text {i}") for i in range(1, n + 1)], max_attempts=max_attempts)
-    return s
+    return State([Entry(i, f"utt_{i:04d}", f"text {i}") for i in range(1, n + 1)], max_attempts=max_attempts)
 
 
-def check_invariants(s: State, reported: set[int]) -> None:
-    counted = {k: 0 for k in ("pending", "generating", "completed", "failed")}
+def check_invariants(s: State) -> None:
+    """What must hold of any state, whatever happened to it."""
+    counted = dict.fromkeys(Status, 0)
     for e in s.entries:
         counted[e.status] += 1
-    assert s.counts == counted
-    assert sum(s.counters()[k] for k in counted) == s.counters()["total"] == len(s.entries)
-    live = [e for e in s.entries if e.lease_token is not None]
-    assert all(e.status == "generating" for e in live)
-    assert all(e.lease_token is not None for e in s.entries if e.status == "generating")
-    assert len({e.lease_token for e in live}) == len(live)  # one lease per entry, no token shared
-    assert set(s.leases) == {e.lease_token for e in live}
-    assert s.owner_leases == collections.Counter(e.lease_owner for e in live)
+    assert s.counts == counted, "counters are derived from the entries"
+    assert s.counters()["total"] == len(s.entries)
+    live = [e for e in s.entries if e.lease is not None]
+    assert all(e.status == Status.GENERATING for e in live), "a lease only while generating"
+    assert all(e.lease is not None for e in s.entries if e.status == Status.GENERATING), "no generating without lease"
+    assert len({e.lease.token for e in live}) == len(live), "one lease per entry, no token shared"
+    assert s.leases == {e.lease.token: e.id for e in live}
+    owners: dict[str, set] = {}
+    for e in live:
+        owners.setdefault(e.lease.owner, set()).add(e.lease.token)
+    assert {o: set(t) for o, t in s.owner_tokens.items()} == owners, "owner tables hold exactly the live leases"
     for e in s.entries:
-        if e.status == "completed":
-            assert e.id in reported, "completed without audio reported"
-            assert e.duration_seconds is not None
-        assert e.attempts <= s.max_attempts or e.status != "generating"
+        assert e.attempts <= s.max_attempts
+        assert e.text_hash == text_hash(e.text)
+        if e.status == Status.COMPLETED:
+            assert e.duration_seconds is not None and e.error is None
 
 
 OWNERS = st.sampled_from(["g1", "g2", "g3"])
-IDS = st.integers(1, 6)  # 6 does not exist: refusals are part of the sequence
-ops = st.one_of(
-    st.tuples(st.just("claim"), OWNERS, st.integers(1, 3)),
-    st.tuples(st.just("complete"), IDS, st.integers(0, 4)),
-    st.tuples(st.just("fail"), IDS, st.integers(0, 4)),
-    st.tuples(st.just("heartbeat"), OWNERS, st.integers(0, 4)),
-    st.tuples(st.just("tick"), st.floats(0, 300), st.none()),
-    st.tuples(st.just("requeue"), IDS, st.booleans()),
-    st.tuples(st.just("reconcile"), IDS, st.sampled_from(["valid", "invalid", "missing"])),
-)
 
 
-class Model:
-    """Drives a State with generated operations, remembering every token handed out."""
+class Lifecycle(RuleBasedStateMachine):
+    """Drives a real State with interleaved claims, working notices, results (on time, late,
+    duplicated, from dead owners, of old revisions), heartbeats, expiries, deaths, releases,
+    requeues, edits, reconcile reports and failed saves; checks after every step."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.s = fresh()
         self.now = 1000.0
-        self.tokens: list[tuple[int, str, str]] = []
-        self.reported: set[int] = set()
+        self.handed: list[dict] = []            # every claim item ever handed out (with its owner)
+        self.phase: dict[str, Phase] = {}       # token -> phase, as the generator told the state
+        self.ended: dict[int, int] = dict.fromkeys(self.s.by_id, 0)  # syntheses that ended, per entry
+        self.disk = Store(Path("/nonexistent"), self.s).render(self.s)
+        self.disk_model = self._model()
 
+    def _model(self) -> tuple:
+        return dict(self.phase), dict(self.ended)
+
+    def _pick(self, i: int) -> dict | None:
+        return self.handed[i % len(self.handed)] if self.handed else None
+
+    def _end_leases(self, before: dict[str, int]) -> None:
+        """Leases that disappeared without a result: a synthesis under way is charged."""
+        for token, eid in before.items():
+            if token not in self.s.leases and self.phase.get(token) == Phase.SYNTHESIZING:
+                self.ended[eid] += 1
+
+    # ---- generators -----------------------------------------------------------
+    @rule(owner=OWNERS, n=st.integers(1, 3))
     def claim(self, owner: str, n: int) -> None:
         for c in self.s.claim(owner, n, None, self.now)["entries"]:
-            self.tokens.append((c["id"], c["token"], owner))
+            self.handed.append({**c, "owner": owner})
+            self.phase[c["token"]] = Phase.QUEUED
 
-    def complete(self, eid: int, i: int) -> None:
-        if self.tokens:
-            real, token, _ = self.tokens[i % len(self.tokens)]
-            msg = {"id": real if eid != 6 else 6, "token": token, "status": "completed",
-                   "duration_seconds": 1.0, "sample_rate": 22050}
-            if self.s.result(msg, self.now)["applied"]:
-                self.reported.add(msg["id"])
+    @rule(owner=OWNERS, k=st.integers(0, 2))
+    def working(self, owner: str, k: int) -> None:
+        mine = list(self.s.owner_tokens.get(owner, {}))
+        chosen = mine[:k]
+        self.s.working(owner, chosen, self.now)
+        for t in mine:
+            if t in chosen:
+                self.phase[t] = Phase.SYNTHESIZING
+            elif self.phase.get(t) == Phase.SYNTHESIZING:
+                self.phase[t] = Phase.WRITTEN
+        for t in chosen:
+            assert self.s.by_id[self.s.leases[t]].lease.phase == Phase.SYNTHESIZING
 
-    def fail(self, eid: int, i: int) -> None:
-        if self.tokens:
-            real, token, _ = self.tokens[i % len(self.tokens)]
-            self.s.result({"id": real if eid != 6 else 6, "token": token, "status": "failed", "error": "x"}, self.now)
-
-    def heartbeat(self, owner: str, i: int) -> None:
-        self.s.heartbeat(owner, [t for _, t, _ in self.tokens[: i + 1]], self.now)
-
-    def tick(self, seconds: float, _: None) -> None:
-        self.now += seconds
-        self.s.expire(self.now)
-
-    def requeue(self, eid: int, failed: bool) -> None:
-        self.s.requeue([eid], failed, self.now)
-
-    def reconcile(self, eid: int, seen: str) -> None:
-        name = f"utt_{eid:04d}"
-        if seen == "missing":
-            self.s.reconcile(self.s.seq, self.s.epoch, {}, [name], self.now)
+    @rule(i=st.integers(0, 50), ready=st.booleans(), stale_hash=st.booleans())
+    def complete(self, i: int, ready: bool, stale_hash: bool) -> None:
+        c = self._pick(i)
+        if c is None:
             return
-        obs = {"valid": seen == "valid", "duration": 1.0, "sample_rate": 22050, "reason": "bad"}
-        self.s.reconcile(self.s.seq, self.s.epoch, {name: obs}, [], self.now)
-        if seen == "valid":
-            self.reported.add(eid)
+        e = self.s.by_id[c["id"]]
+        held = e.lease is not None and e.lease.token == c["token"]
+        unheld_current = e.lease is None and e.status in (Status.PENDING, Status.FAILED) and e.rev == c["rev"]
+        msg = take(c, 1.0, SR, take_file=True)
+        if stale_hash:
+            msg["text_hash"] = "0" * 16
+        body, effects = self.s.result(msg, self.now, take_ready=ready)
+        if body["applied"]:
+            assert held or unheld_current, "a take counts only under its lease, or late over nobody"
+            assert ready and not stale_hash and e.take == c["token"] and e.rev == c["rev"]
+            assert [f.kind for f in effects] == ["promote"]
+            self.ended[e.id] += 1
+        elif held and ready and not stale_hash:
+            raise AssertionError("a take under its own live lease must count")
+        if not body["applied"] and body.get("reason") != "duplicate":
+            assert all(f.kind == "stale" for f in effects), "a take that does not count goes aside"
 
+    @rule(i=st.integers(0, 50))
+    def fail(self, i: int) -> None:
+        c = self._pick(i)
+        if c is None:
+            return
+        before = self.s.by_id[c["id"]].lease
+        body, _ = self.s.result({"id": c["id"], "token": c["token"], "status": "failed", "error": "x"}, self.now)
+        assert body["applied"] == (before is not None and before.token == c["token"])
+        if body["applied"]:
+            self.ended[c["id"]] += 1
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(ops, max_size=60))
-def test_any_sequence_keeps_invariants(seq: list) -> None:
-    m = Model()
-    for op, a, b in seq:
+    @rule(owner=OWNERS)
+    def heartbeat(self, owner: str) -> None:
+        tokens = [c["token"] for c in self.handed if c["owner"] == owner]
+        lost = set(self.s.heartbeat(owner, tokens, self.now)["lost"])
+        assert lost == {t for t in tokens if self.s.leases.get(t) is None or
+                        self.s.by_id[self.s.leases[t]].lease.owner != owner}
+
+    @rule(seconds=st.floats(0, 30))
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+        before = dict(self.s.leases)
+        self.s.expire(self.now)
+        assert all(self.s.by_id[eid].lease.deadline > self.now for eid in self.s.leases.values())
+        self._end_leases(before)
+
+    @rule(owner=OWNERS)
+    def died(self, owner: str) -> None:
+        before = dict(self.s.leases)
+        body = self.s.died(owner, self.now)
+        assert owner not in self.s.owner_tokens
+        charged = {eid for t, eid in before.items()
+                   if t not in self.s.leases and self.phase.get(t) == Phase.SYNTHESIZING}
+        assert set(body["charged"]) == charged
+        self._end_leases(before)
+
+    @rule(owner=OWNERS, k=st.integers(0, 3))
+    def release(self, owner: str, k: int) -> None:
+        self.s.release(owner, list(self.s.owner_tokens.get(owner, {}))[:k], self.now)
+
+    # ---- people -----------------------------------------------------------------
+    @rule(eid=st.integers(1, 6), failed=st.booleans())
+    def requeue(self, eid: int, failed: bool) -> None:
         try:
-            getattr(m, op)(a, b)
+            body, _ = self.s.requeue([eid], failed, self.now)
         except Refused:
-            pass
-        check_invariants(m.s, m.reported)
-    # what is saved reads back as the same state
-    again = parse_state(Store(Path("/nonexistent"), m.s).render(m.s))
-    assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in m.s.entries]
+            assert eid == 6
+            return
+        for i in body["requeued"]:
+            self.ended[i] = 0
+            assert self.s.by_id[i].attempts == 0
+
+    @rule(eid=st.integers(1, 5), text=st.sampled_from(["otra cosa", "text 1", "nueva"]))
+    def edit(self, eid: int, text: str) -> None:
+        e = self.s.by_id[eid]
+        rev = e.rev
+        try:
+            self.s.edit(eid, text, self.now)
+        except Refused:
+            assert e.status == Status.GENERATING
+            return
+        assert e.rev == rev + 1 and e.status == Status.PENDING and e.text == text
+        self.ended[eid] = 0
+
+    @rule(eid=st.integers(1, 5), seen=st.sampled_from(["current", "old-rev", "foreign", "invalid", "missing"]),
+          i=st.integers(0, 50))
+    def reconcile(self, eid: int, seen: str, i: int) -> None:
+        e = self.s.by_id[eid]
+        before = (e.status, e.rev)
+        if seen == "missing":
+            self.s.reconcile(self.s.seq, self.s.epoch, {}, [e.filename], self.now)
+            return
+        obs: dict = {"valid": seen != "invalid", "duration": 1.0, "sample_rate": SR, "reason": "bad"}
+        if seen in ("current", "old-rev"):
+            obs["take"] = {"text_hash": e.text_hash, "rev": e.rev - (seen == "old-rev"), "token": f"t{i}"}
+        self.s.reconcile(self.s.seq, self.s.epoch, {e.filename: obs}, [], self.now)
+        if e.status == Status.COMPLETED and before[0] != Status.COMPLETED:
+            assert seen in ("current", "foreign"), "only a take of the current text and revision is adopted"
+            assert before[0] in (Status.PENDING, Status.FAILED)
+
+    # ---- the daemon's saves ---------------------------------------------------------
+    @rule()
+    def save(self) -> None:
+        self.disk = Store(Path("/nonexistent"), self.s).render(self.s)
+        self.disk_model = self._model()
+
+    @rule()
+    def failed_save(self) -> None:
+        """A save failed: memory goes back to what is on disk (the daemon reloads the file)."""
+        self.s = parse_state(self.disk)
+        self.s.max_attempts = 3
+        self.phase, self.ended = (dict(x) for x in self.disk_model)
+        assert Store(Path("/nonexistent"), self.s).render(self.s) == self.disk, "nothing unsaved survives"
+
+    @precondition(lambda self: True)
+    @invariant()
+    def invariants(self) -> None:
+        check_invariants(self.s)
+        for e in self.s.entries:
+            assert e.attempts == self.ended[e.id], f"entry {e.id}: attempts equal the syntheses that ended"
+            if e.status == Status.COMPLETED and e.take is not None and not e.take.startswith("t"):
+                assert any(c["id"] == e.id and c["token"] == e.take and c["rev"] == e.rev for c in self.handed)
+        again = parse_state(Store(Path("/nonexistent"), self.s).render(self.s))
+        assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in self.s.entries]
+
+
+Lifecycle.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+test_lifecycle = Lifecycle.TestCase
+
+
+# ---- the table ------------------------------------------------------------------
+def test_every_status_change_goes_through_the_table() -> None:
+    s = fresh(1)
+    e = s.by_id[1]
+    with pytest.raises(Refused, match="claim cannot make it completed"):
+        s._transition(e, Cause.CLAIM, Status.COMPLETED, 0)
+    with pytest.raises(Refused, match="edit cannot make it pending"):
+        s.claim("g", 1, None, 0)
+        s._transition(e, Cause.EDIT, Status.PENDING, 0)
+    assert set(LIFECYCLE) == set(Cause)
+
+
+def test_a_take_under_another_live_lease_never_counts() -> None:
+    s = fresh(1)
+    old = s.claim("a", 1, 10, 0)["entries"][0]
+    s.expire(11)
+    new = s.claim("b", 1, 10, 12)["entries"][0]
+    body, effects = s.result(take(old), 13)
+    assert not body["applied"] and body["reason"] == "another generator holds the entry"
+    assert [f.kind for f in effects] == ["stale"]
+    assert s.by_id[1].lease.token == new["token"], "the live holder keeps its lease"
+    assert s.result(take(new), 14)[0]["applied"]
+
+
+def test_a_late_take_counts_when_nobody_holds_the_entry() -> None:
+    s = fresh(1)
+    c = s.claim("g", 1, 10, 0)["entries"][0]
+    s.expire(11)
+    body, _ = s.result(take(c), 12)
+    assert body["applied"] and s.by_id[1].status == "completed" and s.by_id[1].take == c["token"]
+
+
+def test_the_requeue_guard_holds_after_another_claim() -> None:
+    """Bug 2 of the issue: a take from before a requeue was accepted once the entry was claimed again."""
+    s = fresh(1)
+    old = s.claim("a", 1, 10, 0)["entries"][0]
+    s.requeue([1], False, 1)
+    assert s.result(take(old), 2)[0]["reason"] == "the entry was requeued or edited since this take was claimed"
+    s.claim("b", 1, 10, 3)
+    s.expire(20)  # nobody holds it again
+    assert not s.result(take(old), 21)[0]["applied"]
+    assert s.by_id[1].status == "pending"
+
+
+def test_a_take_of_an_edited_text_never_counts() -> None:
+    s = fresh(1)
+    c = s.claim("a", 1, 10, 0)["entries"][0]
+    s.expire(11)
+    s.edit(1, "un texto nuevo", 12)
+    assert not s.result(take(c), 13)[0]["applied"]
+    fresh_claim = s.claim("a", 1, 10, 14)["entries"][0]
+    assert fresh_claim["text_hash"] == text_hash("un texto nuevo") and fresh_claim["rev"] == 1
+
+
+def test_edit_refuses_an_entry_being_generated() -> None:
+    s = fresh(1)
+    s.claim("a", 1, 10, 0)
+    with pytest.raises(Refused, match="being generated"):
+        s.edit(1, "x", 1)
 
 
 def test_resent_result_changes_nothing() -> None:
     s = fresh()
     c = s.claim("g", 1, None, 0)["entries"][0]
-    msg = {"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": 2.5, "sample_rate": 16000}
-    assert s.result(msg, 1)["applied"] is True
+    assert s.result(take(c, 2.5, 16000), 1)[0]["applied"] is True
     seq = s.seq
-    assert s.result(msg, 2)["applied"] is False
+    body, effects = s.result(take(c, 2.5, 16000), 2)
+    assert body == {"applied": False, "status": "completed", "reason": "duplicate"} and effects == []
     assert s.seq == seq
 
 
-def test_late_result_after_expiry_still_counts() -> None:
-    s = fresh(1)
-    c = s.claim("g", 1, 10, 0)["entries"][0]
-    assert s.expire(11) == [c["id"]]
-    assert s.by_id[1].status == "pending"
-    r = s.result({"id": 1, "token": c["token"], "status": "completed", "duration_seconds": 1.0,
-                  "sample_rate": 22050}, 12)
-    assert r["applied"] and s.by_id[1].status == "completed"
-
-
-def test_late_result_when_reclaimed_by_another_counts_once() -> None:
-    s = fresh(1)
-    old = s.claim("a", 1, 10, 0)["entries"][0]
-    s.expire(11)
-    new = s.claim("b", 1, 10, 12)["entries"][0]
-    done = {"status": "completed", "duration_seconds": 1.0, "sample_rate": 22050}
-    assert s.result({"id": 1, "token": old["token"], **done}, 13)["applied"]
-    assert s.leases == {}
-    assert not s.result({"id": 1, "token": new["token"], **done}, 14)["applied"]
-
-
-def test_attempts_limit_fails_with_last_error() -> None:
-    s = fresh(1, max_attempts=3)
-    for i in range(3):
-        c = s.claim("g", 1, None, i)["entries"][0]
-        s.result({"id": 1, "token": c["token"], "status": "failed", "error": f"err {i}"}, i)
-    e = s.by_id[1]
-    assert (e.status, e.attempts, e.error) == ("failed", 3, "err 2")
-    assert s.claim("g", 1, None, 10)["entries"] == []
-
-
-def test_expired_leases_count_as_attempts() -> None:
-    s = fresh(1, max_attempts=2)
-    s.claim("g1", 1, 5, 0)
-    s.expire(6)
-    s.claim("g2", 1, 5, 7)
-    s.expire(13)
-    assert s.by_id[1].status == "failed" and s.by_id[1].error == "lease expired"
-
-
-def test_a_dead_generators_prefetched_entries_cost_no_attempt() -> None:
+def test_only_the_text_under_way_is_charged_when_its_generator_dies() -> None:
     s = fresh(4)
-    s.claim("dead", 2, 5, 0)
-    s.claim("dead", 1, 5, 1)  # prefetched later, expires in a later sweep
-    assert s.expire(5.5) == [1, 2]
-    assert s.expire(6.5) == [3]
-    assert [s.by_id[i].attempts for i in (1, 2, 3)] == [1, 0, 0]
-    assert all(s.by_id[i].status == "pending" for i in (1, 2, 3))
+    got = s.claim("dead", 4, 10, 0)["entries"]
+    s.working("dead", [got[0]["token"]], 1)
+    s.working("dead", [got[1]["token"]], 2)  # the first is written, its result still buffered
+    body = s.died("dead", 3)
+    assert body == {"returned": [1, 3, 4], "charged": [2], "failed": []}
+    assert [s.by_id[i].attempts for i in (1, 2, 3, 4)] == [0, 1, 0, 0]
+    assert s.by_id[2].error == "the generator died while synthesizing this text"
+    assert s.owner_tokens == {}
 
 
-def test_requeued_entry_ignores_wav_on_disk_until_generated_again() -> None:
+def test_a_poison_text_fails_after_max_attempts_and_nothing_else_is_charged() -> None:
+    s = fresh(2, max_attempts=3)
+    for i in range(3):
+        got = s.claim(f"g{i}", 2, 10, i)["entries"]
+        poison = next(c for c in got if c["id"] == 1)
+        s.working(f"g{i}", [poison["token"]], i)
+        s.died(f"g{i}", i)
+    assert s.by_id[1].status == "failed" and s.by_id[1].attempts == 3
+    assert s.by_id[2].status == "pending" and s.by_id[2].attempts == 0
+
+
+def test_expiry_charges_only_a_synthesis_under_way() -> None:
+    s = fresh(2, max_attempts=2)
+    a, b = s.claim("g1", 2, 5, 0)["entries"]
+    s.working("g1", [a["token"]], 0)  # renews that lease for the state's lease (10 s)
+    s.expire(11)
+    assert [s.by_id[i].attempts for i in (1, 2)] == [1, 0]
+    assert s.by_id[1].error == "lease expired while synthesizing (generator dead or stuck)"
+
+
+def test_heartbeats_keep_leases_through_a_long_synthesis() -> None:
+    s = fresh(1)
+    c = s.claim("g", 1, 2, 0)["entries"][0]
+    for t in range(1, 600):
+        assert s.heartbeat("g", [c["token"]], t) == {"lost": []}
+        s.expire(t + 0.5)
+    assert s.by_id[1].status == "generating"
+
+
+def test_a_generating_entry_without_a_lease_is_repaired_on_load() -> None:
+    s = State([Entry(1, "a", "x", Status.GENERATING), Entry(2, "b", "y")])
+    assert s.repair(0) == [1]
+    assert s.by_id[1].status == "pending" and s.counts[Status.PENDING] == 2
+
+
+def test_numeric_filenames_win_over_ids() -> None:
+    s = State([Entry(1, "0002", "x"), Entry(2, "0001", "y")])
+    assert s.lookup("0001").id == 2 and s.lookup("#1").id == 1 and s.lookup(1).id == 1
+    assert s.lookup("2").id == 2  # no such filename: the id
+    with pytest.raises(Refused):
+        s.lookup("²")
+
+
+def test_owner_tables_are_pruned() -> None:
+    s = fresh(3)
+    for i in range(3):
+        c = s.claim(f"o{i}", 1, 10, 0)["entries"][0]
+        s.result(take(c), 1)
+    assert s.owner_tokens == {}
+
+
+def test_reconcile_adopts_a_current_take_moves_an_old_one_aside_and_adopts_a_foreign_wav() -> None:
+    s = fresh(3)
+    s.requeue([2], False, 0)  # entry 2 is at revision 1
+    files = {
+        "utt_0001": {"valid": True, "duration": 1.0, "sample_rate": SR,
+                     "take": {"text_hash": text_hash("text 1"), "rev": 0, "token": "t1"}},
+        "utt_0002": {"valid": True, "duration": 1.0, "sample_rate": SR,
+                     "take": {"text_hash": text_hash("text 2"), "rev": 0, "token": "t2"}},
+        "utt_0003": {"valid": True, "duration": 1.0, "sample_rate": SR},
+    }
+    body, effects = s.reconcile(s.seq, s.epoch, files, [], 1)
+    fixes = {f["filename"]: f["fix"] for f in body["fixes"]}
+    assert fixes["utt_0001"] == "pending -> completed (a late take of its text)"
+    assert fixes["utt_0002"].startswith("moved aside (a take of revision 0)")
+    assert "adopted a wav that records no text" in fixes["utt_0003"]
+    assert [(f.kind, f.filename) for f in effects] == [("stale", "utt_0002")]
+    assert [s.by_id[i].status for i in (1, 2, 3)] == ["completed", "pending", "completed"]
+
+
+def test_reconcile_of_a_take_of_another_text_unsets_a_completed_entry() -> None:
+    """Bug 1 of the issue: a re-init over old wavs must not mark new texts completed with old audio."""
     s = fresh(1)
     c = s.claim("g", 1, None, 0)["entries"][0]
-    s.result({"id": 1, "token": c["token"], "status": "completed", "duration_seconds": 1.0, "sample_rate": 22050}, 1)
-    _, effects = s.requeue([1], False, 2)
-    assert [e.kind for e in effects] == ["set_aside"]
-    s.reconcile(s.seq, s.epoch, {"utt_0001": {"valid": True, "duration": 1.0, "sample_rate": 22050}}, [], 3)
-    assert s.by_id[1].status == "pending"
-    c = s.claim("g", 1, None, 4)["entries"][0]
-    assert s.by_id[1].requeued is False
-    s.expire(10_000)  # the generator died after writing the wav: now the wav counts
-    s.reconcile(s.seq, s.epoch, {"utt_0001": {"valid": True, "duration": 1.2, "sample_rate": 22050}}, [], 10_001)
-    assert s.by_id[1].status == "completed" and s.by_id[1].duration_seconds == 1.2
+    s.result(take(c), 1)
+    files = {"utt_0001": {"valid": True, "duration": 1.0, "sample_rate": SR,
+                          "take": {"text_hash": text_hash("something else"), "rev": 0, "token": "zz"}}}
+    s.reconcile(s.seq, s.epoch, files, [], 2)
+    assert s.by_id[1].status == "pending" and "another text" in s.by_id[1].error
 
 
 def test_reconcile_ignores_entries_changed_after_the_scan() -> None:
     s = fresh(1)
     since = s.seq
     c = s.claim("g", 1, None, 0)["entries"][0]
-    s.result({"id": 1, "token": c["token"], "status": "completed", "duration_seconds": 1.0, "sample_rate": 22050}, 1)
+    s.result(take(c), 1)
     body, _ = s.reconcile(since, s.epoch, {}, ["utt_0001"], 2)  # the scan began before the wav existed
     assert body["fixes"] == [] and s.by_id[1].status == "completed"
 
@@ -202,22 +405,20 @@ def test_reconcile_from_another_daemon_run_is_refused() -> None:
         s.reconcile(0, "other", {}, [], 0)
 
 
-def test_wrong_sample_rate_is_refused() -> None:
+def test_wrong_sample_rate_is_refused_and_charged() -> None:
     s = fresh(2)
     a, b = s.claim("g", 2, None, 0)["entries"]
-    s.result({"id": a["id"], "token": a["token"], "status": "completed", "duration_seconds": 1.0,
-              "sample_rate": 22050}, 1)
+    s.result(take(a), 1)
     with pytest.raises(Refused, match="sample rate"):
-        s.result({"id": b["id"], "token": b["token"], "status": "completed", "duration_seconds": 1.0,
-                  "sample_rate": 16000}, 2)
-    assert s.by_id[b["id"]].status == "pending"
+        s.result(take(b, sample_rate=16000), 2)
+    assert s.by_id[b["id"]].status == "pending" and s.by_id[b["id"]].attempts == 1
 
 
 def test_add_refuses_duplicates_without_changing_anything() -> None:
     s = fresh(2)
     with pytest.raises(Refused):
         s.add([("new_1", "x"), ("utt_0001", "y")], "utt", 0)
-    assert len(s.entries) == 2 and s.counts["pending"] == 2
+    assert len(s.entries) == 2 and s.counts[Status.PENDING] == 2
     s.add([(None, "x")], "utt", 0)
     assert s.entries[-1].filename == "utt_0003"
 
