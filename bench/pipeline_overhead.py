@@ -40,10 +40,19 @@ def make_texts(n: int) -> list[str]:
 
 def ideal_worker(synth: str, texts: list[tuple[str, str]], folder: str) -> None:
     from pipeline.synth import build, to_pcm16
-    from pipeline.wavs import write_wav
+    from statesvc.atomic import write_all
+    from statesvc.audio import encode_wav
     model = build(synth, {})
-    for name, text in texts:
-        write_wav(Path(folder), name, to_pcm16(model.synthesize(text)), model.sample_rate, sync_dir=False)
+    for name, text in texts:  # what a generator does for a take: encode, temp file, fsync, rename
+        data = encode_wav(to_pcm16(model.synthesize(text)), model.sample_rate)
+        tmp, final = os.path.join(folder, f".tmp-{name}.wav"), os.path.join(folder, f"{name}.wav")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
 
 
 def ideal(synth: str, texts: list[str], workers: int, folder: Path) -> float:

@@ -139,7 +139,7 @@ def test_run_reports_a_killed_generator_to_the_daemon(tmp_path: Path) -> None:
             "--lease-seconds", "1", "--max-attempts", "1", "--reconcile-interval", "0.5", tool="pipeline",
             env={"PYTHONPATH": str(ROOT)}, timeout=20)
     assert r.returncode == 3, r.stderr
-    assert "finished: completed 5/6, failed 1" in r.stderr
+    assert "finished: completed 5/6, failed 1" in r.stderr, r.stderr
     died = re.findall(r"^generate-\d \(pid \d+\) died \(signal SIGKILL\); (.*)$", r.stderr, re.M)
     assert died, r.stderr
     for rest in died:
@@ -150,10 +150,12 @@ def test_run_reports_a_killed_generator_to_the_daemon(tmp_path: Path) -> None:
     if not any("unknown op" in rest for rest in died):
         assert any(re.search(r"entr(y|ies) [\d, ]*\b3\b.* charged an attempt", rest) for rest in died), died
     assert [e["id"] for e in read_state(ds)["entries"] if e["status"] == "failed"] == [3]
-    # every generator start had its own owner id
+    # every generator start that got as far as logging had its own owner id (a restart may be
+    # stopped at the end of the run before it logs)
     owners = [m for log in (ds / "logs").glob("generate-*.log")
               for m in re.findall(r"INFO generator (\S+): synth", log.read_text())]
-    assert len(owners) == len(set(owners)) >= 3 and all(OWNER.match(o) for o in owners), owners
+    starts = 2 + len(re.findall(r"^generate-\d restarted", r.stderr, re.M))
+    assert owners and len(owners) == len(set(owners)) <= starts and all(OWNER.match(o) for o in owners), owners
 
 
 class Recorder:
