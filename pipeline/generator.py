@@ -189,17 +189,18 @@ class Generator:
         kills us is then charged, and only it. Returns the entries whose leases we still hold."""
         rid = self.send("working", owner=self.owner, tokens=[e["token"] for e in entries])
         deadline = time.monotonic() + WORKING_WAIT
+        lost: set[str] = set()
         while rid in self.unacked and time.monotonic() < deadline:
-            for msg in self.client.replies(0.05):
+            for msg in self.client.replies(0.05):  # every reply of the batch: a claim's may come with ours
                 self.last_reply = time.monotonic()
                 if msg.get("rid") == rid:
                     self.unacked.pop(rid, None)
                     lost = set(msg.get("lost", []))
                     self.lost.extend(lost)
-                    return [e for e in entries if e["token"] not in lost]
-                self.on_reply(msg)
-        self.unacked.pop(rid, None)  # the daemon is away: work on; the leases say the rest
-        return entries
+                else:
+                    self.on_reply(msg)
+        self.unacked.pop(rid, None)  # no answer: the daemon is away; work on, the leases say the rest
+        return [e for e in entries if e["token"] not in lost]
 
     # ---- making audio -----------------------------------------------------
     def work(self, entries: list[dict]) -> None:
@@ -303,11 +304,13 @@ class Generator:
     def shutdown(self) -> int:
         """Give back what was not started, flush results for a bounded time."""
         self.flush_written(force=True)
-        if self.queue:
-            self.send("release", owner=self.owner, tokens=[e["token"] for e in self.queue])
-            self.queue.clear()
         deadline = time.monotonic() + FLUSH_SECONDS
-        while any(p.op != "claim" for p in self.unacked.values()) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if self.queue:  # unstarted work, including what a claim still in flight brings
+                self.send("release", owner=self.owner, tokens=[e["token"] for e in self.queue])
+                self.queue.clear()
+            if not self.unacked:
+                break
             self.pump(0.1)
         left = sum(len(p.fields.get("items", [p])) for p in self.unacked.values() if p.op.startswith("result"))
         log.info("generator %s stopping: %d written, %d failed, %d results unacknowledged, "
