@@ -213,6 +213,8 @@ def _v_reconcile(m: dict) -> dict:
         if obs["valid"]:
             o["duration"] = _num(obs, "duration", 0.0, 86400.0)
             o["sample_rate"] = _int(obs, "sample_rate", 1000, 768_000)
+            if obs.get("take") is not None:  # what the wav records of its take; absent: made by another tool
+                o["take"] = _take(obs["take"], name)
         clean[name] = o
     missing = _list(m, "missing", MAX_BATCH)
     for name in missing:
@@ -220,6 +222,13 @@ def _v_reconcile(m: dict) -> dict:
             raise BadRequest(check_filename(name))
     epoch = _str(m, "epoch", 64)
     return {"since": _int(m, "since", 0, 2**62), "epoch": epoch, "files": clean, "missing": missing}
+
+
+def _take(t: object, name: str) -> dict:
+    if not isinstance(t, dict):
+        raise BadRequest(f"take of {name!r} must be an object")
+    return {"text_hash": _str(t, "text_hash", 64), "rev": _int(t, "rev", 0, 2**62),
+            "token": _str(t, "token", MAX_TOKEN)}
 
 
 def _v_list(m: dict) -> dict:
