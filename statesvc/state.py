@@ -19,11 +19,13 @@ before a requeue or an edit, or over another generator's live lease, never count
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
 import hashlib
 import heapq
 import numbers
+import operator
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -197,10 +199,8 @@ class State:
 
     # ---- derived values -------------------------------------------------
     def recount(self) -> None:
-        counts = dict.fromkeys(Status, 0)
-        for e in self.entries:
-            counts[e.status] += 1
-        self.counts = counts
+        counts = collections.Counter(map(operator.attrgetter("status"), self.entries))  # C loops: fast at 1M
+        self.counts = {st: counts[st] for st in Status}
 
     def counters(self) -> dict[str, int]:
         return {"total": len(self.entries), **{s.value: n for s, n in self.counts.items()}}
