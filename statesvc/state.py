@@ -175,6 +175,7 @@ class State:
     index_of: dict[int, int] = field(default_factory=dict)
     leases: dict[str, int] = field(default_factory=dict)                 # token -> entry id, claim order
     owner_tokens: dict[str, dict[str, None]] = field(default_factory=dict)  # owner -> its tokens; none empty
+    synthesizing: dict[str, list[str]] = field(default_factory=dict)  # owner -> what it said it works on
     changed_seq: dict[int, int] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)
     changes: list[int] = field(default_factory=list)
@@ -193,6 +194,8 @@ class State:
         for e in [e for e in entries if e.lease is not None]:
             self.leases[e.lease.token] = e.id
             self.owner_tokens.setdefault(e.lease.owner, {})[e.lease.token] = None
+            if e.lease.phase == Phase.SYNTHESIZING:
+                self.synthesizing.setdefault(e.lease.owner, []).append(e.lease.token)
         self.recount()
         self._pending_heap = [e.id for e in entries if e.status == P]
         heapq.heapify(self._pending_heap)
@@ -259,6 +262,7 @@ class State:
             tokens.pop(lease.token, None)
             if not tokens:
                 del self.owner_tokens[lease.owner]  # an owner holding nothing leaves no trace
+                self.synthesizing.pop(lease.owner, None)
 
     def _charge(self, e: Entry, cause: Cause, error: str, now: float) -> None:
         """A synthesis of ``e`` ended badly: one attempt; failed once the attempts are spent."""
@@ -319,19 +323,24 @@ class State:
     def working(self, owner: str, tokens: list[str], now: float) -> dict:
         """The generator is about to synthesize exactly ``tokens``: what it was synthesizing
         before is written. Sent (and answered) before the synthesis starts, so a text that kills
-        its generator is charged even when it kills at once."""
-        wanted = set(tokens)
-        for t in list(self.owner_tokens.get(owner, ())):
-            e = self.by_id[self.leases[t]]
-            if t in wanted:
+        its generator is charged even when it kills at once. Costs the size of a batch, not of
+        the owner's prefetched queue."""
+        held = self.owner_tokens.get(owner, {})
+        for t in self.synthesizing.pop(owner, ()):
+            eid = self.leases.get(t)
+            if eid is not None and t in held:
+                self.by_id[eid].lease.phase = Phase.WRITTEN
+                self.dirty.add(eid)  # saved with the next write, like a heartbeat
+        now_on = []
+        for t in tokens:
+            if t in held:
+                e = self.by_id[self.leases[t]]
                 e.lease.phase = Phase.SYNTHESIZING
                 e.lease.deadline = max(e.lease.deadline, now + self.lease_seconds)
-            elif e.lease.phase == Phase.SYNTHESIZING:
-                e.lease.phase = Phase.WRITTEN
-            else:
-                continue
-            self.dirty.add(e.id)  # saved with the next write, like a heartbeat
-        held = self.owner_tokens.get(owner, {})
+                self.dirty.add(e.id)
+                now_on.append(t)
+        if now_on:
+            self.synthesizing[owner] = now_on
         return {"lost": [t for t in tokens if t not in held]}
 
     def release(self, owner: str, tokens: list[str], now: float) -> dict:

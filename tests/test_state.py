@@ -37,6 +37,11 @@ def check_invariants(s: State) -> None:
     for e in live:
         owners.setdefault(e.lease.owner, set()).add(e.lease.token)
     assert {o: set(t) for o, t in s.owner_tokens.items()} == owners, "owner tables hold exactly the live leases"
+    assert set(s.synthesizing) <= set(owners), "an owner holding nothing leaves no trace"
+    for tokens in s.synthesizing.values():
+        for t in tokens:
+            if t in s.leases:
+                assert s.by_id[s.leases[t]].lease.phase == Phase.SYNTHESIZING
     for e in s.entries:
         assert e.attempts <= s.max_attempts
         assert e.text_hash == text_hash(e.text)
