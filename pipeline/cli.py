@@ -71,7 +71,8 @@ def main() -> None:
 @click.option("--synth-opt", "synth_opts", multiple=True, metavar="KEY=VALUE")
 @click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True)
 @click.option("--wait", type=float, default=30.0, help="Seconds to wait for a daemon to appear.")
-@click.option("--owner", default=None, help="Lease owner name; unique per process start (default HOST:PID:RANDOM)")
+@click.option("--owner", default=None,
+              help="Lease owner name; must be new at each process start (default HOST:PID:RANDOM).")
 @heartbeat_opt
 @click.option("--log-level", default="INFO")
 def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[str, ...], batch: int,

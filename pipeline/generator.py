@@ -47,8 +47,13 @@ FLUSH_SECONDS = 10.0
 WORKING_WAIT = 2.0  # seconds to wait for the daemon to hear what we start on (then start anyway)
 
 
+MAX_CLAIM = 1000  # the protocol's limit on one claim
+MAX_SYNTHESIS_SECONDS = 3600.0  # a synthesis running longer is stuck: its leases are let go
+
+
 def default_owner() -> str:
-    """Unique per process start: a pid reused after a reboot is another owner."""
+    """Unique per process start: a restarted process is another owner, so its first working
+    notice never touches what its predecessor died on."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
@@ -69,6 +74,8 @@ class Generator:
     batch: int = 1
     owner: str = field(default_factory=default_owner)
     heartbeat_seconds: float | None = None  # None: a fifth of the lease
+    max_synthesis_seconds: float = MAX_SYNTHESIS_SECONDS
+    synthesizing_since: float | None = None  # monotonic start of the synthesis under way, for the heartbeat
     stopping: int = 0
     queue: collections.deque = field(default_factory=collections.deque)
     unacked: dict[int, Pending] = field(default_factory=dict)
@@ -160,7 +167,8 @@ class Generator:
             return
         high = self.prefetch()
         if len(self.queue) < high // 2 + self.batch:
-            self.claim_rid = self.send("claim", owner=self.owner, n=high - len(self.queue), batch=self.batch)
+            self.claim_rid = self.send("claim", owner=self.owner, n=min(MAX_CLAIM, high - len(self.queue)),
+                                       batch=self.batch)
             self.claim_sent = time.monotonic()
 
     def prefetch(self) -> int:
@@ -203,38 +211,50 @@ class Generator:
         return [e for e in entries if e["token"] not in lost]
 
     # ---- making audio -----------------------------------------------------
+    def next_unit(self) -> list[dict]:
+        """What is synthesized together: a batch for a plugin with synthesize_batch, else one text.
+        An entry marked ``alone`` (its batch died with its generator) is synthesized by itself,
+        so a text that kills the process is found and charged, not its batch-mates."""
+        if not self.queue:
+            return []
+        first = self.queue.popleft()
+        unit = [first]
+        if self.batch > 1 and hasattr(self.synth, "synthesize_batch") and not first.get("alone"):
+            while self.queue and len(unit) < self.batch and not self.queue[0].get("alone"):
+                unit.append(self.queue.popleft())
+        return unit
+
     def work(self, entries: list[dict]) -> None:
         started = time.monotonic()
+        self.synthesizing_since = started
         try:
             self._work(entries)
         finally:
+            self.synthesizing_since = None
             per_text = (time.monotonic() - started) / len(entries)
             self.text_seconds = per_text if not self.text_seconds else 0.8 * self.text_seconds + 0.2 * per_text
 
     def _work(self, entries: list[dict]) -> None:
         try:
-            if len(entries) > 1 and hasattr(self.synth, "synthesize_batch"):
+            if len(entries) > 1:
                 audios = list(self.synth.synthesize_batch([e["text"] for e in entries]))
                 if len(audios) != len(entries):
                     raise ValueError(f"synthesize_batch returned {len(audios)} results for {len(entries)}")
             else:
-                audios = [None] * len(entries)
+                audios = [self.synth.synthesize(entries[0]["text"])]
         except Exception as exc:
             for e in entries:
                 self.report_failure(e, exc)
             return
-        for e, audio in zip(entries, audios, strict=True):
+        for i, (e, audio) in enumerate(zip(entries, audios, strict=True)):
             try:
-                if audio is None:
-                    audio = self.synth.synthesize(e["text"])
-                pcm = to_pcm16(audio)
-                seconds, sig = write_take(self.dataset, e["filename"], pcm, self.synth.sample_rate,
+                seconds, sig = write_take(self.dataset, e["filename"], to_pcm16(audio), self.synth.sample_rate,
                                           Provenance(e["text_hash"], e["rev"], e["token"]))
             except OSError as exc:
-                self.report_failure(e, exc)
-                if exc.errno in DISK_ERRORS:
-                    self.pause_for_disk(exc)
+                if exc.errno in DISK_ERRORS:  # the disk, not the text: nothing charged, all given back
+                    self.pause_for_disk(exc, entries[i:])
                     return
+                self.report_failure(e, exc)
                 continue
             except Exception as exc:
                 self.report_failure(e, exc)
@@ -244,19 +264,21 @@ class Generator:
                 self.first_written = time.monotonic()
             self.written.append((e, seconds, sig))
 
-    def pause_for_disk(self, exc: OSError) -> None:
-        """The disk, not the text, failed: give back the queue and wait before claiming again."""
+    def pause_for_disk(self, exc: OSError, unwritten: list[dict]) -> None:
+        """The disk, not the text, failed: give back what is not written and the queue, and wait
+        before claiming again. No attempt is charged."""
         self.disk_backoff = min(DISK_BACKOFF_MAX, max(1.0, 2 * self.disk_backoff))
         log.warning("cannot write wavs (%s); pausing %.0f s", exc.strerror, self.disk_backoff)
-        if self.queue:
-            self.send("release", owner=self.owner, tokens=[e["token"] for e in self.queue])
-            self.queue.clear()
+        back = unwritten + list(self.queue)
+        self.queue.clear()
+        self.send("release", owner=self.owner, tokens=[e["token"] for e in back])
         self.idle_until = time.monotonic() + self.disk_backoff
 
     def flush_written(self, force: bool = False) -> None:
         """Report the takes written so far in one message. Each take was fsynced; the daemon
         moves the ones that count under their names and fsyncs wavs/ before it counts them."""
-        if not self.written or not (force or len(self.written) >= FLUSH_COUNT or not self.queue
+        slow = self.text_seconds * self.batch >= FLUSH_EVERY  # a slow model: report each batch at once
+        if not self.written or not (force or slow or len(self.written) >= FLUSH_COUNT or not self.queue
                                     or time.monotonic() - self.first_written >= FLUSH_EVERY):
             return
         items = [{"id": e["id"], "token": e["token"], "status": "completed", "duration_seconds": round(sec, 6),
@@ -279,10 +301,9 @@ class Generator:
         self.drop_lost()
         self.want_more()
         if self.queue:
-            take = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
-            take = self.tell_working(take)
-            if take:
-                self.work(take)
+            unit = self.tell_working(self.next_unit())
+            if unit:
+                self.work(unit)
             self.flush_written()
             self.pump(0)
         else:
@@ -332,9 +353,13 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         client = Client(self.gen.client.endpoint, timeout=1.0, retries=1, ctx=self.gen.client.ctx)
+        last = time.monotonic()
         try:
-            while not self.done.wait(self.interval()):
-                tokens = list(self.gen.held)
+            while not self.done.wait(0.1):  # short steps: a lease shorter than the default is honoured at once
+                if time.monotonic() - last < self.interval():
+                    continue
+                last = time.monotonic()
+                tokens = [] if self.stuck() else list(self.gen.held)
                 if not tokens:
                     continue
                 try:
@@ -347,6 +372,19 @@ class Heartbeat(threading.Thread):
                 self.gen.lost.extend(reply.get("lost", []))
         finally:
             client.close()
+
+    def stuck(self) -> bool:
+        """A synthesis running past --max-synthesis-seconds is stuck: its leases are let go (they
+        expire; the text under way is charged) so the run does not wait on it for ever."""
+        since = self.gen.synthesizing_since
+        over = since is not None and time.monotonic() - since > self.gen.max_synthesis_seconds
+        if over and not self.warned:
+            log.error("synthesis running for over %.0f s: no longer renewing our leases",
+                      self.gen.max_synthesis_seconds)
+        self.warned = over
+        return over
+
+    warned = False
 
     def stop(self) -> None:
         self.done.set()

@@ -121,6 +121,7 @@ class Entry:
     rev: int = 0             # bumped by requeue and edit: takes of an older revision never count
     take: str | None = None  # the token of the take under the entry's name, when it is ours
     lease: Lease | None = None
+    alone: bool = False      # its batch died with its generator: synthesized by itself next, to find the culprit
 
     def __post_init__(self) -> None:
         if not self.text_hash:
@@ -143,6 +144,8 @@ class Entry:
         }
         if self.lease is not None:
             d["lease"] = self.lease.to_dict()
+        if self.alone:
+            d["alone"] = True
         return d
 
 
@@ -274,6 +277,7 @@ class State:
         """A new revision of ``e`` (requeue, edit): no take of an older one will count."""
         effects = [Effect("set_aside", e.filename)] if e.status == C else []
         e.rev += 1
+        e.alone = False
         e.attempts = 0
         e.error = None
         e.duration_seconds = None
@@ -297,8 +301,11 @@ class State:
                 continue  # stale heap item: the entry moved on since it was pushed
             token = randomness[16 * len(out):16 * len(out) + 16]
             self._transition(e, Cause.CLAIM, G, now, Lease(token, owner, now + seconds))
-            out.append({"id": e.id, "filename": e.filename, "text": e.text, "token": token,
-                        "text_hash": e.text_hash, "rev": e.rev})
+            item = {"id": e.id, "filename": e.filename, "text": e.text, "token": token,
+                    "text_hash": e.text_hash, "rev": e.rev}
+            if e.alone:
+                item["alone"] = True
+            out.append(item)
         return {"entries": out, "lease_seconds": seconds, "sample_rate": self.sample_rate,
                 "pending": self.counts[P], "owners": owners}
 
@@ -353,27 +360,42 @@ class State:
                 released.append(e.id)
         return {"released": released}
 
-    def _end_lease(self, e: Entry, why: str, now: float) -> bool:
-        """The lease of ``e`` ended without a result. Only a synthesis under way is charged."""
-        if e.lease.phase == Phase.SYNTHESIZING:
-            self._charge(e, Cause.EXPIRY, why, now)
-            return True
-        self._transition(e, Cause.EXPIRY, P, now)
-        return False
+    def _end_lease(self, e: Entry, why: str, now: float, unit: int) -> bool:
+        """The lease of ``e`` ended without a result. Only a synthesis under way is charged, and
+        only when it was alone (``unit`` texts were being synthesized together): entries of a
+        batch that died go back uncharged, marked to be synthesized alone, so a text that kills
+        its generator is found and charged, not its batch-mates."""
+        if e.lease.phase != Phase.SYNTHESIZING:
+            self._transition(e, Cause.EXPIRY, P, now)
+            return False
+        if unit > 1:
+            e.alone = True
+            self._transition(e, Cause.EXPIRY, P, now)
+            return False
+        self._charge(e, Cause.EXPIRY, why, now)
+        return True
+
+    def _unit_sizes(self) -> dict[str, int]:
+        """Per owner, how many texts it is synthesizing together right now."""
+        return {o: sum(t in self.leases for t in ts) for o, ts in self.synthesizing.items()}
 
     def expire(self, now: float) -> list[int]:
         expired = [eid for eid in self.leases.values() if self.by_id[eid].lease.deadline <= now]
+        units = self._unit_sizes() if expired else {}
         for eid in expired:
-            self._end_lease(self.by_id[eid], "lease expired while synthesizing (generator dead or stuck)", now)
+            e = self.by_id[eid]
+            self._end_lease(e, "lease expired while synthesizing (generator dead or stuck)", now,
+                            units.get(e.lease.owner, 0))
         return expired
 
     def died(self, owner: str, now: float) -> dict:
         """A supervisor saw this generator die: its leases end now, not at expiry."""
         returned, charged = [], []
+        unit = self._unit_sizes().get(owner, 0)
         for token in list(self.owner_tokens.get(owner, ())):
             e = self.by_id[self.leases[token]]
             self.orphaned_takes.append(Effect("stale", e.filename, token))  # a dead process reports nothing
-            (charged if self._end_lease(e, "the generator died while synthesizing this text", now)
+            (charged if self._end_lease(e, "the generator died while synthesizing this text", now, unit)
              else returned).append(e.id)
         return {"returned": returned, "charged": charged,
                 "failed": [i for i in charged if self.by_id[i].status == F]}
@@ -410,6 +432,7 @@ class State:
                 self._charge(e, Cause.FAILURE, f"sample rate {sr} differs from the dataset's {self.sample_rate}", now)
             raise Refused(f"sample rate {sr} differs from the dataset's {self.sample_rate}")
         e.attempts += 1
+        e.alone = False
         e.duration_seconds = msg["duration_seconds"]
         e.sample_rate = sr
         e.error = None

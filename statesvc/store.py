@@ -79,6 +79,7 @@ def _entry_from(obj: object, n: int) -> Entry:
         phase = lease.get("phase")
         e.lease = Lease(lease["token"], str(lease.get("owner")), float(d) if isinstance(d, (int, float)) else 0.0,
                         Phase(phase) if phase in Phase.__members__.values() else Phase.QUEUED)
+    e.alone = obj.get("alone") is True
     return e
 
 
@@ -227,7 +228,7 @@ def _entries_of(blocks: list) -> list[Entry] | None:
     try:
         for blk in blocks:
             # A checksummed line is Entry.to_dict(): twelve values in Entry's field order, then
-            # "lease" only when set. Entry(*values) skips a lookup per field.
+            # "lease" and "alone" only when set. Entry(*values) skips a lookup per field.
             entries.extend([Entry(*d.values()) if len(d) == 12 else _entry_of(d)
                             for d in orjson.loads(b"[" + blk + b"]")])
         for e in entries:
@@ -243,6 +244,7 @@ def _entry_of(d: dict) -> Entry:
     lease = d.get("lease")
     if lease is not None:
         e.lease = Lease(lease["token"], lease["owner"], lease["deadline"], Phase(lease["phase"]))
+    e.alone = d.get("alone") is True
     return e
 
 

@@ -64,6 +64,8 @@ class Lifecycle(RuleBasedStateMachine):
         self.handed: list[dict] = []            # every claim item ever handed out (with its owner)
         self.phase: dict[str, Phase] = {}       # token -> phase, as the generator told the state
         self.ended: dict[int, int] = dict.fromkeys(self.s.by_id, 0)  # syntheses that ended, per entry
+        self.unit: dict[str, list[str]] = {}    # owner -> the tokens it said it synthesizes together
+        self.owner_of: dict[str, str] = {}
         self.disk = Store(Path("/nonexistent"), self.s).render(self.s)
         self.disk_model = self._model()
 
@@ -73,11 +75,22 @@ class Lifecycle(RuleBasedStateMachine):
     def _pick(self, i: int) -> dict | None:
         return self.handed[i % len(self.handed)] if self.handed else None
 
-    def _end_leases(self, before: dict[str, int]) -> None:
-        """Leases that disappeared without a result: a synthesis under way is charged."""
+    def _units(self) -> dict[str, int]:
+        return {o: sum(t in self.s.leases for t in ts) for o, ts in self.unit.items()}
+
+    def _end_leases(self, before: dict[str, int], units: dict[str, int]) -> set[int]:
+        """Leases that disappeared without a result: a synthesis under way is charged when it was
+        alone; a batch under way goes back uncharged, each of its entries to be tried alone."""
+        charged = set()
         for token, eid in before.items():
-            if token not in self.s.leases and self.phase.get(token) == Phase.SYNTHESIZING:
+            if token in self.s.leases or self.phase.get(token) != Phase.SYNTHESIZING:
+                continue
+            if units.get(self.owner_of[token], 0) == 1:
                 self.ended[eid] += 1
+                charged.add(eid)
+            else:
+                assert self.s.by_id[eid].alone, "a batch that died is retried one text at a time"
+        return charged
 
     # ---- generators -----------------------------------------------------------
     @rule(owner=OWNERS, n=st.integers(1, 3))
@@ -85,12 +98,14 @@ class Lifecycle(RuleBasedStateMachine):
         for c in self.s.claim(owner, n, None, self.now)["entries"]:
             self.handed.append({**c, "owner": owner})
             self.phase[c["token"]] = Phase.QUEUED
+            self.owner_of[c["token"]] = owner
 
     @rule(owner=OWNERS, k=st.integers(0, 2))
     def working(self, owner: str, k: int) -> None:
         mine = list(self.s.owner_tokens.get(owner, {}))
         chosen = mine[:k]
         self.s.working(owner, chosen, self.now)
+        self.unit[owner] = chosen
         for t in mine:
             if t in chosen:
                 self.phase[t] = Phase.SYNTHESIZING
@@ -142,20 +157,17 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(seconds=st.floats(0, 30))
     def tick(self, seconds: float) -> None:
         self.now += seconds
-        before = dict(self.s.leases)
+        before, units = dict(self.s.leases), self._units()
         self.s.expire(self.now)
         assert all(self.s.by_id[eid].lease.deadline > self.now for eid in self.s.leases.values())
-        self._end_leases(before)
+        self._end_leases(before, units)
 
     @rule(owner=OWNERS)
     def died(self, owner: str) -> None:
-        before = dict(self.s.leases)
+        before, units = dict(self.s.leases), self._units()
         body = self.s.died(owner, self.now)
         assert owner not in self.s.owner_tokens
-        charged = {eid for t, eid in before.items()
-                   if t not in self.s.leases and self.phase.get(t) == Phase.SYNTHESIZING}
-        assert set(body["charged"]) == charged
-        self._end_leases(before)
+        assert set(body["charged"]) == self._end_leases(before, units)
 
     @rule(owner=OWNERS, k=st.integers(0, 3))
     def release(self, owner: str, k: int) -> None:
@@ -323,6 +335,17 @@ def test_a_poison_text_fails_after_max_attempts_and_nothing_else_is_charged() ->
         s.died(f"g{i}", i)
     assert s.by_id[1].status == "failed" and s.by_id[1].attempts == 3
     assert s.by_id[2].status == "pending" and s.by_id[2].attempts == 0
+
+
+def test_a_batch_that_dies_is_retried_one_text_at_a_time_and_only_the_culprit_is_charged() -> None:
+    s = fresh(3, max_attempts=2)
+    got = s.claim("g1", 3, 10, 0)["entries"]
+    s.working("g1", [c["token"] for c in got], 0)  # one batch of three
+    assert s.died("g1", 1) == {"returned": [1, 2, 3], "charged": [], "failed": []}
+    again = s.claim("g2", 3, 10, 2)["entries"]
+    assert all(c["alone"] for c in again) and all(s.by_id[i].attempts == 0 for i in (1, 2, 3))
+    s.working("g2", [again[1]["token"]], 3)  # alone now: entry 2 kills it again
+    assert s.died("g2", 4)["charged"] == [2]
 
 
 def test_expiry_charges_only_a_synthesis_under_way() -> None:
