@@ -74,9 +74,12 @@ def main() -> None:
 @click.option("--owner", default=None,
               help="Lease owner name; must be new at each process start (default HOST:PID:RANDOM).")
 @heartbeat_opt
+@click.option("--max-synthesis-seconds", type=click.FloatRange(1, 7 * 86400), default=3600.0, show_default=True,
+              help="A synthesis running longer is stuck: its leases are let go (they expire, the text is charged).")
 @click.option("--log-level", default="INFO")
 def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[str, ...], batch: int,
-             wait: float, owner: str | None, heartbeat_seconds: float | None, log_level: str) -> None:
+             wait: float, owner: str | None, heartbeat_seconds: float | None, max_synthesis_seconds: float,
+             log_level: str) -> None:
     """One generator process: claim, synthesize, write wavs, report."""
     from .generator import Generator, install_signals
     setup_logging(log_level)
@@ -89,7 +92,7 @@ def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[
         fail(str(exc))
     except Exception as exc:  # a plugin's own constructor failing
         fail(f"synthesizer {synth!r} failed to start: {type(exc).__name__}: {exc}")
-    given = {"owner": owner, "heartbeat_seconds": heartbeat_seconds}
+    given = {"owner": owner, "heartbeat_seconds": heartbeat_seconds, "max_synthesis_seconds": max_synthesis_seconds}
     gen = Generator(Client(ep), model, dataset, batch=batch, **{k: v for k, v in given.items() if v is not None})
     install_signals(gen)
     log.info("generator %s: synth %s at %d Hz, batch %d, daemon %s", gen.owner, synth,
