@@ -135,8 +135,11 @@ class Generator:
             if p.op == "claim":
                 self.claim_rid = None
                 self.idle_until = time.monotonic() + CLAIM_RETRY
-            elif str(msg.get("error", "")).startswith("not saved"):
+            elif str(msg.get("error", "")).startswith(("not saved", "outcome unknown")):
                 self.unacked[self.client.send(p.op, **p.fields)] = Pending(p.op, p.fields, time.monotonic())
+            else:  # refused for good: those leases are not ours to renew any more
+                for item in p.fields.get("items", [p.fields]):
+                    self.held.pop(item.get("token"), None)
             return
         if p.op == "claim":
             self.claim_rid = None

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statesvc.audio import TAKE_PREFIX, TMP_PREFIX, Observation, Provenance, inspect, same_duration
+from statesvc.audio import TAKE_PREFIX, TMP_PREFIX, Observation, Provenance, inspect, not_its_take
 from statesvc.client import Client
 
 log = logging.getLogger("pipeline.reconcile")
@@ -42,7 +42,7 @@ class Reconciler:
     cache_rate: int | None = None
 
     def scan(self, sample_rate: int | None, now: float, result: PassResult,
-             known: dict[str, list] | None = None) -> dict[str, Observation]:
+             known: dict[str, list] | None = None, live: frozenset[str] = frozenset()) -> dict[str, Observation]:
         seen: dict[str, Observation] = {}
         folder = self.dataset / "wavs"
         if sample_rate != self.cache_rate:  # every observation was judged against the old rate
@@ -53,8 +53,12 @@ class Reconciler:
         with os.scandir(folder) as it:
             for d in it:
                 name = d.name
-                if name.startswith((TMP_PREFIX, TAKE_PREFIX)):  # a take not reported within the age: orphaned
+                if name.startswith(TMP_PREFIX):
                     self._old_temp(d, now, result)
+                    continue
+                if name.startswith(TAKE_PREFIX):
+                    if name[:-4].rsplit(".", 1)[-1] not in live:  # a take under a live lease is awaited
+                        self._old_take(d, now, result)
                     continue
                 if not name.endswith(".wav"):
                     continue
@@ -87,11 +91,21 @@ class Reconciler:
         except FileNotFoundError:
             pass
 
+    def _old_take(self, d: os.DirEntry, now: float, result: PassResult) -> None:
+        """A whole take whose lease is gone and that nobody reported within the age: to stale/."""
+        try:
+            if now - d.stat(follow_symlinks=False).st_mtime > self.temp_max_age:
+                (self.dataset / "stale").mkdir(exist_ok=True)
+                os.replace(d.path, self.dataset / "stale" / d.name[1:])
+                result.moved.append(f"stale/{d.name[1:]}")
+        except FileNotFoundError:
+            pass
+
     def run_pass(self) -> PassResult:
         result = PassResult()
         snap = self.client.call("snapshot")
         entries: dict[str, list] = snap["entries"]
-        seen = self.scan(snap["sample_rate"], time.time(), result, entries)
+        seen = self.scan(snap["sample_rate"], time.time(), result, entries, frozenset(snap.get("leases", ())))
         files: dict[str, dict] = {}
         for name, obs in seen.items():
             info = entries.get(name)
@@ -117,12 +131,7 @@ def disagrees(info: list, obs: Observation) -> bool:
     """Whether a wav on disk differs from what the snapshot says of its entry:
     [status, duration, text hash, revision, take token, signature]."""
     status, duration, text_hash, rev, take, _ = info
-    if not obs.valid or status != "completed" or not same_duration(duration, obs.duration):
-        return True
-    p = obs.provenance
-    if p is None:
-        return take is not None  # the take the state recorded was replaced by a foreign file
-    return (p.text_hash, p.rev, p.token) != (text_hash, rev, take)
+    return status != "completed" or not_its_take(obs, duration, text_hash, rev, take) is not None
 
 
 def describe(r: PassResult) -> list[str]:

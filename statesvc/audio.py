@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .state import DURATION_TOLERANCE, same_duration, text_hash  # re-exported: one definition each
 
 __all__ = ["DURATION_TOLERANCE", "HEAD_BYTES", "TMP_PREFIX", "TAKE_PREFIX", "Observation", "Provenance", "encode_wav",
-           "inspect", "read_provenance", "same_duration", "take_path", "text_hash", "wav_path"]
+           "inspect", "not_its_take", "read_provenance", "same_duration", "take_path", "text_hash", "wav_path"]
 
 if TYPE_CHECKING:
     import numpy
@@ -244,3 +244,22 @@ def take_path(dataset: Path, filename: str, token: str) -> Path:
     """Where a generator leaves a take for the daemon: hidden, named after the entry and the lease.
     Only the daemon moves it under the entry's name, and only when the take counts."""
     return dataset / "wavs" / f"{TAKE_PREFIX}{filename}.{token}.wav"
+
+
+def not_its_take(obs: Observation, duration: float | None, text_hash: str | None, rev: int | None,
+                 take: str | None) -> str | None:
+    """Why the wav observed under a completed entry's name is not the take the state recorded
+    (valid audio, same duration, made from the entry's text and revision, the recorded token),
+    or None when it is. The one place that decides; `verify` and the reconciler both ask it."""
+    if not obs.valid:
+        return f"wav {obs.reason}"
+    if not same_duration(obs.duration, duration):
+        return f"duration {duration} in state, {obs.duration:.3f} on disk"
+    p = obs.provenance
+    if p is not None and p.text_hash != text_hash:
+        return "the wav is a take of another text"
+    if p is not None and p.rev != rev:
+        return f"the wav is a take of revision {p.rev}, the entry is at {rev}"
+    if take and (p is None or p.token != take):
+        return "the wav is not the take the state recorded"
+    return None

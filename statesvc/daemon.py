@@ -91,8 +91,9 @@ class Daemon:
         self.totals = collections.Counter()
         # Answers to writes that are not idempotent (add, edit), by request id: a resend gets the
         # first answer. ``unsaved_reqs``: those applied since the last save, forgotten if it fails.
-        self.answered: collections.OrderedDict[str, dict] = collections.OrderedDict()
-        self.unsaved_reqs: list[str] = []
+        self.answered: collections.OrderedDict[tuple[str, str], dict] = collections.OrderedDict()
+        self.unsaved_reqs: list[tuple[str, str]] = []
+        self.broken = False  # a write failed half way (a bug): the next commit rolls back instead of saving
 
     # ---- one message ----------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> tuple[bytes | None, list[bytes] | None, int]:
@@ -101,7 +102,7 @@ class Daemon:
         envelope = [ident]
         if len(rest) == 2 and rest[0] == b"":
             envelope, rest = [ident, b""], rest[1:]  # a REQ client's delimiter
-        rid = None
+        rid = op = None
         try:
             if len(rest) != 1:
                 raise BadRequest(f"expected one frame, got {len(rest)}")
@@ -109,7 +110,7 @@ class Daemon:
             rid = protocol.request_id(msg)
             op, args = protocol.validate(msg)
             urgent = protocol.waits(op, msg)  # validated before anything is applied
-            req = args.get("req") if op in protocol.NOT_IDEMPOTENT else None
+            req = (op, args["req"]) if op in protocol.NOT_IDEMPOTENT and args.get("req") else None
             if req is not None and req in self.answered:  # a resend: the first answer, applied once
                 body, deferred = self.answered[req], True
             elif op == "status":  # the daemon's own view: progress and rate on top of the counters
@@ -128,9 +129,11 @@ class Daemon:
         except Exception as exc:  # a bug must cost one reply, never the daemon
             log.error("internal error: %s", traceback.format_exc().replace("\n", " | "))
             reply, deferred = {"rid": rid, "ok": False, "error": f"internal error: {exc}"}, False
+            if op in protocol.WRITES:  # it may have been half applied: this batch is not saved but rolled back
+                self.broken = True
         return protocol.encode(reply), envelope, deferred
 
-    def remember(self, req: str, body: dict) -> None:
+    def remember(self, req: tuple[str, str], body: dict) -> None:
         self.answered[req] = body
         self.unsaved_reqs.append(req)
         while len(self.answered) > ANSWERS_KEPT:
@@ -196,6 +199,11 @@ class Daemon:
         bigger batches, instead of taking the disk from the generators' wavs.
         """
         waiting, self.waiting = self.waiting, []
+        if self.broken:
+            self.broken = False
+            self.refuse(waiting, SaveFailed("an internal error while applying this batch"))
+            self.rollback(now)
+            return
         if self.state.unsaved:
             started = time.monotonic()
             try:
@@ -224,7 +232,9 @@ class Daemon:
 
     def refuse(self, waiting: list, exc: SaveFailed) -> None:
         log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
-        err = {"ok": False, "error": f"not saved: {exc}"}
+        # after the rename, the save may survive or not: never tell a client "not saved" then
+        word = "outcome unknown (check, then retry)" if isinstance(exc, OutcomeUnknown) else "not saved"
+        err = {"ok": False, "error": f"{word}: {exc}"}
         for envelope, reply in waiting:
             rid = orjson.loads(reply).get("rid")
             self.send(envelope, protocol.encode({"rid": rid, **err}))

@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .audio import read_provenance, take_path
+from .audio import inspect, read_provenance, take_path
 from .protocol import VALIDATORS, WRITES
 from .state import Effect, Refused, State
 
@@ -43,11 +43,14 @@ class Handlers:
         return self.state.claim(a["owner"], a["n"], a["lease_seconds"], now, a["batch"])
 
     def on_result(self, a: dict, now: float) -> dict:
-        if a["status"] == "completed":
-            body, effects = self.state.result(a, now, self.take_ready(a))
-            self.promote(effects)
-            return body
-        return self.state.result(a, now)[0]
+        if a["status"] != "completed":
+            return self.state.result(a, now)[0]
+        ready = self.take_ready(a)
+        if a["take_file"] and ready and self.state.counts_take(a):
+            self.promote(a)  # first: a rename that fails refuses the result before anything changes
+        body, effects = self.state.result(a, now, ready)
+        self.after_save.extend(e for e in effects if e.kind != "promote")
+        return body
 
     def on_results(self, a: dict, now: float) -> dict:
         return {"replies": [self._one_result(item, now) for item in a["items"]]}
@@ -56,10 +59,31 @@ class Handlers:
         return self.state.release(a["owner"], a["tokens"], now)
 
     def on_died(self, a: dict, now: float) -> dict:
+        """A generator died: its leases end; the whole takes it wrote but could not report still
+        count (valid audio is not thrown away), the others go to stale/."""
         body = self.state.died(a["owner"], now)
-        self.later(self.state.orphaned_takes)
-        self.state.orphaned_takes.clear()
-        return body
+        takes, self.state.orphaned_takes = self.state.orphaned_takes, []
+        adopted = []
+        for eff in takes:
+            msg = self._late_result(eff)
+            if msg is not None and self.on_result(msg, now).get("applied"):
+                adopted.append(msg["id"])
+            else:
+                self.after_save.append(eff)
+        return {**body, "adopted": adopted}
+
+    def _late_result(self, eff: Effect) -> dict | None:
+        """The result a dead generator would have sent for the take it left, if the take is whole."""
+        path = take_path(self.dataset, eff.filename, eff.token)
+        if not path.exists():
+            return None
+        obs = inspect(path, self.state.sample_rate)
+        p = obs.provenance
+        if not obs.valid or p is None or p.token != eff.token:
+            return None
+        e = self.state.by_name[eff.filename]
+        return {"id": e.id, "token": eff.token, "status": "completed", "duration_seconds": round(obs.duration, 6),
+                "sample_rate": obs.sample_rate, "text_hash": p.text_hash, "rev": p.rev, "take_file": True}
 
     def on_requeue(self, a: dict, now: float) -> dict:
         body, effects = self.state.requeue(a["keys"], a["failed"], now)
@@ -117,18 +141,19 @@ class Handlers:
         prov = read_provenance(self.dataset / "wavs" / f"{e.filename}.wav")
         return prov is not None and prov.token == a["token"]
 
-    def promote(self, effects: list[Effect]) -> None:
-        """A take that counts goes under the entry's name now; one that does not, aside after the save."""
-        for eff in effects:
-            if eff.kind != "promote":
-                self.after_save.append(eff)
-                continue
-            src = take_path(self.dataset, eff.filename, eff.token)
-            try:
-                os.replace(src, self.dataset / "wavs" / f"{eff.filename}.wav")
-                self.promoted = True
-            except FileNotFoundError:
-                pass  # promoted before a failed save or a restart: take_ready saw it under the name
+    def promote(self, a: dict) -> None:
+        """Move a take that counts under the entry's name, or refuse the result (nothing applied)."""
+        e = self.state.lookup(a["id"])
+        src = take_path(self.dataset, e.filename, a["token"])
+        try:
+            os.replace(src, self.dataset / "wavs" / f"{e.filename}.wav")
+        except FileNotFoundError:
+            return  # promoted before a failed save or a restart: take_ready saw it under the name
+        except OSError as exc:
+            raise Refused(f"cannot move the take under {e.filename}.wav: {exc.strerror}") from None
+        self.promoted = True
+        # a move of the old file queued for after the save (quarantine, set aside) must not carry this take off
+        self.after_save = [x for x in self.after_save if x.filename != e.filename or x.token is not None]
 
     promoted = False  # a take was renamed since the last save: the daemon fsyncs wavs/ before saving
 
@@ -150,9 +175,9 @@ class Handlers:
             if not os.path.lexists(src):
                 continue
             folder = self.dataset / FOLDERS[eff.kind]
-            folder.mkdir(exist_ok=True)
             dst = folder / f"{eff.filename}.{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 10**9:09d}.wav"
             try:
+                folder.mkdir(exist_ok=True)
                 shutil.move(src, dst)
                 moved.append(str(dst.relative_to(self.dataset)))
                 log.info("moved %s to %s", os.path.basename(src), dst.relative_to(self.dataset))

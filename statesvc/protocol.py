@@ -35,6 +35,7 @@ READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "w
 NOT_IDEMPOTENT = frozenset({"add", "edit"})
 MAX_REQ = 64
 _HASH_ID = re.compile(r"#[0-9]{1,18}")  # "#12": the id 12, even where a filename is "12"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a lease token names a take's file: nothing else gets in
 
 
 class BadRequest(ValueError):
@@ -83,6 +84,13 @@ def _str(msg: dict, key: str, maxlen: int, required: bool = True) -> str | None:
     return v
 
 
+def _token(m: dict) -> str:
+    t = m.get("token")
+    if not isinstance(t, str) or not _TOKEN.fullmatch(t):
+        raise BadRequest("token must be 1 to 64 letters, digits, _ or -")
+    return t
+
+
 def _key(v: object) -> int | str:
     """An entry id (an int, or "#12"), or a filename; an exact filename wins over an id."""
     if isinstance(v, int) and not isinstance(v, bool) and v > 0:
@@ -108,8 +116,8 @@ def _v_claim(m: dict) -> dict:
 
 def _v_heartbeat(m: dict) -> dict:
     tokens = _list(m, "tokens", MAX_BATCH)
-    if not all(isinstance(t, str) and 0 < len(t) <= MAX_TOKEN for t in tokens):
-        raise BadRequest("tokens must be strings")
+    if not all(isinstance(t, str) and _TOKEN.fullmatch(t) for t in tokens):
+        raise BadRequest("tokens must be strings of letters, digits, _ and -")
     return {"owner": _str(m, "owner", MAX_OWNER), "tokens": tokens}
 
 
@@ -117,7 +125,7 @@ def _v_result(m: dict) -> dict:
     status = m.get("status")
     if status not in ("completed", "failed"):
         raise BadRequest("status must be 'completed' or 'failed'")
-    out = {"id": _key(m.get("id")), "token": _str(m, "token", MAX_TOKEN), "status": status}
+    out = {"id": _key(m.get("id")), "token": _token(m), "status": status}
     if status == "completed":
         out["duration_seconds"] = _num(m, "duration_seconds", 0.0, 86400.0)
         out["sample_rate"] = _int(m, "sample_rate", 1000, 768_000)

@@ -444,6 +444,12 @@ class State:
             self.wav_sig[e.id] = msg["wav"]
         return {"applied": True, "status": e.status}, [Effect("promote", e.filename, token)] if msg["take_file"] else []
 
+    def counts_take(self, msg: dict) -> bool:
+        """Whether this completed take would count (its file aside): checked before it is moved."""
+        e = self.lookup(msg["id"])
+        sr = msg["sample_rate"]
+        return self._take_refusal(e, msg, True) is None and (self.sample_rate is None or sr == self.sample_rate)
+
     @staticmethod
     def _take_refusal(e: Entry, msg: dict, take_ready: bool) -> str | None:
         """Why a completed take does not count, or None when it does."""
@@ -590,6 +596,7 @@ class State:
             "epoch": self.epoch,
             "seq": self.seq,
             "sample_rate": self.sample_rate,
+            "leases": list(self.leases),  # the tokens of live leases: their takes are awaited
             "entries": {e.filename: [e.status, e.duration_seconds, e.text_hash, e.rev, e.take,
                                      self.wav_sig.get(e.id)] for e in self.entries},
         }

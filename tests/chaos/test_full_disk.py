@@ -65,7 +65,7 @@ def test_state_disk_full_refuses_writes_then_catches_up(tmp_path: Path, start_da
 
 
 @pytest.mark.timeout(240)
-def test_generator_disk_full_fails_entries_without_partial_wavs(tmp_path: Path, start_daemon) -> None:
+def test_generator_disk_full_pauses_without_partial_wavs_or_charges(tmp_path: Path, start_daemon) -> None:
     texts = tmp_path / "t.txt"
     texts.write_text("".join(f"{'una frase bastante larga ' * 8} {i}\n" for i in range(40)))
     ds = tmp_path / "ds"
@@ -77,8 +77,8 @@ def test_generator_disk_full_fails_entries_without_partial_wavs(tmp_path: Path, 
         gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth", "tone"],
                                stderr=log)
         try:
-            wait_for(lambda: any(e["error"] and "No space" in e["error"] for e in read_state(ds)["entries"]),
-                     30, "a failed result for a full disk")
+            wait_for(lambda: "cannot write wavs (No space left on device)" in (tmp_path / "gen.log").read_text(),
+                     30, "the generator pausing for a full disk")
             for n in os.listdir(ds / "wavs"):  # every wav under a real name is whole
                 if not n.startswith(".tmp-"):     # (a temp file may be mid-write right now)
                     assert inspect(ds / "wavs" / n).valid, n
@@ -93,6 +93,8 @@ def test_generator_disk_full_fails_entries_without_partial_wavs(tmp_path: Path, 
                 gen.wait()
             log.close()
         assert cli("verify", "--dataset", str(ds)).returncode == 0
+        # the disk, not the texts, failed: nothing was charged (a take written once counted once)
+        assert all(e["attempts"] == 1 for e in read_state(ds)["entries"])
     finally:
         umount(ds / "wavs")
 
