@@ -20,7 +20,8 @@ def write_take(dataset: Path, filename: str, pcm16: np.ndarray, sample_rate: int
     the duration in seconds and the file's [size, mtime_ns, inode].
     """
     final = take_path(dataset, filename, provenance.token)
-    tmp = final.with_name(f"{TMP_PREFIX}{filename}.{os.getpid()}.wav")
+    # the token too: two hosts sharing wavs/ may run processes with the same pid
+    tmp = final.with_name(f"{TMP_PREFIX}{filename}.{provenance.token}.{os.getpid()}.wav")
     data = encode_wav(pcm16, sample_rate, provenance)  # in memory first: a full disk fails our own write
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)

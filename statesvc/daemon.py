@@ -42,7 +42,6 @@ SAVE_RETRY = 1.0
 MIN_COMMIT_GAP = 0.25
 SAVE_DUTY = 2.0
 STATS_EVERY = 2.0  # seconds between recomputing the audio total for status replies
-ANSWERS_KEPT = 10_000  # answers to add/edit kept for resends (a client resends within seconds)
 # Plain ints: pyzmq's enum flags cost more to combine than the send itself.
 NOBLOCK, NOBLOCK_MORE, RCVMORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE), int(zmq.RCVMORE)
 URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit without pacing
@@ -89,10 +88,6 @@ class Daemon:
         self.waiting: list[tuple[list[bytes], bytes]] = []
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
         self.totals = collections.Counter()
-        # Answers to writes that are not idempotent (add, edit), by request id: a resend gets the
-        # first answer. ``unsaved_reqs``: those applied since the last save, forgotten if it fails.
-        self.answered: collections.OrderedDict[tuple[str, str], dict] = collections.OrderedDict()
-        self.unsaved_reqs: list[tuple[str, str]] = []
         self.broken = False  # a write failed half way (a bug): the next commit rolls back instead of saving
 
     # ---- one message ----------------------------------------------------
@@ -110,15 +105,16 @@ class Daemon:
             rid = protocol.request_id(msg)
             op, args = protocol.validate(msg)
             urgent = protocol.waits(op, msg)  # validated before anything is applied
-            req = (op, args["req"]) if op in protocol.NOT_IDEMPOTENT and args.get("req") else None
-            if req is not None and req in self.answered:  # a resend: the first answer, applied once
-                body, deferred = self.answered[req], True
+            req = args.get("req") if op in protocol.NOT_IDEMPOTENT else None
+            first = self.state.answer_of(op, req) if req else None
+            if first is not None:  # a resend: the first answer, applied once
+                body, deferred = first, True
             elif op == "status":  # the daemon's own view: progress and rate on top of the counters
                 body, deferred = self.status(now), False
             else:
                 body, deferred = self.handlers.apply(op, args, now)
-                if req is not None:
-                    self.remember(req, body)
+                if req:
+                    self.state.remember(op, req, body)
             if deferred and urgent:
                 deferred = URGENT
             self.totals[op] += 1
@@ -132,12 +128,6 @@ class Daemon:
             if op in protocol.WRITES:  # it may have been half applied: this batch is not saved but rolled back
                 self.broken = True
         return protocol.encode(reply), envelope, deferred
-
-    def remember(self, req: tuple[str, str], body: dict) -> None:
-        self.answered[req] = body
-        self.unsaved_reqs.append(req)
-        while len(self.answered) > ANSWERS_KEPT:
-            self.answered.popitem(last=False)
 
     def status(self, now: float) -> dict:
         s = self.state
@@ -223,7 +213,6 @@ class Daemon:
                 return
             took = time.monotonic() - started
             self.next_commit = now + took + max(MIN_COMMIT_GAP, SAVE_DUTY * took)
-            self.unsaved_reqs.clear()
             self.handlers.carry_out(self.handlers.after_save)
             self.handlers.after_save.clear()
             self.publish()
@@ -247,9 +236,6 @@ class Daemon:
             state, store = load_for_writing(self.dataset)
         except DamagedState as exc:  # cannot happen unless the disk lies: restart and load again
             raise OutcomeUnknown(f"cannot roll back: {exc}") from None
-        for req in self.unsaved_reqs:
-            self.answered.pop(req, None)
-        self.unsaved_reqs.clear()
         state.lease_seconds, state.max_attempts = self.state.lease_seconds, self.state.max_attempts
         state.grant_grace(now)
         self.state, self.store = state, store

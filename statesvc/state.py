@@ -34,6 +34,7 @@ SCHEMA_VERSION = 2
 DURATION_TOLERANCE = 0.002  # seconds: the one tolerance between a duration recorded and one measured
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 10.0
+ANSWERS_KEPT = 256  # answers to add/edit kept (and saved) for resends: a client resends within seconds
 
 
 class Status(enum.StrEnum):
@@ -187,6 +188,9 @@ class State:
     wav_sig: dict[int, list[int]] = field(default_factory=dict)
     unsaved: bool = False
     orphaned_takes: list[Effect] = field(default_factory=list)  # of leases that ended without a result
+    # "op:req" -> the answer, for writes that are not idempotent (add, edit): a resend gets the first
+    # answer. Saved with the state, so a resend after a crash or a failed save is answered right.
+    answers: dict[str, dict] = field(default_factory=dict)
     _pending_heap: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -587,6 +591,16 @@ class State:
         e.take = None
         e.error = error
         self._transition(e, Cause.RECONCILE, P, now)
+
+    # ---- requests that are not idempotent ---------------------------------------
+    def answer_of(self, op: str, req: str) -> dict | None:
+        return self.answers.get(f"{op}:{req}")
+
+    def remember(self, op: str, req: str, body: dict) -> None:
+        self.answers[f"{op}:{req}"] = body
+        while len(self.answers) > ANSWERS_KEPT:
+            del self.answers[next(iter(self.answers))]
+        self.unsaved = True
 
     # ---- views ----------------------------------------------------------------
     def snapshot(self) -> dict:

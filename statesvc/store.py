@@ -137,13 +137,16 @@ def _read(raw: bytes, where: str) -> tuple[State, list | None]:
     sr = doc.get("sample_rate")
     if sr is not None and (not isinstance(sr, int) or sr <= 0):
         raise DamagedState(f"{where}: sample_rate must be a positive integer or null")
-    return _state(entries, sr), None
+    return _state(entries, sr, doc.get("answers")), None
 
 
-def _state(entries: list[Entry], sr: int | None) -> State:
+def _state(entries: list[Entry], sr: int | None, answers: object = None) -> State:
     if sr is None:
         sr = next((e.sample_rate for e in entries if e.status == "completed" and e.sample_rate), None)
-    return State(entries, sample_rate=sr)
+    state = State(entries, sample_rate=sr)
+    if isinstance(answers, dict):  # the answers to recent add/edit requests, for resends
+        state.answers = {k: v for k, v in answers.items() if isinstance(k, str) and isinstance(v, dict)}
+    return state
 
 
 def load(dataset: Path) -> State:
@@ -217,7 +220,7 @@ def _read_checked(raw: bytes) -> tuple[State, list] | None:
     entries = _entries_of(blocks)
     if entries is None:
         return None  # a forged checksum: validate the long way and say what is wrong
-    state = _state(entries, head.get("sample_rate"))
+    state = _state(entries, head.get("sample_rate"), head.get("answers"))
     if len(state.by_id) != len(entries) or len(state.by_name) != len(entries):
         return None  # cannot happen for a statesvc save; validate the long way and say why
     return state, list(zip(blocks, crcs, strict=True))
@@ -304,7 +307,7 @@ class Store:
             self._blocks = [bytes(b) for b in self._blocks]
             self._views = 0
         head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sample_rate": state.sample_rate,
-                             **state.counters(), "checksum": _checksum(self._crcs)})
+                             **state.counters(), "answers": state.answers, "checksum": _checksum(self._crcs)})
         parts = [head[:-1], _OPEN]
         for blk in self._blocks:
             parts += (blk, _SEP)

@@ -241,6 +241,21 @@ def test_a_resent_add_is_applied_once(tmp_path: Path, start_daemon) -> None:
     assert (texts["x"], texts["y"], sum(texts.values())) == (3, 3, 8), texts
 
 
+def test_a_resend_after_the_daemon_was_killed_gets_the_first_answer(tmp_path: Path, start_daemon) -> None:
+    """The answer is saved with the change it answers: a client whose reply was lost when the
+    daemon died resends to the next daemon and gets it, instead of adding the texts again."""
+    ds = make_dataset(tmp_path, ["a", "b"], name="resend2")
+    first_daemon = start_daemon(ds)
+    endpoint = connectable(running(ds)["endpoint"])
+    msg = orjson.dumps({"op": "add", "rid": 9, "req": "r-1", "items": [[None, "x"]], "prefix": "p"})
+    first, _ = _raw_twice(endpoint, msg)
+    first_daemon.kill()  # SIGKILL: nothing but the file survives
+    start_daemon(ds)
+    again, _ = _raw_twice(connectable(running(ds)["endpoint"]), msg)
+    assert orjson.loads(again) == orjson.loads(first)
+    assert [e["text"] for e in read_state(ds)["entries"]] == ["a", "b", "x"]
+
+
 # ---- 6 ----------------------------------------------------------------------------------------
 class Events:
     """The daemon's change events (a SUB socket): how many times each entry became completed."""
