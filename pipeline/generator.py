@@ -119,9 +119,10 @@ class Generator:
                 p.sent = 0.0
         for rid, p in list(self.unacked.items()):
             if now - p.sent > RESEND_AFTER:
-                if p.op == "claim":
-                    del self.unacked[rid]  # a claim is never resent; expired leases come back
-                    self.claim_rid = None
+                if p.op in ("claim", "working"):
+                    del self.unacked[rid]  # never resent: expired leases come back; a notice is stale by now
+                    if p.op == "claim":
+                        self.claim_rid = None
                     continue
                 self.client.resend(rid, p.op, **p.fields)
                 p.sent = now
@@ -153,6 +154,8 @@ class Generator:
             self.on_results(p.fields["items"], msg.get("replies", []))
         elif p.op == "result":
             self.held.pop(p.fields["token"], None)
+        elif p.op == "working":
+            self.lost.extend(msg.get("lost", []))
         elif p.op == "release":
             for t in p.fields["tokens"]:
                 self.held.pop(t, None)
@@ -196,34 +199,34 @@ class Generator:
             self.queue = collections.deque(e for e in self.queue if e["token"] not in lost)
 
     def tell_working(self, entries: list[dict]) -> list[dict]:
-        """Tell the daemon what we are about to synthesize and wait for its answer: a text that
-        kills us is then charged, and only it. Returns the entries whose leases we still hold."""
+        """Tell the daemon what we are about to synthesize, so a text that kills us is charged and
+        no other. For a suspect entry (in flight when a generator died) wait for the answer first:
+        a notice still in our socket when we die is lost. Otherwise go on at once: if this notice
+        is lost, the daemon finds the previous text's take on disk and charges nobody, and the
+        entries we held come back as suspects. Returns the entries whose leases we still hold."""
         rid = self.send("working", owner=self.owner, tokens=[e["token"] for e in entries])
+        if not any(e.get("suspect") for e in entries):
+            return entries
         deadline = time.monotonic() + WORKING_WAIT
-        lost: set[str] = set()
         while rid in self.unacked and time.monotonic() < deadline:
             for msg in self.client.replies(0.05):  # every reply of the batch: a claim's may come with ours
                 self.last_reply = time.monotonic()
-                if msg.get("rid") == rid:
-                    self.unacked.pop(rid, None)
-                    lost = set(msg.get("lost", []))
-                    self.lost.extend(lost)
-                else:
-                    self.on_reply(msg)
+                self.on_reply(msg)
         self.unacked.pop(rid, None)  # no answer: the daemon is away; work on, the leases say the rest
-        return [e for e in entries if e["token"] not in lost]
+        self.drop_lost()
+        held = self.held
+        return [e for e in entries if e["token"] in held]
 
-    # ---- making audio -----------------------------------------------------
     def next_unit(self) -> list[dict]:
         """What is synthesized together: a batch for a plugin with synthesize_batch, else one text.
-        An entry marked ``alone`` (its batch died with its generator) is synthesized by itself,
-        so a text that kills the process is found and charged, not its batch-mates."""
+        A ``suspect`` entry (in flight when a generator died) is synthesized by itself, so a text
+        that kills the process is found and charged, not its batch-mates."""
         if not self.queue:
             return []
         first = self.queue.popleft()
         unit = [first]
-        if self.batch > 1 and hasattr(self.synth, "synthesize_batch") and not first.get("alone"):
-            while self.queue and len(unit) < self.batch and not self.queue[0].get("alone"):
+        if self.batch > 1 and hasattr(self.synth, "synthesize_batch") and not first.get("suspect"):
+            while self.queue and len(unit) < self.batch and not self.queue[0].get("suspect"):
                 unit.append(self.queue.popleft())
         return unit
 

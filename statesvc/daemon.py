@@ -172,7 +172,7 @@ class Daemon:
                 self.send(envelope, reply)
         if now >= self.next_expire:
             self.next_expire = now + EXPIRE_EVERY
-            for eid in self.state.expire(now):
+            for eid in self.handlers.expire(now):
                 log.info("lease on entry %d expired", eid)
             self.rate_samples.append((now, self.state.counts["completed"]))
         if (self.waiting or self.state.unsaved) and now >= self.next_commit:

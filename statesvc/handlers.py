@@ -61,7 +61,23 @@ class Handlers:
     def on_died(self, a: dict, now: float) -> dict:
         """A generator died: its leases end; the whole takes it wrote but could not report still
         count (valid audio is not thrown away), the others go to stale/."""
-        body = self.state.died(a["owner"], now)
+        body = self.state.died(a["owner"], now, self.finished(self.state.synthesizing_of(a["owner"])))
+        return {**body, "adopted": self.adopt_orphans(now)}
+
+    def expire(self, now: float) -> list[int]:
+        """End the leases past their deadline (the daemon's clock); adopt the whole takes they left."""
+        expired = self.state.expire(now, self.finished(self.state.expiring(now)))
+        self.adopt_orphans(now)
+        return expired
+
+    def finished(self, tokens: list[str]) -> frozenset[str]:
+        """Which of these leases under synthesis have their take on disk: they were not under way."""
+        return frozenset(t for t in tokens if take_path(self.dataset, self.state.by_id[self.state.leases[t]].filename,
+                                                        t).exists())
+
+    def adopt_orphans(self, now: float) -> list[int]:
+        """Takes of leases that ended without a result: whole ones count as late results (valid
+        audio is not thrown away), the others go to stale/."""
         takes, self.state.orphaned_takes = self.state.orphaned_takes, []
         adopted = []
         for eff in takes:
@@ -70,7 +86,7 @@ class Handlers:
                 adopted.append(msg["id"])
             else:
                 self.after_save.append(eff)
-        return {**body, "adopted": adopted}
+        return adopted
 
     def _late_result(self, eff: Effect) -> dict | None:
         """The result a dead generator would have sent for the take it left, if the take is whole."""

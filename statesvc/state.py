@@ -122,7 +122,9 @@ class Entry:
     rev: int = 0             # bumped by requeue and edit: takes of an older revision never count
     take: str | None = None  # the token of the take under the entry's name, when it is ours
     lease: Lease | None = None
-    alone: bool = False      # its batch died with its generator: synthesized by itself next, to find the culprit
+    # In flight when its generator died, not charged: synthesized alone next time, its generator's
+    # working notice acknowledged first, so a text that kills its generator is found and charged.
+    suspect: bool = False
 
     def __post_init__(self) -> None:
         if not self.text_hash:
@@ -145,8 +147,8 @@ class Entry:
         }
         if self.lease is not None:
             d["lease"] = self.lease.to_dict()
-        if self.alone:
-            d["alone"] = True
+        if self.suspect:
+            d["suspect"] = True
         return d
 
 
@@ -281,7 +283,7 @@ class State:
         """A new revision of ``e`` (requeue, edit): no take of an older one will count."""
         effects = [Effect("set_aside", e.filename)] if e.status == C else []
         e.rev += 1
-        e.alone = False
+        e.suspect = False
         e.attempts = 0
         e.error = None
         e.duration_seconds = None
@@ -307,8 +309,8 @@ class State:
             self._transition(e, Cause.CLAIM, G, now, Lease(token, owner, now + seconds))
             item = {"id": e.id, "filename": e.filename, "text": e.text, "token": token,
                     "text_hash": e.text_hash, "rev": e.rev}
-            if e.alone:
-                item["alone"] = True
+            if e.suspect:
+                item["suspect"] = True
             out.append(item)
         return {"entries": out, "lease_seconds": seconds, "sample_rate": self.sample_rate,
                 "pending": self.counts[P], "owners": owners}
@@ -364,45 +366,57 @@ class State:
                 released.append(e.id)
         return {"released": released}
 
-    def _end_lease(self, e: Entry, why: str, now: float, unit: int) -> bool:
-        """The lease of ``e`` ended without a result. Only a synthesis under way is charged, and
-        only when it was alone (``unit`` texts were being synthesized together): entries of a
-        batch that died go back uncharged, marked to be synthesized alone, so a text that kills
-        its generator is found and charged, not its batch-mates."""
-        if e.lease.phase != Phase.SYNTHESIZING:
-            self._transition(e, Cause.EXPIRY, P, now)
-            return False
-        if unit > 1:
-            e.alone = True
-            self._transition(e, Cause.EXPIRY, P, now)
-            return False
-        self._charge(e, Cause.EXPIRY, why, now)
-        return True
+    def _end_lease(self, e: Entry, why: str, now: float, unit: int, finished: frozenset[str]) -> bool:
+        """The lease of ``e`` ended without a result: its generator died or went silent.
+
+        Charged: a text its generator said it was synthesizing alone (``unit`` is how many it
+        was synthesizing together) and whose take is not on disk (``finished``: it was written,
+        so it was not under way; the take is adopted). Every other entry goes back uncharged; the
+        ones that may have been under way are marked suspect, to be tried alone and carefully."""
+        token, phase = e.lease.token, e.lease.phase
+        if phase == Phase.SYNTHESIZING and unit == 1 and token not in finished:
+            self._charge(e, Cause.EXPIRY, why, now)
+            return True
+        e.suspect = e.suspect or phase == Phase.QUEUED or (phase == Phase.SYNTHESIZING and token not in finished)
+        self._transition(e, Cause.EXPIRY, P, now)
+        return False
 
     def _unit_sizes(self) -> dict[str, int]:
         """Per owner, how many texts it is synthesizing together right now."""
         return {o: sum(t in self.leases for t in ts) for o, ts in self.synthesizing.items()}
 
-    def expire(self, now: float) -> list[int]:
+    def expiring(self, now: float) -> list[str]:
+        """Tokens of the leases that ``expire(now)`` ends and that were being synthesized."""
+        return [t for t, eid in self.leases.items() if (lease := self.by_id[eid].lease).deadline <= now
+                and lease.phase == Phase.SYNTHESIZING]
+
+    def expire(self, now: float, finished: frozenset[str] = frozenset()) -> list[int]:
+        """End the leases past their deadline; the takes of ``finished`` (written) are orphans."""
         expired = [eid for eid in self.leases.values() if self.by_id[eid].lease.deadline <= now]
         units = self._unit_sizes() if expired else {}
         for eid in expired:
             e = self.by_id[eid]
+            if e.lease.token in finished:
+                self.orphaned_takes.append(Effect("stale", e.filename, e.lease.token))
             self._end_lease(e, "lease expired while synthesizing (generator dead or stuck)", now,
-                            units.get(e.lease.owner, 0))
+                            units.get(e.lease.owner, 0), finished)
         return expired
 
-    def died(self, owner: str, now: float) -> dict:
-        """A supervisor saw this generator die: its leases end now, not at expiry."""
+    def died(self, owner: str, now: float, finished: frozenset[str] = frozenset()) -> dict:
+        """A supervisor saw this generator die: its leases end now, not at expiry. Its takes are
+        orphans: adopted when whole, else moved aside."""
         returned, charged = [], []
         unit = self._unit_sizes().get(owner, 0)
         for token in list(self.owner_tokens.get(owner, ())):
             e = self.by_id[self.leases[token]]
             self.orphaned_takes.append(Effect("stale", e.filename, token))  # a dead process reports nothing
-            (charged if self._end_lease(e, "the generator died while synthesizing this text", now, unit)
+            (charged if self._end_lease(e, "the generator died while synthesizing this text", now, unit, finished)
              else returned).append(e.id)
         return {"returned": returned, "charged": charged,
                 "failed": [i for i in charged if self.by_id[i].status == F]}
+
+    def synthesizing_of(self, owner: str) -> list[str]:
+        return [t for t in self.synthesizing.get(owner, ()) if t in self.leases]
 
     def grant_grace(self, now: float) -> None:
         """After a restart, live leases get a full lease from now: generators kept working."""
@@ -436,7 +450,7 @@ class State:
                 self._charge(e, Cause.FAILURE, f"sample rate {sr} differs from the dataset's {self.sample_rate}", now)
             raise Refused(f"sample rate {sr} differs from the dataset's {self.sample_rate}")
         e.attempts += 1
-        e.alone = False
+        e.suspect = False
         e.duration_seconds = msg["duration_seconds"]
         e.sample_rate = sr
         e.error = None

@@ -79,7 +79,7 @@ def _entry_from(obj: object, n: int) -> Entry:
         phase = lease.get("phase")
         e.lease = Lease(lease["token"], str(lease.get("owner")), float(d) if isinstance(d, (int, float)) else 0.0,
                         Phase(phase) if phase in Phase.__members__.values() else Phase.QUEUED)
-    e.alone = obj.get("alone") is True
+    e.suspect = obj.get("suspect") is True
     return e
 
 
@@ -231,7 +231,7 @@ def _entries_of(blocks: list) -> list[Entry] | None:
     try:
         for blk in blocks:
             # A checksummed line is Entry.to_dict(): twelve values in Entry's field order, then
-            # "lease" and "alone" only when set. Entry(*values) skips a lookup per field.
+            # "lease" and "suspect" only when set. Entry(*values) skips a lookup per field.
             entries.extend([Entry(*d.values()) if len(d) == 12 else _entry_of(d)
                             for d in orjson.loads(b"[" + blk + b"]")])
         for e in entries:
@@ -247,7 +247,7 @@ def _entry_of(d: dict) -> Entry:
     lease = d.get("lease")
     if lease is not None:
         e.lease = Lease(lease["token"], lease["owner"], lease["deadline"], Phase(lease["phase"]))
-    e.alone = d.get("alone") is True
+    e.suspect = d.get("suspect") is True
     return e
 
 

@@ -89,7 +89,7 @@ class Lifecycle(RuleBasedStateMachine):
                 self.ended[eid] += 1
                 charged.add(eid)
             else:
-                assert self.s.by_id[eid].alone, "a batch that died is retried one text at a time"
+                assert self.s.by_id[eid].suspect, "a batch that died is retried one text at a time"
         return charged
 
     # ---- generators -----------------------------------------------------------
@@ -343,7 +343,7 @@ def test_a_batch_that_dies_is_retried_one_text_at_a_time_and_only_the_culprit_is
     s.working("g1", [c["token"] for c in got], 0)  # one batch of three
     assert s.died("g1", 1) == {"returned": [1, 2, 3], "charged": [], "failed": []}
     again = s.claim("g2", 3, 10, 2)["entries"]
-    assert all(c["alone"] for c in again) and all(s.by_id[i].attempts == 0 for i in (1, 2, 3))
+    assert all(c["suspect"] for c in again) and all(s.by_id[i].attempts == 0 for i in (1, 2, 3))
     s.working("g2", [again[1]["token"]], 3)  # alone now: entry 2 kills it again
     assert s.died("g2", 4)["charged"] == [2]
 
