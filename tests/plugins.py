@@ -78,3 +78,15 @@ class Chaotic(Tone):
         finally:
             os.close(fd)
         return audio
+
+
+class BatchedFlaky(Tone):
+    """A batch model (synthesize_batch) that kills its own process when a batch holds a KILL text."""
+
+    def synthesize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if any("KILL" in t for t in texts):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [Tone.synthesize(self, t) for t in texts]
+
+    def synthesize(self, text: str) -> np.ndarray:
+        return self.synthesize_batch([text])[0]

@@ -135,6 +135,22 @@ def test_poison_text_under_run_pipeline_fails_alone_and_quickly(tmp_path: Path) 
     assert wall < 60, f"run took {wall:.1f} s"
 
 
+@pytest.mark.parametrize("synth", ["tests.plugins:Flaky", "tests.plugins:BatchedFlaky"])
+def test_a_poison_text_in_batches_fails_alone(tmp_path: Path, synth: str) -> None:
+    """--batch 4: a text that kills its generator is found and charged, not its batch-mates
+    (a batch that dies goes back uncharged and its entries are tried one at a time)."""
+    lines = [f"texto normal numero {i}" for i in range(40)]
+    lines[10] = "este texto KILL mata al proceso"
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n".join(lines) + "\n")
+    ds = tmp_path / "poison-batch"
+    r = run_pipeline("--dataset", str(ds), "--texts", str(texts), "--workers", "2", "--batch", "4", "--synth", synth)
+    assert r.returncode == 3, r.stderr
+    doc = read_state(ds)
+    assert [(e["id"], e["attempts"]) for e in doc["entries"] if e["status"] == "failed"] == [(11, 3)]
+    assert all(e["status"] == "completed" and e["attempts"] == 1 for e in doc["entries"] if e["id"] != 11)
+
+
 # ---- 3 ----------------------------------------------------------------------------------------
 def test_long_syntheses_keep_their_leases(tmp_path: Path) -> None:
     texts = tmp_path / "t.txt"
