@@ -386,12 +386,12 @@ class State:
         return {o: sum(t in self.leases for t in ts) for o, ts in self.synthesizing.items()}
 
     def expiring(self, now: float) -> list[str]:
-        """Tokens of the leases that ``expire(now)`` ends and that were being synthesized."""
-        return [t for t, eid in self.leases.items() if (lease := self.by_id[eid].lease).deadline <= now
-                and lease.phase == Phase.SYNTHESIZING]
+        """Tokens of the leases that ``expire(now)`` ends."""
+        return [t for t, eid in self.leases.items() if self.by_id[eid].lease.deadline <= now]
 
     def expire(self, now: float, finished: frozenset[str] = frozenset()) -> list[int]:
-        """End the leases past their deadline; the takes of ``finished`` (written) are orphans."""
+        """End the leases past their deadline; the takes of ``finished`` (on disk, whatever the
+        lease's phase) are orphans: adopted when whole, else moved aside."""
         expired = [eid for eid in self.leases.values() if self.by_id[eid].lease.deadline <= now]
         units = self._unit_sizes() if expired else {}
         for eid in expired:
