@@ -160,11 +160,11 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
         max_attempts: int | None, heartbeat_seconds: float | None) -> None:
     """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline)."""
-    from statesvc.dataset import DatasetError
+    from statesvc.dataset import DatasetError, state_path
     from statesvc.store import DamagedState
     from statesvc.texts import TextsError
 
-    from .supervisor import STATE_FILE, PipelineError, Run, install_signals, plan
+    from .supervisor import PipelineError, Run, install_signals, plan
     parse_opts(synth_opts)  # a malformed option is a usage error before anything starts
     try:
         new_state = plan(dataset, texts, prefix, synth)
@@ -187,7 +187,7 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
     try:
         if new_state is not None:
             r.create(new_state)
-            click.echo(f"created {dataset / STATE_FILE} with {len(new_state.entries)} entries", err=True)
+            click.echo(f"created {state_path(dataset)} with {len(new_state.entries)} entries", err=True)
         code = r.run()
     except (PipelineError, DamagedState) as exc:
         r.clear_bar()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from statesvc.atomic import SaveFailed
 from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
-from statesvc.dataset import create_prepared, prepare_init
+from statesvc.dataset import create_prepared, prepare_init, state_path
 from statesvc.dataset import entries as dataset_entries
 from statesvc.dataset import status as dataset_status
 from statesvc.endpoints import running
@@ -39,7 +39,6 @@ QUICK_EXIT = 1.0        # seconds: an exit sooner than this counts as quick
 BACKOFF_MAX = 5.0       # seconds between restarts of a child that keeps dying quickly
 STOP_GRACE = 20.0
 DIED_TIMEOUT = 2.0      # seconds to wait for the daemon's answer to "died"; lease expiry is the fallback
-STATE_FILE = "generation_state.json"  # the dataset's state file (statesvc's store does not export its path)
 
 
 def command(tool: str) -> list[str]:
@@ -179,7 +178,7 @@ class Run:
         try:
             create_prepared(self.dataset, state)
         except (OSError, SaveFailed) as exc:
-            raise PipelineError(f"cannot create {self.dataset / STATE_FILE}: {exc}") from None
+            raise PipelineError(f"cannot create {state_path(self.dataset)}: {exc}") from None
 
     def start_generators(self) -> None:
         """Generators load their model while the daemon loads the state, and find it through
@@ -415,7 +414,7 @@ def plan(dataset: Path, texts: Path | None, prefix: str | None, synth: str) -> S
     """Every check before anything starts: the state to create, or None to resume the one there."""
     if synth not in BUILTIN:
         resolve(synth)  # fail fast on an unknown plugin, without loading a model here
-    if (dataset / STATE_FILE).exists():
+    if state_path(dataset).exists():
         return None
     if texts is None:
         raise PipelineError(f"{dataset} has no state; give --texts FILE to create it")

@@ -124,4 +124,4 @@ def add(dataset: Path, texts: Path, prefix: str | None = None) -> dict:
 
 
 __all__ = ["DatasetError", "TextsError", "init", "prepare_init", "create_prepared", "status", "entries", "show",
-           "write", "add", "wavs_already_there"]
+           "write", "add", "wavs_already_there", "state_path"]
