@@ -18,13 +18,14 @@ from .curve import keygen as keygen_pair
 from .daemon import serve as serve_daemon
 from .endpoints import defaults, running
 from .export import FORMATS, lines
+from .protocol import BadRequest
 from .state import STATUSES, Refused
 from .store import DamagedState, Locked, load
 from .texts import TextsError
 from .verify import mismatches
 
 # Exceptions that are the user's or the environment's fault: one line, no traceback.
-EXPECTED = (ds.DatasetError, TextsError, DamagedState, Locked, Refused, ServiceError,
+EXPECTED = (ds.DatasetError, TextsError, BadRequest, DamagedState, Locked, Refused, ServiceError,
             Unavailable, SaveFailed, CurveError, OSError, zmq.ZMQError)
 
 
@@ -34,7 +35,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except EXPECTED as exc:
             click.echo(f"statesvc: error: {one_line(exc)}", err=True)
-            sys.exit(2 if isinstance(exc, (ds.DatasetError, TextsError, Refused)) else 1)
+            sys.exit(2 if isinstance(exc, (ds.DatasetError, TextsError, BadRequest, Refused)) else 1)
 
 
 def one_line(exc: BaseException) -> str:

@@ -156,3 +156,18 @@ def test_env_dataset(tmp_path: Path) -> None:
     ds = make_dataset(tmp_path, ["a"])
     r = cli("status", "--json", env={"STATESVC_DATASET": str(ds)}, check=True)
     assert orjson.loads(r.stdout)["total"] == 1
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_edit_offline_and_through_the_daemon(tmp_path: Path, start_daemon, daemon: bool) -> None:
+    ds = make_dataset(tmp_path, ["uno", "dos"])
+    if daemon:
+        start_daemon(ds)
+    r = cli("edit", "--dataset", str(ds), "2", "--text", "dos, corregido")
+    assert r.returncode == 0 and "entry 2 edited (revision 1), pending" in r.stdout, r.stderr
+    e = orjson.loads(cli("show", "--dataset", str(ds), "#2", "--json", check=True).stdout)
+    assert (e["text"], e["rev"], e["status"]) == ("dos, corregido", 1, "pending")
+    for bad in (["9", "--text", "x"], ["1", "--text", "   "]):  # no such entry; an empty text
+        r = cli("edit", "--dataset", str(ds), *bad)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert read_state(ds)["entries"][0]["text"] == "uno"
