@@ -70,7 +70,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.disk_model = self._model()
 
     def _model(self) -> tuple:
-        return dict(self.phase), dict(self.ended)
+        return dict(self.phase), dict(self.ended), {o: list(t) for o, t in self.unit.items()}
 
     def _pick(self, i: int) -> dict | None:
         return self.handed[i % len(self.handed)] if self.handed else None
@@ -224,7 +224,7 @@ class Lifecycle(RuleBasedStateMachine):
         """A save failed: memory goes back to what is on disk (the daemon reloads the file)."""
         self.s = parse_state(self.disk)
         self.s.max_attempts = 3
-        self.phase, self.ended = (dict(x) for x in self.disk_model)
+        self.phase, self.ended, self.unit = (dict(x) for x in self.disk_model)
         assert Store(Path("/nonexistent"), self.s).render(self.s) == self.disk, "nothing unsaved survives"
 
     @precondition(lambda self: True)
