@@ -449,7 +449,9 @@ class State:
             if e.lease is not None and e.lease.token == token:
                 self._charge(e, Cause.FAILURE, f"sample rate {sr} differs from the dataset's {self.sample_rate}", now)
             raise Refused(f"sample rate {sr} differs from the dataset's {self.sample_rate}")
-        e.attempts += 1
+        # Under its live lease the synthesis ends now: one attempt. A late take is a synthesis whose
+        # lease already ended (and was charged if it was under way): it makes attempts at least 1.
+        e.attempts = e.attempts + 1 if e.lease is not None and e.lease.token == msg["token"] else max(e.attempts, 1)
         e.suspect = False
         e.duration_seconds = msg["duration_seconds"]
         e.sample_rate = sr

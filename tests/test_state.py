@@ -130,7 +130,7 @@ class Lifecycle(RuleBasedStateMachine):
             assert held or unheld_current, "a take counts only under its lease, or late over nobody"
             assert ready and not stale_hash and e.take == c["token"] and e.rev == c["rev"]
             assert [f.kind for f in effects] == ["promote"]
-            self.ended[e.id] += 1
+            self.ended[e.id] = self.ended[e.id] + 1 if held else max(self.ended[e.id], 1)
         elif held and ready and not stale_hash:
             raise AssertionError("a take under its own live lease must count")
         if not body["applied"] and body.get("reason") != "duplicate":
