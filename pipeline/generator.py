@@ -207,11 +207,7 @@ class Generator:
         rid = self.send("working", owner=self.owner, tokens=[e["token"] for e in entries])
         if not any(e.get("suspect") for e in entries):
             return entries
-        deadline = time.monotonic() + WORKING_WAIT
-        while rid in self.unacked and time.monotonic() < deadline:
-            for msg in self.client.replies(0.05):  # every reply of the batch: a claim's may come with ours
-                self.last_reply = time.monotonic()
-                self.on_reply(msg)
+        self.await_reply(rid)
         self.unacked.pop(rid, None)  # no answer: the daemon is away; work on, the leases say the rest
         self.drop_lost()
         held = self.held
@@ -300,7 +296,17 @@ class Generator:
         text = f"{type(exc).__name__}: {exc}"
         log.warning("entry %s failed: %s", e["id"], text)
         log.debug("%s", traceback.format_exc())
-        self.send("result", id=e["id"], token=e["token"], status="failed", error=text[:2000])
+        # Waited on (failures are rare): a failure still in our socket when the process dies is lost,
+        # and the daemon would charge the text as one that killed its generator, with the wrong error.
+        self.await_reply(self.send("result", id=e["id"], token=e["token"], status="failed", error=text[:2000]))
+
+    def await_reply(self, rid: int) -> None:
+        """Handle replies until ``rid`` is answered or WORKING_WAIT passes (the daemon is away)."""
+        deadline = time.monotonic() + WORKING_WAIT
+        while rid in self.unacked and time.monotonic() < deadline:
+            for msg in self.client.replies(0.05):  # every reply of the batch: a claim's may come with ours
+                self.last_reply = time.monotonic()
+                self.on_reply(msg)
 
     # ---- the loop -----------------------------------------------------------
     def run_once(self) -> None:
