@@ -114,3 +114,29 @@ def take(c: dict, duration: float = 1.0, sample_rate: int = 22050, **kw: object)
     (a client of the books alone)."""
     return {"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": duration,
             "sample_rate": sample_rate, "text_hash": c["text_hash"], "rev": c["rev"], "take_file": False, **kw}
+
+
+# ---- full disks for real: small tmpfs mounts ------------------------------------------------
+def tmpfs(point: Path, size: str) -> None:
+    point.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"tmpfs mounts are not allowed here: {r.stderr.strip()}")
+
+
+def umount(point: Path) -> None:
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    junk = folder / "junk"
+    with open(junk, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    return junk

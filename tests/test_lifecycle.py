@@ -23,7 +23,7 @@ from statesvc.audio import read_provenance
 from statesvc.client import Client
 from statesvc.endpoints import connectable, running
 from statesvc.state import text_hash
-from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
+from tests.conftest import BIN, ROOT, cli, fill, make_dataset, read_state, tmpfs, umount, wait_for
 
 RUN = ROOT / "bin" / "run-pipeline"
 ENV = {**os.environ, "PIPELINE_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
@@ -167,30 +167,9 @@ def test_long_syntheses_keep_their_leases(tmp_path: Path) -> None:
 
 
 # ---- 4 ----------------------------------------------------------------------------------------
-def _tmpfs(point: Path, size: str) -> None:
-    point.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"tmpfs mounts are not allowed here: {r.stderr.strip()}")
-
-
-def _fill(folder: Path) -> Path:
-    junk = folder / "junk"
-    with open(junk, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
-    return junk
-
-
 def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_daemon) -> None:
     ds = tmp_path / "ds"
-    _tmpfs(ds, "2m")
+    tmpfs(ds, "2m")
     try:
         base = tmp_path / "base.txt"
         base.write_text("".join(f"texto {i}\n" for i in range(50)))
@@ -198,7 +177,7 @@ def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_d
         start_daemon(ds)
         new = tmp_path / "new.txt"
         new.write_text("nuevo uno\nnuevo dos\nnuevo tres\n")
-        junk = _fill(ds)
+        junk = fill(ds)
         r = cli("add", "--dataset", str(ds), "--texts", str(new), timeout=30)
         assert_one_line_error(r, "not saved")
         assert not any(e["text"].startswith("nuevo") for e in read_state(ds)["entries"])
@@ -211,7 +190,7 @@ def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_d
         # and the daemon agrees with the file (nothing rolled back appears later)
         assert daemon_status(ds)["total"] == 53
     finally:
-        subprocess.run(["umount", "-l", str(ds)], capture_output=True)
+        umount(ds)
 
 
 # ---- 5 ----------------------------------------------------------------------------------------

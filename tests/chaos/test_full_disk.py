@@ -12,32 +12,7 @@ import pytest
 
 from statesvc.audio import inspect
 from statesvc.client import Client, ServiceError
-from tests.conftest import BIN, cli, read_state, wait_for
-
-
-def tmpfs(point: Path, size: str) -> None:
-    point.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"tmpfs mounts are not allowed here: {r.stderr.strip()}")
-
-
-def umount(point: Path) -> None:
-    subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
-def fill(folder: Path) -> Path:
-    junk = folder / "junk"
-    with open(junk, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
-    return junk
+from tests.conftest import BIN, cli, fill, read_state, tmpfs, umount, wait_for
 
 
 def test_state_disk_full_refuses_writes_then_catches_up(tmp_path: Path, start_daemon) -> None:
