@@ -49,7 +49,7 @@ class Handlers:
         if a["take_file"] and ready and self.state.counts_take(a):
             self.promote(a)  # first: a rename that fails refuses the result before anything changes
         body, effects = self.state.result(a, now, ready)
-        self.after_save.extend(e for e in effects if e.kind != "promote")
+        self.after_save.extend(effects)
         return body
 
     def on_results(self, a: dict, now: float) -> dict:

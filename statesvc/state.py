@@ -154,10 +154,10 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Effect:
-    """A file move the daemon performs: ``promote`` before the save, the others after it."""
+    """A file move the daemon performs after the save. (A take that counts is moved under the
+    entry's name by the daemon before the result is applied: see ``counts_take``.)"""
 
-    kind: str  # "promote" (a take to the entry's name), "stale" (a take that does not count),
-    #            "set_aside" (an entry's old take), "quarantine" (a bad file)
+    kind: str  # "stale" (a take that does not count), "set_aside" (an entry's old take), "quarantine" (a bad file)
     filename: str
     token: str | None = None
 
@@ -462,7 +462,7 @@ class State:
         self._transition(e, Cause.RESULT, C, now)
         if msg.get("wav"):
             self.wav_sig[e.id] = msg["wav"]
-        return {"applied": True, "status": e.status}, [Effect("promote", e.filename, token)] if msg["take_file"] else []
+        return {"applied": True, "status": e.status}, []
 
     def counts_take(self, msg: dict) -> bool:
         """Whether this completed take would count (its file aside): checked before it is moved."""
