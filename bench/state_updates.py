@@ -143,7 +143,7 @@ def make_state(folder: Path, entries: int) -> None:
     from statesvc.state import Entry, State
     from statesvc.store import create
     (folder / "wavs").mkdir(parents=True)
-    create(folder, State([Entry(i, f"b_{i:07d}", f"text number {i}") for i in range(1, entries + 1)]))
+    create(folder, State([Entry.make(i, f"b_{i:07d}", f"text number {i}") for i in range(1, entries + 1)]))
 
 
 SECONDS = 8.0  # every target is measured for this long

@@ -7,6 +7,7 @@ generators' wavs both use it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -18,8 +19,9 @@ class OutcomeUnknown(SaveFailed):
     """The rename happened but the folder fsync failed: the save may or may not survive."""
 
 
-def write_atomic(path: Path, data: bytes | list) -> None:
-    """Temp file, write, fsync, rename over ``path``, fsync the folder. ``data``: bytes or buffers."""
+def write_atomic(path: Path, data: bytes | list | Callable[[int], None]) -> None:
+    """Temp file, write, fsync, rename over ``path``, fsync the folder. ``data``: bytes, buffers,
+    or a function that writes the content to the descriptor it is given (a big file, streamed)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -27,7 +29,9 @@ def write_atomic(path: Path, data: bytes | list) -> None:
         raise SaveFailed(f"cannot create {tmp.name}: {exc.strerror}") from None
     try:
         try:
-            if isinstance(data, list):
+            if callable(data):
+                data(fd)
+            elif isinstance(data, list):
                 writev_all(fd, data)
             else:
                 write_all(fd, data)
@@ -46,11 +50,14 @@ def write_atomic(path: Path, data: bytes | list) -> None:
         raise OutcomeUnknown(f"fsync of {path.parent} failed after rename: {exc.strerror}") from None
 
 
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """os.write until every byte is written (a short write is not an error)."""
+def write_all(fd: int, data: bytes | memoryview, at: int | None = None) -> None:
+    """os.write (os.pwrite at ``at``) until every byte is written (a short write is not an error)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
+        view = view[n:]
+        if at is not None:
+            at += n
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024

@@ -256,3 +256,46 @@ def watch(dataset: Path, as_json: bool) -> None:
         pass
     finally:
         sub.close(0)
+
+
+@main.command()
+@dataset_opt
+def checkpoint(dataset: Path) -> None:
+    """Write the whole state as generation_state.json now and start a fresh journal.
+
+    The daemon does this by itself (journal as big as the file, a moment idle, a clean stop);
+    afterwards the file alone is the whole state, for a backup or a look by hand."""
+    r = ds.checkpoint(dataset)
+    who = "the daemon" if r["daemon"] else "offline"
+    click.echo(f"checkpoint written by {who}: {r['bytes']:,} bytes in {r['seconds']:.2f} s; the journal is empty")
+
+
+@main.group()
+def journal() -> None:
+    """The journal beside generation_state.json: the commits since the last checkpoint.
+
+    After a crash the daemon replays it by itself. These two commands are for one case only:
+    the file was edited by hand while the journal still held commits, and the daemon refused
+    to start. Stop the daemon first."""
+
+
+@journal.command(name="replay")
+@dataset_opt
+def journal_replay(dataset: Path) -> None:
+    """Apply the journal's commits onto the file as it is now (entries they changed take the
+    journal's version; your other edits stay), then start a fresh journal."""
+    records, entries = ds.journal_replay(dataset)
+    click.echo(f"replayed {records} commits ({entries} entry versions) onto {ds.state_path(dataset)}; "
+               "the journal is empty")
+
+
+@journal.command(name="discard")
+@dataset_opt
+def journal_discard(dataset: Path) -> None:
+    """Drop the journal's commits: the file as it is now is the state. The journal is moved
+    aside (generation_state.journal.discarded-TIME), not deleted."""
+    records, aside = ds.journal_discard(dataset)
+    if aside is None:
+        click.echo("no journal: nothing to discard")
+    else:
+        click.echo(f"discarded {records} commits; the journal was moved to {aside}")

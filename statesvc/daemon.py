@@ -1,8 +1,11 @@
-"""The daemon loop: the only writer of generation_state.json.
+"""The daemon loop: the only writer of generation_state.json and its journal.
 
 Group commit: each ``run_once`` drains what has arrived on the control socket,
-applies it one message at a time, saves once, and only then answers the writes.
-Reads are answered at once from memory. Signals only set a flag.
+applies it one message at a time, appends what changed to the journal once
+(fdatasync), and only then answers the writes. Reads are answered at once from
+memory. Now and then (the journal as big as the file, a moment idle, ``statesvc
+checkpoint``, a clean stop) the whole state is written as a new checkpoint file
+and the journal starts afresh. Signals only set a flag.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
+import msgspec
 import orjson
 import zmq
 
@@ -34,17 +38,25 @@ log = logging.getLogger("statesvc")
 DRAIN_LIMIT = 20_000
 EXPIRE_EVERY = 1.0
 SAVE_RETRY = 1.0
-# Writes nobody waits on (a generator's results batches) are saved at most every
-# MIN_COMMIT_GAP seconds, or SAVE_DUTY times the last save's duration if longer: every
-# save rewrites the whole file, and on a 20,000-entry state saving after every batch (about
-# 30 saves a second) slowed the generators' own wav fsyncs: run-pipeline took 1.4-1.6x the
-# ideal loop instead of 1.0-1.1x (bench/pipeline_overhead.py --synth tone).
+# Writes nobody waits on (a generator's results batches) are committed at most every
+# MIN_COMMIT_GAP seconds, or SAVE_DUTY times the last commit's duration if longer: every
+# commit is an fdatasync, and committing after every batch (about 30 a second) slowed the
+# generators' own wav fsyncs (bench/pipeline_overhead.py --synth tone).
 MIN_COMMIT_GAP = 0.25
 SAVE_DUTY = 2.0
+# A checkpoint rewrites the whole file: when the journal has grown to the file's size (so all
+# that is written stays within about twice what changed), after CHECKPOINT_IDLE seconds
+# without a commit, on request, and on a clean stop. A failed one is tried again later; the
+# journal keeps every commit meanwhile.
+CHECKPOINT_MIN_BYTES = 1 << 20
+CHECKPOINT_IDLE = 2.0
+CHECKPOINT_RETRY = 10.0
 STATS_EVERY = 2.0  # seconds between recomputing the audio total for status replies
 # Plain ints: pyzmq's enum flags cost more to combine than the send itself.
 NOBLOCK, NOBLOCK_MORE, RCVMORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE), int(zmq.RCVMORE)
 URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit without pacing
+CHECKPOINT = 3  # a request for a checkpoint: answered once it is written
+_encode = msgspec.json.Encoder().encode
 
 
 class Daemon:
@@ -86,6 +98,9 @@ class Daemon:
         self.stats_cache: dict = {}
         self.stats_at = float("-inf")
         self.waiting: list[tuple[list[bytes], bytes]] = []
+        self.checkpoint_waiting: list[tuple[list[bytes], int | None]] = []
+        self.last_commit = time.time()
+        self.next_checkpoint_try = 0.0
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
         self.totals = collections.Counter()
         self.broken = False  # a write failed half way (a bug): the next commit rolls back instead of saving
@@ -111,6 +126,9 @@ class Daemon:
                 body, deferred = first, True
             elif op == "status":  # the daemon's own view: progress and rate on top of the counters
                 body, deferred = self.status(now), False
+            elif op == "checkpoint":
+                self.checkpoint_waiting.append((envelope, rid))
+                return b"", envelope, CHECKPOINT
             else:
                 body, deferred = self.handlers.apply(op, args, now)
                 if req:
@@ -144,7 +162,8 @@ class Daemon:
                 "daemon": True, "pid": os.getpid(), "uptime": round(now - self.started, 1),
                 "progress": round(done / total, 4) if total else 1.0, "rate_per_second": rate,
                 "eta_seconds": round(remaining / rate, 1) if rate else None,
-                "leases": len(s.leases)}
+                "leases": len(s.leases), "journal_bytes": self.store.journal_bytes,
+                "checkpoint_bytes": self.store.file_bytes}
 
     # ---- the loop -------------------------------------------------------
     def wait(self, max_ms: int = 50) -> None:  # short: a signal is noticed within max_ms
@@ -164,7 +183,9 @@ class Daemon:
             except zmq.Again:
                 break
             reply, envelope, later = self.handle(frames, now)
-            if later:
+            if later == CHECKPOINT:
+                self.next_commit = 0.0
+            elif later:
                 self.waiting.append((envelope, reply))
                 if later == URGENT:
                     self.next_commit = 0.0
@@ -175,18 +196,22 @@ class Daemon:
             for eid in self.handlers.expire(now):
                 log.info("lease on entry %d expired", eid)
             self.rate_samples.append((now, self.state.counts["completed"]))
-        if (self.waiting or self.state.unsaved) and now >= self.next_commit:
+        if (self.waiting or self.state.unsaved or self.checkpoint_waiting) and now >= self.next_commit:
             self.commit(now)
+        elif (now - self.last_commit >= CHECKPOINT_IDLE and self.store.seq != self.store.checkpoint_seq
+              and now >= self.next_checkpoint_try and not self.state.unsaved):
+            self.checkpoint(now)  # idle: the file alone becomes the whole truth again
         if now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval
             self.notifier.send("WATCHDOG=1")
 
     def commit(self, now: float) -> None:
-        """Group commit: one save for everything applied since the last one, then the replies.
+        """Group commit: one journal record for everything applied since the last one, then the
+        replies; then a checkpoint when one is due.
 
         Unless somebody waits (URGENT), the next commit comes MIN_COMMIT_GAP or SAVE_DUTY times
-        this save's duration later, whichever is longer: a big state is written less often, in
-        bigger batches, instead of taking the disk from the generators' wavs.
+        this commit's duration later, whichever is longer: fewer fdatasyncs taking the disk
+        from the generators' wavs.
         """
         waiting, self.waiting = self.waiting, []
         if self.broken:
@@ -203,7 +228,7 @@ class Daemon:
                         fsync_dir(self.dataset / "wavs")
                     except OSError as exc:
                         raise SaveFailed(f"fsync of wavs/: {exc.strerror}") from None
-                self.store.save(self.state)
+                written = self.store.commit(self.state)
             except SaveFailed as exc:
                 self.refuse(waiting, exc)
                 if isinstance(exc, OutcomeUnknown):
@@ -213,11 +238,38 @@ class Daemon:
                 return
             took = time.monotonic() - started
             self.next_commit = now + took + max(MIN_COMMIT_GAP, SAVE_DUTY * took)
+            self.last_commit = now
             self.handlers.carry_out(self.handlers.after_save)
             self.handlers.after_save.clear()
-            self.publish()
+            self.publish(written)
         for envelope, reply in waiting:
             self.send(envelope, reply)
+        if self.checkpoint_waiting or (self.store.journal_bytes >= max(CHECKPOINT_MIN_BYTES, self.store.file_bytes)
+                                       and now >= self.next_checkpoint_try):
+            self.checkpoint(now)
+
+    def checkpoint(self, now: float) -> None:
+        """Write the whole state as the file and start a fresh journal (between commits only)."""
+        started = time.monotonic()
+        waiters, self.checkpoint_waiting = self.checkpoint_waiting, []
+        try:
+            self.store.checkpoint(self.state)
+        except OutcomeUnknown:
+            for envelope, rid in waiters:
+                self.send(envelope, protocol.encode({"rid": rid, "ok": False, "error": "checkpoint outcome unknown"}))
+            raise
+        except SaveFailed as exc:
+            self.next_checkpoint_try = now + CHECKPOINT_RETRY
+            log.error("checkpoint failed (the journal keeps every commit; next try in %.0f s): %s",
+                      CHECKPOINT_RETRY, exc)
+            for envelope, rid in waiters:
+                self.send(envelope, protocol.encode({"rid": rid, "ok": False, "error": f"checkpoint failed: {exc}"}))
+            return
+        took = time.monotonic() - started
+        log.info("checkpoint: %d bytes in %.3f s", self.store.file_bytes, took)
+        for envelope, rid in waiters:
+            self.send(envelope, protocol.encode({"rid": rid, "ok": True, "bytes": self.store.file_bytes,
+                                                 "seconds": round(took, 3)}))
 
     def refuse(self, waiting: list, exc: SaveFailed) -> None:
         log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
@@ -232,9 +284,10 @@ class Daemon:
         """A failed save: memory goes back to what is on disk, so nothing answered "not saved"
         appears later (SQLite's rollback). Costs a load (seconds at a million entries), only on failure."""
         started = time.monotonic()
+        self.store.close()
         try:
             state, store = load_for_writing(self.dataset)
-        except DamagedState as exc:  # cannot happen unless the disk lies: restart and load again
+        except (DamagedState, SaveFailed) as exc:  # the disk lies or fails: restart and load again
             raise OutcomeUnknown(f"cannot roll back: {exc}") from None
         state.lease_seconds, state.max_attempts = self.state.lease_seconds, self.state.max_attempts
         state.grant_grace(now)
@@ -243,18 +296,14 @@ class Daemon:
         log.warning("rolled back to the state on disk in %.2f s: %s", time.monotonic() - started,
                     " ".join(f"{k}={v}" for k, v in state.counters().items()))
 
-    def publish(self) -> None:
-        s = self.state
-        fresh = self.store.fresh  # what the save just serialized: not serialized twice
-        for eid in dict.fromkeys(s.changes):
-            e = s.by_id.get(eid)
-            if e is not None:
-                try:
-                    self.pub.send(b"entry", NOBLOCK_MORE)
-                    self.pub.send(fresh.get(eid) or orjson.dumps(e.to_dict()), NOBLOCK)
-                except zmq.Again:
-                    break
-        s.changes.clear()
+    def publish(self, written: list) -> None:
+        """Change events: each entry the commit wrote, as it now is."""
+        for e in written:
+            try:
+                self.pub.send(b"entry", NOBLOCK_MORE)
+                self.pub.send(_encode(e), NOBLOCK)
+            except zmq.Again:
+                break
 
     def send(self, envelope: list[bytes], reply: bytes) -> None:
         try:
@@ -326,12 +375,15 @@ def _loop(daemon: Daemon) -> int:
             daemon.run_once(time.time())
         daemon.next_commit = 0.0
         daemon.run_once(time.time())  # apply and answer what already arrived
+        if daemon.store.seq != daemon.store.checkpoint_seq and not daemon.state.unsaved:
+            daemon.checkpoint(time.time())  # at rest, the file alone is the whole truth
     except OutcomeUnknown as exc:
         log.error("stopping: %s", exc)
         code = 75
     finally:
         daemon.notifier.send("STOPPING=1")
         daemon.close()
+        daemon.store.close()
     log.info("stopped: %s; handled %s", " ".join(f"{k}={v}" for k, v in daemon.state.counters().items()),
              dict(daemon.totals))
     return code

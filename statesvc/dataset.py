@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .atomic import SaveFailed
 from .client import Client, NoDaemon
 from .handlers import Handlers
 from .protocol import NOT_IDEMPOTENT, validate
 from .state import State
-from .store import Locked, WriterLock, create, load, load_for_writing, state_path
+from .store import Locked, WriterLock, create, discard_journal, load, load_for_writing, replay_journal, state_path
 from .texts import TextsError, read_texts
 
 
@@ -95,21 +96,72 @@ def write(dataset: Path, op: str, **fields: Any) -> dict:
     reply = ask(dataset, op, **fields)
     if reply is not None:
         return reply
-    lock = WriterLock(dataset)
-    try:
-        lock.acquire('{"pid": null, "endpoint": null, "note": "statesvc offline write"}')
-    except Locked as exc:
-        raise DatasetError(f"the dataset is locked by {exc}; try again") from None
-    try:
+    with _offline(dataset, "statesvc offline write"):
         state, store = load_for_writing(dataset)
-        _, args = validate({"op": op, **fields})
-        handlers = Handlers(dataset, state)
-        body, _ = handlers.apply(op, args, time.time())
-        store.save(state)
-        handlers.carry_out(handlers.after_save)  # once the change is durable, as the daemon does
+        try:
+            _, args = validate({"op": op, **fields})
+            handlers = Handlers(dataset, state)
+            body, _ = handlers.apply(op, args, time.time())
+            store.commit(state)
+            handlers.carry_out(handlers.after_save)  # once the change is durable, as the daemon does
+            try:
+                store.checkpoint(state)  # at rest, the file alone is the whole truth
+            except SaveFailed:
+                pass  # the change is in the journal: durable, and every reader sees it
+        finally:
+            store.close()
         return body
-    finally:
-        lock.release()
+
+
+class _offline:
+    """The writer lock, for a change made with no daemon running."""
+
+    def __init__(self, dataset: Path, note: str):
+        self.lock, self.note = WriterLock(dataset), note
+
+    def __enter__(self) -> None:
+        try:
+            self.lock.acquire(f'{{"pid": null, "endpoint": null, "note": "{self.note}"}}')
+        except Locked as exc:
+            raise DatasetError(f"the dataset is locked by {exc}; try again") from None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def checkpoint(dataset: Path) -> dict:
+    """Write the whole state as generation_state.json and start a fresh journal."""
+    reply = ask(dataset, "checkpoint")
+    if reply is not None:
+        return {"daemon": True, "bytes": reply["bytes"], "seconds": reply["seconds"]}
+    with _offline(dataset, "statesvc checkpoint"):
+        state, store = load_for_writing(dataset)
+        try:
+            started = time.monotonic()
+            store.checkpoint(state)
+            return {"daemon": False, "bytes": store.file_bytes, "seconds": round(time.monotonic() - started, 3)}
+        finally:
+            store.close()
+
+
+def _no_daemon(dataset: Path, what: str) -> None:
+    if ask(dataset, "ping") is not None:
+        raise DatasetError(f"a daemon is serving {dataset}: stop it before {what} (it would not start "
+                           f"on a conflict, so its journal is consistent)")
+
+
+def journal_replay(dataset: Path) -> tuple[int, int]:
+    """Apply the journal's records onto generation_state.json as it is now; a fresh journal."""
+    _no_daemon(dataset, "replaying its journal")
+    with _offline(dataset, "statesvc journal replay"):
+        return replay_journal(dataset)
+
+
+def journal_discard(dataset: Path) -> tuple[int, Path | None]:
+    """Move the journal aside: generation_state.json as it is now is the state."""
+    _no_daemon(dataset, "discarding its journal")
+    with _offline(dataset, "statesvc journal discard"):
+        return discard_journal(dataset)
 
 
 def wavs_already_there(dataset: Path) -> int:
@@ -124,4 +176,4 @@ def add(dataset: Path, texts: Path, prefix: str | None = None) -> dict:
 
 
 __all__ = ["DatasetError", "TextsError", "init", "prepare_init", "create_prepared", "status", "entries", "show",
-           "write", "add", "wavs_already_there", "state_path"]
+           "write", "add", "wavs_already_there", "state_path", "checkpoint", "journal_replay", "journal_discard"]

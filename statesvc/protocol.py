@@ -33,6 +33,8 @@ URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "re
 READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working"})
 # Writes that are not idempotent: they carry a request id ``req`` and a resend gets the first answer.
 NOT_IDEMPOTENT = frozenset({"add", "edit"})
+# About the files, not the entries: a checkpoint (answered once it is written).
+STORAGE = frozenset({"checkpoint"})
 MAX_REQ = 64
 _HASH_ID = re.compile(r"#[0-9]{1,18}")  # "#12": the id 12, even where a filename is "12"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a lease token names a take's file: nothing else gets in
@@ -259,8 +261,9 @@ VALIDATORS = {
     "list": _v_list, "show": _v_show, "heartbeat": _v_heartbeat,
     "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "results": _v_results, "requeue": _v_requeue,
     "add": _v_add, "reconcile": _v_reconcile, "edit": _v_edit, "died": _v_died, "working": _v_heartbeat,
+    "checkpoint": _v_none,
 }
-assert set(VALIDATORS) == WRITES | READS
+assert set(VALIDATORS) == WRITES | READS | STORAGE
 
 
 def validate(msg: dict) -> tuple[str, dict]:

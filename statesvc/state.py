@@ -30,6 +30,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+import msgspec
+
 SCHEMA_VERSION = 2
 DURATION_TOLERANCE = 0.002  # seconds: the one tolerance between a duration recorded and one measured
 DEFAULT_MAX_ATTEMPTS = 3
@@ -96,8 +98,7 @@ def same_duration(a: object, b: object) -> bool:
     return all(ok) and abs(a - b) <= DURATION_TOLERANCE
 
 
-@dataclass(slots=True)
-class Lease:
+class Lease(msgspec.Struct, gc=False):
     token: str
     owner: str
     deadline: float
@@ -107,28 +108,40 @@ class Lease:
         return {"token": self.token, "owner": self.owner, "deadline": self.deadline, "phase": self.phase}
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(msgspec.Struct, gc=False, omit_defaults=True):
+    """One text and what is known of its audio.
+
+    A msgspec Struct: a saved line decodes straight into one, without a dict in between (a
+    million of them load in a third of the time), and encodes straight back. Only ``lease``
+    and ``suspect`` have defaults, so a line holds every other field, as ``to_dict`` does;
+    build new entries with ``Entry.make``. ``gc=False``: entries hold no cycles, so the cyclic
+    collector never walks a million of them.
+    """
+
     id: int
     filename: str
     text: str
-    status: Status = Status.PENDING
-    duration_seconds: float | None = None
-    sample_rate: int | None = None
-    attempts: int = 0        # syntheses that ended: completed, raised, or died with their generator
-    error: str | None = None
-    updated_at: str | None = None
-    text_hash: str = ""
-    rev: int = 0             # bumped by requeue and edit: takes of an older revision never count
-    take: str | None = None  # the token of the take under the entry's name, when it is ours
+    status: Status
+    duration_seconds: float | None
+    sample_rate: int | None
+    attempts: int            # syntheses that ended: completed, raised, or died with their generator
+    error: str | None
+    updated_at: str | None
+    text_hash: str
+    rev: int                 # bumped by requeue and edit: takes of an older revision never count
+    take: str | None         # the token of the take under the entry's name, when it is ours
     lease: Lease | None = None
     # In flight when its generator died, not charged: synthesized alone next time, its generator's
     # working notice acknowledged first, so a text that kills its generator is found and charged.
     suspect: bool = False
 
-    def __post_init__(self) -> None:
-        if not self.text_hash:
-            self.text_hash = text_hash(self.text)
+    @classmethod
+    def make(cls, id: int, filename: str, text: str, status: Status = Status.PENDING,  # noqa: A002
+             duration_seconds: float | None = None, sample_rate: int | None = None, attempts: int = 0,
+             error: str | None = None, updated_at: str | None = None, rev: int = 0,
+             take: str | None = None) -> Entry:
+        return cls(id, filename, text, status, duration_seconds, sample_rate, attempts, error, updated_at,
+                   text_hash(text), rev, take)
 
     def to_dict(self) -> dict:
         d = {
@@ -184,7 +197,6 @@ class State:
     synthesizing: dict[str, list[str]] = field(default_factory=dict)  # owner -> what it said it works on
     changed_seq: dict[int, int] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)
-    changes: list[int] = field(default_factory=list)
     # (size, mtime_ns, inode) of a wav as its generator reported it, in memory only: the
     # reconciler need not open a file its generator just wrote and that has not changed since
     wav_sig: dict[int, list[int]] = field(default_factory=dict)
@@ -193,6 +205,7 @@ class State:
     # "op:req" -> the answer, for writes that are not idempotent (add, edit): a resend gets the first
     # answer. Saved with the state, so a resend after a crash or a failed save is answered right.
     answers: dict[str, dict] = field(default_factory=dict)
+    answers_dirty: bool = False  # changed since the last commit: the next journal record carries them
     _pending_heap: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -238,7 +251,6 @@ class State:
         e.updated_at = iso(now)
         self.changed_seq[e.id] = self.seq
         self.dirty.add(e.id)
-        self.changes.append(e.id)
         self.unsaved = True
 
     def _transition(self, e: Entry, cause: Cause, to: Status, now: float, lease: Lease | None = None) -> None:
@@ -528,7 +540,7 @@ class State:
             if name in self.by_name or name in names:
                 raise Refused(f"filename {name!r} already exists")
             names.add(name)
-            new.append(Entry(id=eid, filename=name, text=text, updated_at=iso(now)))
+            new.append(Entry.make(eid, name, text, updated_at=iso(now)))
         for e in new:
             self.index_of[e.id] = len(self.entries)
             self.entries.append(e)
@@ -616,6 +628,7 @@ class State:
         self.answers[f"{op}:{req}"] = body
         while len(self.answers) > ANSWERS_KEPT:
             del self.answers[next(iter(self.answers))]
+        self.answers_dirty = True
         self.unsaved = True
 
     # ---- views ----------------------------------------------------------------

@@ -1,8 +1,18 @@
-"""The state file on disk: loading and validating it, saving it atomically, the writer lock.
+"""The state on disk: the checkpoint file, the journal beside it, one loader for both, the writer lock.
 
-The save writes a temp file in the same folder, fsyncs it, renames it over the
-state and fsyncs the folder. Entries are serialized once and cached; a save
-re-serializes only the entries that changed and splices the cached bytes.
+``generation_state.json`` is a checkpoint: the whole state, written to a temp file, fsynced,
+renamed over the old one, and the folder fsynced. Between checkpoints each group commit is
+appended to ``generation_state.journal`` (see ``journal``). Loading means the file, then the
+journal's records replayed on top; every reader (the daemon, the CLI with no daemon, the
+reconciler, the supervisor) loads through ``load``.
+
+The file names itself: its header holds a random ``checkpoint`` id, the id its journal extended
+(``parent``) and the last commit it holds (``seq``), and a CRC-32 of its entries. A journal
+applies to the file whose id it names, or, after a crash between a checkpoint's rename and the
+new journal's, to the file whose parent it names (its records after ``seq`` only). A file whose
+checksum fails was changed by hand: alone it is loaded the long way, with full validation; with
+a journal holding records, nobody can tell which wins, so loading refuses and names the two
+commands that decide (``statesvc journal replay`` or ``discard``).
 """
 
 from __future__ import annotations
@@ -12,14 +22,19 @@ import errno
 import fcntl
 import gc
 import os
+import secrets
 import time
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import orjson
 
-from .atomic import write_atomic
+from . import journal
+from .atomic import OutcomeUnknown, SaveFailed, write_all, write_atomic
+from .journal import JOURNAL_FILE, Contents, Record, journal_path
 from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, State
 from .texts import check_filename
 
@@ -28,11 +43,29 @@ LOCK_FILE = "statesvc.lock"
 
 
 class DamagedState(Exception):
-    """The state file cannot be trusted; the message says why in one line."""
+    """The state on disk cannot be trusted or read; the message says why in one line."""
+
+
+class JournalConflict(DamagedState):
+    """The file was changed by hand while the journal holds commits made after it."""
 
 
 def state_path(dataset: Path) -> Path:
     return dataset / STATE_FILE
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a checkpoint file says of itself; ``checkpoint`` is None for a file statesvc did not
+    write as it is (a hand edit, an older layout)."""
+
+    checkpoint: str | None = None
+    parent: str | None = None
+    seq: int = 0
+
+    def takes(self, j: Contents) -> bool:
+        """Whether journal ``j`` extends this file (its records after ``seq`` apply)."""
+        return self.checkpoint is not None and j.extends is not None and j.extends in (self.checkpoint, self.parent)
 
 
 # ---- loading ---------------------------------------------------------------
@@ -67,8 +100,8 @@ def _entry_from(obj: object, n: int) -> Entry:
     err = obj.get("error")
     if err is not None and not isinstance(err, str):
         raise DamagedState(f"entry {eid}: error must be a string or null")
-    e = Entry(eid, fname, text, STATUS_OF[status], None if dur is None else float(dur), sr, attempts, err,
-              obj.get("updated_at") if isinstance(obj.get("updated_at"), str) else None)
+    e = Entry.make(eid, fname, text, STATUS_OF[status], None if dur is None else float(dur), sr, attempts, err,
+                   obj.get("updated_at") if isinstance(obj.get("updated_at"), str) else None)
     # text_hash is recomputed from the text (a hand edit of the text makes older takes not count)
     rev, take = obj.get("rev", 0), obj.get("take")
     e.rev = rev if isinstance(rev, int) and not isinstance(rev, bool) and 0 <= rev < 2**62 else 0
@@ -83,26 +116,39 @@ def _entry_from(obj: object, n: int) -> Entry:
     return e
 
 
+# ---- the file's layout -----------------------------------------------------
+# One header line (ending in ',"entries":[' and a newline), then one entry per line (lines
+# joined by ",\n"), then "\n]}\n". The header's checksum is the CRC-32 of the entry lines.
+# A checksummed file decodes straight into entries (msgspec), without full validation.
+CHECKSUM = "crc32:"
+_OPEN = b',"entries":[\n'
+_CLOSE = b"\n]}\n"
+_SEP = b",\n"
+_CHUNK = 4096  # entries encoded and written at a time: a checkpoint never holds the whole file
+
+
+class _Doc(msgspec.Struct, gc=False):
+    entries: list[Entry]
+
+
+_decode_doc = msgspec.json.Decoder(_Doc).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def read_state(raw: bytes, where: str = STATE_FILE) -> tuple[State, Head]:
+    """The state of a checkpoint file's bytes, and what the file says of itself."""
+    entries, sr, answers, head = _read_file_bytes(raw, where)
+    return _state(entries, sr, answers), head
+
+
 def parse_state(raw: bytes, where: str = STATE_FILE) -> State:
     """Validate a state document and build the state, or raise DamagedState."""
     return read_state(raw, where)[0]
 
 
-def read_state(raw: bytes, where: str = STATE_FILE) -> tuple[State, list | None]:
-    """Build the state from a document; also its entry blocks when the checksum proves statesvc wrote them.
-
-    A file whose checksum matches is exactly what a save of validated entries produced, so its
-    entries are built without re-validating each field and its bytes become the save cache.
-    Anything else (a hand edit, an older file) goes through full validation.
-    """
-    with _no_gc():
-        return _read(raw, where)
-
-
 @contextlib.contextmanager
 def _no_gc() -> Iterator[None]:
-    """Creating a million long-lived objects with the cyclic GC on makes it walk them again and
-    again (a 1M-entry load took 2.2 s instead of 0.4 s to build its entries)."""
+    """Creating a million long-lived objects with the cyclic GC on makes it walk them again and again."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -112,7 +158,7 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _read(raw: bytes, where: str) -> tuple[State, list | None]:
+def _read_file_bytes(raw: bytes, where: str) -> tuple[list[Entry], int | None, object, Head]:
     fast = _read_checked(raw)
     if fast is not None:
         return fast
@@ -137,7 +183,29 @@ def _read(raw: bytes, where: str) -> tuple[State, list | None]:
     sr = doc.get("sample_rate")
     if sr is not None and (not isinstance(sr, int) or sr <= 0):
         raise DamagedState(f"{where}: sample_rate must be a positive integer or null")
-    return _state(entries, sr, doc.get("answers")), None
+    seq = doc.get("seq")
+    return entries, sr, doc.get("answers"), Head(None, None, seq if isinstance(seq, int) and seq >= 0 else 0)
+
+
+def _read_checked(raw: bytes) -> tuple[list[Entry], int | None, object, Head] | None:
+    """The fast path: a file whose checksum proves statesvc wrote it as it is; else None."""
+    nl = raw.find(b"\n")
+    if nl < 0 or not raw[:nl + 1].endswith(_OPEN) or not raw.endswith(_CLOSE):
+        return None
+    try:
+        head = orjson.loads(raw[:nl + 1 - len(_OPEN)] + b"}")
+    except orjson.JSONDecodeError:
+        return None
+    ck, parent, seq = head.get("checkpoint"), head.get("parent"), head.get("seq")
+    if (head.get("schema_version") != SCHEMA_VERSION or not isinstance(ck, str) or not isinstance(seq, int)
+            or head.get("checksum") != f"{CHECKSUM}{zlib.crc32(memoryview(raw)[nl + 1:len(raw) - len(_CLOSE)]):08x}"):
+        return None
+    try:
+        entries = _decode_doc(raw).entries
+    except (msgspec.DecodeError, ValueError):
+        return None  # a forged checksum: validate the long way and say what is wrong
+    return entries, head.get("sample_rate"), head.get("answers"), Head(ck, parent if isinstance(parent, str) else None,
+                                                                           seq)
 
 
 def _state(entries: list[Entry], sr: int | None, answers: object = None) -> State:
@@ -149,199 +217,270 @@ def _state(entries: list[Entry], sr: int | None, answers: object = None) -> Stat
     return state
 
 
-def load(dataset: Path) -> State:
-    """The state, for reading: no save cache is built (a hand-edited file would cost one)."""
-    return _read_file(dataset)[0]
+def replay(entries: list[Entry], records: list[Record]) -> tuple[int | None, dict | None]:
+    """Apply journal records to ``entries`` in place: whole entries replace theirs by id, new ones
+    are appended. Returns the last sample rate and answers the records carried (None if none)."""
+    sr = answers = None
+    if not records:
+        return sr, answers
+    at = {e.id: i for i, e in enumerate(entries)}
+    for rec in records:
+        for e in rec.entries:
+            i = at.get(e.id)
+            if i is None:
+                at[e.id] = len(entries)
+                entries.append(e)
+            else:
+                entries[i] = e
+        sr = rec.sample_rate if rec.sample_rate is not None else sr
+        answers = rec.answers if rec.answers is not None else answers
+    return sr, answers
 
 
-def load_for_writing(dataset: Path) -> tuple[State, Store]:
-    """The state and a Store that reuses the file's own bytes for entries that have not changed."""
-    state, blocks = _read_file(dataset)
-    return state, Store(dataset, state, blocks)
+@dataclass
+class Loaded:
+    state: State
+    head: Head
+    journal: Contents
+    replayed: int  # records applied on top of the file
+    file_bytes: int
 
 
-def _read_file(dataset: Path) -> tuple[State, list | None]:
+def _conflict(dataset: Path, j: Contents) -> JournalConflict:
+    return JournalConflict(
+        f"{state_path(dataset)} was changed (by hand, or replaced) while {JOURNAL_FILE} holds {len(j.records)} "
+        f"commits made after the file it extends; nothing was touched. Apply them onto the file: "
+        f"statesvc journal replay --dataset {dataset}; or drop them (kept aside): "
+        f"statesvc journal discard --dataset {dataset}")
+
+
+def read(dataset: Path) -> Loaded:
+    """The state: the file, then the journal's records replayed on top."""
+    with _no_gc():
+        for attempt in range(4):
+            raw = _file_bytes(dataset)
+            entries, sr, answers, head = _read_file_bytes(raw, str(state_path(dataset)))
+            try:
+                j = journal.read(dataset)
+            except OSError as exc:
+                raise DamagedState(f"{journal_path(dataset)}: {exc.strerror}") from None
+            if not j.records or head.takes(j):
+                break
+            # A checkpoint may have swapped the file and the journal between our two reads.
+            if attempt == 3 or holder_info(dataset) is None:
+                raise _conflict(dataset, j)
+            time.sleep(0.05 * (attempt + 1))
+        records = j.after(head.seq) if j.records else []
+        jsr, janswers = replay(entries, records)
+        state = _state(entries, jsr or sr, janswers if janswers is not None else answers)
+        return Loaded(state, head, j, len(records), len(raw))
+
+
+def _file_bytes(dataset: Path) -> bytes:
     path = state_path(dataset)
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DamagedState(f"no state in {dataset} (create one with: statesvc init --texts FILE)") from None
     except OSError as exc:
         raise DamagedState(f"{path}: {exc.strerror}") from None
-    return read_state(raw, str(path))
 
 
-# ---- the file's layout -----------------------------------------------------
-# A saved file is one header line, then one entry per line (lines joined by ",\n"),
-# then "\n]}\n". orjson never writes a raw newline inside a value, so every newline of
-# the body separates two entries. The header's "checksum" is the CRC-32 of the
-# big-endian CRC-32s of each run of BLOCK entry lines (joined by ",\n"): a save
-# recomputes only the CRCs of the blocks it changed.
-BLOCK = 1024
-CHECKSUM = "crc32-blocks-1024:"
-_OPEN = b',"entries":[\n'
-_CLOSE = b"\n]}\n"
-_SEP = b",\n"
+def load(dataset: Path) -> State:
+    """The state, for reading: the file and its journal."""
+    return read(dataset).state
 
 
-def _checksum(crcs: list[int]) -> str:
-    return f"{CHECKSUM}{zlib.crc32(b''.join(c.to_bytes(4, 'big') for c in crcs)):08x}"
+def load_for_writing(dataset: Path) -> tuple[State, Store]:
+    """The state and the Store that commits to it. Call only under the writer lock: a torn
+    journal tail is cut off, and a file with no usable journal gets a fresh one."""
+    loaded = read(dataset)
+    return loaded.state, Store.open(dataset, loaded)
 
 
-def _read_checked(raw: bytes) -> tuple[State, list] | None:
-    """The fast path of read_state, or None when the file is not a checksummed statesvc save."""
-    nl = raw.find(b"\n")
-    if nl < 0 or not raw[:nl + 1].endswith(_OPEN) or not raw.endswith(_CLOSE):
-        return None
-    try:
-        head = orjson.loads(raw[:nl + 1 - len(_OPEN)] + b"}")
-    except orjson.JSONDecodeError:
-        return None
-    want = head.get("checksum")
-    if not isinstance(want, str) or head.get("schema_version") != SCHEMA_VERSION:
-        return None
-    lo, hi = nl + 1, len(raw) - len(_CLOSE)
-    if lo >= hi:
-        return (_state([], head.get("sample_rate")), []) if want == _checksum([]) else None
-    view = memoryview(raw)
-    blocks, crcs, start, find = [], [], lo, raw.find
-    while start < hi:
-        end = start - 1
-        for _ in range(BLOCK):  # the block ends before its BLOCK-th newline (",\n" separates blocks)
-            end = find(b"\n", end + 1, hi)
-            if end < 0:
-                end = hi + 1  # the last block runs to the end of the body
-                break
-        blocks.append(view[start:end - 1])
-        crcs.append(zlib.crc32(blocks[-1]))
-        start = end + 1
-    if _checksum(crcs) != want:
-        return None
-    entries = _entries_of(blocks)
-    if entries is None:
-        return None  # a forged checksum: validate the long way and say what is wrong
-    state = _state(entries, head.get("sample_rate"), head.get("answers"))
-    if len(state.by_id) != len(entries) or len(state.by_name) != len(entries):
-        return None  # cannot happen for a statesvc save; validate the long way and say why
-    return state, list(zip(blocks, crcs, strict=True))
+# ---- writing ---------------------------------------------------------------
+def render(state: State, head: Head, fd: int) -> int:
+    """Write ``state`` as a checkpoint file into ``fd`` (streamed, a chunk at a time); returns its size."""
+    top = {"schema_version": SCHEMA_VERSION, "sample_rate": state.sample_rate, **state.counters(),
+           "answers": state.answers, "checkpoint": head.checkpoint, "parent": head.parent, "seq": head.seq}
+    placeholder = orjson.dumps({**top, "checksum": f"{CHECKSUM}00000000"})[:-1] + _OPEN
+    at, crc, entries = len(placeholder), 0, state.entries
+    for lo in range(0, len(entries), _CHUNK):
+        chunk = _SEP.join([_encode(e) for e in entries[lo:lo + _CHUNK]])
+        if lo:
+            chunk = _SEP + chunk
+        crc = zlib.crc32(chunk, crc)
+        write_all(fd, chunk, at)
+        at += len(chunk)
+    write_all(fd, _CLOSE, at)
+    first = orjson.dumps({**top, "checksum": f"{CHECKSUM}{crc:08x}"})[:-1] + _OPEN
+    write_all(fd, first, 0)  # the same length as the placeholder: the checksum is 8 hex digits
+    return at + len(_CLOSE)
 
 
-def _entries_of(blocks: list) -> list[Entry] | None:
-    entries: list[Entry] = []
-    try:
-        for blk in blocks:
-            # A checksummed line is Entry.to_dict(): twelve values in Entry's field order, then
-            # "lease" and "suspect" only when set. Entry(*values) skips a lookup per field.
-            entries.extend([Entry(*d.values()) if len(d) == 12 else _entry_of(d)
-                            for d in orjson.loads(b"[" + blk + b"]")])
-        for e in entries:
-            e.status = STATUS_OF[e.status]  # one shared enumeration member per status, not a string each
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None
-    return entries
+def render_bytes(state: State, head: Head = Head("0" * 16)) -> bytes:
+    """A checkpoint file's bytes (tests, small states)."""
+    import tempfile
+    with tempfile.TemporaryFile() as f:
+        n = render(state, head, f.fileno())
+        return os.pread(f.fileno(), n, 0)
 
 
-def _entry_of(d: dict) -> Entry:
-    e = Entry(d["id"], d["filename"], d["text"], d["status"], d["duration_seconds"], d["sample_rate"],
-              d["attempts"], d["error"], d["updated_at"], d["text_hash"], d["rev"], d["take"])
-    lease = d.get("lease")
-    if lease is not None:
-        e.lease = Lease(lease["token"], lease["owner"], lease["deadline"], Phase(lease["phase"]))
-    e.suspect = d.get("suspect") is True
-    return e
+def _write_checkpoint(dataset: Path, state: State, head: Head) -> int:
+    size = 0
 
-
-# ---- saving ----------------------------------------------------------------
-def _dumps(e: Entry) -> bytes:
-    # orjson's result holds a 4 KiB allocation whatever its length; a copy kept for
-    # later (the events of a commit) holds only its bytes: 390 MB less after a 100k requeue.
-    return bytes(memoryview(orjson.dumps(e.to_dict())))
+    def fill(fd: int) -> None:
+        nonlocal size
+        size = render(state, head, fd)
+    write_atomic(state_path(dataset), fill)
+    return size
 
 
 class Store:
-    """Serializes a state into the file's layout, reusing the bytes of unchanged entries.
+    """The writer's side of the state on disk: commits appended to the journal, checkpoints.
 
-    The bytes are kept per block of BLOCK entries (at first, views of the file as loaded);
-    a save re-serializes the changed entries, splices them into their blocks and writes
-    every block with writev, without joining the whole file in memory.
-    """
+    ``extends`` is the checkpoint the open journal extends: a checkpoint names it as its
+    parent, so a crash between the checkpoint's rename and the new journal's leaves a pair
+    that still loads."""
 
-    def __init__(self, dataset: Path, state: State, blocks: list | None = None):
+    def __init__(self, dataset: Path, writer: journal.Writer | None, extends: str | None, seq: int,
+                 file_bytes: int):
         self.dataset = dataset
-        self.path = state_path(dataset)
-        if blocks is None:
-            blocks = []
-            for lo in range(0, len(state.entries), BLOCK):
-                blk = _SEP.join(_dumps(e) for e in state.entries[lo:lo + BLOCK])
-                blocks.append((blk, zlib.crc32(blk)))
-            state.dirty.clear()
-        self._blocks: list = [b for b, _ in blocks]
-        self._crcs: list[int] = [c for _, c in blocks]
-        self._views = sum(isinstance(b, memoryview) for b in self._blocks)  # blocks still in the loaded file
-        self.fresh: dict[int, bytes] = {}  # entry id -> its line, for the entries the last render changed
+        self.writer = writer
+        self.extends = extends
+        self.seq = seq
+        self.file_bytes = file_bytes
+        self.checkpoint_seq = seq  # the last commit the file holds: the journal holds the ones after
+        self.checkpoints = 0
+        self.bytes_written = 0  # journal records and checkpoints, for the operator
 
-    def render_parts(self, state: State) -> list:
-        """The file as a list of buffers; brings the cached blocks up to date with the state."""
-        n = len(state.entries)
-        self.fresh = fresh = {}
-        todo: dict[int, list[int]] = {b: [] for b in range(len(self._blocks), (n + BLOCK - 1) // BLOCK)}
-        for eid in state.dirty:
-            i = state.index_of[eid]
-            todo.setdefault(i // BLOCK, []).append(i)
+    @classmethod
+    def open(cls, dataset: Path, loaded: Loaded) -> Store:
+        j, head = loaded.journal, loaded.head
+        seq = max([head.seq] + [r.seq for r in j.records])
+        store = cls(dataset, None, None, seq, loaded.file_bytes)
+        if head.checkpoint is None:  # a hand-edited or older file: make it a checkpoint of ours
+            store.checkpoint(loaded.state)
+            return store
+        if head.takes(j):  # the journal goes on (a rollback reopens it: nothing to write)
+            if j.torn:
+                journal.cut(dataset, j.good_length)  # unacknowledged: a crash mid-append
+            store.writer, store.extends = journal.Writer(dataset, j.good_length), j.extends
+            if j.records:
+                store.checkpoint_seq = head.seq
+        else:  # none yet, or a stale one without records (its file was replaced by a checkpoint)
+            store._new_journal(head.checkpoint)
+        return store
+
+    @property
+    def journal_bytes(self) -> int:
+        return self.writer.length if self.writer else 0
+
+    def commit(self, state: State) -> list[Entry]:
+        """Append what changed since the last commit, durably; returns the entries it wrote.
+        Raises SaveFailed (nothing of it will load) or OutcomeUnknown (it may)."""
+        ids = sorted(state.dirty, key=state.index_of.__getitem__)  # file order: added entries replay in order
+        rec = Record(self.seq + 1, [state.entries[state.index_of[i]] for i in ids], state.sample_rate,
+                     state.answers if state.answers_dirty else None)
+        line = journal.encode(rec)
+        self.writer.append(line)
+        self.seq += 1
+        self.bytes_written += len(line)
         state.dirty.clear()
-        for b, changed in todo.items():
-            lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
-            lines = bytes(self._blocks[b]).split(_SEP) if b < len(self._blocks) else []
-            lines.extend(_dumps(state.entries[i]) for i in range(lo + len(lines), hi))  # added entries
-            for i in changed:
-                e = state.entries[i]
-                lines[i - lo] = fresh[e.id] = _dumps(e)
-            blk = _SEP.join(lines)
-            if b < len(self._blocks):
-                self._views -= isinstance(self._blocks[b], memoryview)
-                self._blocks[b], self._crcs[b] = blk, zlib.crc32(blk)
-            else:
-                self._blocks.append(blk)
-                self._crcs.append(zlib.crc32(blk))
-        if 0 < self._views < len(self._blocks) // 2:  # copy the few left so the loaded file can be freed
-            self._blocks = [bytes(b) for b in self._blocks]
-            self._views = 0
-        head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sample_rate": state.sample_rate,
-                             **state.counters(), "answers": state.answers, "checksum": _checksum(self._crcs)})
-        parts = [head[:-1], _OPEN]
-        for blk in self._blocks:
-            parts += (blk, _SEP)
-        if self._blocks:
-            parts.pop()
-        parts.append(_CLOSE)
-        return parts
-
-    def render(self, state: State) -> bytes:
-        return b"".join(self.render_parts(state))
-
-    def save(self, state: State) -> None:
-        """Write the state durably, or raise SaveFailed leaving the old file intact."""
-        write_atomic(self.path, self.render_parts(state))
+        state.answers_dirty = False
         state.unsaved = False
+        return rec.entries
+
+    def checkpoint(self, state: State) -> None:
+        """Write the whole state as the new file, then start a fresh journal extending it.
+
+        Call between commits (nothing applied and not committed). A failure before the file's
+        rename, or of the folder fsync after it, changes nothing that loads: the journal still
+        extends the old file and, as its parent, the new one. Raises SaveFailed then; raises
+        OutcomeUnknown only when the new journal's rename may not survive."""
+        ck = secrets.token_hex(8)
+        try:
+            size = _write_checkpoint(self.dataset, state, Head(ck, self.extends, self.seq))
+        except OutcomeUnknown as exc:  # either file may survive, and the journal extends both
+            raise SaveFailed(str(exc)) from None
+        self.file_bytes = size
+        self.bytes_written += size
+        self._new_journal(ck)
+        self.checkpoint_seq = self.seq
+        self.checkpoints += 1
+        state.dirty.clear()
+        state.answers_dirty = False
+        state.unsaved = False
+
+    def _new_journal(self, ck: str) -> None:
+        length = journal.start(self.dataset, ck)
+        if self.writer is not None:
+            self.writer.close()
+        self.writer, self.extends = journal.Writer(self.dataset, length), ck
+        self.bytes_written += length
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def remove_stale_temps(dataset: Path) -> list[str]:
-    """Temp copies of the state left by a writer killed mid-save. Call only under the writer lock."""
+    """Temp copies left by a writer killed mid-save. Call only under the writer lock."""
     removed = []
-    for tmp in dataset.glob(f".{STATE_FILE}.*.tmp"):
-        try:
-            tmp.unlink()
-            removed.append(tmp.name)
-        except OSError:
-            pass
+    for pattern in (f".{STATE_FILE}.*.tmp", f".{JOURNAL_FILE}.*.tmp"):
+        for tmp in dataset.glob(pattern):
+            try:
+                tmp.unlink()
+                removed.append(tmp.name)
+            except OSError:
+                pass
     return removed
 
 
 def create(dataset: Path, state: State) -> None:
-    """Write a new state file; refuse when one exists."""
+    """Write a new state file (and no journal); refuse when one exists. A journal left without
+    its file (the file deleted by hand) is moved aside, never applied to the new one."""
     if state_path(dataset).exists():
         raise FileExistsError(state_path(dataset))
-    Store(dataset, state).save(state)
+    old = journal_path(dataset)
+    if old.exists():
+        os.replace(old, old.with_name(f"{JOURNAL_FILE}.orphaned-{time.strftime('%Y%m%dT%H%M%S')}"))
+    _write_checkpoint(dataset, state, Head(secrets.token_hex(8), None, 0))
+    state.dirty.clear()
+    state.unsaved = False
+
+
+# ---- the journal's two ways out of a conflict --------------------------------
+def replay_journal(dataset: Path) -> tuple[int, int]:
+    """Apply every record of the journal onto the file as it is now, and make that a checkpoint.
+    Returns (records applied, entries they held). Call only under the writer lock."""
+    raw = _file_bytes(dataset)
+    with _no_gc():
+        entries, sr, answers, head = _read_file_bytes(raw, str(state_path(dataset)))
+        j = journal.read(dataset)
+        records = j.after(head.seq) if head.takes(j) else j.records
+        jsr, janswers = replay(entries, records)
+        state = _state(entries, jsr or sr, janswers if janswers is not None else answers)
+    seq = max([head.seq] + [r.seq for r in j.records])
+    store = Store(dataset, None, None, seq, len(raw))
+    store.checkpoint(state)
+    store.close()
+    return len(records), sum(len(r.entries) for r in records)
+
+
+def discard_journal(dataset: Path) -> tuple[int, Path | None]:
+    """Move the journal aside (nothing is deleted); the file alone is the state again.
+    Returns (records it held, where it went). Call only under the writer lock."""
+    path = journal_path(dataset)
+    if not path.exists():
+        return 0, None
+    n = len(journal.read(dataset).records)
+    aside = path.with_name(f"{JOURNAL_FILE}.discarded-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(path, aside)
+    from .atomic import fsync_dir
+    fsync_dir(dataset)
+    return n, aside
 
 
 # ---- the writer lock -------------------------------------------------------

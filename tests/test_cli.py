@@ -12,7 +12,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from statesvc.cli import main
-from tests.conftest import cli, make_dataset, read_state
+from tests.conftest import cli, make_dataset, read_file, read_state
 
 
 def one_line_error(r) -> None:
@@ -27,7 +27,7 @@ def test_init_txt_ids_and_filenames(tmp_path: Path) -> None:
     assert [(e["id"], e["filename"], e["text"]) for e in doc["entries"]] == [
         (1, "voz_0001", "Hola."), (2, "voz_0002", "Adiós.")]
     assert (doc["total"], doc["pending"], doc["completed"]) == (2, 2, 0)
-    assert doc["schema_version"] == 2 and (ds / "wavs").is_dir()
+    assert read_file(ds)["schema_version"] == 2 and (ds / "wavs").is_dir()
 
 
 def test_init_wide_ids(tmp_path: Path) -> None:

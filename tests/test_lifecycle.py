@@ -176,7 +176,8 @@ def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_d
         cli("init", "--dataset", str(ds), "--texts", str(base), check=True)
         start_daemon(ds)
         new = tmp_path / "new.txt"
-        new.write_text("nuevo uno\nnuevo dos\nnuevo tres\n")
+        # big enough that its journal record cannot fit in the slack a full disk leaves in a page
+        new.write_text("nuevo uno\nnuevo dos\nnuevo tres\n" + "".join(f"relleno {i} {'x' * 80}\n" for i in range(400)))
         junk = fill(ds)
         r = cli("add", "--dataset", str(ds), "--texts", str(new), timeout=30)
         assert_one_line_error(r, "not saved")
@@ -186,9 +187,9 @@ def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_d
         assert r.returncode == 0, r.stderr
         texts = collections.Counter(e["text"] for e in read_state(ds)["entries"])
         assert [texts[t] for t in ("nuevo uno", "nuevo dos", "nuevo tres")] == [1, 1, 1], texts
-        assert len(read_state(ds)["entries"]) == 53
+        assert len(read_state(ds)["entries"]) == 453
         # and the daemon agrees with the file (nothing rolled back appears later)
-        assert daemon_status(ds)["total"] == 53
+        assert daemon_status(ds)["total"] == 453
     finally:
         umount(ds)
 

@@ -3,22 +3,20 @@ invariants, and the rules one by one."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, State, Status, text_hash
-from statesvc.store import Store, parse_state
+from statesvc.store import parse_state, render_bytes
 from tests.conftest import take
 
 SR = 22050
 
 
 def fresh(n: int = 5, max_attempts: int = 3) -> State:
-    return State([Entry(i, f"utt_{i:04d}", f"text {i}") for i in range(1, n + 1)], max_attempts=max_attempts)
+    return State([Entry.make(i, f"utt_{i:04d}", f"text {i}") for i in range(1, n + 1)], max_attempts=max_attempts)
 
 
 def check_invariants(s: State) -> None:
@@ -66,7 +64,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.ended: dict[int, int] = dict.fromkeys(self.s.by_id, 0)  # syntheses that ended, per entry
         self.unit: dict[str, list[str]] = {}    # owner -> the tokens it said it synthesizes together
         self.owner_of: dict[str, str] = {}
-        self.disk = Store(Path("/nonexistent"), self.s).render(self.s)
+        self.disk = render_bytes(self.s)
         self.disk_model = self._model()
 
     def _model(self) -> tuple:
@@ -218,7 +216,7 @@ class Lifecycle(RuleBasedStateMachine):
     # ---- the daemon's saves ---------------------------------------------------------
     @rule()
     def save(self) -> None:
-        self.disk = Store(Path("/nonexistent"), self.s).render(self.s)
+        self.disk = render_bytes(self.s)
         self.disk_model = self._model()
 
     @rule()
@@ -227,7 +225,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.s = parse_state(self.disk)
         self.s.max_attempts = 3
         self.phase, self.ended, self.unit = (dict(x) for x in self.disk_model)
-        assert Store(Path("/nonexistent"), self.s).render(self.s) == self.disk, "nothing unsaved survives"
+        assert render_bytes(self.s) == self.disk, "nothing unsaved survives"
 
     @precondition(lambda self: True)
     @invariant()
@@ -237,7 +235,7 @@ class Lifecycle(RuleBasedStateMachine):
             assert e.attempts == self.ended[e.id], f"entry {e.id}: attempts equal the syntheses that ended"
             if e.status == Status.COMPLETED and e.take is not None and not e.take.startswith("t"):
                 assert any(c["id"] == e.id and c["token"] == e.take and c["rev"] == e.rev for c in self.handed)
-        again = parse_state(Store(Path("/nonexistent"), self.s).render(self.s))
+        again = parse_state(render_bytes(self.s))
         assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in self.s.entries]
 
 
@@ -369,13 +367,13 @@ def test_heartbeats_keep_leases_through_a_long_synthesis() -> None:
 
 
 def test_a_generating_entry_without_a_lease_is_repaired_on_load() -> None:
-    s = State([Entry(1, "a", "x", Status.GENERATING), Entry(2, "b", "y")])
+    s = State([Entry.make(1, "a", "x", Status.GENERATING), Entry.make(2, "b", "y")])
     assert s.repair(0) == [1]
     assert s.by_id[1].status == "pending" and s.counts[Status.PENDING] == 2
 
 
 def test_numeric_filenames_win_over_ids() -> None:
-    s = State([Entry(1, "0002", "x"), Entry(2, "0001", "y")])
+    s = State([Entry.make(1, "0002", "x"), Entry.make(2, "0001", "y")])
     assert s.lookup("0001").id == 2 and s.lookup("#1").id == 1 and s.lookup(1).id == 1
     assert s.lookup("2").id == 2  # no such filename: the id
     with pytest.raises(Refused):

@@ -1,4 +1,4 @@
-"""The save path under faults: the old file stays intact, no write of a failed batch is acknowledged."""
+"""The commit path under faults: a failed append is cut off and refused, a failed checkpoint loses nothing."""
 
 from __future__ import annotations
 
@@ -15,102 +15,130 @@ from statesvc.atomic import OutcomeUnknown, SaveFailed
 from statesvc.client import Client, ServiceError
 from statesvc.daemon import Daemon
 from statesvc.state import Entry, State
-from statesvc.store import Store, load
+from statesvc.store import load
 from tests.conftest import take
 
-STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]
+STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]  # of a checkpoint (temp, rename, folder)
 
 
 def new_state(ds: Path, n: int = 5) -> State:
     (ds / "wavs").mkdir(parents=True)
-    s = State([Entry(i, f"u_{i:03d}", f"t{i}") for i in range(1, n + 1)])
+    s = State([Entry.make(i, f"u_{i:03d}", f"t{i}") for i in range(1, n + 1)])
     store.create(ds, s)
-    return load(ds)
+    s, st = store.load_for_writing(ds)  # and its first journal, as a daemon starting would
+    st.close()
+    return s
 
 
 class Faults:
-    """Fail one step of the save with ``err``, ``times`` times (0 = for ever)."""
+    """Fail one step of a checkpoint or an append with ``err``, ``times`` times (0 = for ever),
+    after letting ``skip`` of them pass. ``events`` records each fsync, fdatasync and close."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: str, err: int, times: int = 1):
-        self.left = times if times else 10**9
-        self.fsyncs = []
-        real_open, real_write, real_fsync, real_replace = os.open, os.write, os.fsync, os.replace
-        real_writev = os.writev
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, step: str, err: int, times: int = 1, skip: int = 0):
+        self.step, self.err, self.left, self.skip = step, err, times if times else 10**9, skip
+        self.events: list[tuple[str, int]] = []
+        self.real = {n: getattr(os, n) for n in ("open", "write", "writev", "pwrite", "replace", "fsync",
+                                                 "fdatasync", "ftruncate", "close")}
+        for name, as_step in (("open", "open"), ("write", "write"), ("writev", "write"), ("pwrite", "write"),
+                              ("replace", "replace"), ("ftruncate", "ftruncate")):
+            monkeypatch.setattr(store.os, name, self._failing(name, as_step))
+        monkeypatch.setattr(store.os, "fsync", self._sync("fsync"))
+        monkeypatch.setattr(store.os, "fdatasync", self._sync("fdatasync"))
+        monkeypatch.setattr(store.os, "close", self._close)
 
-        def failing(real, name):
-            def wrapped(*a, **kw):
-                if name == step and self.left > 0:
-                    if name != "open" or str(a[0]).endswith(".tmp"):
-                        self.left -= 1
-                        raise OSError(err, os.strerror(err))
-                return real(*a, **kw)
-            return wrapped
+    def _hit(self, name: str) -> bool:
+        if name != self.step or self.left <= 0:
+            return False
+        if self.skip:
+            self.skip -= 1
+            return False
+        self.left -= 1
+        return True
 
-        def fsync(fd):
-            is_dir = os.path.isdir(f"/proc/self/fd/{fd}")
-            self.fsyncs.append(fd)
-            name = "fsync_dir" if is_dir else "fsync"
-            if name == step and self.left > 0:
-                self.left -= 1
-                raise OSError(err, os.strerror(err))
-            return real_fsync(fd)
+    def _failing(self, name: str, as_step: str):
+        def wrapped(*a, **kw):
+            if (as_step != "open" or str(a[0]).endswith(".tmp")) and self._hit(as_step):
+                raise OSError(self.err, os.strerror(self.err))
+            return self.real[name](*a, **kw)
+        return wrapped
 
-        monkeypatch.setattr(store.os, "open", failing(real_open, "open"))
-        monkeypatch.setattr(store.os, "write", failing(real_write, "write"))
-        monkeypatch.setattr(store.os, "writev", failing(real_writev, "write"))
-        monkeypatch.setattr(store.os, "replace", failing(real_replace, "replace"))
-        monkeypatch.setattr(store.os, "fsync", fsync)
+    def _sync(self, name: str):
+        def wrapped(fd: int) -> None:
+            self.events.append((name, fd))
+            kind = "fsync_dir" if name == "fsync" and os.path.isdir(f"/proc/self/fd/{fd}") else name
+            if self._hit(kind):
+                raise OSError(self.err, os.strerror(self.err))
+            return self.real[name](fd)
+        return wrapped
+
+    def _close(self, fd: int) -> None:
+        self.events.append(("close", fd))
+        return self.real["close"](fd)
+
+
+def journal_bytes(ds: Path) -> bytes:
+    return (ds / "generation_state.journal").read_bytes()
 
 
 @pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
-def test_failed_save_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch, step: str, err: int) -> None:
+def test_a_failed_checkpoint_loses_nothing_and_leaves_no_temp(tmp_path: Path, monkeypatch, step: str,
+                                                               err: int) -> None:
     ds = tmp_path / "ds"
-    s = new_state(ds)
-    before = (ds / "generation_state.json").read_bytes()
+    new_state(ds)
+    s, st = store.load_for_writing(ds)
     s.claim("g", 2, None, 0)
-    Faults(monkeypatch, step, err, times=1)
-    st = Store(ds, s)
-    if step == "fsync_dir":
-        with pytest.raises(OutcomeUnknown):
-            st.save(s)
-        return  # the rename happened: the outcome is unknown, the daemon stops (tested below)
-    with pytest.raises(SaveFailed):
-        st.save(s)
-    assert (ds / "generation_state.json").read_bytes() == before
-    assert [p.name for p in ds.iterdir() if p.name.endswith(".tmp")] == []
-    assert s.unsaved
-    st.save(s)  # the fault has passed: the next save writes everything
-    assert load(ds).counts["generating"] == 2
-
-
-@pytest.mark.parametrize("step", ["open", "write", "fsync", "replace"])
-def test_a_fault_for_ever_never_touches_the_old_file(tmp_path: Path, monkeypatch, step: str) -> None:
-    ds = tmp_path / "ds"
-    s = new_state(ds)
+    st.commit(s)  # in the journal: durable
     before = (ds / "generation_state.json").read_bytes()
-    Faults(monkeypatch, step, errno.EIO, times=0)
-    st = Store(ds, s)
-    for i in range(5):
-        s.claim("g", 1, None, i)
-        with pytest.raises(SaveFailed):
-            st.save(s)
-        assert (ds / "generation_state.json").read_bytes() == before
-        assert [p.name for p in ds.iterdir() if p.name.endswith(".tmp")] == []
-
-
-def test_failed_fsync_is_not_retried_on_the_same_descriptor(tmp_path: Path, monkeypatch) -> None:
-    ds = tmp_path / "ds"
-    s = new_state(ds)
-    s.claim("g", 1, None, 0)
-    f = Faults(monkeypatch, "fsync", errno.EIO, times=1)
+    Faults(monkeypatch, step, err, times=1)
     with pytest.raises(SaveFailed):
-        Store(ds, s).save(s)
-    assert len(f.fsyncs) == 1  # one failed fsync, then the descriptor was closed, not fsynced again
+        st.checkpoint(s)
+    if step != "fsync_dir":  # after the rename the new file is in place; either one loads the same
+        assert (ds / "generation_state.json").read_bytes() == before
+    assert [p.name for p in ds.iterdir() if p.name.endswith(".tmp")] == []
+    assert load(ds).counts["generating"] == 2  # file and journal still hold the commit
+    s.claim("g", 1, None, 1)
+    st.commit(s)  # the journal goes on after a failed checkpoint
+    st.checkpoint(s)  # the fault has passed
+    assert store.read_state((ds / "generation_state.json").read_bytes())[0].counts["generating"] == 3
+    assert load(ds).counts["generating"] == 3
+
+
+@pytest.mark.parametrize("step", ["write", "fdatasync"])
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
+def test_a_failed_append_is_cut_off_and_never_loads(tmp_path: Path, monkeypatch, step: str, err: int) -> None:
+    ds = tmp_path / "ds"
+    new_state(ds)
+    s, st = store.load_for_writing(ds)
+    s.claim("g", 1, None, 0)
+    st.commit(s)
+    before = journal_bytes(ds)
+    s.claim("g", 2, None, 1)
+    f = Faults(monkeypatch, step, err, times=1)
+    with pytest.raises(SaveFailed):
+        st.commit(s)
+    assert journal_bytes(ds) == before  # the failed record was cut off again, durably
+    assert load(ds).counts["generating"] == 1  # what is answered "not saved" never loads
+    if step == "fdatasync":  # never retried on the descriptor that failed: closed, and a new one cut it
+        first = next(i for i, e in enumerate(f.events) if e[0] == "fdatasync")
+        fd = f.events[first][1]
+        assert next(e for e in f.events[first + 1:] if e[1] == fd) == ("close", fd)
+
+
+def test_an_append_that_cannot_be_cut_off_is_outcome_unknown(tmp_path: Path, monkeypatch) -> None:
+    ds = tmp_path / "ds"
+    new_state(ds)
+    s, st = store.load_for_writing(ds)
+    s.claim("g", 1, None, 0)
+    Faults(monkeypatch, "fdatasync", errno.EIO, times=1)
+    monkeypatch.setattr(store.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    with pytest.raises(OutcomeUnknown):
+        st.commit(s)
 
 
 def _serve_in_thread(ds: Path, s: State) -> tuple[Daemon, threading.Event, threading.Thread, list]:
-    d = Daemon(ds, s, f"ipc://{ds}/statesvc.sock", f"ipc://{ds}/ev.sock")
+    _, st = store.load_for_writing(ds)
+    d = Daemon(ds, s, f"ipc://{ds}/statesvc.sock", f"ipc://{ds}/ev.sock", store=st)
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -140,30 +168,51 @@ def test_daemon_refuses_the_failed_batch_and_rolls_it_back(tmp_path: Path, monke
                 with pytest.raises(ServiceError, match="not saved"):
                     c.call("claim", owner="g", n=1)
                 assert c.call("ping")["pid"] == os.getpid()  # still serving
-            assert orjson.loads((ds / "generation_state.json").read_bytes())["generating"] == 0
+            assert load(ds).counts["generating"] == 0
             c.call("claim", owner="g", n=1)  # space is back: this batch is saved, the refused ones never
         # were applied (rolled back): what was answered "not saved" does not appear later
-        assert orjson.loads((ds / "generation_state.json").read_bytes())["generating"] == 1
+        assert load(ds).counts["generating"] == 1
     finally:
         stop.set()
         t.join(10)
     assert not errors
 
 
-def test_daemon_stops_when_folder_fsync_fails_after_rename(tmp_path: Path, monkeypatch) -> None:
+def test_a_failed_checkpoint_in_the_daemon_is_reported_and_retried(tmp_path: Path, monkeypatch) -> None:
     ds = tmp_path / "ds"
     s = new_state(ds)
-    Faults(monkeypatch, "fsync_dir", errno.EIO, times=1)
+    Faults(monkeypatch, "fsync_dir", errno.EIO, times=1)  # the checkpoint file's folder fsync
     d, stop, t, errors = _serve_in_thread(ds, s)
     try:
         with Client(f"ipc://{ds}/statesvc.sock", timeout=5, retries=1) as c:
-            with pytest.raises(ServiceError, match="outcome unknown"):  # never "not saved": it may survive
-                c.call("claim", owner="g", n=1)
+            c.call("claim", owner="g", n=1)
+            with pytest.raises(ServiceError, match="checkpoint failed"):
+                c.call("checkpoint")
+            c.call("claim", owner="g", n=1)  # still serving, still committing
+            assert c.call("checkpoint")["bytes"] > 0
+        assert store.read_state((ds / "generation_state.json").read_bytes())[0].counts["generating"] == 2
+    finally:
+        stop.set()
+        t.join(10)
+    assert not errors
+
+
+def test_daemon_stops_when_the_new_journals_folder_fsync_fails(tmp_path: Path, monkeypatch) -> None:
+    ds = tmp_path / "ds"
+    s = new_state(ds)
+    Faults(monkeypatch, "fsync_dir", errno.EIO, times=1, skip=1)  # the file's passes, the journal's fails
+    d, stop, t, errors = _serve_in_thread(ds, s)
+    try:
+        with Client(f"ipc://{ds}/statesvc.sock", timeout=5, retries=1) as c:
+            c.call("claim", owner="g", n=1)
+            with pytest.raises(ServiceError, match="outcome unknown"):  # appends to it might not survive
+                c.call("checkpoint")
         t.join(10)
         assert errors and isinstance(errors[0], OutcomeUnknown)
     finally:
         stop.set()
         t.join(10)
+    assert load(ds).counts["generating"] == 1
 
 
 def test_damaged_state_is_refused(tmp_path: Path) -> None:
@@ -186,44 +235,25 @@ def test_damaged_state_is_refused(tmp_path: Path) -> None:
             load(ds)
 
 
-def test_cached_render_equals_a_fresh_render(tmp_path: Path) -> None:
-    import random
-    rng = random.Random(7)
-    s = State([Entry(i, f"u_{i:05d}", f"t{i}") for i in range(1, 3001)])
-    cached = Store(tmp_path, s)
-    for step in range(30):
-        for c in s.claim("g", rng.randint(1, 300), None, step)["entries"]:
-            if rng.random() < 0.7:
-                s.result(take(c, rng.random()), step)
-        if step % 7 == 0:
-            s.add([(None, f"new {step} {k}") for k in range(rng.randint(1, 1500))], "u", step)
-        assert cached.render(s) == Store(tmp_path, s).render(s)
-    assert len(load_bytes(cached.render(s)).entries) == len(s.entries)
-
-
-def load_bytes(raw: bytes) -> State:
-    return store.parse_state(raw)
-
-
 def _saved(tmp_path: Path, n: int) -> Path:
     ds = tmp_path / "ds"
     ds.mkdir()
-    s = State([Entry(i, f"u_{i:05d}", f"t{i}\n\"quoted\", {{x}}") for i in range(1, n + 1)])
+    s = State([Entry.make(i, f"u_{i:05d}", f"t{i}\n\"quoted\", {{x}}") for i in range(1, n + 1)])
     for c in s.claim("g", n // 2, None, 1)["entries"][::2]:
         s.result(take(c, 0.5, 16000), 2)
     store.create(ds, s)
     return ds
 
 
-def test_a_checksummed_save_loads_fast_and_equals_a_full_validation(tmp_path: Path) -> None:
-    ds = _saved(tmp_path, 2500)  # three blocks, the last one partial
+def test_a_checksummed_file_loads_fast_and_equals_a_full_validation(tmp_path: Path) -> None:
+    ds = _saved(tmp_path, 9000)  # three chunks, the last one partial
     raw = (ds / "generation_state.json").read_bytes()
-    fast, blocks = store.read_state(raw)
-    assert blocks is not None and len(blocks) == 3
-    slow = store.read_state(orjson.dumps(orjson.loads(raw)))  # same content, another layout
-    assert slow[1] is None
-    assert [e.to_dict() for e in fast.entries] == [e.to_dict() for e in slow[0].entries]
-    assert fast.counters() == slow[0].counters() and fast.sample_rate == slow[0].sample_rate == 16000
+    fast, head = store.read_state(raw)
+    assert head.checkpoint is not None
+    slow, shead = store.read_state(orjson.dumps(orjson.loads(raw)))  # same content, another layout
+    assert shead.checkpoint is None
+    assert [e.to_dict() for e in fast.entries] == [e.to_dict() for e in slow.entries]
+    assert fast.counters() == slow.counters() and fast.sample_rate == slow.sample_rate == 16000
 
 
 def test_a_hand_edit_is_validated_the_long_way(tmp_path: Path) -> None:
@@ -232,24 +262,11 @@ def test_a_hand_edit_is_validated_the_long_way(tmp_path: Path) -> None:
     raw = path.read_bytes()
     line = b'{"id":40,"filename":"u_00040","text":"t40\\n\\"quoted\\", {x}","status":"pending"'
     assert line in raw
-    state, blocks = store.read_state(raw.replace(line, line.replace(b"pending", b"failed")))
-    assert blocks is None and state.by_id[40].status == "failed"  # the checksum no longer matches
+    state, head = store.read_state(raw.replace(line, line.replace(b"pending", b"failed")))
+    assert head.checkpoint is None and state.by_id[40].status == "failed"  # the checksum no longer matches
     path.write_bytes(raw.replace(b'"status":"pending"', b'"status":"done"', 1))
     with pytest.raises(store.DamagedState, match="unknown status 'done'"):
         load(ds)
-
-
-def test_saves_after_a_fast_load_equal_a_fresh_render(tmp_path: Path) -> None:
-    ds = _saved(tmp_path, 3000)
-    s, st = store.load_for_writing(ds)
-    for step in range(5):
-        for c in s.claim("g", 700, None, step)["entries"]:
-            s.result(take(c, 1.25, 16000), step)
-        s.add([(None, f"added {step} {k}") for k in range(333)], "a", step)
-        st.save(s)
-        assert (ds / "generation_state.json").read_bytes() == Store(ds, s).render(s)
-        again, blocks = store.read_state((ds / "generation_state.json").read_bytes())
-        assert blocks is not None and again.counters() == s.counters()
 
 
 def test_short_writev_resumes_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
@@ -260,10 +277,11 @@ def test_short_writev_resumes_where_it_stopped(tmp_path: Path, monkeypatch) -> N
     assert (tmp_path / "f").read_bytes() == b"".join(bytes(p) for p in parts)
 
 
-@pytest.mark.parametrize("n", [0, 1, 1023, 1024, 1025, 2048])
-def test_block_edges_round_trip_through_the_fast_path(tmp_path: Path, n: int) -> None:
-    s = State([Entry(i, f"e_{i:05d}", f"text {i}") for i in range(1, n + 1)])
-    raw = Store(tmp_path, s).render(s)
-    again, blocks = store.read_state(raw)
-    assert blocks is not None and len(blocks) == -(-n // store.BLOCK)
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 8192])
+def test_chunk_edges_round_trip_through_the_fast_path(n: int) -> None:
+    s = State([Entry.make(i, f"e_{i:05d}", f"text {i}") for i in range(1, n + 1)])
+    raw = store.render_bytes(s)
+    again, head = store.read_state(raw)
+    assert head.checkpoint is not None
     assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries]
+    assert orjson.loads(raw)["entries"] == [e.to_dict() for e in s.entries]  # plain JSON, every field

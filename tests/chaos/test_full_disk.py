@@ -26,15 +26,15 @@ def test_state_disk_full_refuses_writes_then_catches_up(tmp_path: Path, start_da
         before = (ds / "generation_state.json").read_bytes()
         junk = fill(ds)
         with Client.for_dataset(ds, timeout=5, retries=1) as c:
-            with pytest.raises(ServiceError, match="not saved"):
-                c.call("claim", owner="g", n=5)
+            with pytest.raises(ServiceError, match="not saved"):  # a record too big for a page's slack
+                c.call("claim", owner="g", n=200)
             assert (ds / "generation_state.json").read_bytes() == before  # old file intact
             assert not [p for p in ds.iterdir() if p.name.endswith(".tmp")]
             assert c.call("ping")["pid"]                                   # still serving
             junk.unlink()
-            got = c.call("claim", owner="g", n=5)["entries"]               # space is back
+            got = c.call("claim", owner="g", n=200)["entries"]             # space is back
         # the refused batch was rolled back, never applied: only the second one is saved
-        assert len(got) == 5 and read_state(ds)["generating"] == 5
+        assert len(got) == 200 and read_state(ds)["generating"] == 200
     finally:
         umount(ds)
 

@@ -74,7 +74,7 @@ def trial(m: Mount, rng: random.Random, safe: bool) -> tuple[int, int]:
     if ds.exists():
         shutil.rmtree(ds)
     (ds / "wavs").mkdir(parents=True)
-    create(ds, State([Entry(i, f"p_{i:04d}", f"text {i}") for i in range(1, 401)]))
+    create(ds, State([Entry.make(i, f"p_{i:04d}", f"text {i}") for i in range(1, 401)]))
     os.sync()
     argv = [sys.executable, "-m", "statesvc"] if safe else [sys.executable, "-c", SKIP_DIR_FSYNC]
     d = subprocess.Popen([*argv, "serve", "--dataset", str(ds), "--log-level", "ERROR"],

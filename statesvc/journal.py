@@ -1,0 +1,177 @@
+"""The journal beside generation_state.json: the commits made since the last checkpoint.
+
+``generation_state.journal`` is one header line naming the checkpoint it extends, then one
+line per group commit::
+
+    {"journal":1,"extends":"3f9c0a6e1b2d4c5a"}
+    1c0ffee5 {"seq":41,"sample_rate":22050,"entries":[{...whole entry...},...]}
+
+A record holds whole entries (absolute, never increments), so replaying one twice is
+harmless, and the CRC-32 (8 hex digits) of its JSON. Reading stops at the first line that
+is incomplete, fails its checksum or does not follow the sequence: a crash mid-append can
+only tear the last record, which was never acknowledged. The writer appends a record and
+fdatasyncs before it acknowledges anything in it; a failed append is cut off again before
+the batch is refused, so a write answered "not saved" never comes back on a later load.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import orjson
+
+from .atomic import OutcomeUnknown, SaveFailed, write_all, write_atomic
+from .state import Entry
+
+JOURNAL_FILE = "generation_state.journal"
+
+
+class Record(msgspec.Struct, gc=False, omit_defaults=True):
+    """One group commit: every entry it changed, as a whole; the header values when they changed."""
+
+    seq: int
+    entries: list[Entry]
+    sample_rate: int | None = None
+    answers: dict | None = None
+
+
+_decode_record = msgspec.json.Decoder(Record).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def journal_path(dataset: Path) -> Path:
+    return dataset / JOURNAL_FILE
+
+
+@dataclass
+class Contents:
+    """What a journal holds, as far as it can be trusted."""
+
+    extends: str | None = None     # the checkpoint it extends; None when there is no journal
+    records: list[Record] = field(default_factory=list)
+    good_length: int = 0           # bytes up to the end of the last good record
+    size: int = 0                  # bytes in the file (more than good_length: a torn tail)
+    ends: list[int] = field(default_factory=list)  # offset just after each record
+
+    @property
+    def torn(self) -> int:
+        return self.size - self.good_length
+
+    def after(self, seq: int) -> list[Record]:
+        return [r for r in self.records if r.seq > seq]
+
+
+def header(extends: str) -> bytes:
+    return orjson.dumps({"journal": 1, "extends": extends}) + b"\n"
+
+
+def parse(raw: bytes) -> Contents:
+    """The good records of a journal's bytes; an unreadable header makes an empty journal."""
+    nl = raw.find(b"\n")
+    try:
+        head = orjson.loads(raw[:nl]) if nl > 0 else None
+    except orjson.JSONDecodeError:
+        head = None
+    if not isinstance(head, dict) or head.get("journal") != 1 or not isinstance(head.get("extends"), str):
+        return Contents(None, [], 0, len(raw))  # torn before its header was whole: holds nothing
+    out = Contents(head["extends"], [], nl + 1, len(raw))
+    pos, last = nl + 1, None
+    while pos < len(raw):
+        end = raw.find(b"\n", pos)
+        if end < 0 or end - pos < 10 or raw[pos + 8:pos + 9] != b" ":
+            break
+        body = memoryview(raw)[pos + 9:end]
+        try:
+            ok = int(raw[pos:pos + 8], 16) == zlib.crc32(body)
+            rec = _decode_record(body) if ok else None
+        except (ValueError, msgspec.DecodeError):
+            rec = None
+        if rec is None or (last is not None and rec.seq <= last):
+            break
+        out.records.append(rec)
+        last, pos = rec.seq, end + 1
+        out.good_length = pos
+        out.ends.append(pos)
+    return out
+
+
+def read(dataset: Path) -> Contents:
+    """The journal's good records; no journal reads as an empty one. Raises OSError."""
+    try:
+        raw = journal_path(dataset).read_bytes()
+    except FileNotFoundError:
+        return Contents()
+    return parse(raw)
+
+
+def encode(rec: Record) -> bytes:
+    body = _encode(rec)
+    return b"%08x " % zlib.crc32(body) + body + b"\n"
+
+
+class Writer:
+    """Appends records to the journal of one dataset; the only code that writes it."""
+
+    def __init__(self, dataset: Path, length: int):
+        self.path = journal_path(dataset)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        self.length = length  # everything before this offset is durable and acknowledged
+
+    def append(self, line: bytes) -> None:
+        """Write one record and fdatasync it; on failure cut it off again and raise SaveFailed.
+
+        A failed fdatasync is never retried on the same descriptor (the kernel may have dropped
+        the pages and report success the second time): the record is cut off through a new one.
+        If even that fails, the record may survive: OutcomeUnknown."""
+        try:
+            write_all(self.fd, line, self.length)
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            self._cut_back()
+            raise SaveFailed(f"appending to {self.path.name}: {exc.strerror or exc}") from None
+        self.length += len(line)
+
+    def _cut_back(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+            os.ftruncate(self.fd, self.length)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise OutcomeUnknown(f"cannot cut a failed record off {self.path.name}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def start(dataset: Path, extends: str, tail: bytes = b"") -> int:
+    """A fresh journal extending checkpoint ``extends`` (holding ``tail``, records made after its
+    snapshot), swapped in atomically. Returns its length. Raises SaveFailed, or OutcomeUnknown
+    when the rename happened but the folder fsync failed (appends to it might not survive)."""
+    data = header(extends) + tail
+    write_atomic(journal_path(dataset), data)
+    return len(data)
+
+
+def cut(dataset: Path, length: int) -> None:
+    """Cut a torn tail off (at start, under the writer lock), durably."""
+    fd = os.open(journal_path(dataset), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, length)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["JOURNAL_FILE", "Record", "Contents", "Writer", "journal_path", "parse", "read", "encode", "start",
+           "cut"]
