@@ -96,16 +96,23 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
               envvar="STATESVC_CURVE_SECRET", help="The daemon's .key_secret file (required on tcp).")
 @click.option("--allow", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="STATESVC_ALLOW", help="Folder of client public .key files allowed on tcp.")
+@click.option("--checkpoint-bytes", type=click.IntRange(4096, None), default=None,
+              help="Write a checkpoint when the journal reaches this many bytes (default: the size of "
+                   "generation_state.json, at least 1 MiB).")
+@click.option("--checkpoint-idle", type=click.FloatRange(0, None), default=2.0, show_default=True,
+              help="Write a checkpoint after this many seconds without a commit (0: never for idleness).")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds: float | None,
-          max_attempts: int | None, curve_secret: Path | None, allow: Path | None, log_level: str) -> None:
-    """Run the daemon: the only writer of generation_state.json."""
+          max_attempts: int | None, curve_secret: Path | None, allow: Path | None, checkpoint_bytes: int | None,
+          checkpoint_idle: float, log_level: str) -> None:
+    """Run the daemon: the only writer of generation_state.json and its journal."""
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s statesvc[%(process)d] %(levelname)s %(message)s")
     if (curve_secret is None) != (allow is None):
         raise click.UsageError("--curve-secret and --allow go together")
     curve = (curve_secret, allow) if curve_secret and allow else None
-    sys.exit(serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts, curve))
+    sys.exit(serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts, curve, checkpoint_bytes,
+                          checkpoint_idle))
 
 
 @main.command()

@@ -99,6 +99,8 @@ class Daemon:
         self.stats_at = float("-inf")
         self.waiting: list[tuple[list[bytes], bytes]] = []
         self.checkpoint_waiting: list[tuple[list[bytes], int | None]] = []
+        self.checkpoint_bytes: int | None = None  # None: the file's size (at least CHECKPOINT_MIN_BYTES)
+        self.checkpoint_idle = CHECKPOINT_IDLE    # 0: never for idleness
         self.last_commit = time.time()
         self.next_checkpoint_try = 0.0
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
@@ -198,7 +200,8 @@ class Daemon:
             self.rate_samples.append((now, self.state.counts["completed"]))
         if (self.waiting or self.state.unsaved or self.checkpoint_waiting) and now >= self.next_commit:
             self.commit(now)
-        elif (now - self.last_commit >= CHECKPOINT_IDLE and self.store.seq != self.store.checkpoint_seq
+        elif (self.checkpoint_idle and now - self.last_commit >= self.checkpoint_idle
+              and self.store.seq != self.store.checkpoint_seq
               and now >= self.next_checkpoint_try and not self.state.unsaved):
             self.checkpoint(now)  # idle: the file alone becomes the whole truth again
         if now >= self.next_watchdog:
@@ -244,8 +247,8 @@ class Daemon:
             self.publish(written)
         for envelope, reply in waiting:
             self.send(envelope, reply)
-        if self.checkpoint_waiting or (self.store.journal_bytes >= max(CHECKPOINT_MIN_BYTES, self.store.file_bytes)
-                                       and now >= self.next_checkpoint_try):
+        limit = self.checkpoint_bytes or max(CHECKPOINT_MIN_BYTES, self.store.file_bytes)
+        if self.checkpoint_waiting or (self.store.journal_bytes >= limit and now >= self.next_checkpoint_try):
             self.checkpoint(now)
 
     def checkpoint(self, now: float) -> None:
@@ -330,7 +333,8 @@ class Daemon:
 
 def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
           lease_seconds: float | None = None, max_attempts: int | None = None,
-          curve: tuple[Path, Path] | None = None) -> int:
+          curve: tuple[Path, Path] | None = None, checkpoint_bytes: int | None = None,
+          checkpoint_idle: float = CHECKPOINT_IDLE) -> int:
     """Run the daemon until SIGTERM/SIGINT. Raises Locked or DamagedState before touching anything."""
     control, events = defaults(dataset, endpoint, events)
     if (control.startswith("tcp://") or events.startswith("tcp://")) and curve is None:
@@ -350,7 +354,12 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
         state.grant_grace(now)
         for eid in state.repair(now):
             log.warning("entry %d was generating without a lease: back to pending", eid)
+        if store.replayed or store.torn:
+            log.info("replayed %d commits from the journal%s", store.replayed,
+                     f"; cut a torn tail of {store.torn} bytes (a crash mid-append: never acknowledged)"
+                     if store.torn else "")
         daemon = Daemon(dataset, state, control, events, curve=curve, store=store)
+        daemon.checkpoint_bytes, daemon.checkpoint_idle = checkpoint_bytes, checkpoint_idle
         return _loop(daemon)
     finally:
         lock.release()

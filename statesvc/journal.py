@@ -56,6 +56,7 @@ class Contents:
     good_length: int = 0           # bytes up to the end of the last good record
     size: int = 0                  # bytes in the file (more than good_length: a torn tail)
     ends: list[int] = field(default_factory=list)  # offset just after each record
+    damaged: bool = False  # a bad record with whole ones after it: not a torn tail but a damaged disk
 
     @property
     def torn(self) -> int:
@@ -82,21 +83,31 @@ def parse(raw: bytes) -> Contents:
     pos, last = nl + 1, None
     while pos < len(raw):
         end = raw.find(b"\n", pos)
-        if end < 0 or end - pos < 10 or raw[pos + 8:pos + 9] != b" ":
-            break
-        body = memoryview(raw)[pos + 9:end]
-        try:
-            ok = int(raw[pos:pos + 8], 16) == zlib.crc32(body)
-            rec = _decode_record(body) if ok else None
-        except (ValueError, msgspec.DecodeError):
-            rec = None
+        rec = _record(raw, pos, end)
         if rec is None or (last is not None and rec.seq <= last):
+            # A crash tears only the last record; a whole record after a bad one means the disk
+            # damaged it, and cutting there would drop acknowledged commits.
+            while end >= 0 and not out.damaged:
+                nxt = raw.find(b"\n", end + 1)
+                out.damaged = _record(raw, end + 1, nxt) is not None
+                end = nxt
             break
         out.records.append(rec)
         last, pos = rec.seq, end + 1
         out.good_length = pos
         out.ends.append(pos)
     return out
+
+
+def _record(raw: bytes, pos: int, end: int) -> Record | None:
+    """The record on the line raw[pos:end], or None when it is incomplete or fails its checksum."""
+    if end < 0 or end - pos < 10 or raw[pos + 8:pos + 9] != b" ":
+        return None
+    body = memoryview(raw)[pos + 9:end]
+    try:
+        return _decode_record(body) if int(raw[pos:pos + 8], 16) == zlib.crc32(body) else None
+    except (ValueError, msgspec.DecodeError):
+        return None
 
 
 def read(dataset: Path) -> Contents:

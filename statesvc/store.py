@@ -264,6 +264,12 @@ def read(dataset: Path) -> Loaded:
                 j = journal.read(dataset)
             except OSError as exc:
                 raise DamagedState(f"{journal_path(dataset)}: {exc.strerror}") from None
+            if j.damaged:
+                raise DamagedState(
+                    f"{journal_path(dataset)}: record {len(j.records) + 1} is damaged but whole records follow "
+                    "it (the disk corrupted it; a crash tears only the last one); nothing was touched. "
+                    f"Keep a copy of the folder, then: statesvc journal discard --dataset {dataset} (the file "
+                    "alone) or cut the journal by hand after its last good record")
             if not j.records or head.takes(j):
                 break
             # A checkpoint may have swapped the file and the journal between our two reads.
@@ -352,6 +358,7 @@ class Store:
         self.file_bytes = file_bytes
         self.checkpoint_seq = seq  # the last commit the file holds: the journal holds the ones after
         self.checkpoints = 0
+        self.replayed = self.torn = 0  # what opening found: commits replayed, bytes of a torn tail cut
         self.bytes_written = 0  # journal records and checkpoints, for the operator
 
     @classmethod
@@ -359,6 +366,7 @@ class Store:
         j, head = loaded.journal, loaded.head
         seq = max([head.seq] + [r.seq for r in j.records])
         store = cls(dataset, None, None, seq, loaded.file_bytes)
+        store.replayed, store.torn = loaded.replayed, j.torn
         if head.checkpoint is None:  # a hand-edited or older file: make it a checkpoint of ours
             store.checkpoint(loaded.state)
             return store

@@ -1,0 +1,274 @@
+"""The journal beside generation_state.json: what every reader sees, torn tails, cuts at every
+step of a checkpoint, a file edited by hand after a crash, and when the file alone is the truth."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from statesvc import store
+from statesvc.audio import Provenance, encode_wav, take_path
+from statesvc.client import Client
+from statesvc.journal import journal_path, parse
+from statesvc.state import Entry, State
+from tests.conftest import ROOT, cli, make_dataset, read_file, read_state, wait_for
+
+NO_CHECKPOINTS = ("--checkpoint-idle", "0", "--checkpoint-bytes", str(1 << 30))
+
+
+def client(ds: Path) -> Client:
+    return Client.for_dataset(ds, timeout=5, retries=1)
+
+
+def complete(c: Client, ds: Path, item: dict, seconds: float = 0.5) -> None:
+    """What a generator does for one claimed text: write its take, then report it."""
+    pcm = (np.sin(np.arange(int(16000 * seconds)) / 9) * 8000).astype(np.int16)
+    path = take_path(ds, item["filename"], item["token"])
+    path.write_bytes(encode_wav(pcm, 16000, Provenance(item["text_hash"], item["rev"], item["token"])))
+    c.call("result", id=item["id"], token=item["token"], status="completed", duration_seconds=seconds,
+           sample_rate=16000, text_hash=item["text_hash"], rev=item["rev"])
+
+
+# ---- readers -----------------------------------------------------------------------------------
+def test_readers_with_no_daemon_see_what_only_the_journal_holds(tmp_path: Path, start_daemon) -> None:
+    ds = make_dataset(tmp_path, ["uno", "dos", "tres", "cuatro"])
+    d = start_daemon(ds, *NO_CHECKPOINTS)
+    with client(ds) as c:
+        for item in c.call("claim", owner="g", n=3)["entries"]:
+            complete(c, ds, item)
+    d.kill(signal.SIGKILL)  # no checkpoint at a stop: the file still says pending
+    assert read_file(ds)["completed"] == 0 and read_state(ds)["completed"] == 3
+    st = orjson.loads(cli("status", "--dataset", str(ds), "--json", check=True).stdout)
+    assert (st["daemon"], st["completed"], st["generating"]) == (False, 3, 0)
+    listed = orjson.loads(cli("list", "--dataset", str(ds), "--status", "completed", "--json", check=True).stdout)
+    assert [e["filename"] for e in listed] == ["ds_0001", "ds_0002", "ds_0003"]
+    r = cli("verify", "--dataset", str(ds))
+    assert r.returncode == 0 and "0 sync errors" in r.stdout, r.stdout + r.stderr
+    rows = cli("export", "--dataset", str(ds), check=True).stdout.splitlines()
+    assert [row.split("|")[0] for row in rows] == ["ds_0001", "ds_0002", "ds_0003"]
+
+
+# ---- when the file alone is the truth ------------------------------------------------------------
+def test_an_idle_daemon_checkpoints_and_a_clean_stop_leaves_the_file_whole(tmp_path: Path, start_daemon) -> None:
+    ds = make_dataset(tmp_path, [f"t{i}" for i in range(20)])
+    d = start_daemon(ds, "--checkpoint-idle", "0.5")
+    with client(ds) as c:
+        c.call("claim", owner="g", n=5)
+        wait_for(lambda: len(journal_path(ds).read_bytes().splitlines()) == 1, 15, "an idle checkpoint")
+        assert read_file(ds)["generating"] == 5  # the file alone: hand-readable, complete
+        c.call("claim", owner="g", n=2)
+    d.kill(signal.SIGTERM)
+    assert read_file(ds)["generating"] == 7 and len(journal_path(ds).read_bytes().splitlines()) == 1
+
+
+def test_statesvc_checkpoint_with_and_without_a_daemon(tmp_path: Path, start_daemon) -> None:
+    ds = make_dataset(tmp_path, [f"t{i}" for i in range(20)])
+    d = start_daemon(ds, *NO_CHECKPOINTS)
+    with client(ds) as c:
+        c.call("claim", owner="g", n=4)
+    assert read_file(ds)["generating"] == 0
+    r = cli("checkpoint", "--dataset", str(ds), check=True)
+    assert "written by the daemon" in r.stdout and read_file(ds)["generating"] == 4
+    with client(ds) as c:
+        c.call("claim", owner="g", n=1)
+    d.kill(signal.SIGKILL)
+    assert read_file(ds)["generating"] == 4 and read_state(ds)["generating"] == 5
+    assert "offline" in cli("checkpoint", "--dataset", str(ds), check=True).stdout
+    assert read_file(ds)["generating"] == 5
+
+
+def test_the_journal_stays_near_its_checkpoint_threshold(tmp_path: Path, start_daemon) -> None:
+    ds = make_dataset(tmp_path, [f"t{i}" for i in range(400)])
+    start_daemon(ds, "--checkpoint-idle", "0", "--checkpoint-bytes", "8192")
+    ids = set()
+    with client(ds) as c:
+        for _ in range(60):
+            for item in c.call("claim", owner="g", n=3)["entries"]:
+                ids.add(read_file(ds)["checkpoint"])
+                assert journal_path(ds).stat().st_size < 8192 + 4096  # one record past the threshold at most
+                c.call("release", owner="g", tokens=[item["token"]])
+    assert len(ids) > 5, "checkpoints were written as the journal grew"
+    assert read_state(ds)["generating"] == 0
+
+
+# ---- torn and damaged journals ---------------------------------------------------------------------
+def _journalled(ds: Path, commits: int) -> list[dict]:
+    """A dataset whose journal holds ``commits`` records; returns the state after each of them."""
+    (ds / "wavs").mkdir(parents=True)
+    store.create(ds, State([Entry.make(i, f"u_{i:03d}", f"t{i}") for i in range(1, 41)]))
+    s, st = store.load_for_writing(ds)
+    after = []
+    for k in range(commits):
+        s.claim(f"g{k}", 2, None, k)
+        st.commit(s)
+        after.append(s.counters())
+    st.close()
+    return after
+
+
+def test_a_torn_tail_is_cut_at_the_first_bad_record_wherever_the_crash_fell(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    after = _journalled(ds, 6)
+    raw = journal_path(ds).read_bytes()
+    ends = parse(raw).ends
+    rng = random.Random(3)
+    for cut in sorted({ends[-2] + 1, ends[-1] - 1, *rng.sample(range(ends[-2] + 1, ends[-1]), 20)}):
+        journal_path(ds).write_bytes(raw[:cut])
+        assert store.load(ds).counters() == after[-2]  # the torn record was never acknowledged
+    journal_path(ds).write_bytes(raw[:ends[-1] - 5] + b"\0" * 3000)  # a crash can also leave zeros
+    assert store.load(ds).counters() == after[-2]
+    s, st = store.load_for_writing(ds)  # the writer cuts the tail off, then appends after it
+    assert journal_path(ds).stat().st_size == ends[-2]
+    s.claim("again", 1, None, 99)
+    st.commit(s)
+    st.close()
+    assert store.load(ds).counts["generating"] == after[-2]["generating"] + 1
+
+
+def test_a_damaged_record_with_whole_ones_after_it_is_refused(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    _journalled(ds, 4)
+    raw = bytearray(journal_path(ds).read_bytes())
+    ends = parse(bytes(raw)).ends
+    raw[ends[0] + 30] ^= 0x01  # a bit flipped in the second record; the third and fourth are whole
+    journal_path(ds).write_bytes(bytes(raw))
+    with pytest.raises(store.DamagedState, match="record 2 is damaged but whole records follow"):
+        store.load(ds)
+
+
+# ---- process deaths at every step of a commit and a checkpoint -------------------------------------
+DIE_AT = {
+    # half a record written, then death: a torn tail
+    "append": "import statesvc.journal as j, os\n"
+              "real = j.write_all\n"
+              "def half(fd, data, at=None):\n"
+              "    real(fd, data[:len(data) // 2], at); os._exit(9)\n"
+              "j.write_all = half\n",
+    # the checkpoint file half written: a temp file left behind
+    "checkpoint": "import statesvc.store as m, os\n"
+                  "real = m.write_all\n"
+                  "def half(fd, data, at=None):\n"
+                  "    real(fd, data[:len(data) // 2], at); os._exit(9)\n"
+                  "m.write_all = half\n",
+    # after the checkpoint's rename, before the new journal exists
+    "swap": "import statesvc.journal as j, os\n"
+            "j.start = lambda *a, **k: os._exit(9)\n",
+}
+
+
+def _die_during(ds: Path, where: str, commits: int) -> subprocess.CompletedProcess:
+    """A writer that makes ``commits`` commits of two claims each and dies at ``where``: during the
+    last commit's append, or during the checkpoint after them (a real process death)."""
+    last = "" if where == "append" else "\nst.checkpoint(s)"
+    code = ("from pathlib import Path\nfrom statesvc import store\n"
+            f"s, st = store.load_for_writing(Path({str(ds)!r}))\n"
+            f"for k in range({commits}):\n"
+            f"    if k == {commits - 1 if where == 'append' else commits}:\n"
+            + "".join(f"        {line}\n" for line in DIE_AT[where].splitlines()) +
+            "    s.claim('w' + str(k), 2, None, k)\n    st.commit(s)\n"
+            + (f"{DIE_AT[where]}" if where != "append" else "") + f"{last}\nraise SystemExit(0)\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("where", ["append", "checkpoint", "swap"])
+def test_a_death_at_any_step_loses_no_commit_and_the_daemon_goes_on(tmp_path: Path, start_daemon,
+                                                                    where: str) -> None:
+    ds = make_dataset(tmp_path, [f"t{i}" for i in range(200)])
+    r = _die_during(ds, where, 5)
+    assert r.returncode == 9, r.stderr
+    # append: the 5th commit was torn (never acknowledged); checkpoint, swap: all 5 were durable
+    want = 8 if where == "append" else 10
+    assert read_state(ds)["generating"] == want
+    if where == "checkpoint":
+        assert any(p.name.endswith(".tmp") for p in ds.iterdir())
+    if where == "swap":  # the new file is in place, the journal still extends the one before it
+        assert read_file(ds)["generating"] == 10 and parse(journal_path(ds).read_bytes()).records
+    d = start_daemon(ds, *NO_CHECKPOINTS)
+    assert not any(p.name.endswith(".tmp") for p in ds.iterdir())
+    with client(ds) as c:
+        assert c.call("status")["generating"] == want
+        c.call("claim", owner="after", n=1)
+        c.call("checkpoint")
+        c.call("claim", owner="after", n=1)
+    d.kill(signal.SIGKILL)
+    assert read_state(ds)["generating"] == want + 2
+
+
+# ---- a file edited by hand while the journal holds commits ---------------------------------------
+def _hand_edited_after_a_crash(tmp_path: Path, start_daemon) -> Path:
+    ds = make_dataset(tmp_path, ["uno", "dos", "tres", "cuatro"])
+    d = start_daemon(ds, *NO_CHECKPOINTS)
+    with client(ds) as c:
+        c.call("claim", owner="g", n=2)  # entries 1 and 2: generating, in the journal only
+    d.kill(signal.SIGKILL)
+    doc = read_file(ds)  # the file as a person sees it: all pending
+    doc["entries"][3]["text"] = "cuatro, corregido a mano"
+    doc["entries"][0]["error"] = "a note by hand"
+    (ds / "generation_state.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return ds
+
+
+def test_a_hand_edit_after_a_crash_is_refused_and_nothing_is_touched(tmp_path: Path, start_daemon) -> None:
+    ds = _hand_edited_after_a_crash(tmp_path, start_daemon)
+    before = {p.name: p.read_bytes() for p in ds.iterdir() if p.name.startswith("generation_state")}
+    r = subprocess.run([sys.executable, "-m", "statesvc", "serve", "--dataset", str(ds)], capture_output=True,
+                       text=True, timeout=30, cwd=ROOT)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "changed (by hand" in err[0] and "statesvc journal replay" in err[0] and "journal discard" in err[0]
+    assert {p.name: p.read_bytes() for p in ds.iterdir() if p.name.startswith("generation_state")} == before
+    r = cli("status", "--dataset", str(ds))  # readers refuse the same way
+    assert r.returncode != 0 and "journal replay" in r.stderr
+
+
+def test_journal_replay_applies_the_commits_onto_the_edited_file(tmp_path: Path, start_daemon) -> None:
+    ds = _hand_edited_after_a_crash(tmp_path, start_daemon)
+    r = cli("journal", "replay", "--dataset", str(ds), check=True)
+    assert "replayed 1 commits" in r.stdout
+    doc = read_file(ds)
+    assert [e["status"] for e in doc["entries"]] == ["generating", "generating", "pending", "pending"]
+    assert doc["entries"][3]["text"] == "cuatro, corregido a mano"  # the edit of an entry the journal
+    assert doc["entries"][0]["error"] is None  # did not touch stays; the journal's version of entry 1 wins
+    start_daemon(ds)
+
+
+def test_journal_discard_keeps_the_edited_file_and_moves_the_journal_aside(tmp_path: Path, start_daemon) -> None:
+    ds = _hand_edited_after_a_crash(tmp_path, start_daemon)
+    r = cli("journal", "discard", "--dataset", str(ds), check=True)
+    assert "discarded 1 commits" in r.stdout
+    aside = [p for p in ds.iterdir() if p.name.startswith("generation_state.journal.discarded-")]
+    assert len(aside) == 1 and parse(aside[0].read_bytes()).records
+    st = read_state(ds)
+    assert st["generating"] == 0 and st["entries"][3]["text"] == "cuatro, corregido a mano"
+    d = start_daemon(ds)
+    with client(ds) as c:
+        assert c.call("status")["pending"] == 4
+    d.kill(signal.SIGTERM)
+
+
+def test_the_recovery_commands_refuse_while_a_daemon_runs(tmp_path: Path, start_daemon) -> None:
+    ds = make_dataset(tmp_path, ["uno"])
+    start_daemon(ds)
+    for cmd in ("replay", "discard"):
+        r = cli("journal", cmd, "--dataset", str(ds))
+        assert r.returncode != 0 and "stop it" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_journal_left_without_its_file_is_moved_aside_by_init(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    _journalled(ds, 2)
+    os.unlink(ds / "generation_state.json")
+    texts = tmp_path / "t.txt"
+    texts.write_text("a\nb\n")
+    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    assert read_state(ds)["total"] == 2
+    assert [p.name for p in ds.iterdir() if ".orphaned-" in p.name]
