@@ -6,6 +6,9 @@ and the generators have produced (plus ``--warmup`` seconds), the daemon's /proc
 the run goes on for ``--seconds``, and /proc/PID/io is read again: bytes per completed entry =
 the difference / the entries completed in between. ``wchar`` is every byte the daemon passed to
 write(2) and friends; ``write_bytes`` is what it sent (or will send) to the block device.
+The journal's daemon rewrites the whole file (a checkpoint) when the journal has grown to the
+file's size: at 100,000 entries (a file of about 30 MB) that is every few minutes at 120 wavs/s,
+so a 40 s window usually holds none and measures the journal alone; the checkpoints column says.
 
 The baseline is the code before the journal, checked out as a git worktree (``--baseline-root``),
 run with the same Python, its folder first on PYTHONPATH and a working folder outside this
@@ -54,6 +57,7 @@ class Result:
     cancelled: int         # cancelled_write_bytes: dirtied, then truncated or deleted before writeback
     audio_per_wav: float   # mean size of a wav in wavs/
     files: dict[str, int]  # the dataset folder's files and their sizes at the end of the window
+    checkpoints: int | None  # whole-file checkpoints in the window (the journal's daemon only)
 
     @property
     def wchar_per(self) -> float:
@@ -120,6 +124,14 @@ def status(ds: Path) -> dict | None:
             return c.call("status")
     except (NoDaemon, Unavailable, ServiceError, OSError):
         return None
+
+
+def checkpoints(ds: Path) -> int:
+    """How many checkpoints the journal's daemon has logged ("checkpoint: N bytes in T s")."""
+    try:
+        return (ds / "logs" / "statesvc.log").read_text(errors="replace").count(" checkpoint: ")
+    except OSError:
+        return 0
 
 
 def folder_files(ds: Path) -> tuple[dict[str, int], float]:
@@ -195,6 +207,7 @@ def wait_started(p: subprocess.Popen, ds: Path, version: str, timeout: float) ->
 
 def measure(p: subprocess.Popen, ds: Path, daemon: int, version: str, entries: int, seconds: float) -> Result:
     """The window: /proc/PID/io and the completed count, ``seconds`` apart."""
+    ck0 = checkpoints(ds)
     io0 = proc_io(daemon)
     t0 = time.monotonic()
     st0 = status(ds)
@@ -202,6 +215,7 @@ def measure(p: subprocess.Popen, ds: Path, daemon: int, version: str, entries: i
     st1 = status(ds)
     io1 = proc_io(daemon)
     t1 = time.monotonic()
+    ck1 = checkpoints(ds)
     if st0 is None or st1 is None:
         raise RunFailed("the daemon stopped answering during the window")
     if proc_stat(daemon) is None or p.poll() is not None:
@@ -217,7 +231,8 @@ def measure(p: subprocess.Popen, ds: Path, daemon: int, version: str, entries: i
     files, per_wav = folder_files(ds)
     return Result(version, entries, t1 - t0, done, io1["wchar"] - io0["wchar"],
                   io1["write_bytes"] - io0["write_bytes"],
-                  io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"], per_wav, files)
+                  io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"], per_wav, files,
+                  ck1 - ck0 if version == "new" else None)
 
 
 def one_run(version: str, code: Path, texts: Path, entries: int, a: argparse.Namespace) -> Result:
@@ -272,6 +287,8 @@ def main() -> None:
     if (base / "statesvc" / "journal.py").exists():
         raise SystemExit(f"--baseline-root {base}: has statesvc/journal.py, so it is not the code before the journal")
     codes = {"new": ROOT, "baseline": base}
+    commit = subprocess.run(["git", "-C", str(base), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
     results: list[Result] = []
     texts_dir = Path(tempfile.mkdtemp(prefix="bench-commit-texts-", dir=os.environ.get("BENCH_DIR")))
     try:
@@ -286,37 +303,42 @@ def main() -> None:
                     print(f"  {n:,} entries run {run} {version:>8}: {r.completed} completed in {r.window:.1f} s "
                           f"({r.rate:.0f}/s), wchar {kb(r.wchar_per)} KB, write_bytes {kb(r.write_per)} KB "
                           f"per completed entry (cancelled {kb(r.cancelled / r.completed)} KB); "
-                          f"wav {kb(r.audio_per_wav)} KB", file=sys.stderr, flush=True)
+                          f"wav {kb(r.audio_per_wav)} KB; checkpoints in the window: "
+                          f"{'-' if r.checkpoints is None else r.checkpoints}", file=sys.stderr, flush=True)
                     print("    files: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r.files.items())),
                           file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(texts_dir, ignore_errors=True)
 
     lines = ["| entries | run | code | completed/s | wchar KB/entry | write_bytes KB/entry | wav KB | "
-             "write_bytes / wav |", "|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "write_bytes / wav | checkpoints |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     summary = []
     for n in a.entries:
         rs = {v: [r for r in results if r.entries == n and r.version == v] for v in ("baseline", "new")}
         for v in ("baseline", "new"):
             for i, r in enumerate(rs[v]):
                 lines.append(f"| {n:,} | {i + 1} | {v} | {r.rate:.0f} | {kb(r.wchar_per)} | {kb(r.write_per)} | "
-                             f"{kb(r.audio_per_wav)} | {r.write_per / r.audio_per_wav:.2f}x |")
+                             f"{kb(r.audio_per_wav)} | {r.write_per / max(r.audio_per_wav, 1):.2f}x | "
+                             f"{'every commit' if r.checkpoints is None else r.checkpoints} |")
         med = {v: {k: statistics.median(getattr(r, k) for r in rs[v])
                    for k in ("wchar_per", "write_per", "rate", "audio_per_wav")} for v in rs}
         for v in ("baseline", "new"):
             m = med[v]
             lines.append(f"| {n:,} | **median** | {v} | {m['rate']:.0f} | **{kb(m['wchar_per'])}** | "
                          f"**{kb(m['write_per'])}** | {kb(m['audio_per_wav'])} | "
-                         f"{m['write_per'] / m['audio_per_wav']:.2f}x |")
+                         f"{m['write_per'] / max(m['audio_per_wav'], 1):.2f}x | |")
         ratio_w = [b.wchar_per / x.wchar_per for b, x in zip(rs["baseline"], rs["new"], strict=True)]
         ratio_b = [b.write_per / x.write_per if x.write_per else float("inf")
                    for b, x in zip(rs["baseline"], rs["new"], strict=True)]
+        cks = sum(r.checkpoints or 0 for r in rs["new"])
         summary.append(f"- {n:,} entries: the journal writes **{kb(med['new']['wchar_per'])} KB** (wchar) and "
                        f"**{kb(med['new']['write_per'])} KB** (write_bytes) per completed entry, the baseline "
                        f"{kb(med['baseline']['wchar_per'])} KB and {kb(med['baseline']['write_per'])} KB: "
                        f"baseline/new **{statistics.median(ratio_w):,.0f}x** (wchar; runs "
                        + ", ".join(f"{x:,.0f}" for x in ratio_w) + f") and **{statistics.median(ratio_b):,.0f}x** "
-                       "(write_bytes; runs " + ", ".join(f"{x:,.0f}" for x in ratio_b) + ").")
+                       "(write_bytes; runs " + ", ".join(f"{x:,.0f}" for x in ratio_b) + ")."
+                       + ("" if cks else " No checkpoint fell in the journal's windows: its figures are the journal "
+                          "alone; over a whole run checkpoints add about as much again."))
     table = "\n".join(lines)
     print(f"entries={' '.join(map(str, a.entries))} workers={a.workers} batch={a.batch} "
           f"gpu_like per_call={a.per_call} per_text={a.per_text} window={a.seconds:.0f} s runs={a.runs}")
@@ -327,11 +349,14 @@ def main() -> None:
         update("commit-bytes", "Daemon bytes written per completed entry: journal against whole-file saves",
                f"bin/run-pipeline, {a.workers} generators, `--batch {a.batch}`, plugin `bench/gpu_like.py` "
                f"(`per_call={a.per_call} per_text={a.per_text}`), on a fresh dataset; this code against the "
-               f"code before the journal (`{base}`, commit 67b6136), interleaved. After the start-up (init, "
+               f"code before the journal (`{base}`, commit {commit}), interleaved. After the start-up (init, "
                f"the daemon's load, the first completions, {a.warmup:.0f} s more) the daemon's `/proc/PID/io` "
                f"is read twice, {a.seconds:.0f} s apart: bytes written per entry completed in between. "
                "`wchar`: bytes passed to write calls; `write_bytes`: bytes sent to the block device (ext4). "
-               "KB = 1,024 bytes; wav KB is the mean size of a wav in `wavs/`. Target: at most 2 KB per "
+               "KB = 1,024 bytes; wav KB is the mean size of a wav in `wavs/`. checkpoints: whole-file "
+               "rewrites the journal's daemon logged in the window (it writes one when the journal has grown "
+               "to the file's size, so over a long run they add about what the journal adds; the baseline "
+               "rewrites the whole file on every commit). Target: at most 2 KB per "
                f"completed entry.\n\n{table}\n\n" + "\n".join(summary))
 
 

@@ -142,7 +142,7 @@ def status(dataset: Path, as_json: bool) -> None:
         click.echo(f"daemon pid {st['pid']}, up {st['uptime']:.0f} s, leases {st['leases']}, "
                    f"rate {rate if rate is not None else '-'} /s, eta {eta if eta is not None else '-'} s")
     else:
-        click.echo("daemon: not running (read from the file)")
+        click.echo("daemon: not running (read from the file and its journal)")
 
 
 @main.command(name="list")

@@ -4,10 +4,10 @@
 line per group commit::
 
     {"journal":1,"extends":"3f9c0a6e1b2d4c5a"}
-    1c0ffee5 {"seq":41,"sample_rate":22050,"entries":[{...whole entry...},...]}
+    1c0ffee5 {"seq":41,"entries":[{...whole entry...},...],"leases":[[7,"9f3a...",1764395.2,"written"]],...}
 
-A record holds whole entries (absolute, never increments), so replaying one twice is
-harmless, and the CRC-32 (8 hex digits) of its JSON. Reading stops at the first line that
+A record holds whole entries and lease updates (absolute, never increments), so replaying one
+twice is harmless, and the CRC-32 (8 hex digits) of its JSON. Reading stops at the first line that
 is incomplete, fails its checksum or does not follow the sequence: a crash mid-append can
 only tear the last record, which was never acknowledged. The writer appends a record and
 fdatasyncs before it acknowledges anything in it; a failed append is cut off again before
@@ -25,16 +25,19 @@ import msgspec
 import orjson
 
 from .atomic import OutcomeUnknown, SaveFailed, write_all, write_atomic
-from .state import Entry
+from .state import Entry, Phase
 
 JOURNAL_FILE = "generation_state.journal"
 
 
 class Record(msgspec.Struct, gc=False, omit_defaults=True):
-    """One group commit: every entry it changed, as a whole; the header values when they changed."""
+    """One group commit: every entry it changed, as a whole; the leases whose deadline or phase
+    alone changed (heartbeats, working notices), as ``[id, token, deadline, phase]``, absolute
+    too (a third of the bytes of whole entries on a run); the header values when they changed."""
 
     seq: int
     entries: list[Entry]
+    leases: list[tuple[int, str, float, Phase]] = []
     sample_rate: int | None = None
     answers: dict | None = None
 

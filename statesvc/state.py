@@ -196,7 +196,8 @@ class State:
     owner_tokens: dict[str, dict[str, None]] = field(default_factory=dict)  # owner -> its tokens; none empty
     synthesizing: dict[str, list[str]] = field(default_factory=dict)  # owner -> what it said it works on
     changed_seq: dict[int, int] = field(default_factory=dict)
-    dirty: set[int] = field(default_factory=set)
+    dirty: set[int] = field(default_factory=set)        # entries changed since the last commit
+    lease_dirty: set[int] = field(default_factory=set)  # entries whose lease alone changed (deadline, phase)
     # (size, mtime_ns, inode) of a wav as its generator reported it, in memory only: the
     # reconciler need not open a file its generator just wrote and that has not changed since
     wav_sig: dict[int, list[int]] = field(default_factory=dict)
@@ -342,7 +343,7 @@ class State:
                 lost.append(token)
                 continue
             e.lease.deadline = max(e.lease.deadline, now + self.lease_seconds)
-            self.dirty.add(e.id)  # saved with the next write; a heartbeat needs no fsync
+            self.lease_dirty.add(e.id)  # saved with the next write; a heartbeat needs no fsync
         return {"lost": lost}
 
     def working(self, owner: str, tokens: list[str], now: float) -> dict:
@@ -355,14 +356,14 @@ class State:
             eid = self.leases.get(t)
             if eid is not None and t in held:
                 self.by_id[eid].lease.phase = Phase.WRITTEN
-                self.dirty.add(eid)  # saved with the next write, like a heartbeat
+                self.lease_dirty.add(eid)  # saved with the next write, like a heartbeat
         now_on = []
         for t in tokens:
             if t in held:
                 e = self.by_id[self.leases[t]]
                 e.lease.phase = Phase.SYNTHESIZING
                 e.lease.deadline = max(e.lease.deadline, now + self.lease_seconds)
-                self.dirty.add(e.id)
+                self.lease_dirty.add(e.id)
                 now_on.append(t)
         if now_on:
             self.synthesizing[owner] = now_on

@@ -232,6 +232,11 @@ def replay(entries: list[Entry], records: list[Record]) -> tuple[int | None, dic
                 entries.append(e)
             else:
                 entries[i] = e
+        for eid, token, deadline, phase in rec.leases:
+            i = at.get(eid)
+            lease = entries[i].lease if i is not None else None
+            if lease is not None and lease.token == token:  # the same lease: a later one is left alone
+                lease.deadline, lease.phase = deadline, phase
         sr = rec.sample_rate if rec.sample_rate is not None else sr
         answers = rec.answers if rec.answers is not None else answers
     return sr, answers
@@ -388,13 +393,16 @@ class Store:
         """Append what changed since the last commit, durably; returns the entries it wrote.
         Raises SaveFailed (nothing of it will load) or OutcomeUnknown (it may)."""
         ids = sorted(state.dirty, key=state.index_of.__getitem__)  # file order: added entries replay in order
-        rec = Record(self.seq + 1, [state.entries[state.index_of[i]] for i in ids], state.sample_rate,
+        leases = [(i, lease.token, lease.deadline, lease.phase) for i in state.lease_dirty - state.dirty
+                  if (lease := state.by_id[i].lease) is not None]
+        rec = Record(self.seq + 1, [state.entries[state.index_of[i]] for i in ids], leases, state.sample_rate,
                      state.answers if state.answers_dirty else None)
         line = journal.encode(rec)
         self.writer.append(line)
         self.seq += 1
         self.bytes_written += len(line)
         state.dirty.clear()
+        state.lease_dirty.clear()
         state.answers_dirty = False
         state.unsaved = False
         return rec.entries
@@ -417,6 +425,7 @@ class Store:
         self.checkpoint_seq = self.seq
         self.checkpoints += 1
         state.dirty.clear()
+        state.lease_dirty.clear()
         state.answers_dirty = False
         state.unsaved = False
 

@@ -272,3 +272,25 @@ def test_a_journal_left_without_its_file_is_moved_aside_by_init(tmp_path: Path) 
     cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
     assert read_state(ds)["total"] == 2
     assert [p.name for p in ds.iterdir() if ".orphaned-" in p.name]
+
+
+def test_lease_renewals_and_phases_are_journalled_compactly_and_replayed(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    (ds / "wavs").mkdir(parents=True)
+    store.create(ds, State([Entry.make(i, f"u_{i:03d}", f"una frase de prueba {i}") for i in range(1, 9)]))
+    s, st = store.load_for_writing(ds)
+    items = s.claim("g", 4, None, 100.0)["entries"]
+    st.commit(s)
+    s.working("g", [items[0]["token"]], 105.0)  # phase and deadline only
+    s.heartbeat("g", [items[1]["token"]], 108.0)
+    s.claim("h", 1, None, 108.0)  # a real change, so there is a commit to carry them
+    size = st.journal_bytes
+    st.commit(s)
+    st.close()
+    rec = parse(journal_path(ds).read_bytes()).records[-1]
+    assert [e.id for e in rec.entries] == [5] and sorted(x[0] for x in rec.leases) == [1, 2]
+    assert st.journal_bytes - size < 2 * len(orjson.dumps(s.by_id[5].to_dict())) + 200  # not whole entries
+    again = store.load(ds)
+    for i in (1, 2, 3):
+        assert again.by_id[i].lease == s.by_id[i].lease
+    assert again.by_id[1].lease.phase == "synthesizing" and again.synthesizing == {"g": [items[0]["token"]]}

@@ -3,8 +3,12 @@
 kill -9 cannot reveal a missing fsync; this can. The dataset lives on a small loop-mounted
 filesystem; at a random moment the daemon is frozen with SIGSTOP and the filesystem is shut
 down with FS_IOC_SHUTDOWN / FS_GOING_DOWN_NOLOGFLUSH, which drops everything not yet on
-"disk". After a remount, every update acknowledged before the freeze must be there. The same
-loop with the folder fsync left out must lose some: that shows the harness can fail.
+"disk". The daemon checkpoints every few commits (a 4 KiB journal) and the writer asks for
+checkpoints now and then, so cuts fall in appends, in checkpoints and between a checkpoint's
+rename and its new journal. After a remount, every update acknowledged before the freeze must
+load (file, then journal), and every update acknowledged before an acknowledged checkpoint
+must be in generation_state.json alone. The same loop with the journal's fdatasync left out
+must lose some: that shows the harness can fail.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ import pytest
 
 from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.state import Entry, State
-from statesvc.store import create, load
+from statesvc.store import create, load, read_state
 from tests.conftest import take
 
 FS_IOC_SHUTDOWN = 0x8004587D          # _IOR('X', 125, __u32)
 FS_GOING_DOWN_NOLOGFLUSH = 2
-SKIP_DIR_FSYNC = ("import statesvc.atomic as s; s.fsync_dir = lambda folder: None; "
-                  "from statesvc.cli import main; main()")
+UNSAFE = {  # the daemon with one durability step left out
+    "no-fdatasync": "import os; os.fdatasync = lambda fd: None; from statesvc.cli import main; main()",
+    "no-folder-fsync": "import statesvc.atomic as s; s.fsync_dir = lambda folder: None; "
+                       "from statesvc.cli import main; main()",
+}
 
 
 def mkfs(fs: str, image: Path) -> list[str]:
@@ -68,7 +75,7 @@ class Mount:
         subprocess.run(["umount", str(self.point)], check=True, capture_output=True)
 
 
-def trial(m: Mount, rng: random.Random, safe: bool) -> tuple[int, int]:
+def trial(m: Mount, rng: random.Random, mode: str) -> tuple[int, int]:
     """One power cut. Returns (acknowledged updates, of those lost)."""
     ds = m.point / "ds"
     if ds.exists():
@@ -76,10 +83,11 @@ def trial(m: Mount, rng: random.Random, safe: bool) -> tuple[int, int]:
     (ds / "wavs").mkdir(parents=True)
     create(ds, State([Entry.make(i, f"p_{i:04d}", f"text {i}") for i in range(1, 401)]))
     os.sync()
-    argv = [sys.executable, "-m", "statesvc"] if safe else [sys.executable, "-c", SKIP_DIR_FSYNC]
-    d = subprocess.Popen([*argv, "serve", "--dataset", str(ds), "--log-level", "ERROR"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [sys.executable, "-m", "statesvc"] if mode == "safe" else [sys.executable, "-c", UNSAFE[mode]]
+    d = subprocess.Popen([*argv, "serve", "--dataset", str(ds), "--log-level", "ERROR", "--checkpoint-bytes",
+                          "4096", "--checkpoint-idle", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     acked: dict[int, float] = {}
+    in_file: dict[int, float] = {}  # acknowledged before an acknowledged checkpoint: in the file alone
     stop = threading.Event()
 
     def writer() -> None:
@@ -91,6 +99,10 @@ def trial(m: Mount, rng: random.Random, safe: bool) -> tuple[int, int]:
                         dur = round(rng.uniform(0.5, 5), 4)
                         c.call("result", **take(e, dur))
                         acked[e["id"]] = dur
+                    if rng.random() < 0.2:
+                        held = dict(acked)
+                        c.call("checkpoint")
+                        in_file.update(held)
                 except (Unavailable, ServiceError):
                     c.reconnect()
     t = threading.Thread(target=writer)
@@ -108,26 +120,29 @@ def trial(m: Mount, rng: random.Random, safe: bool) -> tuple[int, int]:
     m.umount()
     m.mount()
     state = load(ds)                   # parses, or this raises
+    alone = read_state((ds / "generation_state.json").read_bytes())[0]
     lost = sum(1 for eid, dur in acked.items()
                if state.by_id[eid].status != "completed" or state.by_id[eid].duration_seconds != dur)
+    lost += sum(1 for eid, dur in in_file.items()
+                if alone.by_id[eid].status != "completed" or alone.by_id[eid].duration_seconds != dur)
     return len(acked), lost
 
 
-def run_trials(tmp_path: Path, fs: str, trials: int, safe: bool) -> tuple[int, int, int]:
+def run_trials(tmp_path: Path, fs: str, trials: int, mode: str = "safe") -> tuple[int, int, int]:
     if os.geteuid() != 0:
         pytest.skip("power-cut trials need root for loop mounts")
     m = Mount(tmp_path, fs)
-    rng = random.Random(5 if safe else 6)
+    rng = random.Random({"safe": 5, "no-fdatasync": 6, "no-folder-fsync": 7}[mode])
     total_acked = total_lost = trials_losing = 0
     try:
         for _ in range(trials):
-            a, lost = trial(m, rng, safe)
+            a, lost = trial(m, rng, mode)
             total_acked += a
             total_lost += lost
             trials_losing += bool(lost)
     finally:
         subprocess.run(["umount", str(m.point)], capture_output=True)
-    print(f"power cuts on {fs} ({'with' if safe else 'WITHOUT'} folder fsync): {trials} cuts, "
+    print(f"power cuts on {fs} ({mode}): {trials} cuts, "
           f"{total_acked} acknowledged updates, {total_lost} lost, {trials_losing} cuts lost some")
     return total_acked, total_lost, trials_losing
 
@@ -135,12 +150,13 @@ def run_trials(tmp_path: Path, fs: str, trials: int, safe: bool) -> tuple[int, i
 @pytest.mark.parametrize("cuts", [8, pytest.param(100, marks=[pytest.mark.slow, pytest.mark.timeout(1800)], id="soak")])
 @pytest.mark.parametrize("fs", ["ext4", "xfs"])
 def test_power_cuts_lose_no_acknowledged_update(tmp_path: Path, fs: str, cuts: int) -> None:
-    acked, lost, _ = run_trials(tmp_path, fs, cuts, safe=True)
+    acked, lost, _ = run_trials(tmp_path, fs, cuts)
     assert acked > 0 and lost == 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_harness_catches_a_missing_folder_fsync(tmp_path: Path) -> None:
-    _, lost, losing = run_trials(tmp_path, "ext4", 60, safe=False)
-    assert lost > 0 and losing > 0, "without the folder fsync some acknowledged updates must be lost"
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_harness_catches_a_missing_journal_fdatasync(tmp_path: Path, fs: str) -> None:
+    _, lost, losing = run_trials(tmp_path, fs, 40, "no-fdatasync")
+    assert lost > 0 and losing > 0, "without the journal's fdatasync some acknowledged updates must be lost"
