@@ -16,10 +16,13 @@ the batch is refused, so a write answered "not saved" never comes back on a late
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import orjson
@@ -55,71 +58,91 @@ class Contents:
     """What a journal holds, as far as it can be trusted."""
 
     extends: str | None = None     # the checkpoint it extends; None when there is no journal
-    records: list[Record] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)  # kept only when asked (tests, small journals)
     good_length: int = 0           # bytes up to the end of the last good record
     size: int = 0                  # bytes in the file (more than good_length: a torn tail)
     ends: list[int] = field(default_factory=list)  # offset just after each record
+    count: int = 0                 # good records
+    last_seq: int = 0
     damaged: bool = False  # a bad record with whole ones after it: not a torn tail but a damaged disk
 
     @property
     def torn(self) -> int:
         return self.size - self.good_length
 
-    def after(self, seq: int) -> list[Record]:
-        return [r for r in self.records if r.seq > seq]
-
 
 def header(extends: str) -> bytes:
     return orjson.dumps({"journal": 1, "extends": extends}) + b"\n"
 
 
-def parse(raw: bytes) -> Contents:
-    """The good records of a journal's bytes; an unreadable header makes an empty journal."""
-    nl = raw.find(b"\n")
+def _extends(line: bytes) -> str | None:
     try:
-        head = orjson.loads(raw[:nl]) if nl > 0 else None
+        head = orjson.loads(line) if line.endswith(b"\n") else None
     except orjson.JSONDecodeError:
-        head = None
-    if not isinstance(head, dict) or head.get("journal") != 1 or not isinstance(head.get("extends"), str):
-        return Contents(None, [], 0, len(raw))  # torn before its header was whole: holds nothing
-    out = Contents(head["extends"], [], nl + 1, len(raw))
-    pos, last = nl + 1, None
-    while pos < len(raw):
-        end = raw.find(b"\n", pos)
-        rec = _record(raw, pos, end)
-        if rec is None or (last is not None and rec.seq <= last):
+        return None
+    ok = isinstance(head, dict) and head.get("journal") == 1 and isinstance(head.get("extends"), str)
+    return head["extends"] if ok else None
+
+
+def scan(f: BinaryIO, size: int, use: Callable[[Record], None] | None = None, keep: bool = False) -> Contents:
+    """Read a journal a record at a time, handing each good one to ``use`` as it is read (a
+    replay never holds the whole journal). An unreadable header makes an empty journal."""
+    first = f.readline()
+    extends = _extends(first)
+    if extends is None:
+        return Contents(None, [], 0, size)  # torn before its header was whole: holds nothing
+    out = Contents(extends, [], len(first), size)
+    pos = len(first)
+    for line in iter(f.readline, b""):
+        rec = _record(line)
+        if rec is None or (out.count and rec.seq <= out.last_seq):
             # A crash tears only the last record; a whole record after a bad one means the disk
             # damaged it, and cutting there would drop acknowledged commits.
-            while end >= 0 and not out.damaged:
-                nxt = raw.find(b"\n", end + 1)
-                out.damaged = _record(raw, end + 1, nxt) is not None
-                end = nxt
+            out.damaged = any(_record(later) is not None for later in iter(f.readline, b""))
             break
-        out.records.append(rec)
-        last, pos = rec.seq, end + 1
+        out.count, out.last_seq = out.count + 1, rec.seq
+        if keep:
+            out.records.append(rec)
+        if use is not None:
+            use(rec)
+        pos += len(line)
         out.good_length = pos
         out.ends.append(pos)
     return out
 
 
-def _record(raw: bytes, pos: int, end: int) -> Record | None:
-    """The record on the line raw[pos:end], or None when it is incomplete or fails its checksum."""
-    if end < 0 or end - pos < 10 or raw[pos + 8:pos + 9] != b" ":
+def parse(raw: bytes) -> Contents:
+    """The good records of a journal's bytes, kept."""
+    return scan(io.BytesIO(raw), len(raw), keep=True)
+
+
+def _record(line: bytes) -> Record | None:
+    """The record on one line, or None when it is incomplete or fails its checksum."""
+    if len(line) < 11 or not line.endswith(b"\n") or line[8:9] != b" ":
         return None
-    body = memoryview(raw)[pos + 9:end]
+    body = memoryview(line)[9:-1]
     try:
-        return _decode_record(body) if int(raw[pos:pos + 8], 16) == zlib.crc32(body) else None
+        return _decode_record(body) if int(line[:8], 16) == zlib.crc32(body) else None
     except (ValueError, msgspec.DecodeError):
         return None
 
 
-def read(dataset: Path) -> Contents:
-    """The journal's good records; no journal reads as an empty one. Raises OSError."""
+def extends_of(dataset: Path) -> str | None:
+    """The checkpoint the journal extends (None: no journal, or not even a whole header)."""
     try:
-        raw = journal_path(dataset).read_bytes()
+        with open(journal_path(dataset), "rb") as f:
+            return _extends(f.readline())
+    except FileNotFoundError:
+        return None
+
+
+def read(dataset: Path, use: Callable[[Record], None] | None = None) -> Contents:
+    """Scan the journal (see ``scan``); no journal reads as an empty one. Raises OSError."""
+    try:
+        with open(journal_path(dataset), "rb") as f:
+            return scan(f, os.fstat(f.fileno()).st_size, use)
     except FileNotFoundError:
         return Contents()
-    return parse(raw)
 
 
 def encode(rec: Record) -> bytes:
@@ -187,5 +210,5 @@ def cut(dataset: Path, length: int) -> None:
         os.close(fd)
 
 
-__all__ = ["JOURNAL_FILE", "Record", "Contents", "Writer", "journal_path", "parse", "read", "encode", "start",
-           "cut"]
+__all__ = ["JOURNAL_FILE", "Record", "Contents", "Writer", "journal_path", "parse", "read", "scan", "extends_of",
+           "encode", "start", "cut"]

@@ -191,7 +191,6 @@ class State:
     counts: dict[Status, int] = field(default_factory=dict)
     by_id: dict[int, Entry] = field(default_factory=dict)
     by_name: dict[str, Entry] = field(default_factory=dict)
-    index_of: dict[int, int] = field(default_factory=dict)
     leases: dict[str, int] = field(default_factory=dict)                 # token -> entry id, claim order
     owner_tokens: dict[str, dict[str, None]] = field(default_factory=dict)  # owner -> its tokens; none empty
     synthesizing: dict[str, list[str]] = field(default_factory=dict)  # owner -> what it said it works on
@@ -213,7 +212,6 @@ class State:
         entries = self.entries  # comprehensions: a million entries are indexed in a fraction of a second
         self.by_id = {e.id: e for e in entries}
         self.by_name = {e.filename: e for e in entries}
-        self.index_of = {e.id: i for i, e in enumerate(entries)}
         for e in [e for e in entries if e.lease is not None]:
             self.leases[e.lease.token] = e.id
             self.owner_tokens.setdefault(e.lease.owner, {})[e.lease.token] = None
@@ -543,7 +541,6 @@ class State:
             names.add(name)
             new.append(Entry.make(eid, name, text, updated_at=iso(now)))
         for e in new:
-            self.index_of[e.id] = len(self.entries)
             self.entries.append(e)
             self.by_id[e.id] = e
             self.by_name[e.filename] = e

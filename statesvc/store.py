@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import gc
+import io
 import os
 import secrets
 import time
@@ -28,6 +29,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import orjson
@@ -63,9 +65,9 @@ class Head:
     parent: str | None = None
     seq: int = 0
 
-    def takes(self, j: Contents) -> bool:
-        """Whether journal ``j`` extends this file (its records after ``seq`` apply)."""
-        return self.checkpoint is not None and j.extends is not None and j.extends in (self.checkpoint, self.parent)
+    def takes(self, extends: str | None) -> bool:
+        """Whether a journal extending ``extends`` applies to this file (its records after ``seq``)."""
+        return self.checkpoint is not None and extends is not None and extends in (self.checkpoint, self.parent)
 
 
 # ---- loading ---------------------------------------------------------------
@@ -127,11 +129,6 @@ _SEP = b",\n"
 _CHUNK = 4096  # entries encoded and written at a time: a checkpoint never holds the whole file
 
 
-class _Doc(msgspec.Struct, gc=False):
-    entries: list[Entry]
-
-
-_decode_doc = msgspec.json.Decoder(_Doc).decode
 _encode = msgspec.json.Encoder().encode
 
 
@@ -188,24 +185,76 @@ def _read_file_bytes(raw: bytes, where: str) -> tuple[list[Entry], int | None, o
 
 
 def _read_checked(raw: bytes) -> tuple[list[Entry], int | None, object, Head] | None:
-    """The fast path: a file whose checksum proves statesvc wrote it as it is; else None."""
-    nl = raw.find(b"\n")
-    if nl < 0 or not raw[:nl + 1].endswith(_OPEN) or not raw.endswith(_CLOSE):
+    """The fast path over bytes in memory: a file whose checksum proves statesvc wrote it as it is; else None."""
+    fast = _read_streamed(io.BytesIO(raw), len(raw))
+    return None if fast is None else fast[:4]
+
+
+_decode_entries = msgspec.json.Decoder(list[Entry]).decode
+_READ = 16 << 20  # bytes read at a time: a load never holds the whole file next to its entries
+
+
+def _read_streamed(f: BinaryIO, total: int) -> tuple[list[Entry], int | None, object, Head, int] | None:
+    """The fast path of a load from an open file, a chunk at a time; None when the file is not a
+    checksummed statesvc checkpoint (the caller then reads it whole and validates it)."""
+    first = f.readline()
+    if not first.endswith(_OPEN):
         return None
     try:
-        head = orjson.loads(raw[:nl + 1 - len(_OPEN)] + b"}")
+        head = orjson.loads(first[:-len(_OPEN)] + b"}")
     except orjson.JSONDecodeError:
         return None
     ck, parent, seq = head.get("checkpoint"), head.get("parent"), head.get("seq")
-    if (head.get("schema_version") != SCHEMA_VERSION or not isinstance(ck, str) or not isinstance(seq, int)
-            or head.get("checksum") != f"{CHECKSUM}{zlib.crc32(memoryview(raw)[nl + 1:len(raw) - len(_CLOSE)]):08x}"):
+    if head.get("schema_version") != SCHEMA_VERSION or not isinstance(ck, str) or not isinstance(seq, int):
         return None
+    entries: list[Entry] = []
+    crc, carry, size = 0, b"", len(first)
     try:
-        entries = _decode_doc(raw).entries
+        while True:
+            # "[" + the previous chunk's unfinished line + a chunk, read in place (no copies of
+            # the chunk): the last ",\n" becomes "]" and the lines before it decode as one list.
+            buf = bytearray(1 + len(carry) + max(1 << 16, min(_READ, total - size)))  # total: a size hint
+            buf[0:1 + len(carry)] = b"[" + carry
+            n = f.readinto(memoryview(buf)[1 + len(carry):])
+            if not n:
+                break
+            size += n
+            end = 1 + len(carry) + n
+            cut = buf.rfind(_SEP, 1, end)  # entry lines hold no raw newline: ",\n" only separates two
+            if cut < 0:
+                carry = bytes(buf[1:end])
+                continue
+            carry = bytes(buf[cut + len(_SEP):end])
+            crc = zlib.crc32(_SEP, zlib.crc32(memoryview(buf)[1:cut], crc))
+            buf[cut] = 0x5D  # "]"
+            entries += _decode_entries(memoryview(buf)[:cut + 1])
+        if not carry.endswith(_CLOSE):
+            return None
+        last = carry[:-len(_CLOSE)]
+        crc = zlib.crc32(last, crc)
+        if last:
+            entries += _decode_entries(b"[" + last + b"]")
     except (msgspec.DecodeError, ValueError):
-        return None  # a forged checksum: validate the long way and say what is wrong
+        return None  # damaged or forged: validate the long way and say what is wrong
+    if head.get("checksum") != f"{CHECKSUM}{crc:08x}":
+        return None
     return entries, head.get("sample_rate"), head.get("answers"), Head(ck, parent if isinstance(parent, str) else None,
-                                                                           seq)
+                                                                           seq), size
+
+
+def _read_path(path: Path) -> tuple[list[Entry], int | None, object, Head, int]:
+    """A checkpoint file's entries, header values and identity, and its size."""
+    try:
+        with open(path, "rb") as f:
+            fast = _read_streamed(f, os.fstat(f.fileno()).st_size)
+        if fast is not None:
+            return fast
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DamagedState(f"no state in {path.parent} (create one with: statesvc init --texts FILE)") from None
+    except OSError as exc:
+        raise DamagedState(f"{path}: {exc.strerror}") from None
+    return (*_read_file_bytes(raw, str(path)), len(raw))
 
 
 def _state(entries: list[Entry], sr: int | None, answers: object = None) -> State:
@@ -217,14 +266,25 @@ def _state(entries: list[Entry], sr: int | None, answers: object = None) -> Stat
     return state
 
 
-def replay(entries: list[Entry], records: list[Record]) -> tuple[int | None, dict | None]:
-    """Apply journal records to ``entries`` in place: whole entries replace theirs by id, new ones
-    are appended. Returns the last sample rate and answers the records carried (None if none)."""
-    sr = answers = None
-    if not records:
-        return sr, answers
-    at = {e.id: i for i, e in enumerate(entries)}
-    for rec in records:
+class Replay:
+    """Applies journal records to ``entries`` in place, one at a time as they are read: whole
+    entries replace theirs by id, new ones are appended; records up to ``after`` (already in the
+    file) are skipped."""
+
+    def __init__(self, entries: list[Entry], after: int = 0):
+        self.entries, self.after = entries, after
+        self.at: dict[int, int] | None = None  # id -> index, built at the first record applied
+        self.sample_rate: int | None = None
+        self.answers: dict | None = None
+        self.applied = self.versions = 0
+
+    def __call__(self, rec: Record) -> None:
+        if rec.seq <= self.after:
+            return
+        entries = self.entries
+        if self.at is None:
+            self.at = {e.id: i for i, e in enumerate(entries)}
+        at = self.at
         for e in rec.entries:
             i = at.get(e.id)
             if i is None:
@@ -237,9 +297,10 @@ def replay(entries: list[Entry], records: list[Record]) -> tuple[int | None, dic
             lease = entries[i].lease if i is not None else None
             if lease is not None and lease.token == token:  # the same lease: a later one is left alone
                 lease.deadline, lease.phase = deadline, phase
-        sr = rec.sample_rate if rec.sample_rate is not None else sr
-        answers = rec.answers if rec.answers is not None else answers
-    return sr, answers
+        self.sample_rate = rec.sample_rate if rec.sample_rate is not None else self.sample_rate
+        self.answers = rec.answers if rec.answers is not None else self.answers
+        self.applied += 1
+        self.versions += len(rec.entries)
 
 
 @dataclass
@@ -253,48 +314,39 @@ class Loaded:
 
 def _conflict(dataset: Path, j: Contents) -> JournalConflict:
     return JournalConflict(
-        f"{state_path(dataset)} was changed (by hand, or replaced) while {JOURNAL_FILE} holds {len(j.records)} "
+        f"{state_path(dataset)} was changed (by hand, or replaced) while {JOURNAL_FILE} holds {j.count} "
         f"commits made after the file it extends; nothing was touched. Apply them onto the file: "
         f"statesvc journal replay --dataset {dataset}; or drop them (kept aside): "
         f"statesvc journal discard --dataset {dataset}")
 
 
 def read(dataset: Path) -> Loaded:
-    """The state: the file, then the journal's records replayed on top."""
+    """The state: the file, then the journal's records replayed on top, as they are read."""
     with _no_gc():
         for attempt in range(4):
-            raw = _file_bytes(dataset)
-            entries, sr, answers, head = _read_file_bytes(raw, str(state_path(dataset)))
+            entries, sr, answers, head, size = _read_path(state_path(dataset))
+            extends = journal.extends_of(dataset)
+            rp = Replay(entries, head.seq) if head.takes(extends) else None
             try:
-                j = journal.read(dataset)
+                j = journal.read(dataset, rp)
             except OSError as exc:
                 raise DamagedState(f"{journal_path(dataset)}: {exc.strerror}") from None
             if j.damaged:
                 raise DamagedState(
-                    f"{journal_path(dataset)}: record {len(j.records) + 1} is damaged but whole records follow "
+                    f"{journal_path(dataset)}: record {j.count + 1} is damaged but whole records follow "
                     "it (the disk corrupted it; a crash tears only the last one); nothing was touched. "
                     f"Keep a copy of the folder, then: statesvc journal discard --dataset {dataset} (the file "
                     "alone) or cut the journal by hand after its last good record")
-            if not j.records or head.takes(j):
+            if j.extends == extends and (rp is not None or not j.count):
                 break
-            # A checkpoint may have swapped the file and the journal between our two reads.
+            # A checkpoint may have swapped the file and the journal between our reads.
             if attempt == 3 or holder_info(dataset) is None:
                 raise _conflict(dataset, j)
             time.sleep(0.05 * (attempt + 1))
-        records = j.after(head.seq) if j.records else []
-        jsr, janswers = replay(entries, records)
-        state = _state(entries, jsr or sr, janswers if janswers is not None else answers)
-        return Loaded(state, head, j, len(records), len(raw))
-
-
-def _file_bytes(dataset: Path) -> bytes:
-    path = state_path(dataset)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DamagedState(f"no state in {dataset} (create one with: statesvc init --texts FILE)") from None
-    except OSError as exc:
-        raise DamagedState(f"{path}: {exc.strerror}") from None
+        if rp is not None and rp.applied:
+            sr = rp.sample_rate or sr
+            answers = rp.answers if rp.answers is not None else answers
+        return Loaded(_state(entries, sr, answers), head, j, rp.applied if rp else 0, size)
 
 
 def load(dataset: Path) -> State:
@@ -369,17 +421,16 @@ class Store:
     @classmethod
     def open(cls, dataset: Path, loaded: Loaded) -> Store:
         j, head = loaded.journal, loaded.head
-        seq = max([head.seq] + [r.seq for r in j.records])
-        store = cls(dataset, None, None, seq, loaded.file_bytes)
+        store = cls(dataset, None, None, max(head.seq, j.last_seq), loaded.file_bytes)
         store.replayed, store.torn = loaded.replayed, j.torn
         if head.checkpoint is None:  # a hand-edited or older file: make it a checkpoint of ours
             store.checkpoint(loaded.state)
             return store
-        if head.takes(j):  # the journal goes on (a rollback reopens it: nothing to write)
+        if head.takes(j.extends):  # the journal goes on (a rollback reopens it: nothing to write)
             if j.torn:
                 journal.cut(dataset, j.good_length)  # unacknowledged: a crash mid-append
             store.writer, store.extends = journal.Writer(dataset, j.good_length), j.extends
-            if j.records:
+            if j.count:
                 store.checkpoint_seq = head.seq
         else:  # none yet, or a stale one without records (its file was replaced by a checkpoint)
             store._new_journal(head.checkpoint)
@@ -392,10 +443,12 @@ class Store:
     def commit(self, state: State) -> list[Entry]:
         """Append what changed since the last commit, durably; returns the entries it wrote.
         Raises SaveFailed (nothing of it will load) or OutcomeUnknown (it may)."""
-        ids = sorted(state.dirty, key=state.index_of.__getitem__)  # file order: added entries replay in order
+        # Added entries have the highest ids, in the order they were appended: sorted by id, a
+        # replay appends them in the file's order (the others are replaced where they are).
+        ids = sorted(state.dirty)
         leases = [(i, lease.token, lease.deadline, lease.phase) for i in state.lease_dirty - state.dirty
                   if (lease := state.by_id[i].lease) is not None]
-        rec = Record(self.seq + 1, [state.entries[state.index_of[i]] for i in ids], leases, state.sample_rate,
+        rec = Record(self.seq + 1, [state.by_id[i] for i in ids], leases, state.sample_rate,
                      state.answers if state.answers_dirty else None)
         line = journal.encode(rec)
         self.writer.append(line)
@@ -471,19 +524,16 @@ def create(dataset: Path, state: State) -> None:
 # ---- the journal's two ways out of a conflict --------------------------------
 def replay_journal(dataset: Path) -> tuple[int, int]:
     """Apply every record of the journal onto the file as it is now, and make that a checkpoint.
-    Returns (records applied, entries they held). Call only under the writer lock."""
-    raw = _file_bytes(dataset)
+    Returns (records applied, entry versions they held). Call only under the writer lock."""
     with _no_gc():
-        entries, sr, answers, head = _read_file_bytes(raw, str(state_path(dataset)))
-        j = journal.read(dataset)
-        records = j.after(head.seq) if head.takes(j) else j.records
-        jsr, janswers = replay(entries, records)
-        state = _state(entries, jsr or sr, janswers if janswers is not None else answers)
-    seq = max([head.seq] + [r.seq for r in j.records])
-    store = Store(dataset, None, None, seq, len(raw))
+        entries, sr, answers, head, size = _read_path(state_path(dataset))
+        rp = Replay(entries, head.seq if head.takes(journal.extends_of(dataset)) else 0)
+        j = journal.read(dataset, rp)
+        state = _state(entries, rp.sample_rate or sr, rp.answers if rp.answers is not None else answers)
+    store = Store(dataset, None, None, max(head.seq, j.last_seq), size)
     store.checkpoint(state)
     store.close()
-    return len(records), sum(len(r.entries) for r in records)
+    return rp.applied, rp.versions
 
 
 def discard_journal(dataset: Path) -> tuple[int, Path | None]:
@@ -492,7 +542,7 @@ def discard_journal(dataset: Path) -> tuple[int, Path | None]:
     path = journal_path(dataset)
     if not path.exists():
         return 0, None
-    n = len(journal.read(dataset).records)
+    n = journal.read(dataset).count
     aside = path.with_name(f"{JOURNAL_FILE}.discarded-{time.strftime('%Y%m%dT%H%M%S')}")
     os.replace(path, aside)
     from .atomic import fsync_dir
