@@ -289,8 +289,8 @@ def journal() -> None:
 @journal.command(name="replay")
 @dataset_opt
 def journal_replay(dataset: Path) -> None:
-    """Apply the journal's commits onto the file as it is now (entries they changed take the
-    journal's version; your other edits stay), then start a fresh journal."""
+    """Apply the journal's commits onto the file as it is now (what they changed takes the
+    journal's value; your other edits stay), then start a fresh journal."""
     records, entries = ds.journal_replay(dataset)
     click.echo(f"replayed {records} commits ({entries} entry versions) onto {ds.state_path(dataset)}; "
                "the journal is empty")

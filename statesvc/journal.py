@@ -34,12 +34,16 @@ JOURNAL_FILE = "generation_state.journal"
 
 
 class Record(msgspec.Struct, gc=False, omit_defaults=True):
-    """One group commit: every entry it changed, as a whole; the leases whose deadline or phase
-    alone changed (heartbeats, working notices), as ``[id, token, deadline, phase]``, absolute
-    too (a third of the bytes of whole entries on a run); the header values when they changed."""
+    """One group commit: every entry it changed, as a whole, except two kinds of change that are
+    written as short rows, absolute too: an entry whose only change is a claim
+    (``claims``: ``[id, token, owner, deadline, phase, updated_at]``: generating under that lease),
+    and a lease whose deadline or phase alone changed (``leases``: ``[id, token, deadline, phase]``:
+    heartbeats, working notices). On a run that is about half the bytes of whole entries. The
+    header values when they changed."""
 
     seq: int
     entries: list[Entry]
+    claims: list[tuple[int, str, str, float, Phase, str]] = []
     leases: list[tuple[int, str, float, Phase]] = []
     sample_rate: int | None = None
     answers: dict | None = None

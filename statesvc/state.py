@@ -197,6 +197,7 @@ class State:
     changed_seq: dict[int, int] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)        # entries changed since the last commit
     lease_dirty: set[int] = field(default_factory=set)  # entries whose lease alone changed (deadline, phase)
+    claimed: set[int] = field(default_factory=set)      # dirty only by a claim: journalled as a short row
     # (size, mtime_ns, inode) of a wav as its generator reported it, in memory only: the
     # reconciler need not open a file its generator just wrote and that has not changed since
     wav_sig: dict[int, list[int]] = field(default_factory=dict)
@@ -250,6 +251,7 @@ class State:
         e.updated_at = iso(now)
         self.changed_seq[e.id] = self.seq
         self.dirty.add(e.id)
+        self.claimed.discard(e.id)
         self.unsaved = True
 
     def _transition(self, e: Entry, cause: Cause, to: Status, now: float, lease: Lease | None = None) -> None:
@@ -317,7 +319,10 @@ class State:
             if e is None or e.status != P:
                 continue  # stale heap item: the entry moved on since it was pushed
             token = randomness[16 * len(out):16 * len(out) + 16]
+            clean = e.id not in self.dirty
             self._transition(e, Cause.CLAIM, G, now, Lease(token, owner, now + seconds))
+            if clean:  # nothing else changed it since the last commit: the claim alone is its change
+                self.claimed.add(e.id)
             item = {"id": e.id, "filename": e.filename, "text": e.text, "token": token,
                     "text_hash": e.text_hash, "rev": e.rev}
             if e.suspect:

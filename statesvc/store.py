@@ -37,7 +37,7 @@ import orjson
 from . import journal
 from .atomic import OutcomeUnknown, SaveFailed, write_all, write_atomic
 from .journal import JOURNAL_FILE, Contents, Record, journal_path
-from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, State
+from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, State, Status
 from .texts import check_filename
 
 STATE_FILE = "generation_state.json"
@@ -273,27 +273,41 @@ class Replay:
 
     def __init__(self, entries: list[Entry], after: int = 0):
         self.entries, self.after = entries, after
-        self.at: dict[int, int] | None = None  # id -> index, built at the first record applied
+        self.n = len(entries)
+        self.at: dict[int, int] | None = None  # id -> index, built only for ids that are not dense
         self.sample_rate: int | None = None
         self.answers: dict | None = None
         self.applied = self.versions = 0
 
+    def index(self, eid: int) -> int | None:
+        """Where entry ``eid`` is. Ids are usually 1..n in order (init and add number them so):
+        then no index of a million ids needs building."""
+        i = eid - 1
+        if 0 <= i < self.n and self.entries[i].id == eid:
+            return i
+        if self.at is None:
+            self.at = {e.id: i for i, e in enumerate(self.entries)}
+        return self.at.get(eid)
+
     def __call__(self, rec: Record) -> None:
         if rec.seq <= self.after:
             return
-        entries = self.entries
-        if self.at is None:
-            self.at = {e.id: i for i, e in enumerate(entries)}
-        at = self.at
+        entries, index = self.entries, self.index
         for e in rec.entries:
-            i = at.get(e.id)
+            i = index(e.id)
             if i is None:
-                at[e.id] = len(entries)
+                if self.at is not None:
+                    self.at[e.id] = len(entries)
                 entries.append(e)
             else:
                 entries[i] = e
+        for eid, token, owner, deadline, phase, updated in rec.claims:
+            i = index(eid)
+            if i is not None:
+                e = entries[i]
+                e.status, e.lease, e.updated_at = Status.GENERATING, Lease(token, owner, deadline, phase), updated
         for eid, token, deadline, phase in rec.leases:
-            i = at.get(eid)
+            i = index(eid)
             lease = entries[i].lease if i is not None else None
             if lease is not None and lease.token == token:  # the same lease: a later one is left alone
                 lease.deadline, lease.phase = deadline, phase
@@ -446,19 +460,23 @@ class Store:
         # Added entries have the highest ids, in the order they were appended: sorted by id, a
         # replay appends them in the file's order (the others are replaced where they are).
         ids = sorted(state.dirty)
+        claims = [(i, (e := state.by_id[i]).lease.token, e.lease.owner, e.lease.deadline, e.lease.phase,
+                   e.updated_at) for i in sorted(state.claimed)]
         leases = [(i, lease.token, lease.deadline, lease.phase) for i in state.lease_dirty - state.dirty
                   if (lease := state.by_id[i].lease) is not None]
-        rec = Record(self.seq + 1, [state.by_id[i] for i in ids], leases, state.sample_rate,
-                     state.answers if state.answers_dirty else None)
+        rec = Record(self.seq + 1, [state.by_id[i] for i in ids if i not in state.claimed], claims, leases,
+                     state.sample_rate, state.answers if state.answers_dirty else None)
         line = journal.encode(rec)
         self.writer.append(line)
         self.seq += 1
         self.bytes_written += len(line)
+        written = rec.entries + [state.by_id[c[0]] for c in claims]
         state.dirty.clear()
         state.lease_dirty.clear()
+        state.claimed.clear()
         state.answers_dirty = False
         state.unsaved = False
-        return rec.entries
+        return written
 
     def checkpoint(self, state: State) -> None:
         """Write the whole state as the new file, then start a fresh journal extending it.
@@ -479,6 +497,7 @@ class Store:
         self.checkpoints += 1
         state.dirty.clear()
         state.lease_dirty.clear()
+        state.claimed.clear()
         state.answers_dirty = False
         state.unsaved = False
 
