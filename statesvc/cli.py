@@ -97,8 +97,8 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
 @click.option("--allow", type=click.Path(file_okay=False, path_type=Path), default=None,
               envvar="STATESVC_ALLOW", help="Folder of client public .key files allowed on tcp.")
 @click.option("--checkpoint-bytes", type=click.IntRange(4096, None), default=None,
-              help="Write a checkpoint when the journal reaches this many bytes (default: the size of "
-                   "generation_state.json, at least 1 MiB).")
+              help="Write a checkpoint when the journal reaches this many bytes (default: half the size "
+                   "of generation_state.json, at least 1 MiB).")
 @click.option("--checkpoint-idle", type=click.FloatRange(0, None), default=2.0, show_default=True,
               help="Write a checkpoint after this many seconds without a commit (0: never for idleness).")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))

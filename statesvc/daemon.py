@@ -44,8 +44,10 @@ SAVE_RETRY = 1.0
 # generators' own wav fsyncs (bench/pipeline_overhead.py --synth tone).
 MIN_COMMIT_GAP = 0.25
 SAVE_DUTY = 2.0
-# A checkpoint rewrites the whole file: when the journal has grown to the file's size (so all
-# that is written stays within about twice what changed), after CHECKPOINT_IDLE seconds
+# A checkpoint rewrites the whole file: when the journal has grown to half the file's size (so
+# all that is written stays within three times what changed, and a start replays at most half a
+# file's worth: at 1,000,000 entries a whole file's worth took the start past 3 s), after
+# CHECKPOINT_IDLE seconds
 # without a commit, on request, and on a clean stop. A failed one is tried again later; the
 # journal keeps every commit meanwhile.
 CHECKPOINT_MIN_BYTES = 1 << 20
@@ -99,7 +101,7 @@ class Daemon:
         self.stats_at = float("-inf")
         self.waiting: list[tuple[list[bytes], bytes]] = []
         self.checkpoint_waiting: list[tuple[list[bytes], int | None]] = []
-        self.checkpoint_bytes: int | None = None  # None: the file's size (at least CHECKPOINT_MIN_BYTES)
+        self.checkpoint_bytes: int | None = None  # None: half the file's size (at least CHECKPOINT_MIN_BYTES)
         self.checkpoint_idle = CHECKPOINT_IDLE    # 0: never for idleness
         self.last_commit = time.time()
         self.next_checkpoint_try = 0.0
@@ -247,7 +249,7 @@ class Daemon:
             self.publish(written)
         for envelope, reply in waiting:
             self.send(envelope, reply)
-        limit = self.checkpoint_bytes or max(CHECKPOINT_MIN_BYTES, self.store.file_bytes)
+        limit = self.checkpoint_bytes or max(CHECKPOINT_MIN_BYTES, self.store.file_bytes // 2)
         if self.checkpoint_waiting or (self.store.journal_bytes >= limit and now >= self.next_checkpoint_try):
             self.checkpoint(now)
 

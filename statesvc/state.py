@@ -190,7 +190,7 @@ class State:
     seq: int = 0
     counts: dict[Status, int] = field(default_factory=dict)
     by_id: dict[int, Entry] = field(default_factory=dict)
-    by_name: dict[str, Entry] = field(default_factory=dict)
+    _by_name: dict[str, Entry] | None = field(default=None, repr=False)  # see by_name
     leases: dict[str, int] = field(default_factory=dict)                 # token -> entry id, claim order
     owner_tokens: dict[str, dict[str, None]] = field(default_factory=dict)  # owner -> its tokens; none empty
     synthesizing: dict[str, list[str]] = field(default_factory=dict)  # owner -> what it said it works on
@@ -212,7 +212,6 @@ class State:
     def __post_init__(self) -> None:
         entries = self.entries  # comprehensions: a million entries are indexed in a fraction of a second
         self.by_id = {e.id: e for e in entries}
-        self.by_name = {e.filename: e for e in entries}
         for e in [e for e in entries if e.lease is not None]:
             self.leases[e.lease.token] = e.id
             self.owner_tokens.setdefault(e.lease.owner, {})[e.lease.token] = None
@@ -221,6 +220,14 @@ class State:
         self.recount()
         self._pending_heap = [e.id for e in entries if e.status == P]
         heapq.heapify(self._pending_heap)
+
+    @property
+    def by_name(self) -> dict[str, Entry]:
+        """Entries by filename, built at the first lookup by name: a million take 0.4 s, which a
+        daemon's start need not wait for (claims and results go by id)."""
+        if self._by_name is None:
+            self._by_name = {e.filename: e for e in self.entries}
+        return self._by_name
 
     # ---- derived values -------------------------------------------------
     def recount(self) -> None:
