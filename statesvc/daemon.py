@@ -100,7 +100,7 @@ class Daemon:
         self.stats_cache: dict = {}
         self.stats_at = float("-inf")
         self.waiting: list[tuple[list[bytes], bytes]] = []
-        self.checkpoint_waiting: list[tuple[list[bytes], int | None]] = []
+        self.checkpoint_waiting: list[tuple[list[bytes], int | None, int]] = []  # envelope, rid, seq then
         self.checkpoint_bytes: int | None = None  # None: half the file's size (at least CHECKPOINT_MIN_BYTES)
         self.checkpoint_idle = CHECKPOINT_IDLE    # 0: never for idleness
         self.last_commit = time.time()
@@ -131,7 +131,7 @@ class Daemon:
             elif op == "status":  # the daemon's own view: progress and rate on top of the counters
                 body, deferred = self.status(now), False
             elif op == "checkpoint":
-                self.checkpoint_waiting.append((envelope, rid))
+                self.checkpoint_waiting.append((envelope, rid, self.store.seq))
                 return b"", envelope, CHECKPOINT
             else:
                 body, deferred = self.handlers.apply(op, args, now)
@@ -179,6 +179,28 @@ class Daemon:
 
     def run_once(self, now: float) -> None:
         """Apply what has arrived; commit when due; answer the writes of a durable commit."""
+        self.drain(now)
+        if now >= self.next_expire:
+            self.next_expire = now + EXPIRE_EVERY
+            for eid in self.handlers.expire(now):
+                log.info("lease on entry %d expired", eid)
+            self.rate_samples.append((now, self.state.counts["completed"]))
+        job = self.store.job
+        if (self.waiting or self.state.unsaved or (self.checkpoint_waiting and job is None)) \
+                and now >= self.next_commit:
+            self.commit(now)
+        elif job is not None and job.done and not self.state.unsaved and not self.waiting:
+            self.finish_checkpoint(now)  # nothing uncommitted: the file can hold nothing refused
+        elif (job is None and self.checkpoint_idle and now - self.last_commit >= self.checkpoint_idle
+              and self.store.seq != self.store.checkpoint_seq
+              and now >= self.next_checkpoint_try and not self.state.unsaved):
+            self.store.begin(self.state)  # idle: the file alone becomes the whole truth again
+        if now >= self.next_watchdog:
+            self.next_watchdog = now + self.notifier.watchdog_interval
+            self.notifier.send("WATCHDOG=1")
+
+    def drain(self, now: float) -> None:
+        """Apply what has arrived on the control socket; answer reads at once."""
         for _ in range(DRAIN_LIMIT):
             try:
                 frames = [self.router.recv(NOBLOCK)]
@@ -195,24 +217,10 @@ class Daemon:
                     self.next_commit = 0.0
             else:
                 self.send(envelope, reply)
-        if now >= self.next_expire:
-            self.next_expire = now + EXPIRE_EVERY
-            for eid in self.handlers.expire(now):
-                log.info("lease on entry %d expired", eid)
-            self.rate_samples.append((now, self.state.counts["completed"]))
-        if (self.waiting or self.state.unsaved or self.checkpoint_waiting) and now >= self.next_commit:
-            self.commit(now)
-        elif (self.checkpoint_idle and now - self.last_commit >= self.checkpoint_idle
-              and self.store.seq != self.store.checkpoint_seq
-              and now >= self.next_checkpoint_try and not self.state.unsaved):
-            self.checkpoint(now)  # idle: the file alone becomes the whole truth again
-        if now >= self.next_watchdog:
-            self.next_watchdog = now + self.notifier.watchdog_interval
-            self.notifier.send("WATCHDOG=1")
 
     def commit(self, now: float) -> None:
         """Group commit: one journal record for everything applied since the last one, then the
-        replies; then a checkpoint when one is due.
+        replies; then a checkpoint is started when one is due, or put in place when written.
 
         Unless somebody waits (URGENT), the next commit comes MIN_COMMIT_GAP or SAVE_DUTY times
         this commit's duration later, whichever is longer: fewer fdatasyncs taking the disk
@@ -249,32 +257,43 @@ class Daemon:
             self.publish(written)
         for envelope, reply in waiting:
             self.send(envelope, reply)
+        job = self.store.job
+        if job is not None:
+            if job.done:  # right after a successful commit: everything it could hold is committed
+                self.finish_checkpoint(now)
+            return
         limit = self.checkpoint_bytes or max(CHECKPOINT_MIN_BYTES, self.store.file_bytes // 2)
         if self.checkpoint_waiting or (self.store.journal_bytes >= limit and now >= self.next_checkpoint_try):
-            self.checkpoint(now)
+            self.store.begin(self.state)  # written by a thread: commits go on meanwhile
 
-    def checkpoint(self, now: float) -> None:
-        """Write the whole state as the file and start a fresh journal (between commits only)."""
-        started = time.monotonic()
-        waiters, self.checkpoint_waiting = self.checkpoint_waiting, []
+    def finish_checkpoint(self, now: float) -> None:
+        """Put a written checkpoint in place and start the journal afresh; answer who asked."""
+        seq = self.store.job.head.seq
         try:
-            self.store.checkpoint(self.state)
+            self.store.finish()
         except OutcomeUnknown:
-            for envelope, rid in waiters:
-                self.send(envelope, protocol.encode({"rid": rid, "ok": False, "error": "checkpoint outcome unknown"}))
+            self.answer_checkpoint(lambda s: True, {"ok": False, "error": "checkpoint outcome unknown"})
             raise
         except SaveFailed as exc:
             self.next_checkpoint_try = now + CHECKPOINT_RETRY
             log.error("checkpoint failed (the journal keeps every commit; next try in %.0f s): %s",
                       CHECKPOINT_RETRY, exc)
-            for envelope, rid in waiters:
-                self.send(envelope, protocol.encode({"rid": rid, "ok": False, "error": f"checkpoint failed: {exc}"}))
+            self.answer_checkpoint(lambda s: True, {"ok": False, "error": f"checkpoint failed: {exc}"})
             return
-        took = time.monotonic() - started
+        took = self.store.last_checkpoint_seconds
         log.info("checkpoint: %d bytes in %.3f s", self.store.file_bytes, took)
-        for envelope, rid in waiters:
-            self.send(envelope, protocol.encode({"rid": rid, "ok": True, "bytes": self.store.file_bytes,
-                                                 "seconds": round(took, 3)}))
+        # who asked before the commits it holds is answered; who asked later waits for the next one
+        self.answer_checkpoint(lambda s: s <= seq, {"ok": True, "bytes": self.store.file_bytes,
+                                                    "seconds": round(took, 3)})
+
+    def answer_checkpoint(self, which, body: dict) -> None:
+        keep = []
+        for envelope, rid, seq in self.checkpoint_waiting:
+            if which(seq):
+                self.send(envelope, protocol.encode({"rid": rid, **body}))
+            else:
+                keep.append((envelope, rid, seq))
+        self.checkpoint_waiting = keep
 
     def refuse(self, waiting: list, exc: SaveFailed) -> None:
         log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
@@ -289,6 +308,8 @@ class Daemon:
         """A failed save: memory goes back to what is on disk, so nothing answered "not saved"
         appears later (SQLite's rollback). Costs a load (seconds at a million entries), only on failure."""
         started = time.monotonic()
+        if self.store.job is not None:  # it may hold what was just refused
+            self.answer_checkpoint(lambda s: True, {"ok": False, "error": "checkpoint failed: a commit failed"})
         self.store.close()
         try:
             state, store = load_for_writing(self.dataset)
@@ -386,8 +407,13 @@ def _loop(daemon: Daemon) -> int:
             daemon.run_once(time.time())
         daemon.next_commit = 0.0
         daemon.run_once(time.time())  # apply and answer what already arrived
+        if daemon.store.job is not None and not daemon.state.unsaved:
+            daemon.store.job.thread.join()
+            daemon.finish_checkpoint(time.time())
         if daemon.store.seq != daemon.store.checkpoint_seq and not daemon.state.unsaved:
-            daemon.checkpoint(time.time())  # at rest, the file alone is the whole truth
+            daemon.store.begin(daemon.state)  # at rest, the file alone is the whole truth
+            daemon.store.job.thread.join()
+            daemon.finish_checkpoint(time.time())
     except OutcomeUnknown as exc:
         log.error("stopping: %s", exc)
         code = 75

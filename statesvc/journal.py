@@ -204,6 +204,16 @@ def start(dataset: Path, extends: str, tail: bytes = b"") -> int:
     return len(data)
 
 
+def tail(dataset: Path, start: int, end: int) -> bytes:
+    """The records between two offsets (those made while a checkpoint was being written)."""
+    with open(journal_path(dataset), "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    if len(data) != end - start:
+        raise SaveFailed(f"{JOURNAL_FILE} is shorter than its writer wrote")
+    return data
+
+
 def cut(dataset: Path, length: int) -> None:
     """Cut a torn tail off (at start, under the writer lock), durably."""
     fd = os.open(journal_path(dataset), os.O_WRONLY | os.O_CLOEXEC)
@@ -215,4 +225,4 @@ def cut(dataset: Path, length: int) -> None:
 
 
 __all__ = ["JOURNAL_FILE", "Record", "Contents", "Writer", "journal_path", "parse", "read", "scan", "extends_of",
-           "encode", "start", "cut"]
+           "encode", "start", "tail", "cut"]

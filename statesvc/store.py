@@ -24,6 +24,7 @@ import gc
 import io
 import os
 import secrets
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ import msgspec
 import orjson
 
 from . import journal
-from .atomic import OutcomeUnknown, SaveFailed, write_all, write_atomic
+from .atomic import SaveFailed, fsync_dir, write_all, write_atomic
 from .journal import JOURNAL_FILE, Contents, Record, journal_path
 from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, State, Status
 from .texts import check_filename
@@ -376,14 +377,18 @@ def load_for_writing(dataset: Path) -> tuple[State, Store]:
 
 
 # ---- writing ---------------------------------------------------------------
-def render(state: State, head: Head, fd: int) -> int:
-    """Write ``state`` as a checkpoint file into ``fd`` (streamed, a chunk at a time); returns its size."""
-    top = {"schema_version": SCHEMA_VERSION, "sample_rate": state.sample_rate, **state.counters(),
-           "answers": state.answers, "checkpoint": head.checkpoint, "parent": head.parent, "seq": head.seq}
+def _top(state: State, head: Head) -> dict:
+    """The header values of a checkpoint of ``state`` (counters for people; the rest for loading)."""
+    return {"schema_version": SCHEMA_VERSION, "sample_rate": state.sample_rate, **state.counters(),
+            "answers": dict(state.answers), "checkpoint": head.checkpoint, "parent": head.parent, "seq": head.seq}
+
+
+def _render(entries: list[Entry], n: int, top: dict, fd: int) -> int:
+    """Write the first ``n`` entries as a checkpoint file into ``fd``, a chunk at a time; its size."""
     placeholder = orjson.dumps({**top, "checksum": f"{CHECKSUM}00000000"})[:-1] + _OPEN
-    at, crc, entries = len(placeholder), 0, state.entries
-    for lo in range(0, len(entries), _CHUNK):
-        chunk = _SEP.join([_encode(e) for e in entries[lo:lo + _CHUNK]])
+    at, crc = len(placeholder), 0
+    for lo in range(0, n, _CHUNK):
+        chunk = _SEP.join([_encode(e) for e in entries[lo:min(n, lo + _CHUNK)]])
         if lo:
             chunk = _SEP + chunk
         crc = zlib.crc32(chunk, crc)
@@ -393,6 +398,11 @@ def render(state: State, head: Head, fd: int) -> int:
     first = orjson.dumps({**top, "checksum": f"{CHECKSUM}{crc:08x}"})[:-1] + _OPEN
     write_all(fd, first, 0)  # the same length as the placeholder: the checksum is 8 hex digits
     return at + len(_CLOSE)
+
+
+def render(state: State, head: Head, fd: int) -> int:
+    """Write ``state`` as a checkpoint file into ``fd`` (streamed, a chunk at a time); returns its size."""
+    return _render(state.entries, len(state.entries), _top(state, head), fd)
 
 
 def render_bytes(state: State, head: Head = Head("0" * 16)) -> bytes:
@@ -413,6 +423,55 @@ def _write_checkpoint(dataset: Path, state: State, head: Head) -> int:
     return size
 
 
+class Checkpointing:
+    """A checkpoint being written by a thread while the daemon goes on committing to the journal.
+
+    The thread encodes the entries as they are while it reads them, so the file may hold changes
+    made after the commit it names (``seq``); each of those is also in a journal record after
+    ``seq``, which a load replays on top, so file plus journal still load exactly. It must not
+    hold a change that is later refused: the file is renamed into place (``Store.finish``) only
+    right after a successful commit, when every change the thread could have seen is committed;
+    a failed commit cancels it instead."""
+
+    def __init__(self, dataset: Path, state: State, head: Head, journal_at: int):
+        self.head, self.journal_at = head, journal_at
+        self.path = state_path(dataset)
+        self.tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        self.size = 0
+        self.error: str | None = None
+        self.started = time.monotonic()
+        self._args = (state.entries, len(state.entries), _top(state, head))
+        self.thread = threading.Thread(target=self._write, name="checkpoint", daemon=True)
+        self.thread.start()
+
+    def _write(self) -> None:
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                self.size = _render(*self._args, fd)
+                os.fsync(fd)  # a failed fsync is never retried: this temp file is dropped
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.error = f"writing {self.tmp.name}: {exc.strerror or exc}"
+        self._args = None
+
+    @property
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def cancel(self) -> None:
+        self.thread.join()
+        _unlink_quietly(self.tmp)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class Store:
     """The writer's side of the state on disk: commits appended to the journal, checkpoints.
 
@@ -430,6 +489,8 @@ class Store:
         self.checkpoint_seq = seq  # the last commit the file holds: the journal holds the ones after
         self.checkpoints = 0
         self.replayed = self.torn = 0  # what opening found: commits replayed, bytes of a torn tail cut
+        self.job: Checkpointing | None = None
+        self.last_checkpoint_seconds = 0.0
         self.bytes_written = 0  # journal records and checkpoints, for the operator
 
     @classmethod
@@ -479,36 +540,62 @@ class Store:
         return written
 
     def checkpoint(self, state: State) -> None:
-        """Write the whole state as the new file, then start a fresh journal extending it.
+        """Write the whole state as the new file, then start a fresh journal extending it (call
+        when everything applied is committed). Raises as ``finish`` does."""
+        self.begin(state)
+        self.job.thread.join()
+        self.finish()
 
-        Call between commits (nothing applied and not committed). A failure before the file's
-        rename, or of the folder fsync after it, changes nothing that loads: the journal still
-        extends the old file and, as its parent, the new one. Raises SaveFailed then; raises
-        OutcomeUnknown only when the new journal's rename may not survive."""
-        ck = secrets.token_hex(8)
+    def begin(self, state: State) -> None:
+        """Start writing a checkpoint in a thread (see Checkpointing); ``finish`` puts it in place."""
+        self.job = Checkpointing(self.dataset, state, Head(secrets.token_hex(8), self.extends, self.seq),
+                                 self.journal_bytes)
+
+    def finish(self) -> None:
+        """Put a written checkpoint in place and start a fresh journal extending it, holding the
+        records committed since its ``seq``. Call only right after a successful commit (or with
+        nothing uncommitted). A failure before the rename, or of the folder fsync after it,
+        changes nothing that loads (the journal still extends the old file and, as its parent,
+        the new one): SaveFailed. OutcomeUnknown only when the new journal's rename may not survive."""
+        job, self.job = self.job, None
+        if job.error:
+            _unlink_quietly(job.tmp)
+            raise SaveFailed(job.error)
         try:
-            size = _write_checkpoint(self.dataset, state, Head(ck, self.extends, self.seq))
-        except OutcomeUnknown as exc:  # either file may survive, and the journal extends both
-            raise SaveFailed(str(exc)) from None
-        self.file_bytes = size
-        self.bytes_written += size
-        self._new_journal(ck)
-        self.checkpoint_seq = self.seq
+            os.replace(job.tmp, job.path)
+        except OSError as exc:
+            _unlink_quietly(job.tmp)
+            raise SaveFailed(f"saving {STATE_FILE}: {exc.strerror}") from None
+        try:
+            fsync_dir(self.dataset)
+        except OSError as exc:  # either file may survive, and the journal extends both
+            raise SaveFailed(f"fsync of {self.dataset} after the checkpoint's rename: {exc.strerror}") from None
+        self.file_bytes = job.size
+        self.bytes_written += job.size
+        try:  # the commits made meanwhile go into the new journal too
+            tail = journal.tail(self.dataset, job.journal_at, self.journal_bytes) if self.writer else b""
+        except OSError as exc:  # the old journal stays: it extends the new file as its parent
+            raise SaveFailed(f"reading {JOURNAL_FILE}: {exc.strerror}") from None
+        self._new_journal(job.head.checkpoint, tail)
+        self.checkpoint_seq = job.head.seq
         self.checkpoints += 1
-        state.dirty.clear()
-        state.lease_dirty.clear()
-        state.claimed.clear()
-        state.answers_dirty = False
-        state.unsaved = False
+        self.last_checkpoint_seconds = time.monotonic() - job.started
 
-    def _new_journal(self, ck: str) -> None:
-        length = journal.start(self.dataset, ck)
+    def abort(self) -> None:
+        """Drop a checkpoint being written (a commit failed: it may hold what was refused)."""
+        job, self.job = self.job, None
+        if job is not None:
+            job.cancel()
+
+    def _new_journal(self, ck: str, tail: bytes = b"") -> None:
+        length = journal.start(self.dataset, ck, tail)
         if self.writer is not None:
             self.writer.close()
         self.writer, self.extends = journal.Writer(self.dataset, length), ck
         self.bytes_written += length
 
     def close(self) -> None:
+        self.abort()
         if self.writer is not None:
             self.writer.close()
             self.writer = None

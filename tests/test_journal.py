@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -325,15 +326,20 @@ def _random_change(s: State, rng: random.Random, mine: list[dict], owner: str, o
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_what_loads_after_any_commit_is_what_the_daemon_held(tmp_path: Path, seed: int) -> None:
+def test_what_loads_after_any_commit_is_what_the_daemon_held(tmp_path: Path, seed: int, monkeypatch) -> None:
     """Random claims, results, failures, releases, expiries, requeues, edits, adds, working notices
-    and heartbeats, committed at random and checkpointed now and then: after every commit, file
-    plus journal load to exactly the state in memory (whole entries, claim rows and lease rows)."""
+    and heartbeats, committed at random, with checkpoints written by a thread across later changes
+    and commits: after every commit, file plus journal load to exactly the state in memory (whole
+    entries, claim rows and lease rows)."""
     rng = random.Random(seed)
     ds = tmp_path / "ds"
     (ds / "wavs").mkdir(parents=True)
     store.create(ds, State([Entry.make(i, f"u_{i:03d}", f"t{i}") for i in range(1, 31)]))
     s, st = store.load_for_writing(ds)
+    # a slow checkpoint thread, a few entries at a time, so that it reads entries while they change
+    encode = store._encode
+    monkeypatch.setattr(store, "_CHUNK", 2)
+    monkeypatch.setattr(store, "_encode", lambda e: (time.sleep(0.0002), encode(e))[1])
     held: dict[str, list[dict]] = {"a": [], "b": []}
     now = 1000.0
     for step in range(400):
@@ -346,8 +352,13 @@ def test_what_loads_after_any_commit_is_what_the_daemon_held(tmp_path: Path, see
             continue
         held = {o: [c for c in cs if c["token"] in s.leases] for o, cs in held.items()}
         st.commit(s)
-        if rng.random() < 0.1:
-            st.checkpoint(s)
+        # checkpoints as the daemon writes them: begun after a commit, written by a thread while
+        # changes and commits go on, put in place right after a later commit
+        if st.job is not None and rng.random() < 0.5:
+            st.job.thread.join()
+            st.finish()
+        elif st.job is None and rng.random() < 0.2:
+            st.begin(s)
         again = store.load(ds)
         assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries], f"step {step}"
         assert again.counters() == s.counters()
