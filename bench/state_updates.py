@@ -126,7 +126,8 @@ def bare_router(endpoint: str, entries: int, ready: mp.Event) -> None:
         msg = orjson.loads(frames[-1])
         if msg["op"] == "claim":
             got = [pool.popleft() for _ in range(min(msg["n"], len(pool)))]
-            body = {"rid": msg["rid"], "ok": True, "entries": [{"id": i, "token": "t"} for i in got]}
+            body = {"rid": msg["rid"], "ok": True, "entries": [{"id": i, "token": "t", "text_hash": "", "rev": 0}
+                                                               for i in got]}
         elif msg["op"] == "requeue":
             pool.extend(msg["keys"])
             body = {"rid": msg["rid"], "ok": True, "requeued": msg["keys"]}
