@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -16,7 +17,7 @@ from statesvc.client import Client, ServiceError
 from statesvc.daemon import Daemon
 from statesvc.state import Entry, State
 from statesvc.store import load
-from tests.conftest import take
+from tests.conftest import take, wait_for
 
 STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]  # of a checkpoint (temp, rename, folder)
 
@@ -285,3 +286,32 @@ def test_chunk_edges_round_trip_through_the_fast_path(n: int) -> None:
     assert head.checkpoint is not None
     assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries]
     assert orjson.loads(raw)["entries"] == [e.to_dict() for e in s.entries]  # plain JSON, every field
+
+
+def test_a_commit_failing_while_a_checkpoint_is_written_drops_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    ds = tmp_path / "ds"
+    s = new_state(ds, 40)
+    encode = store._encode
+    monkeypatch.setattr(store, "_CHUNK", 1)  # a slow checkpoint: it is still being written below
+    monkeypatch.setattr(store, "_encode", lambda e: (time.sleep(0.01), encode(e))[1])
+    d, stop, t, errors = _serve_in_thread(ds, s)
+    try:
+        with Client(f"ipc://{ds}/statesvc.sock", timeout=5, retries=1) as c, \
+                Client(f"ipc://{ds}/statesvc.sock", timeout=5, retries=1) as asker:
+            c.call("claim", owner="g", n=1)
+            asker.send("checkpoint")  # begun by a thread; answered once it is in place
+            wait_for(lambda: d.store.job is not None, 5, "the checkpoint begun")
+            Faults(monkeypatch, "fdatasync", errno.EIO, times=1)
+            with pytest.raises(ServiceError, match="not saved"):
+                c.call("claim", owner="g", n=1)  # may have been read by the checkpoint thread
+            replies = wait_for(lambda: asker.replies(0.1), 10, "the checkpoint's answer")
+            assert "a commit failed" in replies[0]["error"]
+            assert d.store.job is None
+            c.call("claim", owner="g", n=1)
+            assert c.call("checkpoint")["bytes"] > 0
+        alone = store.read_state((ds / "generation_state.json").read_bytes())[0]
+        assert alone.counts["generating"] == 2 and load(ds).counts["generating"] == 2  # never the refused one
+    finally:
+        stop.set()
+        t.join(10)
+    assert not errors
