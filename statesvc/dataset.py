@@ -120,6 +120,8 @@ class _offline:
         self.lock, self.note = WriterLock(dataset), note
 
     def __enter__(self) -> None:
+        if not state_path(self.lock.path.parent).exists():
+            raise DatasetError(f"no state in {self.lock.path.parent} (create one with: statesvc init --texts FILE)")
         try:
             self.lock.acquire(f'{{"pid": null, "endpoint": null, "note": "{self.note}"}}')
         except Locked as exc:
