@@ -189,8 +189,10 @@ class Daemon:
         if (self.waiting or self.state.unsaved or (self.checkpoint_waiting and job is None)) \
                 and now >= self.next_commit:
             self.commit(now)
-        elif job is not None and job.done and not self.state.unsaved and not self.waiting:
-            self.finish_checkpoint(now)  # nothing uncommitted: the file can hold nothing refused
+        elif job is not None and not self.state.unsaved and not self.waiting:
+            job.release()  # nothing uncommitted: the file can hold nothing refused
+            if job.done:
+                self.finish_checkpoint(now)
         elif (job is None and self.checkpoint_idle and now - self.last_commit >= self.checkpoint_idle
               and self.store.seq != self.store.checkpoint_seq
               and now >= self.next_checkpoint_try and not self.state.unsaved):
@@ -259,18 +261,20 @@ class Daemon:
             self.send(envelope, reply)
         job = self.store.job
         if job is not None:
-            if job.done:  # right after a successful commit: everything it could hold is committed
+            if not self.state.unsaved:
+                job.release()  # right after a successful commit: everything it can hold is committed
+            if job.done:
                 self.finish_checkpoint(now)
             return
         limit = self.checkpoint_bytes or max(CHECKPOINT_MIN_BYTES, self.store.file_bytes // 2)
         if self.checkpoint_waiting or (self.store.journal_bytes >= limit and now >= self.next_checkpoint_try):
             self.store.begin(self.state)  # written by a thread: commits go on meanwhile
 
-    def finish_checkpoint(self, now: float) -> None:
+    def finish_checkpoint(self, now: float, wait: bool = False) -> None:
         """Put a written checkpoint in place and start the journal afresh; answer who asked."""
         seq = self.store.job.head.seq
         try:
-            self.store.finish()
+            self.store.complete() if wait else self.store.finish()
         except OutcomeUnknown:
             self.answer_checkpoint(lambda s: True, {"ok": False, "error": "checkpoint outcome unknown"})
             raise
@@ -408,12 +412,10 @@ def _loop(daemon: Daemon) -> int:
         daemon.next_commit = 0.0
         daemon.run_once(time.time())  # apply and answer what already arrived
         if daemon.store.job is not None and not daemon.state.unsaved:
-            daemon.store.job.thread.join()
-            daemon.finish_checkpoint(time.time())
+            daemon.finish_checkpoint(time.time(), wait=True)
         if daemon.store.seq != daemon.store.checkpoint_seq and not daemon.state.unsaved:
             daemon.store.begin(daemon.state)  # at rest, the file alone is the whole truth
-            daemon.store.job.thread.join()
-            daemon.finish_checkpoint(time.time())
+            daemon.finish_checkpoint(time.time(), wait=True)
     except OutcomeUnknown as exc:
         log.error("stopping: %s", exc)
         code = 75

@@ -206,6 +206,8 @@ def start(dataset: Path, extends: str, tail: bytes = b"") -> int:
 
 def tail(dataset: Path, start: int, end: int) -> bytes:
     """The records between two offsets (those made while a checkpoint was being written)."""
+    if end <= start:
+        return b""
     with open(journal_path(dataset), "rb") as f:
         f.seek(start)
         data = f.read(end - start)

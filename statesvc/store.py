@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -36,7 +36,7 @@ import msgspec
 import orjson
 
 from . import journal
-from .atomic import SaveFailed, fsync_dir, write_all, write_atomic
+from .atomic import OutcomeUnknown, SaveFailed, fsync_dir, write_all, write_atomic
 from .journal import JOURNAL_FILE, Contents, Record, journal_path
 from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, State, Status
 from .texts import check_filename
@@ -435,40 +435,87 @@ class Checkpointing:
     The thread encodes the entries as they are while it reads them, so the file may hold changes
     made after the commit it names (``seq``); each of those is also in a journal record after
     ``seq``, which a load replays on top, so file plus journal still load exactly. It must not
-    hold a change that is later refused: the file is renamed into place (``Store.finish``) only
-    right after a successful commit, when every change the thread could have seen is committed;
-    a failed commit cancels it instead."""
+    hold a change that is later refused, so once the file is written (``encoded``) the thread
+    waits for ``go``: the daemon gives it after a successful commit, when every change the file
+    can hold is committed (or at once when nothing is uncommitted); a failed commit cancels it
+    instead. Then the thread renames the file into place, fsyncs the folder (the old journal
+    still applies: it names the new file's parent), and prepares the new journal with the
+    records committed since ``seq``. The daemon's loop is left only the swap (``Store.finish``):
+    the last few records, the rename and one folder fsync."""
 
-    def __init__(self, dataset: Path, state: State, head: Head, journal_at: int):
-        self.head, self.journal_at = head, journal_at
+    def __init__(self, dataset: Path, state: State, head: Head, journal_at: int, durable: Callable[[], int]):
+        self.dataset, self.head, self.journal_at, self.durable = dataset, head, journal_at, durable
         self.path = state_path(dataset)
         self.tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        self.jtmp = journal_path(dataset).with_name(f".{JOURNAL_FILE}.{os.getpid()}.tmp")
         self.size = 0
         self.error: str | None = None
+        self.renamed = False
+        self.jfd: int | None = None   # the new journal, written up to jlen, holding the old one's up to copied
+        self.jlen = self.copied = 0
+        self.encoded, self.go = threading.Event(), threading.Event()
+        self.cancelled = False
         self.started = time.monotonic()
         self._args = (state.entries, len(state.entries), _top(state, head))
-        self.thread = threading.Thread(target=self._write, name="checkpoint", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
         self.thread.start()
 
-    def _write(self) -> None:
+    def _run(self) -> None:
         try:
-            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                self.size = _render(*self._args, fd)
-                os.fsync(fd)  # a failed fsync is never retried: this temp file is dropped
-            finally:
-                os.close(fd)
+            self._write()
+            self.encoded.set()
+            self.go.wait()
+            if self.cancelled:
+                return
+            self._put_in_place()
+            self._prepare_journal()
         except OSError as exc:
-            self.error = f"writing {self.tmp.name}: {exc.strerror or exc}"
-        self._args = None
+            self.error = f"checkpoint: {exc.strerror or exc}"
+
+    def _write(self) -> None:
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            self.size = _render(*self._args, fd)
+            os.fsync(fd)  # a failed fsync is never retried: this temp file is dropped
+        finally:
+            os.close(fd)
+            self._args = None
+
+    def _put_in_place(self) -> None:
+        os.replace(self.tmp, self.path)
+        self.renamed = True
+        fsync_dir(self.dataset)  # failing, either file may survive: the old journal applies to both
+
+    def _prepare_journal(self) -> None:
+        self.copied = self.durable()  # records before it are acknowledged: never cut off again
+        data = journal.header(self.head.checkpoint) + journal.tail(self.dataset, self.journal_at, self.copied)
+        self.jfd = os.open(self.jtmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        write_all(self.jfd, data, 0)
+        os.fsync(self.jfd)
+        self.jlen = len(data)
+
+    def release(self) -> None:
+        """Everything the file can hold is committed: let the thread put it in place."""
+        if self.encoded.is_set():
+            self.go.set()
 
     @property
     def done(self) -> bool:
         return not self.thread.is_alive()
 
     def cancel(self) -> None:
+        self.cancelled = True
+        self.go.set()
         self.thread.join()
-        _unlink_quietly(self.tmp)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        if self.jfd is not None:
+            os.close(self.jfd)
+            self.jfd = None
+        _unlink_quietly(self.jtmp)
+        if not self.renamed:
+            _unlink_quietly(self.tmp)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -549,43 +596,60 @@ class Store:
         """Write the whole state as the new file, then start a fresh journal extending it (call
         when everything applied is committed). Raises as ``finish`` does."""
         self.begin(state)
-        self.job.thread.join()
+        self.complete()
+
+    def complete(self) -> None:
+        """Wait for the checkpoint being written and put it in place (nothing may be uncommitted)."""
+        job = self.job
+        while not job.encoded.wait(0.05) and job.thread.is_alive():
+            pass
+        job.release()
+        job.thread.join()
         self.finish()
 
     def begin(self, state: State) -> None:
         """Start writing a checkpoint in a thread (see Checkpointing); ``finish`` puts it in place."""
         self.job = Checkpointing(self.dataset, state, Head(secrets.token_hex(8), self.extends, self.seq),
-                                 self.journal_bytes)
+                                 self.journal_bytes, lambda: self.journal_bytes)
 
     def finish(self) -> None:
-        """Put a written checkpoint in place and start a fresh journal extending it, holding the
-        records committed since its ``seq``. Call only right after a successful commit (or with
-        nothing uncommitted). A failure before the rename, or of the folder fsync after it,
-        changes nothing that loads (the journal still extends the old file and, as its parent,
-        the new one): SaveFailed. OutcomeUnknown only when the new journal's rename may not survive."""
+        """Swap in the journal the checkpoint thread prepared, once it is done: the records
+        committed since it copied them, fdatasync, rename, folder fsync. A failure before the
+        rename changes nothing that loads (the old journal extends the new file as its parent):
+        SaveFailed. OutcomeUnknown only when the new journal's rename may not survive."""
         job, self.job = self.job, None
-        if job.error:
-            _unlink_quietly(job.tmp)
-            raise SaveFailed(job.error)
         try:
-            os.replace(job.tmp, job.path)
-        except OSError as exc:
-            _unlink_quietly(job.tmp)
-            raise SaveFailed(f"saving {STATE_FILE}: {exc.strerror}") from None
+            if job.error:
+                raise SaveFailed(job.error)
+            if job.renamed:
+                self.file_bytes = job.size
+                self.bytes_written += job.size
+            try:  # the records committed since the thread copied them
+                delta = journal.tail(self.dataset, job.copied, self.journal_bytes) if self.writer else b""
+                if delta:
+                    write_all(job.jfd, delta, job.jlen)
+                    os.fdatasync(job.jfd)
+                os.replace(job.jtmp, journal_path(self.dataset))
+            except OSError as exc:  # the old journal stays: it extends the new file as its parent
+                raise SaveFailed(f"starting a new {JOURNAL_FILE}: {exc.strerror}") from None
+        finally:
+            job.cleanup()
         try:
             fsync_dir(self.dataset)
-        except OSError as exc:  # either file may survive, and the journal extends both
-            raise SaveFailed(f"fsync of {self.dataset} after the checkpoint's rename: {exc.strerror}") from None
-        self.file_bytes = job.size
-        self.bytes_written += job.size
-        try:  # the commits made meanwhile go into the new journal too
-            tail = journal.tail(self.dataset, job.journal_at, self.journal_bytes) if self.writer else b""
-        except OSError as exc:  # the old journal stays: it extends the new file as its parent
-            raise SaveFailed(f"reading {JOURNAL_FILE}: {exc.strerror}") from None
-        self._new_journal(job.head.checkpoint, tail)
+        except OSError as exc:
+            raise OutcomeUnknown(f"fsync of {self.dataset} after the new journal's rename: {exc.strerror}") from None
+        if self.writer is not None:
+            self.writer.close()
+        self.writer, self.extends = journal.Writer(self.dataset, job.jlen + len(delta)), job.head.checkpoint
+        self.bytes_written += job.jlen + len(delta)
         self.checkpoint_seq = job.head.seq
         self.checkpoints += 1
         self.last_checkpoint_seconds = time.monotonic() - job.started
+
+    def release(self) -> None:
+        """Everything applied is committed: a checkpoint written meanwhile may go in place."""
+        if self.job is not None:
+            self.job.release()
 
     def abort(self) -> None:
         """Drop a checkpoint being written (a commit failed: it may hold what was refused)."""
