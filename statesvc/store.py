@@ -24,6 +24,7 @@ import gc
 import io
 import os
 import secrets
+import signal
 import threading
 import time
 import zlib
@@ -432,9 +433,9 @@ def _write_checkpoint(dataset: Path, state: State, head: Head) -> int:
 class Checkpointing:
     """A checkpoint being written by a thread while the daemon goes on committing to the journal.
 
-    The thread encodes the entries as they are while it reads them, so the file may hold changes
-    made after the commit it names (``seq``); each of those is also in a journal record after
-    ``seq``, which a load replays on top, so file plus journal still load exactly. It must not
+    A forked child writes the file from its copy of the state as it was when the checkpoint began
+    (after a commit; if anything applied was not yet committed, each such change is also in a
+    later journal record, replayed on top, so file plus journal still load exactly). It must not
     hold a change that is later refused, so once the file is written (``encoded``) the thread
     waits for ``go``: the daemon gives it after a successful commit, when every change the file
     can hold is committed (or at once when nothing is uncommitted); a failed commit cancels it
@@ -457,12 +458,48 @@ class Checkpointing:
         self.cancelled = False
         self.started = time.monotonic()
         self._args = (state.entries, len(state.entries), _top(state, head))
+        # The file is written by a forked child: a copy-on-write snapshot of the state at this
+        # commit, encoded without taking the daemon's GIL (Redis's BGSAVE). A thread waits for it.
+        self._pipe, w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child(w)
+        os.close(w)
+        self._args = None
         self.thread = threading.Thread(target=self._run, name="checkpoint", daemon=True)
         self.thread.start()
 
+    def _child(self, w: int) -> None:
+        """In the forked child: write the file, report its size (or why not) and exit at once."""
+        code = 1
+        try:
+            os.close(self._pipe)
+            self._write()
+            os.write(w, b"%d" % self.size)
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported to the daemon, never raised in a fork
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            try:
+                os.write(w, b"!" + why.encode(errors="replace")[:500])
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+
+    def _wait_child(self) -> None:
+        out = b""
+        while chunk := os.read(self._pipe, 4096):
+            out += chunk
+        os.close(self._pipe)
+        _, status = os.waitpid(self.pid, 0)
+        if status != 0 or not out or out.startswith(b"!"):
+            why = out[1:].decode(errors="replace") if out.startswith(b"!") else f"writer exited ({status})"
+            raise OSError(0, f"writing {self.tmp.name}: {why}")
+        self.size = int(out)
+
     def _run(self) -> None:
         try:
-            self._write()
+            self._wait_child()
             self.encoded.set()
             self.go.wait()
             if self.cancelled:
@@ -505,6 +542,10 @@ class Checkpointing:
 
     def cancel(self) -> None:
         self.cancelled = True
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # reaped by the thread
+        except OSError:
+            pass
         self.go.set()
         self.thread.join()
         self.cleanup()
