@@ -268,7 +268,7 @@ class Daemon:
             return
         limit = self.checkpoint_bytes or max(CHECKPOINT_MIN_BYTES, self.store.file_bytes // 2)
         if self.checkpoint_waiting or (self.store.journal_bytes >= limit and now >= self.next_checkpoint_try):
-            self.store.begin(self.state)  # written by a thread: commits go on meanwhile
+            self.store.begin(self.state)  # written by a forked child: commits go on meanwhile
 
     def finish_checkpoint(self, now: float, wait: bool = False) -> None:
         """Put a written checkpoint in place and start the journal afresh; answer who asked."""

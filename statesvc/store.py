@@ -431,7 +431,7 @@ def _write_checkpoint(dataset: Path, state: State, head: Head) -> int:
 
 
 class Checkpointing:
-    """A checkpoint being written by a thread while the daemon goes on committing to the journal.
+    """A checkpoint being written while the daemon goes on committing to the journal.
 
     A forked child writes the file from its copy of the state as it was when the checkpoint began
     (after a commit; if anything applied was not yet committed, each such change is also in a
@@ -439,7 +439,7 @@ class Checkpointing:
     hold a change that is later refused, so once the file is written (``encoded``) the thread
     waits for ``go``: the daemon gives it after a successful commit, when every change the file
     can hold is committed (or at once when nothing is uncommitted); a failed commit cancels it
-    instead. Then the thread renames the file into place, fsyncs the folder (the old journal
+    instead. Then a thread of the daemon renames the file into place, fsyncs the folder (the old journal
     still applies: it names the new file's parent), and prepares the new journal with the
     records committed since ``seq``. The daemon's loop is left only the swap (``Store.finish``):
     the last few records, the rename and one folder fsync."""
