@@ -130,6 +130,7 @@ _CLOSE = b"\n]}\n"
 _SEP = b",\n"
 _CHUNK = 4096  # entries encoded and written at a time: a checkpoint never holds the whole file
 _WRITEBACK = 4 << 20  # bytes of a checkpoint written between two fdatasyncs of it
+_MAX_FD = os.sysconf("SC_OPEN_MAX") if "SC_OPEN_MAX" in os.sysconf_names else 65536
 
 
 _encode = msgspec.json.Encoder().encode
@@ -473,7 +474,10 @@ class Checkpointing:
         """In the forked child: write the file, report its size (or why not) and exit at once."""
         code = 1
         try:
-            os.close(self._pipe)
+            # Only the pipe is kept: an inherited descriptor of the writer lock would keep the
+            # dataset locked after the daemon died, until this child exits (zmq's are not ours).
+            os.closerange(3, w)
+            os.closerange(w + 1, _MAX_FD)
             self._write()
             os.write(w, b"%d" % self.size)
             code = 0

@@ -367,3 +367,21 @@ def test_what_loads_after_any_commit_is_what_the_daemon_held(tmp_path: Path, see
         assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries], f"step {step}"
         assert again.counters() == s.counters()
     st.close()
+
+
+def test_a_killed_daemon_leaves_no_lock_behind_in_its_checkpoint_writer(tmp_path: Path, start_daemon) -> None:
+    """The checkpoint is written by a forked child; when the daemon is killed meanwhile, the child
+    must not keep the writer lock (an inherited descriptor would), so a new daemon starts at once."""
+    from statesvc.store import holder_info
+    ds = make_dataset(tmp_path, [f"una frase bastante larga para el texto número {i}" for i in range(150_000)])
+    d = start_daemon(ds, *NO_CHECKPOINTS)
+    with client(ds) as c:
+        c.call("claim", owner="g", n=5)
+        c.send("checkpoint")
+        wait_for(lambda: any(p.name.endswith(".tmp") for p in ds.iterdir()), 30, "the checkpoint being written")
+        d.kill(signal.SIGKILL)
+    writer = [p for p in ds.iterdir() if p.name.endswith(".tmp")]
+    assert writer, "the checkpoint was already done: the test needs a bigger state"
+    assert holder_info(ds) is None, "the checkpoint's child holds the writer lock"
+    start_daemon(ds, *NO_CHECKPOINTS)
+    assert read_state(ds)["generating"] == 5
