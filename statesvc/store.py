@@ -462,8 +462,10 @@ class Checkpointing:
         # The file is written by a forked child: a copy-on-write snapshot of the state at this
         # commit, encoded without taking the daemon's GIL (Redis's BGSAVE). A thread waits for it.
         self._pipe, w = os.pipe()
+        parent = os.getpid()
         self.pid = os.fork()
         if self.pid == 0:
+            _die_with(parent)
             self._child(w)
         os.close(w)
         self._args = None
@@ -561,6 +563,17 @@ class Checkpointing:
         _unlink_quietly(self.jtmp)
         if not self.renamed:
             _unlink_quietly(self.tmp)
+
+
+def _die_with(parent: int) -> None:
+    """In a forked child: be killed when the daemon dies, not left writing on its own."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -89,7 +89,8 @@ def trial(m: Mount, rng: random.Random, mode: str) -> tuple[int, int]:
     os.sync()
     argv = [sys.executable, "-m", "statesvc"] if mode == "safe" else [sys.executable, "-c", UNSAFE[mode]]
     d = subprocess.Popen([*argv, "serve", "--dataset", str(ds), "--log-level", "ERROR", "--checkpoint-bytes",
-                          "4096", "--checkpoint-idle", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          "4096", "--checkpoint-idle", "0.3"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)  # its group: the daemon and a checkpoint child it forked
     acked: dict[int, float] = {}
     in_file: dict[int, float] = {}  # acknowledged before an acknowledged checkpoint: in the file alone
     stop = threading.Event()
@@ -115,11 +116,11 @@ def trial(m: Mount, rng: random.Random, mode: str) -> tuple[int, int]:
     while len(acked) < target and time.monotonic() < deadline:
         time.sleep(0.001)
     time.sleep(rng.uniform(0, 0.01))
-    d.send_signal(signal.SIGSTOP)       # freeze: nothing more reaches the disk from the daemon
+    os.killpg(d.pid, signal.SIGSTOP)   # freeze: nothing more reaches the disk from the daemon
     stop.set()
     t.join()                           # replies already on the wire were sent by a durable daemon
     m.shutdown()                       # the power cut: drop what is not on the disk
-    d.kill()
+    os.killpg(d.pid, signal.SIGKILL)
     d.wait()
     m.umount()
     m.mount()
