@@ -79,6 +79,25 @@ class Mount:
         subprocess.run(["umount", str(self.point)], check=True, capture_output=True)
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies hold no files, so they do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def wait_group_gone(pgid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while group_alive(pgid):
+        assert time.monotonic() < deadline, f"process group {pgid} still runs {timeout} s after SIGKILL"
+        time.sleep(0.01)
+
+
 def trial(m: Mount, rng: random.Random, mode: str) -> tuple[int, int]:
     """One power cut. Returns (acknowledged updates, of those lost)."""
     ds = m.point / "ds"
@@ -122,6 +141,7 @@ def trial(m: Mount, rng: random.Random, mode: str) -> tuple[int, int]:
     m.shutdown()                       # the power cut: drop what is not on the disk
     os.killpg(d.pid, signal.SIGKILL)
     d.wait()
+    wait_group_gone(d.pid)             # a checkpoint child may outlive its parent by a moment
     m.umount()
     m.mount()
     try:
