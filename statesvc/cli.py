@@ -205,6 +205,19 @@ def edit(dataset: Path, key: str, text: str) -> None:
 
 @main.command()
 @dataset_opt
+@click.argument("key")
+@click.argument("verdict", type=click.Choice(["approved", "rejected", "none"]))
+@click.option("--note", default=None, help="Why (kept with the verdict).")
+def review(dataset: Path, key: str, verdict: str, note: str | None) -> None:
+    """Record a verdict on an entry's current take (KEY: filename, id or #id); none withdraws it.
+
+    A verdict holds for the take it was given on: a new take of the entry ends it."""
+    body = ds.write(dataset, "review", key=key, review=None if verdict == "none" else verdict, note=note)
+    click.echo(f"entry {body['reviewed']}: " + (body["review"]["verdict"] if body["review"] else "no verdict"))
+
+
+@main.command()
+@dataset_opt
 def verify(dataset: Path) -> None:
     """Check the state against wavs/; exit 0 only with 0 sync errors."""
     st = ds.status(dataset)
@@ -221,9 +234,10 @@ def verify(dataset: Path) -> None:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="ljspeech", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: stdout).")
-def export(dataset: Path, fmt: str, out: Path | None) -> None:
-    """Write a training manifest of the completed entries."""
-    rows = "".join(f"{line}\n" for line in lines(dataset, ds.entries(dataset, "completed"), fmt))
+@click.option("--approved-only", is_flag=True, help="Only the takes a reviewer approved.")
+def export(dataset: Path, fmt: str, out: Path | None, approved_only: bool) -> None:
+    """Write a training manifest of the completed entries (never a rejected take)."""
+    rows = "".join(f"{line}\n" for line in lines(dataset, ds.entries(dataset, "completed"), fmt, approved_only))
     if out is None:
         sys.stdout.write(rows)
     else:
@@ -243,7 +257,7 @@ def watch(dataset: Path, as_json: bool) -> None:
     from .endpoints import connectable
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.SUBSCRIBE, b"entry")
     if events.startswith("tcp://"):
         from .curve import secure_client
         secure_client(sub)

@@ -327,13 +327,17 @@ class Daemon:
                     " ".join(f"{k}={v}" for k, v in state.counters().items()))
 
     def publish(self, written: list) -> None:
-        """Change events: each entry the commit wrote, as it now is."""
-        for e in written:
-            try:
+        """Change events: each entry the commit wrote, as it now is, then the commit's number and
+        how many entries it wrote, so a subscriber knows it missed some (a full queue drops events)
+        and reads the state again."""
+        try:
+            for e in written:
                 self.pub.send(b"entry", NOBLOCK_MORE)
                 self.pub.send(_encode(e), NOBLOCK)
-            except zmq.Again:
-                break
+            self.pub.send(b"commit", NOBLOCK_MORE)
+            self.pub.send(protocol.encode({"seq": self.store.seq, "entries": len(written)}), NOBLOCK)
+        except zmq.Again:
+            pass
 
     def send(self, envelope: list[bytes], reply: bytes) -> None:
         try:

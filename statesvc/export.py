@@ -10,9 +10,12 @@ import orjson
 FORMATS = ("ljspeech", "jsonl")
 
 
-def lines(dataset: Path, entries: list[dict], fmt: str) -> Iterator[str]:
+def lines(dataset: Path, entries: list[dict], fmt: str, approved_only: bool = False) -> Iterator[str]:
+    """Rows of the completed entries; a rejected take is never exported, an unreviewed one unless
+    ``approved_only``."""
     for e in entries:
-        if e["status"] != "completed":
+        verdict = (e.get("review") or {}).get("verdict")
+        if e["status"] != "completed" or verdict == "rejected" or (approved_only and verdict != "approved"):
             continue
         text = " ".join(e["text"].split())  # no newline or stray whitespace may split a row
         if fmt == "ljspeech":

@@ -109,6 +109,9 @@ class Handlers:
         body, effects = self.state.edit(a["key"], a["text"], now)
         return {**body, "moved": self.later(effects)}
 
+    def on_review(self, a: dict, now: float) -> dict:
+        return self.state.review(a["key"], a["verdict"], a["note"], a["take"], now)
+
     def on_add(self, a: dict, now: float) -> dict:
         return self.state.add(a["items"], a["prefix"], now)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .state import STATUSES
+from .state import STATUSES, Verdict
 from .texts import check_filename, check_text
 
 MAX_MESSAGE = 4 * 1024 * 1024
@@ -22,12 +22,13 @@ MAX_ERROR = 4000
 MAX_TOKEN = 64
 
 # ops that change the state: their reply is sent only once the change is durable
-WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile", "release", "died", "edit"})
+WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile", "release", "died", "edit",
+                    "review"})
 # Writes whose sender waits for the reply before it can go on: committed without pacing.
 # A single ``result`` is what a simple client sends and waits on; a generator sends
 # ``results`` batches and goes on without waiting, so those are paced (fewer saves),
 # unless the message says ``"wait": true`` (a generator flushing before it exits).
-URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release", "died", "edit"})
+URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release", "died", "edit", "review"})
 # Answered at once from memory. ``heartbeat`` and ``working`` change only leases in memory
 # (saved with the next write): a lost one costs at most an attempt charged or not.
 READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working"})
@@ -178,6 +179,23 @@ def _v_edit(m: dict) -> dict:
     return {"key": _key(m.get("key")), "text": text, "req": _req(m)}
 
 
+MAX_NOTE = 2000
+
+
+def _v_review(m: dict) -> dict:
+    verdict = m.get("review")
+    if verdict is not None and verdict not in Verdict.__members__.values():
+        raise BadRequest("review must be 'approved', 'rejected' or null")
+    note = m.get("note")
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+        raise BadRequest(f"note must be a string of at most {MAX_NOTE} characters")
+    take = m.get("take")
+    if take is not None and (not isinstance(take, str) or not _TOKEN.fullmatch(take)):
+        raise BadRequest("take must be the token of the take heard: 1 to 64 letters, digits, _ or -")
+    return {"key": _key(m.get("key")), "verdict": None if verdict is None else Verdict(verdict),
+            "note": note or None, "take": take}
+
+
 def _v_died(m: dict) -> dict:
     return {"owner": _str(m, "owner", MAX_OWNER)}
 
@@ -260,7 +278,8 @@ VALIDATORS = {
     "ping": _v_none, "status": _v_none, "snapshot": _v_none,
     "list": _v_list, "show": _v_show, "heartbeat": _v_heartbeat,
     "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "results": _v_results, "requeue": _v_requeue,
-    "add": _v_add, "reconcile": _v_reconcile, "edit": _v_edit, "died": _v_died, "working": _v_heartbeat,
+    "add": _v_add, "reconcile": _v_reconcile, "edit": _v_edit, "review": _v_review, "died": _v_died,
+    "working": _v_heartbeat,
     "checkpoint": _v_none,
 }
 assert set(VALIDATORS) == WRITES | READS | STORAGE

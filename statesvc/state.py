@@ -83,6 +83,26 @@ class Phase(enum.StrEnum):
     WRITTEN = "written"            # synthesized, its result not in yet: given back uncharged
 
 
+class Verdict(enum.StrEnum):
+    """What a person who listened to an entry's take made of it."""
+
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class Review(msgspec.Struct, gc=False, omit_defaults=True):
+    """A verdict on one take (``take``: its token, or None for a take made by another tool).
+    A new take, or the entry leaving completed, ends it."""
+
+    verdict: Verdict
+    take: str | None
+    at: str
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "take": self.take, "at": self.at, "note": self.note}
+
+
 class Refused(Exception):
     """A request that is well formed but cannot be applied; its text is the reply."""
 
@@ -134,6 +154,7 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
     # In flight when its generator died, not charged: synthesized alone next time, its generator's
     # working notice acknowledged first, so a text that kills its generator is found and charged.
     suspect: bool = False
+    review: Review | None = None  # of the take under the entry's name; ended by any other take
 
     @classmethod
     def make(cls, id: int, filename: str, text: str, status: Status = Status.PENDING,  # noqa: A002
@@ -162,6 +183,8 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
             d["lease"] = self.lease.to_dict()
         if self.suspect:
             d["suspect"] = True
+        if self.review is not None:
+            d["review"] = self.review.to_dict()
         return d
 
 
@@ -274,6 +297,8 @@ class State:
             e.lease = lease
             self.leases[lease.token] = e.id
             self.owner_tokens.setdefault(lease.owner, {})[lease.token] = None
+        if e.status != to or cause in (Cause.RESULT, Cause.RECONCILE):
+            e.review = None  # a verdict is on the take it was given on: any other take, or none, ends it
         if e.status != to:
             self.wav_sig.pop(e.id, None)
             self.counts[e.status] -= 1
@@ -538,6 +563,19 @@ class State:
         e.text_hash = text_hash(text)
         effects = self._reset(e, Cause.EDIT, now)
         return {"edited": e.id, "rev": e.rev}, effects
+
+    def review(self, key: int | str, verdict: Verdict | None, note: str | None, take: str | None,
+               now: float) -> dict:
+        """A person's verdict on the take they heard (None: withdraw it). ``take``, when given, is
+        the token of the take they heard: a verdict on a take since replaced is refused."""
+        e = self.lookup(key)
+        if e.status != C:
+            raise Refused(f"entry {e.id} ({e.filename}) is {e.status}: only a completed take can be reviewed")
+        if take is not None and take != e.take:
+            raise Refused(f"entry {e.id} ({e.filename}) has a new take since that one; listen again")
+        e.review = None if verdict is None else Review(verdict, e.take, iso(now), note)
+        self._touch(e, now)
+        return {"reviewed": e.id, "review": None if e.review is None else e.review.to_dict()}
 
     def add(self, items: list[tuple[str | None, str]], prefix: str, now: float) -> dict:
         """Append texts; ``items`` are (filename or None, text). All or nothing."""

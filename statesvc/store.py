@@ -39,7 +39,7 @@ import orjson
 from . import journal
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir, write_all, write_atomic
 from .journal import JOURNAL_FILE, Contents, Record, journal_path
-from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, State, Status
+from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, Review, State, Status, Verdict
 from .texts import check_filename
 
 STATE_FILE = "generation_state.json"
@@ -117,7 +117,18 @@ def _entry_from(obj: object, n: int) -> Entry:
         e.lease = Lease(lease["token"], str(lease.get("owner")), float(d) if isinstance(d, (int, float)) else 0.0,
                         Phase(phase) if phase in Phase.__members__.values() else Phase.QUEUED)
     e.suspect = obj.get("suspect") is True
+    e.review = _review_from(obj.get("review"), eid) if status == "completed" else None
     return e
+
+
+def _review_from(obj: object, eid: int) -> Review | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, dict) or obj.get("verdict") not in Verdict.__members__.values():
+        raise DamagedState(f"entry {eid}: review must be null or an object with verdict approved or rejected")
+    take, at, note = obj.get("take"), obj.get("at"), obj.get("note")
+    return Review(Verdict(obj["verdict"]), take if isinstance(take, str) else None,
+                  at if isinstance(at, str) else "", note if isinstance(note, str) else None)
 
 
 # ---- the file's layout -----------------------------------------------------

@@ -260,7 +260,7 @@ class Events:
         self.ctx = zmq.Context()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"entry")
         self.sub.connect(connectable(endpoint))
         self.completed: collections.Counter[int] = collections.Counter()
         self.seen = 0

@@ -1,0 +1,73 @@
+"""Reviews: a person's verdict on an entry's take, set through the daemon (the `review` op),
+journalled like any change, ended by a new take, and honoured by `export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from statesvc.client import Client, ServiceError
+from statesvc.endpoints import running
+from tests.conftest import cli, make_dataset, read_file, read_state, take
+
+
+def _complete_all(ds: Path) -> dict[str, dict]:
+    """Claim and complete every entry (books only, no audio); the claims by filename."""
+    with Client(running(ds)["endpoint"]) as c:
+        claimed = c.call("claim", owner="t", n=100)["entries"]
+        for e in claimed:
+            c.call("result", **take(e, 1.5))
+    return {e["filename"]: e for e in claimed}
+
+
+def _entry(ds: Path, name: str) -> dict:
+    return next(e for e in read_state(ds)["entries"] if e["filename"] == name)
+
+
+def test_a_verdict_is_durable_ends_with_a_new_take_and_guards_against_a_replaced_take(
+        tmp_path: Path, start_daemon) -> None:
+    ds = make_dataset(tmp_path, ["uno", "dos", "tres"])
+    d = start_daemon(ds)
+    takes = _complete_all(ds)
+    a, b, c = sorted(takes)
+    with Client(running(ds)["endpoint"]) as cl:
+        body = cl.call("review", key=a, review="approved", note="clean", take=takes[a]["token"])
+        assert body["review"]["verdict"] == "approved"
+        cl.call("review", key=b, review="rejected", note="babbles at the end")
+        try:  # a verdict on a take that is no longer the entry's: refused, nothing changes
+            cl.call("review", key=c, review="approved", take="0123456789abcdef")
+            raise AssertionError("a verdict on another take was accepted")
+        except ServiceError as exc:
+            assert "new take" in str(exc)
+    assert _entry(ds, a)["review"] == {"verdict": "approved", "take": takes[a]["token"],
+                                       "at": _entry(ds, a)["review"]["at"], "note": "clean"}
+    assert "review" not in _entry(ds, c)
+    # durable: a killed daemon's successor has them, from the journal
+    d.kill()
+    start_daemon(ds)
+    assert _entry(ds, b)["review"]["verdict"] == "rejected"
+    # export: never a rejected take; with --approved-only, only approved ones
+    plain = cli("export", "--dataset", str(ds), check=True).stdout.splitlines()
+    assert sorted(r.split("|")[0] for r in plain) == [a, c]
+    approved = cli("export", "--dataset", str(ds), "--approved-only", check=True).stdout.splitlines()
+    assert [r.split("|")[0] for r in approved] == [a]
+    # a requeue ends the verdict (it was on the take now set aside), and a pending entry cannot be reviewed
+    cli("requeue", "--dataset", str(ds), a, check=True)
+    assert "review" not in _entry(ds, a)
+    r = cli("review", "--dataset", str(ds), a, "approved")
+    assert r.returncode != 0 and "only a completed take" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # through the CLI, and withdrawn
+    cli("review", "--dataset", str(ds), b, "none", check=True)
+    assert "review" not in _entry(ds, b)
+
+
+def test_a_verdict_set_offline_is_in_the_file_after_its_checkpoint(tmp_path: Path, start_daemon) -> None:
+    ds = make_dataset(tmp_path, ["uno", "dos"])
+    d = start_daemon(ds)
+    name = sorted(_complete_all(ds))[0]
+    d.kill()
+    r = cli("review", "--dataset", str(ds), name, "rejected", "--note", "cut short", check=True)
+    assert "rejected" in r.stdout
+    entry = next(e for e in read_file(ds)["entries"] if e["filename"] == name)
+    assert entry["review"]["verdict"] == "rejected" and entry["review"]["note"] == "cut short"
+    bad = cli("review", "--dataset", str(ds), name, "maybe")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
