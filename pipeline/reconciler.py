@@ -40,6 +40,7 @@ class Reconciler:
     temp_max_age: float = 300.0
     cache: dict[str, tuple[tuple, Observation]] = field(default_factory=dict)
     cache_rate: int | None = None
+    dry_run: bool = False  # report what a pass would change; change nothing, move nothing
 
     def scan(self, sample_rate: int | None, now: float, result: PassResult,
              known: dict[str, list] | None = None, live: frozenset[str] = frozenset()) -> dict[str, Observation]:
@@ -84,6 +85,8 @@ class Reconciler:
         return seen
 
     def _old_temp(self, d: os.DirEntry, now: float, result: PassResult) -> None:
+        if self.dry_run:
+            return
         try:
             if now - d.stat(follow_symlinks=False).st_mtime > self.temp_max_age:
                 os.unlink(d.path)
@@ -93,6 +96,8 @@ class Reconciler:
 
     def _old_take(self, d: os.DirEntry, now: float, result: PassResult) -> None:
         """A whole take whose lease is gone and that nobody reported within the age: to stale/."""
+        if self.dry_run:
+            return
         try:
             if now - d.stat(follow_symlinks=False).st_mtime > self.temp_max_age:
                 (self.dataset / "stale").mkdir(exist_ok=True)
@@ -122,7 +127,7 @@ class Reconciler:
         for i in range(0, max(len(names), len(missing), 1), CHUNK):
             chunk = {n: files[n] for n in names[i:i + CHUNK]}
             reply = self.client.call("reconcile", since=snap["seq"], epoch=snap["epoch"],
-                                     files=chunk, missing=missing[i:i + CHUNK])
+                                     files=chunk, missing=missing[i:i + CHUNK], dry_run=self.dry_run)
             result.fixes += reply["fixes"]
             result.moved += reply.get("moved", [])
 

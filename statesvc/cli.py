@@ -320,3 +320,38 @@ def journal_discard(dataset: Path) -> None:
         click.echo("no journal: nothing to discard")
     else:
         click.echo(f"discarded {records} commits; the journal was moved to {aside}")
+
+
+@main.command()
+@dataset_opt
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="STATESVC_DASHBOARD_HOST",
+              help="Address to listen on; one that is not loopback needs --token-file.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True,
+              envvar="STATESVC_DASHBOARD_PORT", help="Port to listen on.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="STATESVC_DASHBOARD_TOKEN_FILE",
+              help="File holding a secret token (16+ characters) every request must carry.")
+@click.option("--no-analysis", is_flag=True, help="Do not read the takes for the audio flags.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO",
+              show_default=True, help="Log verbosity.")
+def dashboard(dataset: Path, host: str, port: int, token_file: Path | None, no_analysis: bool,
+              log_level: str) -> None:
+    """Serve the review dashboard: watch the run, listen, flag, review, regenerate, sync.
+
+    It never writes the state: actions go to the daemon, and are shown done once it acknowledged
+    them. It starts with or without a daemon and follows it through restarts."""
+    from .dashboard import Settings, loopback, read_token
+    from .dashboard import serve as serve_dashboard
+    if not ds.state_path(dataset).exists():
+        raise ds.DatasetError(f"no dataset at {dataset} (no {ds.state_path(dataset).name}); "
+                              f"create one with: statesvc init --dataset {dataset} --texts FILE")
+    if not loopback(host) and token_file is None:
+        raise click.UsageError(f"--host {host} is not loopback: give --token-file so only who holds the token gets in")
+    try:
+        token = read_token(token_file) if token_file else None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(level=log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+    click.echo(f"dashboard of {dataset} on {url}", err=True)
+    serve_dashboard(Settings(dataset.resolve(), host, port, token, analyze=not no_analysis))

@@ -116,6 +116,8 @@ class Handlers:
         return self.state.add(a["items"], a["prefix"], now)
 
     def on_reconcile(self, a: dict, now: float) -> dict:
+        if a["dry_run"]:
+            return self.state.preview_reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
         body, effects = self.state.reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
         return {**body, "moved": self.later(effects)}
 

@@ -249,7 +249,11 @@ def _v_reconcile(m: dict) -> dict:
         if check_filename(name):
             raise BadRequest(check_filename(name))
     epoch = _str(m, "epoch", 64)
-    return {"since": _int(m, "since", 0, 2**62), "epoch": epoch, "files": clean, "missing": missing}
+    dry_run = m.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise BadRequest("dry_run must be true or false")
+    return {"since": _int(m, "since", 0, 2**62), "epoch": epoch, "files": clean, "missing": missing,
+            "dry_run": dry_run}
 
 
 def _take(t: object, name: str) -> dict:

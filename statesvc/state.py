@@ -617,9 +617,10 @@ class State:
             e = self.by_name.get(name)
             if e is None or e.status == G or self.changed_seq.get(e.id, 0) > since:
                 continue
+            before = e.status
             fix, effect = self._reconcile_file(e, obs, now)
             if fix:
-                fixes.append({"id": e.id, "filename": name, "fix": fix})
+                fixes.append({"id": e.id, "filename": name, "fix": fix, "from": before, "to": e.status})
             if effect:
                 effects.append(Effect(effect, name))
         for name in missing:
@@ -630,8 +631,17 @@ class State:
             e.take = None
             e.error = "audio missing"
             self._transition(e, Cause.RECONCILE, P, now)
-            fixes.append({"id": e.id, "filename": name, "fix": "completed -> pending (wav missing)"})
+            fixes.append({"id": e.id, "filename": name, "fix": "completed -> pending (wav missing)",
+                          "from": C, "to": P})
         return {"fixes": fixes}, effects
+
+    def preview_reconcile(self, since: int, epoch: str, files: dict, missing: list[str], now: float) -> dict:
+        """What ``reconcile`` would do, changing nothing: it runs on copies of the entries named."""
+        named = [self.by_name[n] for n in (*files, *missing) if n in self.by_name]
+        scratch = State([msgspec.structs.replace(e) for e in dict.fromkeys(named)], self.sample_rate,
+                        self.max_attempts, self.lease_seconds, self.epoch)
+        scratch.changed_seq = {e.id: self.changed_seq[e.id] for e in named if e.id in self.changed_seq}
+        return scratch.reconcile(since, epoch, files, missing, now)[0]
 
     def _reconcile_file(self, e: Entry, obs: dict, now: float) -> tuple[str | None, str | None]:
         """What one wav on disk means for its entry: (the fix made, the file move needed)."""

@@ -1,0 +1,665 @@
+"""The review dashboard: a web page to watch a run live, listen to its takes, flag, review,
+regenerate and sync with the files.
+
+It never writes the state. It reads the dataset's files (the loader every reader uses), keeps
+its copy current from the daemon's change events, and sends every action to the daemon; the
+page says an action is done only once the daemon answered, which it does once the change is
+durable. It starts whether or not the daemon runs and follows it through restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import ipaddress
+import itertools
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import zmq
+import zmq.asyncio
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import pages, protocol
+from .curve import secure_client
+from .endpoints import connectable, defaults, running
+from .handlers import SET_ASIDE
+from .journal import JOURNAL_FILE
+from .mirror import Mirror, Query, QueryError
+from .store import DamagedState, read, state_path
+from .takes import analyze_file, bits
+from .texts import check_filename, check_text
+
+log = logging.getLogger("statesvc.dashboard")
+
+COOKIE = "statesvc_token"
+CSRF_HEADER = "x-csrf-token"
+PUSH_EVERY = 0.5        # seconds: changes are coalesced into one push per tab at most this often
+CLIENT_QUEUE = 64       # pushes a tab may fall behind by before it is sent a fresh snapshot instead
+WATCH_EVERY = 1.0       # seconds between looks at whether the daemon came or went, or the files changed
+REQUEST_TIMEOUT = 10.0  # seconds an action waits for the daemon's durable answer
+MAX_BODY = 1 << 20
+
+
+class ActionError(Exception):
+    """An action the daemon refused or could not be asked: (HTTP status, message)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Settings:
+    dataset: Path
+    host: str = "127.0.0.1"
+    port: int = 8321
+    token: str | None = None
+    analyze: bool = True   # analyse takes in the background for the audio flags
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read token file {path}: {exc.strerror}") from None
+    if len(token) < 16:
+        raise ValueError(f"token file {path} must hold a token of at least 16 characters")
+    return token
+
+
+# ---- the daemon, asynchronously ---------------------------------------------------------------
+class Daemon:
+    """Requests to the daemon serving the dataset, over zmq.asyncio; one socket per request, so a
+    daemon that restarted (or moved endpoint) is found again at the next request."""
+
+    def __init__(self, dataset: Path, ctx: zmq.asyncio.Context):
+        self.dataset = dataset
+        self.ctx = ctx
+        self.rids = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
+
+    async def call(self, op: str, timeout: float = REQUEST_TIMEOUT, **fields: object) -> dict:
+        rec = running(self.dataset)
+        if rec is None or not rec.get("endpoint"):
+            raise ActionError(503, "the daemon is not running: start it (statesvc serve) and try again")
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            if rec["endpoint"].startswith("tcp://"):
+                secure_client(sock)
+            sock.connect(connectable(rec["endpoint"]))
+            rid = next(self.rids)
+            await sock.send(protocol.encode({"op": op, "rid": rid, **fields}))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                if not await sock.poll(left * 1000):
+                    break
+                reply = orjson.loads(await sock.recv())
+                if reply.get("rid") != rid:
+                    continue
+                if not reply.get("ok"):
+                    raise ActionError(409, str(reply.get("error")))
+                return reply
+            raise ActionError(504, f"the daemon did not answer within {timeout:.0f} s; "
+                                   "the action may or may not be done: look again")
+        finally:
+            sock.close(0)
+
+
+# ---- the copy of the state and the pushes to the pages -----------------------------------------
+class Hub:
+    """Owns the mirror: loads it, applies the daemon's events, reloads when it missed some, and
+    pushes coalesced changes to every open page."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.dataset = settings.dataset
+        self.ctx = zmq.asyncio.Context()
+        self.daemon = Daemon(self.dataset, self.ctx)
+        self.mirror: Mirror | None = None
+        self.load_error: str | None = None
+        self.daemon_pid: int | None = None
+        self.files_sig: tuple | None = None
+        self.events_at: str | None = None
+        self.sub: zmq.asyncio.Socket | None = None
+        self.batch: list[bytes] = []           # entries of the commit whose marker is still to come
+        self.buffered: list[tuple[dict, list[bytes]]] = []  # commits received while reloading
+        self.reloading = False
+        self.reload_wanted = asyncio.Event()
+        self.clients: set[asyncio.Queue] = set()
+        self.last_push = ""
+        self.analysis: dict[str, tuple[tuple, str | None, int]] = {}  # filename -> (wav signature, take, bits)
+        self.to_analyze: collections.deque[tuple[str, str | None]] = collections.deque()
+        self.wake_analyzer = threading.Event()
+        self.stopping = threading.Event()
+        self.tasks: list[asyncio.Task] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- life -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.tasks = [asyncio.create_task(f()) for f in (self.watch, self.listen, self.reloader, self.pusher)]
+        if self.settings.analyze:
+            threading.Thread(target=self.analyzer, name="analyzer", daemon=True).start()
+        self.reload_wanted.set()
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        self.wake_analyzer.set()
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.sub is not None:
+            self.sub.close(0)
+        self.ctx.term()
+
+    # ---- the daemon and the files -------------------------------------------------------------
+    def _files_sig(self) -> tuple:
+        sig = []
+        for p in (state_path(self.dataset), self.dataset / JOURNAL_FILE):
+            try:
+                st = p.stat()
+                sig.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                sig.append(None)
+        return tuple(sig)
+
+    async def watch(self) -> None:
+        """Follow the daemon (its coming, going and events endpoint) and, while none runs, the
+        files (an offline change made by the CLI)."""
+        while True:
+            rec = running(self.dataset)
+            pid = rec.get("pid") if rec else None
+            events = (rec.get("events") if rec else None) or defaults(self.dataset)[1]
+            if events != self.events_at:
+                self._subscribe(events)
+            if pid != self.daemon_pid:
+                self.daemon_pid = pid
+                self.reload_wanted.set()  # what it did while we were not listening is in the files
+            elif pid is None and self._files_sig() != self.files_sig:
+                self.reload_wanted.set()
+            await asyncio.sleep(WATCH_EVERY)
+
+    def _subscribe(self, events: str) -> None:
+        if self.sub is not None:
+            self.sub.close(0)
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        if events.startswith("tcp://"):
+            secure_client(sub)
+        sub.connect(connectable(events))
+        self.sub, self.events_at = sub, events
+        self.reload_wanted.set()
+
+    async def listen(self) -> None:
+        while True:
+            if self.sub is None:
+                await asyncio.sleep(0.1)
+                continue
+            sub = self.sub
+            try:
+                topic, body = await sub.recv_multipart()
+            except zmq.ZMQError:
+                continue  # the socket was replaced (another endpoint): read from the new one
+            if topic == b"entry":
+                self.batch.append(body)
+            elif topic == b"commit":
+                marker, entries, self.batch = orjson.loads(body), self.batch, []
+                self.on_commit(marker, entries)
+
+    def on_commit(self, marker: dict, entries: list[bytes]) -> None:
+        m = self.mirror
+        if self.reloading or m is None:
+            self.buffered.append((marker, entries))
+            return
+        if marker["seq"] <= m.seq:
+            return  # already in what was loaded
+        if marker["seq"] != m.seq + 1 or marker["entries"] != len(entries):
+            log.info("missed change events (commit %d after %d): reading the state again", marker["seq"], m.seq)
+            self.reload_wanted.set()
+            return
+        for raw in entries:
+            e = m.apply(raw)
+            if e.status == "completed" and self.settings.analyze:
+                self.to_analyze.appendleft((e.filename, e.take))
+                self.wake_analyzer.set()
+        m.seq = marker["seq"]
+
+    async def reloader(self) -> None:
+        while True:
+            await self.reload_wanted.wait()
+            self.reload_wanted.clear()
+            self.reloading = True
+            self.files_sig = self._files_sig()
+            try:
+                mirror = await asyncio.to_thread(self._load)
+            except (DamagedState, OSError) as exc:
+                self.load_error = f"cannot read the state: {exc}"
+                log.error("%s", self.load_error)
+                self.reloading = False
+                self.buffered.clear()
+                continue
+            self.load_error = None
+            self.mirror, self.reloading = mirror, False
+            buffered, self.buffered = self.buffered, []
+            for marker, entries in buffered:
+                self.on_commit(marker, entries)
+            self.broadcast("snapshot", {})
+
+    def _load(self) -> Mirror:
+        mirror = Mirror(read(self.dataset))
+        for name, (_sig, take, b) in list(self.analysis.items()):
+            mirror.set_audio_flags(name, take, b)
+        if self.settings.analyze:
+            done = [(mirror.entries[i].filename, mirror.entries[i].take)
+                    for i in np.flatnonzero(mirror.status[:len(mirror.entries)] == 2)]
+            self.to_analyze.extend(x for x in done if x[0] not in self.analysis)
+            self.wake_analyzer.set()
+        return mirror
+
+    # ---- the takes' analysis, in a thread (reading wavs must not stall the pages) ---------------
+    def analyzer(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                name, take = self.to_analyze.popleft()
+            except IndexError:
+                self.wake_analyzer.wait(1.0)
+                self.wake_analyzer.clear()
+                continue
+            path = self.dataset / "wavs" / f"{name}.wav"
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+            known = self.analysis.get(name)
+            if known is not None and known[0] == sig:
+                flags = known[2]
+            else:
+                try:
+                    flags = bits(analyze_file(path).flags)
+                except ValueError:
+                    continue  # unreadable: the reconciler's business, not a flag
+            self.analysis[name] = (sig, take, flags)
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self._analysed, name, take, flags)
+
+    def _analysed(self, name: str, take: str | None, flags: int) -> None:
+        if self.mirror is not None and self.mirror.set_audio_flags(name, take, flags):
+            i = self.mirror.by_name[name]
+            self.mirror.changed.add(self.mirror.entries[i].id)
+
+    # ---- pushes ---------------------------------------------------------------------------------
+    def overview(self) -> dict:
+        m = self.mirror
+        base = {"daemon": "up" if self.daemon_pid else "down", "load_error": self.load_error,
+                "loading": m is None}
+        if m is None:
+            return base
+        return {**base, **m.overview(time.monotonic())}
+
+    async def pusher(self) -> None:
+        """Coalesce: at most one overview and one batch of changed rows per PUSH_EVERY."""
+        while True:
+            await asyncio.sleep(PUSH_EVERY)
+            m = self.mirror
+            if m is not None and time.time() - m.fitted_at > 5.0 and m.changed:
+                m.refit(time.time())
+            if not self.clients:
+                if m is not None:
+                    m.changed.clear()
+                continue
+            ov = orjson.dumps(self.overview()).decode()
+            if ov != self.last_push:
+                self.last_push = ov
+                self.broadcast("overview", ov)
+            if m is not None and m.changed:
+                ids, m.changed = list(m.changed), set()
+                if len(ids) > 200:
+                    self.broadcast("snapshot", {})
+                else:
+                    self.broadcast("entries", [m.row(m.pos[i]) for i in ids if i in m.pos])
+
+    def broadcast(self, event: str, data: object) -> None:
+        text = data if isinstance(data, str) else orjson.dumps(data).decode()
+        for q in list(self.clients):
+            try:
+                q.put_nowait((event, text))
+            except asyncio.QueueFull:  # a tab that fell behind: drop what it missed, send a fresh start
+                while not q.empty():
+                    q.get_nowait()
+                q.put_nowait(("snapshot", "{}"))
+
+    async def events(self, request: Request) -> AsyncIterator[dict]:
+        q: asyncio.Queue = asyncio.Queue(CLIENT_QUEUE)
+        self.clients.add(q)
+        try:
+            yield {"event": "overview", "data": orjson.dumps(self.overview()).decode()}
+            while True:
+                event, data = await q.get()
+                yield {"event": event, "data": data}
+        finally:
+            self.clients.discard(q)
+
+
+# ---- the web application ------------------------------------------------------------------------
+def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a closure: their branches count here)
+    hub = Hub(settings)
+    csrf = secrets.token_urlsafe(24)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        yield
+        await hub.stop()
+
+    app = FastAPI(title="statesvc dashboard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.hub = hub
+    static = Path(__file__).with_name("web")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):  # noqa: ANN202
+        try:
+            refusal = _refusal(request, settings.token, csrf)
+            if isinstance(refusal, Response):
+                return refusal
+            return await call_next(request)
+        except Exception as exc:  # nothing a browser sends may take the server down
+            log.exception("request %s %s failed", request.method, request.url.path)
+            return _error(500, f"internal error: {type(exc).__name__}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ActionError)
+    async def action_error(request: Request, exc: ActionError) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(QueryError)
+    async def query_error(request: Request, exc: QueryError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    def mirror() -> Mirror:
+        if hub.mirror is None:
+            raise ActionError(503, hub.load_error or "the state is still loading; try again in a moment")
+        return hub.mirror
+
+    # ---- pages ----
+    @app.get("/", response_class=HTMLResponse)
+    async def index(request: Request) -> HTMLResponse:
+        query = _query(request)
+        m = hub.mirror
+        total, rows = m.select(query) if m is not None else (0, [])
+        return HTMLResponse(pages.overview(hub.overview(), rows, total, query, csrf))
+
+    @app.get("/entries/{filename}", response_class=HTMLResponse)
+    async def entry_page(request: Request, filename: str) -> HTMLResponse:
+        m = mirror()
+        data = _entry(m, filename, settings.dataset)
+        query = _query(request)
+        prev, nxt = m.neighbours(data["filename"], query)
+        return HTMLResponse(pages.entry(data, csrf, pages.view_of(query), prev, nxt))
+
+    @app.get("/health", response_class=HTMLResponse)
+    async def health_page() -> HTMLResponse:
+        m = mirror()
+        return HTMLResponse(pages.health(m.histograms(), m.coverage(), m.counters(), csrf))
+
+    @app.get("/static/{name}")
+    async def static_file(name: str) -> FileResponse:
+        path = static / name
+        if name not in ("app.js", "style.css") or not path.is_file():
+            raise StarletteHTTPException(404, f"no static file {name!r}")
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    # ---- JSON ----
+    @app.get("/api/status")
+    async def api_status() -> dict:
+        return hub.overview()
+
+    @app.get("/api/entries")
+    async def api_entries(request: Request) -> dict:
+        total, rows = mirror().select(_query(request))
+        return {"total": total, "entries": rows}
+
+    @app.get("/api/entries/{filename}")
+    async def api_entry(filename: str) -> dict:
+        return _entry(mirror(), filename, settings.dataset)
+
+    @app.get("/api/neighbours/{filename}")
+    async def api_neighbours(request: Request, filename: str) -> dict:
+        prev, nxt = mirror().neighbours(filename, _query(request))
+        return {"prev": prev, "next": nxt}
+
+    @app.get("/api/health")
+    async def api_health() -> dict:
+        m = mirror()
+        return {"histograms": m.histograms(), "coverage": m.coverage()}
+
+    @app.post("/api/requeue")
+    async def api_requeue(request: Request) -> dict:
+        body = await _body(request)
+        if body.get("failed") is True:
+            reply = await hub.daemon.call("requeue", keys=[], failed=True)
+        else:
+            names = _names(body, mirror())
+            if not names:
+                raise ActionError(400, "nothing to regenerate: give filenames, or failed or flagged: true")
+            reply = await hub.daemon.call("requeue", keys=names, failed=False)
+        return {"requeued": len(reply["requeued"]), "moved": reply.get("moved", [])}
+
+    @app.post("/api/edit")
+    async def api_edit(request: Request) -> dict:
+        body = await _body(request)
+        name, text = _filename(body.get("filename")), body.get("text")
+        if check_text(text):
+            raise ActionError(400, str(check_text(text)))
+        reply = await hub.daemon.call("edit", key=name, text=text, req=secrets.token_hex(8))
+        return {"edited": name, "rev": reply["rev"]}
+
+    @app.post("/api/review")
+    async def api_review(request: Request) -> dict:
+        body = await _body(request)
+        verdict = body.get("review")
+        if verdict not in ("approved", "rejected", None):
+            raise ActionError(400, "review must be approved, rejected or null")
+        note = body.get("note")
+        if note is not None and not isinstance(note, str):
+            raise ActionError(400, "note must be a string")
+        fields: dict = {"key": _filename(body.get("filename")), "review": verdict, "note": note or None}
+        if isinstance(body.get("take"), str) and body["take"]:
+            fields["take"] = body["take"]
+        reply = await hub.daemon.call("review", **fields)
+        return {"filename": fields["key"], "review": reply["review"]}
+
+    @app.post("/api/reconcile")
+    async def api_reconcile(request: Request) -> dict:
+        body = await _body(request)
+        dry = body.get("dry_run", True)
+        if not isinstance(dry, bool):
+            raise ActionError(400, "dry_run must be true or false")
+        return {"dry_run": dry, "changes": await asyncio.to_thread(_reconcile, settings.dataset, dry)}
+
+    @app.get("/api/events")
+    async def api_events(request: Request) -> EventSourceResponse:
+        return EventSourceResponse(hub.events(request), ping=10)
+
+    @app.get("/audio/{folder}/{name}")
+    async def audio(folder: str, name: str) -> FileResponse:
+        return FileResponse(_audio_path(settings.dataset, folder, name), media_type="audio/wav",
+                            headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _refusal(request: Request, token: str | None, csrf: str) -> Response | None:
+    """Token and CSRF checks; a response refuses the request, None lets it through."""
+    if token is not None:
+        given = request.query_params.get("token")
+        if given is not None and request.method == "GET":
+            if not hmac.compare_digest(given, token):
+                return _error(401, "wrong token")
+            clean = request.url.remove_query_params("token")
+            resp = RedirectResponse(str(clean.path) + (f"?{clean.query}" if clean.query else ""), status_code=303)
+            resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+            return resp
+        auth = request.headers.get("authorization", "")
+        offered = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        if not hmac.compare_digest(offered.encode(), token.encode()):
+            return _error(401, "a token is needed: open the page once as /?token=TOKEN, or send "
+                               "Authorization: Bearer TOKEN")
+    if request.method not in ("GET", "HEAD") and not hmac.compare_digest(
+            request.headers.get(CSRF_HEADER, "").encode(), csrf.encode()):
+        return _error(403, "missing or wrong CSRF header: actions are sent by the page")
+    return None
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ActionError(413, f"request body over {MAX_BODY} bytes")
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise ActionError(400, "the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise ActionError(400, "the body must be a JSON object")
+    return body
+
+
+def _filename(v: object) -> str:
+    if not isinstance(v, str) or check_filename(v):
+        raise ActionError(400, f"{str(v)[:60]!r} is not an entry's filename")
+    return v
+
+
+def _names(body: dict, m: Mirror) -> list[str]:
+    if body.get("flagged") is True:
+        idx = m.matching(Query(status="completed", flag="any"))
+        return [m.entries[int(i)].filename for i in idx][:protocol.MAX_BATCH]
+    names = body.get("filenames")
+    if not isinstance(names, list) or len(names) > protocol.MAX_BATCH:
+        raise ActionError(400, f"filenames must be a list of at most {protocol.MAX_BATCH} names")
+    out = [_filename(n) for n in names]
+    unknown = [n for n in out if n not in m.by_name]
+    if unknown:
+        raise ActionError(404, f"no entry {unknown[0]!r}")
+    return out
+
+
+def _query(request: Request) -> Query:
+    p = request.query_params
+
+    def num(key: str, default: int) -> int:
+        v = p.get(key)
+        if v is None or v == "":
+            return default
+        if not v.isdigit() or len(v) > 10:
+            raise QueryError(f"{key} must be a whole number")
+        return int(v)
+
+    return Query(status=p.get("status") or None, flag=p.get("flag") or None, review=p.get("review") or None,
+                 q=p.get("q", ""), sort=p.get("sort") or "id", offset=num("offset", 0),
+                 limit=num("limit", 50)).check()
+
+
+def _entry(m: Mirror, filename: str, dataset: Path) -> dict:
+    name = _filename(filename)
+    data = m.entry(name)
+    if data is None:
+        raise ActionError(404, f"no entry {name!r}")
+    takes = []
+    current = dataset / "wavs" / f"{name}.wav"
+    if data["status"] == "completed" and current.is_file():
+        takes.append(_take("wavs", current, True))
+    folder = dataset / SET_ASIDE
+    if folder.is_dir():
+        earlier = sorted((p for p in folder.glob(f"{name}.*.wav") if p.name[len(name) + 1:-4].count(".") == 1),
+                         reverse=True)
+        takes += [_take(SET_ASIDE, p, False) for p in earlier[:20]]
+    return {**data, "takes": takes}
+
+
+def _take(folder: str, path: Path, current: bool) -> dict:
+    try:
+        a = analyze_file(path)
+        peaks, duration, flags = a.peaks, round(a.duration, 3), sorted(f.value for f in a.flags)
+    except ValueError:
+        peaks, duration, flags = [], None, []
+    return {"name": path.name, "url": f"/audio/{folder}/{path.name}", "current": current, "peaks": peaks,
+            "duration": duration, "flags": flags}
+
+
+def _audio_path(dataset: Path, folder: str, name: str) -> Path:
+    """Only a wav directly in wavs/ or in the folder of earlier takes; anything else is a 404."""
+    missing = StarletteHTTPException(404, "no such audio")
+    if folder not in ("wavs", SET_ASIDE) or not name.endswith(".wav") or "/" in name or "\\" in name:
+        raise missing
+    stem = name[:-4]
+    base = stem.split(".", 1)[0] if folder == SET_ASIDE else stem
+    if check_filename(base) or name.startswith("."):
+        raise missing
+    root = (dataset / folder).resolve()
+    path = (root / name).resolve()
+    if path.parent != root or not path.is_file():
+        raise missing
+    return path
+
+
+def _reconcile(dataset: Path, dry_run: bool) -> list[dict]:
+    """A reconcile pass, as the reconciler process makes one; with dry_run, what it would change."""
+    from pipeline.reconciler import Reconciler
+
+    from .client import Client, Unavailable
+    rec = running(dataset)
+    if rec is None or not rec.get("endpoint"):
+        raise ActionError(503, "the daemon is not running: start it (statesvc serve) and try again")
+    with Client(rec["endpoint"], timeout=REQUEST_TIMEOUT, retries=2) as client:
+        try:
+            result = Reconciler(client, dataset, dry_run=dry_run).run_pass()
+        except Unavailable:
+            raise ActionError(504, "the daemon did not answer; nothing is known to be done") from None
+    return [{"filename": f["filename"], "from": f.get("from"), "to": f.get("to"), "reason": f["fix"]}
+            for f in result.fixes]
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+    if not loopback(settings.host) and settings.token is None:
+        raise ValueError(f"--host {settings.host} is not loopback: give --token-file so only who holds it gets in")
+    app = create_app(settings)
+    log.info("dashboard of %s on http://%s:%d/", settings.dataset, settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=2)
+

@@ -1,0 +1,325 @@
+"""The dashboard's copy of a dataset's state: loaded from the files, kept current by the daemon's
+change events, and indexed for the queries of a review page at a million entries.
+
+It never writes anything. Every column a query filters or sorts on is a numpy array beside the
+entries (status, duration, characters, flags, verdict), so a filter is a mask and a page of a
+sort is a partial sort: tens of milliseconds at 1,000,000 entries, where a Python loop over the
+entries takes seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from .state import STATUSES, Entry, Status, Verdict
+from .store import Loaded
+from .takes import BIT, Fit, Flag, fit
+
+STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
+VERDICT_CODE = {None: 0, Verdict.APPROVED: 1, Verdict.REJECTED: 2}
+SORTS = ("id", "-id", "duration", "-duration", "cps", "-cps", "updated", "-updated")
+MAX_LIMIT = 500
+FIT_EVERY = 5.0        # seconds between refits of seconds against characters (a run changes it slowly)
+RATE_WINDOW = 60.0     # seconds of completions the rate is measured over
+AUDIO_FLAGS = Flag.LEAD_SILENCE, Flag.TRAIL_SILENCE, Flag.CLIPPING, Flag.QUIET
+_AUDIO_MASK = sum(BIT[f] for f in AUDIO_FLAGS)
+_decode_entry = msgspec.json.Decoder(Entry).decode
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered as asked; the text says why."""
+
+
+@dataclass(frozen=True)
+class Query:
+    status: str | None = None
+    flag: str | None = None       # a Flag value, "any" (some flag) or "none"
+    review: str | None = None     # approved, rejected, unreviewed
+    q: str = ""
+    sort: str = "id"
+    offset: int = 0
+    limit: int = 50
+
+    def check(self) -> Query:
+        if self.status is not None and self.status not in STATUSES:
+            raise QueryError(f"status must be one of {', '.join(STATUSES)}")
+        if self.flag is not None and self.flag not in ("any", "none", *Flag.__members__.values()):
+            raise QueryError(f"flag must be any, none or one of {', '.join(Flag.__members__.values())}")
+        if self.review is not None and self.review not in ("approved", "rejected", "unreviewed"):
+            raise QueryError("review must be approved, rejected or unreviewed")
+        if self.sort not in SORTS:
+            raise QueryError(f"sort must be one of {', '.join(SORTS)}")
+        if not 0 <= self.offset <= 10**9 or not 1 <= self.limit <= MAX_LIMIT:
+            raise QueryError(f"offset must be 0 or more and limit from 1 to {MAX_LIMIT}")
+        if len(self.q) > 200:
+            raise QueryError("q must be at most 200 characters")
+        return self
+
+
+class Mirror:
+    """Entries by position, their columns, and what the overview shows."""
+
+    def __init__(self, loaded: Loaded, now: float | None = None):
+        state = loaded.state
+        self.seq = max(loaded.head.seq, loaded.journal.last_seq)  # the last commit it holds
+        self.sample_rate = state.sample_rate
+        self.entries: list[Entry] = list(state.entries)
+        self.pos = {e.id: i for i, e in enumerate(self.entries)}
+        self.by_name = {e.filename: i for i, e in enumerate(self.entries)}
+        n = len(self.entries)
+        self.status = np.fromiter((STATUS_CODE[e.status] for e in self.entries), np.int8, n)
+        self.duration = np.fromiter((np.nan if e.duration_seconds is None else e.duration_seconds
+                                     for e in self.entries), np.float64, n)
+        self.chars = np.fromiter((len(e.text) for e in self.entries), np.int32, n)
+        self.updated = np.fromiter((_stamp(e.updated_at) for e in self.entries), np.float64, n)
+        self.verdict = np.fromiter((VERDICT_CODE[e.review.verdict if e.review else None] for e in self.entries),
+                                   np.int8, n)
+        self.audio_bits = np.zeros(n, np.uint8)    # from the takes' analysis, filled in as it comes
+        self.fit_bits = np.zeros(n, np.uint8)      # from the dataset's fit of seconds against characters
+        self.fit: Fit | None = None
+        self.fitted_at = 0.0
+        self._haystack: list[str] | None = None    # "filename\ttext", lowercased: built at the first search
+        self.generating = {e.id for e in self.entries if e.status == Status.GENERATING}
+        self.failures: collections.deque[int] = collections.deque(
+            (e.id for e in sorted((e for e in self.entries if e.status == Status.FAILED),
+                                  key=lambda e: e.updated_at or "")[-20:]), maxlen=20)
+        self.completions: collections.deque[tuple[float, int]] = collections.deque()
+        self.changed: set[int] = set()  # ids changed since the page was last told
+        self.refit(now or time.time())
+
+    # ---- keeping current --------------------------------------------------------------------
+    def apply(self, raw: bytes) -> Entry:
+        """One change event: the entry as the daemon committed it."""
+        e = _decode_entry(raw)
+        i = self.pos.get(e.id)
+        if i is None:
+            i = self._append(e)
+        old = self.entries[i]
+        self.entries[i] = e
+        code = STATUS_CODE[e.status]
+        if e.status == Status.COMPLETED and old.status != Status.COMPLETED:
+            self.completions.append((time.monotonic(), 1))
+        if e.status == Status.FAILED and old.status != Status.FAILED:
+            self.failures.append(e.id)
+        self.status[i] = code
+        self.duration[i] = np.nan if e.duration_seconds is None else e.duration_seconds
+        if e.text != old.text:
+            self.chars[i] = len(e.text)
+            self._haystack = None
+        self.updated[i] = _stamp(e.updated_at)
+        self.verdict[i] = VERDICT_CODE[e.review.verdict if e.review else None]
+        if e.take != old.take or e.duration_seconds != old.duration_seconds:
+            self.audio_bits[i] = 0  # another take: its analysis is to come
+        if e.status == Status.GENERATING:
+            self.generating.add(e.id)
+        else:
+            self.generating.discard(e.id)
+        self.changed.add(e.id)
+        return e
+
+    def _append(self, e: Entry) -> int:
+        i = len(self.entries)
+        self.entries.append(e)
+        self.pos[e.id] = i
+        self.by_name[e.filename] = i
+        for name in ("status", "duration", "chars", "updated", "verdict", "audio_bits", "fit_bits"):
+            col = getattr(self, name)
+            grown = np.zeros(max(16, 2 * len(col)) if i >= len(col) else len(col), col.dtype)
+            grown[:len(col)] = col
+            setattr(self, name, grown)
+        self._haystack = None
+        return i
+
+    def set_audio_flags(self, filename: str, take: str | None, bits: int) -> bool:
+        """The analysis of an entry's take; ignored if the entry has another take by now."""
+        i = self.by_name.get(filename)
+        if i is None or self.entries[i].take != take or self.entries[i].status != Status.COMPLETED:
+            return False
+        self.audio_bits[i] = bits & _AUDIO_MASK
+        return True
+
+    def refit(self, now: float) -> None:
+        """Fit seconds against characters over the completed takes; flag the ones far off it."""
+        n = len(self.entries)
+        done = self.status[:n] == STATUS_CODE[Status.COMPLETED]
+        self.fit = fit(self.chars[:n][done], self.duration[:n][done])
+        self.fit_bits = np.zeros(len(self.status), np.uint8)
+        if self.fit is not None:
+            self.fit_bits[:n] = np.where(done, self.fit.flags(self.chars[:n], self.duration[:n]), 0)
+        self.fitted_at = now
+
+    # ---- what the page asks -----------------------------------------------------------------
+    def counters(self) -> dict:
+        n = len(self.entries)
+        counts = np.bincount(self.status[:n], minlength=len(STATUSES))
+        done = self.status[:n] == STATUS_CODE[Status.COMPLETED]
+        return {"total": n, **{s: int(counts[i]) for i, s in enumerate(STATUSES)},
+                "audio_seconds": round(float(np.nansum(self.duration[:n][done])), 3),
+                "approved": int(np.count_nonzero(self.verdict[:n] == 1)),
+                "rejected": int(np.count_nonzero(self.verdict[:n] == 2)),
+                "flagged": int(np.count_nonzero(done & (self.bits()[:n] != 0)))}
+
+    def bits(self) -> np.ndarray:
+        return self.audio_bits | self.fit_bits
+
+    def rate(self, now_mono: float) -> float:
+        """Completions per second over the last minute."""
+        while self.completions and self.completions[0][0] < now_mono - RATE_WINDOW:
+            self.completions.popleft()
+        if not self.completions:
+            return 0.0
+        span = max(now_mono - self.completions[0][0], 5.0)
+        return len(self.completions) / span
+
+    def overview(self, now_mono: float) -> dict:
+        c = self.counters()
+        rate = self.rate(now_mono)
+        left = c["pending"] + c["generating"]
+        return {**c, "rate": round(rate, 2), "eta_seconds": round(left / rate) if rate > 0 and left else None,
+                "generators": self.generators(), "failures": [self.row(self.pos[i]) for i in reversed(self.failures)
+                                                              if i in self.pos and
+                                                              self.entries[self.pos[i]].status == Status.FAILED]}
+
+    def generators(self) -> list[dict]:
+        held: dict[str, list[str]] = {}
+        for eid in self.generating:
+            e = self.entries[self.pos[eid]]
+            if e.lease is not None:
+                held.setdefault(e.lease.owner, []).append(e.filename)
+        return [{"owner": o, "holding": len(names), "entries": sorted(names)[:8]} for o, names in sorted(held.items())]
+
+    def select(self, query: Query) -> tuple[int, list[dict]]:
+        """(how many entries match, the page asked for)."""
+        q = query.check()
+        idx = self.matching(q)
+        page = self._page(idx, q.sort, q.offset, q.limit)
+        return len(idx), [self.row(int(i)) for i in page]
+
+    def matching(self, q: Query) -> np.ndarray:
+        n = len(self.entries)
+        mask = np.ones(n, bool)
+        if q.status is not None:
+            mask &= self.status[:n] == STATUS_CODE[q.status]
+        if q.flag is not None:
+            bits = self.bits()[:n]
+            if q.flag == "any":
+                mask &= bits != 0
+            elif q.flag == "none":
+                mask &= bits == 0
+            else:
+                mask &= (bits & BIT[Flag(q.flag)]) != 0
+        if q.review is not None:
+            mask &= self.verdict[:n] == {"unreviewed": 0, "approved": 1, "rejected": 2}[q.review]
+        if q.q:
+            mask &= self._search(q.q.lower())
+        return np.flatnonzero(mask)
+
+    def neighbours(self, filename: str, query: Query) -> tuple[str | None, str | None]:
+        """The entries before and after ``filename`` in a view of the table (its filters and sort):
+        the next and previous keys of a review go through the same list the table shows."""
+        i = self.by_name.get(filename)
+        if i is None:
+            return None, None
+        idx = self.matching(query.check())
+        order = self._page(idx, query.sort, 0, len(idx))
+        at = np.flatnonzero(order == i)
+        if len(at) == 0:  # no longer in the view (reviewed, requeued): go on from where it would be
+            k = int(np.searchsorted(idx, i)) if query.sort == "id" else 0
+            prev = order[k - 1] if 0 < k <= len(order) else None
+            nxt = order[k] if k < len(order) else None
+        else:
+            k = int(at[0])
+            prev = order[k - 1] if k > 0 else None
+            nxt = order[k + 1] if k + 1 < len(order) else None
+        return (None if prev is None else self.entries[int(prev)].filename,
+                None if nxt is None else self.entries[int(nxt)].filename)
+
+    def _search(self, needle: str) -> np.ndarray:
+        if self._haystack is None:
+            self._haystack = [f"{e.filename}\t{e.text}".lower() for e in self.entries]
+        hits = np.zeros(len(self.entries), bool)
+        hits[[i for i, h in enumerate(self._haystack) if needle in h]] = True
+        return hits
+
+    def _page(self, idx: np.ndarray, sort: str, offset: int, limit: int) -> np.ndarray:
+        key = sort.lstrip("-")
+        desc = sort.startswith("-")
+        if key == "id":
+            return (idx[::-1] if desc else idx)[offset:offset + limit]
+        if key == "duration":
+            values = self.duration[idx]
+        elif key == "cps":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values = self.chars[idx] / self.duration[idx]
+        else:
+            values = self.updated[idx]
+        values = np.where(np.isnan(values), np.inf if not desc else -np.inf, values)  # unknown last
+        if desc:
+            values = -values
+        end = offset + limit
+        if end < len(idx) // 4:  # the first pages of a big set: a partial sort
+            part = np.argpartition(values, end)[:end]
+            order = part[np.lexsort((idx[part], values[part]))]
+        else:
+            order = np.lexsort((idx, values))
+        return idx[order[offset:end]]
+
+    def row(self, i: int) -> dict:
+        e = self.entries[i]
+        dur = e.duration_seconds
+        bits = int(self.audio_bits[i] | self.fit_bits[i])
+        return {"id": e.id, "filename": e.filename, "text": e.text, "status": e.status, "duration_seconds": dur,
+                "cps": round(len(e.text) / dur, 2) if dur else None, "attempts": e.attempts, "error": e.error,
+                "updated_at": e.updated_at, "take": e.take, "rev": e.rev,
+                "review": e.review.to_dict() if e.review else None,
+                "owner": e.lease.owner if e.lease else None,
+                "flags": [f.value for f in Flag if bits & BIT[f]]}
+
+    def entry(self, filename: str) -> dict | None:
+        i = self.by_name.get(filename)
+        if i is None:
+            return None
+        row = self.row(i)
+        if self.fit is not None:
+            row["expected_seconds"] = round(self.fit.predicted(len(self.entries[i].text)), 2)
+        return row
+
+    def histograms(self, bins: int = 30) -> dict:
+        n = len(self.entries)
+        done = (self.status[:n] == STATUS_CODE[Status.COMPLETED]) & ~np.isnan(self.duration[:n])
+        dur = self.duration[:n][done]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cps = self.chars[:n][done] / dur
+        cps = cps[np.isfinite(cps)]
+        return {"duration": _hist(dur, bins), "cps": _hist(cps, bins)}
+
+    def coverage(self, alphabet: str = "ñáéíóúü¿¡") -> dict:
+        """How many texts hold each character of ``alphabet`` (Spanish by default), and every
+        character seen with its count of texts."""
+        counts: collections.Counter[str] = collections.Counter()
+        for e in self.entries:
+            counts.update(set(e.text.lower()))
+        return {"watched": {c: counts.get(c, 0) for c in alphabet},
+                "characters": dict(counts.most_common())}
+
+
+def _hist(values: np.ndarray, bins: int) -> dict:
+    if len(values) == 0:
+        return {"edges": [], "counts": []}
+    counts, edges = np.histogram(values, bins=bins)
+    return {"edges": [round(float(x), 3) for x in edges], "counts": counts.tolist()}
+
+
+def _stamp(iso: str | None) -> float:
+    """Seconds of an ``updated_at`` (for sorting), without a datetime per entry."""
+    if not iso:
+        return np.nan
+    try:
+        return time.mktime(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S")) + float(iso[19:-1] or 0)
+    except ValueError:
+        return np.nan
