@@ -329,8 +329,9 @@ class Hub:
         while True:
             await asyncio.sleep(PUSH_EVERY)
             m = self.mirror
-            if m is not None and time.time() - m.fitted_at > 5.0 and m.changed:
+            if m is not None and m.refit_due(time.time()):
                 m.refit(time.time())
+                self.broadcast("snapshot", {})  # flags may have changed anywhere
             if not self.clients:
                 if m is not None:
                     m.changed.clear()
@@ -641,7 +642,7 @@ def _reconcile(dataset: Path, dry_run: bool) -> list[dict]:
     """A reconcile pass, as the reconciler process makes one; with dry_run, what it would change."""
     from pipeline.reconciler import Reconciler
 
-    from .client import Client, Unavailable
+    from .client import Client, ServiceError, Unavailable
     rec = running(dataset)
     if rec is None or not rec.get("endpoint"):
         raise ActionError(503, "the daemon is not running: start it (statesvc serve) and try again")
@@ -650,6 +651,8 @@ def _reconcile(dataset: Path, dry_run: bool) -> list[dict]:
             result = Reconciler(client, dataset, dry_run=dry_run).run_pass()
         except Unavailable:
             raise ActionError(504, "the daemon did not answer; nothing is known to be done") from None
+        except ServiceError as exc:
+            raise ActionError(409, f"the daemon refused: {exc}") from None
     return [{"filename": f["filename"], "from": f.get("from"), "to": f.get("to"), "reason": f["fix"]}
             for f in result.fixes]
 

@@ -120,6 +120,7 @@ class Mirror:
         else:
             self.generating.discard(e.id)
         self.changed.add(e.id)
+        self.unfitted = True
         return e
 
     def _append(self, e: Entry) -> int:
@@ -152,6 +153,10 @@ class Mirror:
         if self.fit is not None:
             self.fit_bits[:n] = np.where(done, self.fit.flags(self.chars[:n], self.duration[:n]), 0)
         self.fitted_at = now
+        self.unfitted = False
+
+    def refit_due(self, now: float) -> bool:
+        return self.unfitted and now - self.fitted_at >= FIT_EVERY
 
     # ---- what the page asks -----------------------------------------------------------------
     def counters(self) -> dict:

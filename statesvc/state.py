@@ -637,8 +637,8 @@ class State:
 
     def preview_reconcile(self, since: int, epoch: str, files: dict, missing: list[str], now: float) -> dict:
         """What ``reconcile`` would do, changing nothing: it runs on copies of the entries named."""
-        named = [self.by_name[n] for n in (*files, *missing) if n in self.by_name]
-        scratch = State([msgspec.structs.replace(e) for e in dict.fromkeys(named)], self.sample_rate,
+        named = list({e.id: e for e in (self.by_name.get(n) for n in (*files, *missing)) if e is not None}.values())
+        scratch = State([msgspec.structs.replace(e) for e in named], self.sample_rate,
                         self.max_attempts, self.lease_seconds, self.epoch)
         scratch.changed_seq = {e.id: self.changed_seq[e.id] for e in named if e.id in self.changed_seq}
         return scratch.reconcile(since, epoch, files, missing, now)[0]

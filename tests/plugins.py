@@ -90,3 +90,18 @@ class BatchedFlaky(Tone):
 
     def synthesize(self, text: str) -> np.ndarray:
         return self.synthesize_batch([text])[0]
+
+
+class BadTakes(Slow):
+    """Takes of the usual failures of generated speech, on cue: SILENCIO pads 2 s of silence before
+    the speech, CORTADO stops early (a fifth of the take), MUDO is near-silent."""
+
+    def synthesize(self, text: str) -> np.ndarray:
+        audio = super().synthesize(text)
+        if "SILENCIO" in text:
+            return np.concatenate([np.zeros(2 * self.sample_rate, np.float32), audio])
+        if "CORTADO" in text:
+            return audio[:max(1, len(audio) // 5)]
+        if "MUDO" in text:
+            return audio * 0.001
+        return audio

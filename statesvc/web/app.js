@@ -127,7 +127,7 @@ async function refreshTable() {
 let tableTimer = null;
 function onEntries(rows) {
   if (page === "overview") {
-    const shown = new Set($$("tbody tr").map(tr => tr.dataset.filename));
+    const shown = new Set($$("[data-entries] tbody tr").map(tr => tr.dataset.filename));
     if (rows.some(r => shown.has(r.filename)) || $("[data-entries]").dataset.view) {
       clearTimeout(tableTimer);
       tableTimer = setTimeout(refreshTable, 200);
@@ -199,7 +199,7 @@ function overviewPage() {
 }
 
 function tableKeys(ev) {
-  const rows = $$("tbody tr");
+  const rows = $$("[data-entries] tbody tr");
   let i = rows.findIndex(r => r.classList.contains("cursor"));
   const move = d => {
     rows[i]?.classList.remove("cursor");

@@ -1,0 +1,385 @@
+"""The review dashboard in a real headless Chromium (Playwright, Debian's chromium), against a real
+daemon, real generators and real wavs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DOCS = ROOT / "docs"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+SLOW_SYNTH = ["--synth", "tests.plugins:BadTakes", "--synth-opt", "delay=0.08", "--synth-opt", "seconds_per_char=0.05"]
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no chromium: apt-get install chromium")
+
+TEXTS = [f"Frase número {i} para la voz nueva, con ñ y acentos." for i in range(1, 31)]
+BAD = ["SILENCIO al principio de esta frase de prueba.", "CORTADO a la mitad de esta frase larga.",
+       "MUDO casi sin voz en esta frase de prueba."]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dashboard:
+    """A real `statesvc dashboard` subprocess."""
+
+    def __init__(self, dataset: Path, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = dataset.parent / f"dashboard-{self.port}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([str(BIN / "statesvc"), "dashboard", "--dataset", str(dataset),
+                                          "--port", str(self.port), *args], stdout=out, stderr=subprocess.STDOUT,
+                                         env=ENV)
+
+    def ready(self, headers: dict | None = None) -> Dashboard:
+        def up() -> bool:
+            assert self.proc.poll() is None, f"dashboard exited:\n{self.log.read_text()}"
+            try:
+                return not get(f"{self.url}/api/status", headers)[1].get("loading", True)
+            except OSError:
+                return False
+        wait_for(up, 20, "the dashboard to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    return request("GET", url, None, headers)
+
+
+def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return status, {"raw": raw[:200]}
+
+
+@pytest.fixture
+def dashboards() -> Iterator[list[Dashboard]]:
+    started: list[Dashboard] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def generators(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def start_generator(ds: Path, procs: list[subprocess.Popen], *extra: str) -> subprocess.Popen:
+    with open(ds.parent / f"gen-{len(procs)}.log", "wb") as log:
+        p = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), *SLOW_SYNTH, *extra],
+                             stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    procs.append(p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(20_000)
+    yield pg
+    ctx.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+def entry_of(ds: Path, name: str) -> dict:
+    return next(e for e in read_state(ds)["entries"] if e["filename"] == name)
+
+
+def count(pg, status: str) -> int:
+    return int(pg.locator(f"[data-count={status}]").inner_text())
+
+
+# ---- live ---------------------------------------------------------------------------------------
+def test_counters_change_live_during_a_run_and_screenshots(tmp_path: Path, start_daemon, dashboards, generators,
+                                                           page) -> None:
+    ds = make_dataset(tmp_path, [*TEXTS[:27], *BAD])
+    start_daemon(ds)
+    dash = Dashboard(ds)
+    dashboards.append(dash)
+    dash.ready()
+    page.goto(dash.url + "/")
+    assert count(page, "pending") == 30 and count(page, "completed") == 0
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    start_generator(ds, generators)
+    seen = set()
+
+    def progressed() -> bool:
+        seen.add(count(page, "completed"))
+        return count(page, "completed") == 30
+    wait_for(progressed, 60, "the page to count 30 completed")
+    assert len(seen - {0, 30}) >= 2, f"the counter did not move live: saw {sorted(seen)}"
+    assert page.evaluate("window.__sameDocument") is True, "the page reloaded instead of updating"
+    assert count(page, "pending") == 0 and page.locator("[data-stat=total]").inner_text() == "30"
+    # the table follows: every row completed, without a reload
+    page.wait_for_function("() => [...document.querySelectorAll('tr[data-status]')]"
+                           ".every(tr => tr.dataset.status === 'completed')")
+    # the planted bad takes are flagged once analysed (audio) and fitted (durations)
+    page.goto(dash.url + "/?flag=any")
+    wait_for(lambda: get(f"{dash.url}/api/entries?flag=any")[1]["total"] >= 3, 20, "bad takes flagged")
+    page.screenshot(path=str(DOCS / "dashboard-overview.png"))
+    first = read_state(ds)["entries"][0]["filename"]
+    page.goto(f"{dash.url}/entries/{first}")
+    page.wait_for_function("() => document.querySelector('[data-player]').readyState >= 1")
+    page.screenshot(path=str(DOCS / "dashboard-entry.png"))
+
+
+def test_planted_bad_takes_are_flagged(tmp_path: Path, start_daemon, dashboards, generators, page) -> None:
+    texts = [*TEXTS[:24], *BAD]
+    ds = make_dataset(tmp_path, texts)
+    start_daemon(ds)
+    start_generator(ds, generators)
+    wait_for(lambda: read_state(ds)["completed"] == len(texts), 60, "the run to finish")
+    dash = Dashboard(ds)
+    dashboards.append(dash)
+    dash.ready()
+    names = {e["text"].split()[0]: e["filename"] for e in read_state(ds)["entries"]}
+
+    def flags() -> dict[str, list[str]]:
+        rows = get(f"{dash.url}/api/entries?flag=any&limit=100")[1]["entries"]
+        return {r["filename"]: r["flags"] for r in rows}
+    wait_for(lambda: len(flags()) >= 3 and "quiet" in flags().get(names["MUDO"], []), 30, "the analysis")
+    got = flags()
+    assert "lead_silence" in got[names["SILENCIO"]]
+    assert "duration" in got[names["CORTADO"]] and "fast" in got[names["CORTADO"]]
+    assert "quiet" in got[names["MUDO"]]
+    assert set(got) == {names["SILENCIO"], names["CORTADO"], names["MUDO"]}, f"good takes flagged: {got}"
+    # the page: the flag filter, and badges on the rows
+    page.goto(f"{dash.url}/?flag=duration")
+    shown = page.eval_on_selector_all("[data-entries] tbody tr", "rows => rows.map(r => r.dataset.filename)")
+    assert sorted(shown) == sorted([names["SILENCIO"], names["CORTADO"]]), shown
+    assert page.locator(f"tr[data-filename={names['CORTADO']}] [data-flag=duration]").count() == 1
+
+
+# ---- listening and regenerating ----------------------------------------------------------------
+def test_audio_matches_the_state_and_regenerate_keeps_the_old_take_playable(
+        tmp_path: Path, start_daemon, dashboards, generators, page) -> None:
+    ds = make_dataset(tmp_path, TEXTS[:6])
+    start_daemon(ds)
+    start_generator(ds, generators)
+    wait_for(lambda: read_state(ds)["completed"] == 6, 60, "the run to finish")
+    dash = Dashboard(ds)
+    dashboards.append(dash)
+    dash.ready()
+    name = read_state(ds)["entries"][2]["filename"]
+    before = entry_of(ds, name)
+    page.goto(f"{dash.url}/entries/{name}")
+    page.wait_for_function("() => document.querySelector('[data-player]').readyState >= 1")
+    duration = page.evaluate("document.querySelector('[data-player]').duration")
+    assert abs(duration - before["duration_seconds"]) < 0.01, (duration, before["duration_seconds"])
+    # seeking needs Range requests
+    page.evaluate("(() => { const a = document.querySelector('[data-player]'); a.currentTime = a.duration / 2; })()")
+    page.wait_for_function("() => document.querySelector('[data-player]').currentTime > 0")
+    page.keyboard.press("g")  # regenerate
+    page.wait_for_selector("[data-message][data-kind=done]")
+    # the page follows the entry through pending and generating to its new take, by itself
+    page.wait_for_function(f"() => document.querySelector('[data-entry]').dataset.status === 'completed' && "
+                           f"document.querySelector('[data-entry]').dataset.take !== '{before['take']}'",
+                           timeout=30_000)
+    after = entry_of(ds, name)
+    assert after["take"] != before["take"] and after["rev"] == before["rev"] + 1
+    old = page.locator("[data-takes] li[data-take-name] audio")
+    assert old.count() == 1
+    page.evaluate("document.querySelector('[data-takes] audio').load()")
+    page.wait_for_function("() => document.querySelector('[data-takes] audio').readyState >= 1")
+    old_duration = page.evaluate("document.querySelector('[data-takes] audio').duration")
+    assert abs(old_duration - before["duration_seconds"]) < 0.01
+
+
+def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(
+        tmp_path: Path, start_daemon, dashboards, generators, page) -> None:
+    ds = make_dataset(tmp_path, TEXTS[:5])
+    start_daemon(ds)
+    gen = start_generator(ds, generators)
+    wait_for(lambda: read_state(ds)["completed"] == 5, 60, "the run to finish")
+    gen.send_signal(signal.SIGTERM)
+    gen.wait(20)
+    dash = Dashboard(ds)
+    dashboards.append(dash)
+    dash.ready()
+    name = read_state(ds)["entries"][1]["filename"]
+    (ds / "wavs" / f"{name}.wav").unlink()
+    page.goto(dash.url + "/")
+    page.click("[data-action=sync]")
+    page.wait_for_selector(f"[data-sync] tr[data-change={name}]")
+    assert "completed → pending" in page.locator(f"tr[data-change={name}]").inner_text()
+    assert entry_of(ds, name)["status"] == "completed", "a dry run changed the state"
+    page.click("[data-action=sync-apply]")
+    page.wait_for_selector(f"tr[data-filename={name}][data-status=pending]")
+    assert entry_of(ds, name)["status"] == "pending"
+    start_generator(ds, generators)
+    page.wait_for_selector(f"tr[data-filename={name}][data-status=completed]", timeout=30_000)
+    assert (ds / "wavs" / f"{name}.wav").is_file()
+    assert cli("verify", "--dataset", str(ds)).returncode == 0
+
+
+def test_the_page_shows_a_cli_requeue_after_the_daemon_was_killed_and_restarted(
+        tmp_path: Path, start_daemon, dashboards, generators, page) -> None:
+    ds = make_dataset(tmp_path, TEXTS[:4])
+    d = start_daemon(ds)
+    gen = start_generator(ds, generators)
+    wait_for(lambda: read_state(ds)["completed"] == 4, 60, "the run to finish")
+    gen.send_signal(signal.SIGTERM)
+    gen.wait(20)
+    dash = Dashboard(ds)
+    dashboards.append(dash)
+    dash.ready()
+    page.goto(dash.url + "/")
+    page.evaluate("window.__sameDocument = true")
+    d.kill()
+    page.wait_for_function("() => document.querySelector('[data-daemon]').textContent === 'down'")
+    start_daemon(ds)
+    page.wait_for_function("() => document.querySelector('[data-daemon]').textContent === 'up'")
+    name = read_state(ds)["entries"][3]["filename"]
+    cli("requeue", "--dataset", str(ds), name, check=True)
+    page.wait_for_selector(f"tr[data-filename={name}][data-status=pending]")
+    assert count(page, "pending") == 1 and count(page, "completed") == 3
+    assert page.evaluate("window.__sameDocument") is True, "the page reloaded instead of updating"
+
+
+# ---- keyboard review ------------------------------------------------------------------------------
+def test_a_curator_reviews_with_the_keyboard_only(tmp_path: Path, start_daemon, dashboards, generators,
+                                                  page) -> None:
+    ds = make_dataset(tmp_path, TEXTS[:5])
+    start_daemon(ds)
+    start_generator(ds, generators)
+    wait_for(lambda: read_state(ds)["completed"] == 5, 60, "the run to finish")
+    dash = Dashboard(ds)
+    dashboards.append(dash)
+    dash.ready()
+    names = [e["filename"] for e in read_state(ds)["entries"]]
+    # from the table: j to the first row, enter to open it
+    page.goto(dash.url + "/?status=completed")
+    page.keyboard.press("?")
+    assert page.locator("[data-help]").is_visible()
+    page.keyboard.press("Escape")
+    page.keyboard.press("j")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"[data-entry][data-filename={names[0]}]")
+    page.keyboard.press("a")  # approve, and on to the next
+    page.wait_for_selector(f"[data-entry][data-filename={names[1]}]")
+    page.keyboard.press("n")  # a note, then reject
+    page.keyboard.type("se corta al final")
+    page.keyboard.press("Enter")
+    page.keyboard.press("x")
+    page.wait_for_selector(f"[data-entry][data-filename={names[2]}]")
+    assert page.url.endswith(f"/entries/{names[2]}?status=completed"), page.url  # the URL follows
+    page.keyboard.press("k")  # back to the rejected one: it shows its verdict
+    page.wait_for_selector(f"[data-entry][data-filename={names[1]}] [data-review=rejected]")
+    page.keyboard.press("s")  # speed
+    assert page.evaluate("document.querySelector('[data-player]').playbackRate") == 1.25
+    page.keyboard.press("p")  # autoplay the next take
+    page.keyboard.press("j")
+    page.wait_for_selector(f"[data-entry][data-filename={names[2]}]")
+    page.wait_for_function("() => !document.querySelector('[data-player]').paused")
+    page.keyboard.press(" ")
+    page.wait_for_function("() => document.querySelector('[data-player]').paused")
+    state = {e["filename"]: e for e in read_state(ds)["entries"]}
+    assert state[names[0]]["review"]["verdict"] == "approved"
+    assert state[names[1]]["review"] == {**state[names[1]]["review"], "verdict": "rejected",
+                                         "note": "se corta al final"}
+    assert "review" not in state[names[2]]
+    page.go_back()  # the back button goes back through the entries reviewed
+    page.wait_for_selector(f"[data-entry][data-filename={names[1]}]")
+
+
+# ---- refusals -----------------------------------------------------------------------------------
+def test_token_csrf_and_paths_are_refused_and_the_server_lives_on(tmp_path: Path, start_daemon, dashboards,
+                                                                  page) -> None:
+    ds = make_dataset(tmp_path, TEXTS[:3])
+    start_daemon(ds)
+    (ds / "wavs" / "outside.wav").symlink_to(ds / "generation_state.json")
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-0123456789\n")
+    dash = Dashboard(ds, "--token-file", str(token_file))
+    dashboards.append(dash)
+    bearer = {"Authorization": "Bearer s3cret-token-0123456789"}
+    dash.ready(bearer)
+    u = dash.url
+    assert get(f"{u}/api/status")[0] == 401
+    assert get(f"{u}/api/status", {"Authorization": "Bearer wrong"})[0] == 401
+    assert get(f"{u}/audio/wavs/x.wav")[0] == 401
+    # the page: opened once with ?token=, then a cookie carries it
+    page.goto(f"{u}/?token=s3cret-token-0123456789")
+    assert "token" not in page.url and page.locator("[data-count=pending]").inner_text() == "3"
+    # actions need the page's CSRF header
+    name = read_state(ds)["entries"][0]["filename"]
+    body = orjson.dumps({"filenames": [name]})
+    status, reply = request("POST", f"{u}/api/requeue", body, {**bearer, "Content-Type": "application/json"})
+    assert status == 403 and "CSRF" in reply["error"]
+    csrf = page.locator("meta[name=csrf]").get_attribute("content")
+    status, reply = request("POST", f"{u}/api/requeue", body, {**bearer, "X-CSRF-Token": csrf})
+    assert status == 200 and reply["requeued"] == 1
+    # nothing outside wavs/ and requeued/ is served
+    for path in ["/audio/wavs/..%2fgeneration_state.json", "/audio/wavs/%2e%2e%2fgeneration_state.json",
+                 "/audio/requeued/..%2f..%2fetc%2fpasswd", "/audio/quarantine/x.wav", "/audio/wavs/outside.wav",
+                 "/audio/wavs/.take-x.y.wav", "/audio/..%2fgeneration_state.json/x.wav", "/static/..%2fstate.py",
+                 "/entries/..%2f..%2fetc%2fpasswd"]:
+        status, reply = get(u + path, bearer)
+        assert status in (400, 404), (path, status, reply)
+    # bad requests: 4xx JSON with a message
+    for method, path, raw in [("POST", "/api/requeue", b"not json"), ("POST", "/api/requeue", b"[1,2]"),
+                              ("POST", "/api/review", b'{"filename": "x", "review": "maybe"}'),
+                              ("POST", "/api/edit", b'{"filename": "../x", "text": "hola"}'),
+                              ("POST", "/api/reconcile", b'{"dry_run": "yes"}'),
+                              ("GET", "/api/entries?limit=100000", None), ("GET", "/api/entries?sort=evil", None),
+                              ("GET", "/api/entries?offset=-1", None), ("GET", "/api/entries/nope", None),
+                              ("POST", "/api/requeue", b'{"filenames": ["nope"]}')]:
+        status, reply = request(method, u + path, raw, {**bearer, "X-CSRF-Token": csrf})
+        assert 400 <= status < 500 and isinstance(reply.get("error"), str), (path, raw, status, reply)
+    assert dash.proc.poll() is None and get(f"{u}/api/status", bearer)[0] == 200
+    # a non-loopback address without a token does not start
+    r = cli("dashboard", "--dataset", str(ds), "--host", "0.0.0.0", "--port", str(free_port()))
+    assert r.returncode == 2 and "token" in r.stderr and "Traceback" not in r.stderr
