@@ -145,6 +145,7 @@ class Run:
     daemon: Child | None = None
     stopping: int = 0
     started: float = field(default_factory=time.monotonic)
+    dashboard_port: int | None = None  # serve the review dashboard too; the run then lasts until Ctrl-C
 
     def say(self, text: str) -> None:
         self.clear_bar()
@@ -170,6 +171,11 @@ class Run:
         # not compete with the generators loading their models.
         self.spawn("reconcile", [*command("pipeline"), "reconcile", "--dataset", ds,
                                  "--interval", str(self.reconcile_interval)])
+        if self.dashboard_port is not None:
+            self.spawn("dashboard", [*command("statesvc"), "dashboard", "--dataset", ds,
+                                     "--port", str(self.dashboard_port)])
+            self.say(f"review dashboard: http://127.0.0.1:{self.dashboard_port}/ (log: "
+                     f"{self.dataset / 'logs' / 'dashboard.log'})")
 
     def create(self, state: State) -> None:
         """Write the new state while the generators load their models."""
@@ -351,19 +357,30 @@ class Run:
     def run(self) -> int:
         self.start_all()
         st = None
+        reviewing = False  # done, and the dashboard stays up for review (regenerations included)
         while not self.stopping:
             self.supervise()
             st = self.status() or st
             if st is not None:
-                self.progress(st)
-                if st["pending"] == 0 and st["generating"] == 0:
+                done = st["pending"] == 0 and st["generating"] == 0
+                if not reviewing:
+                    self.progress(st)
+                if done and not reviewing:
                     for line in self.final_reconcile()[:-1]:
                         self.say(f"final reconcile: {line}")
                     st = self.status() or st
                     if st["pending"] == 0 and st["generating"] == 0:
-                        break
+                        if self.dashboard_port is None:
+                            break
+                        self.clear_bar()
+                        self.say(f"all generated; the dashboard stays up for review at "
+                                 f"http://127.0.0.1:{self.dashboard_port}/ (Ctrl-C to stop)")
+                        reviewing = True
+                elif not done and reviewing:
+                    reviewing = False  # a regeneration asked from the page: show its progress
             time.sleep(0.1)
-        interrupted = bool(self.stopping)
+        interrupted = bool(self.stopping) and not (reviewing and st is not None and st["pending"] == 0
+                                                   and st["generating"] == 0)
         self.clear_bar()
         if interrupted:
             self.stop_children(why="interrupted")  # generators flush their results to the daemon, then it stops

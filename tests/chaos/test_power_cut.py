@@ -61,12 +61,24 @@ class Mount:
         with open(self.image, "wb") as f:
             f.truncate(300 * 2**20 if fs == "xfs" else 64 * 2**20)
         subprocess.run(mkfs(fs, self.image), check=True, capture_output=True)
+        # One loop device for every trial, detached at the end. With `mount -o loop` each mount
+        # attached the image anew and umount detached it later, in the kernel's own time: a mount
+        # could reuse a device about to be detached under it (EIO at the next trial's first write).
+        r = subprocess.run(["losetup", "--find", "--show", str(self.image)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"loop devices are not allowed here: {r.stderr.strip()}")
+        self.device = r.stdout.strip()
         self.mount()
 
     def mount(self) -> None:
-        r = subprocess.run(["mount", "-o", "loop", str(self.image), str(self.point)], capture_output=True, text=True)
+        r = subprocess.run(["mount", self.device, str(self.point)], capture_output=True, text=True)
         if r.returncode != 0:
+            self.detach()
             pytest.skip(f"loop mounts are not allowed here: {r.stderr.strip()}")
+
+    def detach(self) -> None:
+        subprocess.run(["umount", str(self.point)], capture_output=True)
+        subprocess.run(["losetup", "--detach", self.device], capture_output=True)
 
     def shutdown(self) -> None:
         fd = os.open(self.point, os.O_RDONLY)
@@ -169,7 +181,7 @@ def run_trials(tmp_path: Path, fs: str, trials: int, mode: str = "safe") -> tupl
             total_lost += lost
             trials_losing += bool(lost)
     finally:
-        subprocess.run(["umount", str(m.point)], capture_output=True)
+        m.detach()
     print(f"power cuts on {fs} ({mode}): {trials} cuts, "
           f"{total_acked} acknowledged updates, {total_lost} lost, {trials_losing} cuts lost some")
     return total_acked, total_lost, trials_losing
