@@ -185,6 +185,7 @@ class Daemon:
             for eid in self.handlers.expire(now):
                 log.info("lease on entry %d expired", eid)
             self.rate_samples.append((now, self.state.counts["completed"]))
+            self.beat()
         job = self.store.job
         if (self.waiting or self.state.unsaved or (self.checkpoint_waiting and job is None)) \
                 and now >= self.next_commit:
@@ -336,6 +337,15 @@ class Daemon:
                 self.pub.send(_encode(e), NOBLOCK)
             self.pub.send(b"commit", NOBLOCK_MORE)
             self.pub.send(protocol.encode({"seq": self.store.seq, "entries": len(written)}), NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def beat(self) -> None:
+        """The number of the last commit, now and then: a subscriber that lost a commit's events
+        and its end (a full queue drops both) learns it without waiting for the next commit."""
+        try:
+            self.pub.send(b"beat", NOBLOCK_MORE)
+            self.pub.send(protocol.encode({"seq": self.store.seq}), NOBLOCK)
         except zmq.Again:
             pass
 

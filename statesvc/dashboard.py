@@ -232,6 +232,19 @@ class Hub:
             elif topic == b"commit":
                 marker, entries, self.batch = orjson.loads(body), self.batch, []
                 self.on_commit(marker, entries)
+            elif topic == b"beat":
+                self.on_beat(orjson.loads(body)["seq"])
+
+    def on_beat(self, seq: int) -> None:
+        """The daemon's last commit number, sent between commits: a commit we do not hold, or
+        entries whose commit never came to an end, mean events were lost."""
+        lost, self.batch = bool(self.batch), []
+        m = self.mirror
+        if m is None or self.reloading:
+            return
+        if lost or seq > m.seq:
+            log.info("missed change events (the daemon is at commit %d, we at %d): reading the state again", seq, m.seq)
+            self.reload_wanted.set()
 
     def on_commit(self, marker: dict, entries: list[bytes]) -> None:
         m = self.mirror

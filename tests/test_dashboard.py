@@ -23,8 +23,6 @@ DOCS = ROOT / "docs"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 SLOW_SYNTH = ["--synth", "tests.plugins:BadTakes", "--synth-opt", "delay=0.08", "--synth-opt", "seconds_per_char=0.05"]
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no chromium: apt-get install chromium")
-
 TEXTS = [f"Frase número {i} para la voz nueva, con ñ y acentos." for i in range(1, 31)]
 BAD = ["SILENCIO al principio de esta frase de prueba.", "CORTADO a la mitad de esta frase larga.",
        "MUDO casi sin voz en esta frase de prueba."]
@@ -113,6 +111,8 @@ def start_generator(ds: Path, procs: list[subprocess.Popen], *extra: str) -> sub
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no chromium: apt-get install chromium (bin/run-tests does it when run as root)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=[
@@ -287,6 +287,34 @@ def test_the_page_shows_a_cli_requeue_after_the_daemon_was_killed_and_restarted(
     page.wait_for_selector(f"tr[data-filename={name}][data-status=pending]")
     assert count(page, "pending") == 1 and count(page, "completed") == 3
     assert page.evaluate("window.__sameDocument") is True, "the page reloaded instead of updating"
+
+
+# ---- missed events ------------------------------------------------------------------------------
+def test_events_missed_by_a_stalled_dashboard_are_noticed_and_the_state_read_again(
+        tmp_path: Path, start_daemon, dashboards) -> None:
+    """A dashboard that stops reading (here: frozen) makes the daemon's queue overflow and drop
+    events; the commit numbers tell it, and it reads the state again instead of showing a stale one."""
+    from statesvc.client import Client
+    from statesvc.endpoints import running
+    n = 30_000
+    ds = make_dataset(tmp_path, [f"texto {i}" for i in range(n)])
+    start_daemon(ds)
+    dash = Dashboard(ds, "--no-analysis")
+    dashboards.append(dash)
+    dash.ready()
+    wait_for(lambda: "up" == get(f"{dash.url}/api/status")[1]["daemon"], 10, "the dashboard to see the daemon")
+    last = read_state(ds)["entries"][-1]["filename"]
+    dash.proc.send_signal(signal.SIGSTOP)
+    try:
+        with Client(running(ds)["endpoint"], timeout=30) as c:
+            for lo in range(1, n + 1, 10_000):  # 30,000 entry events: three times the daemon's queue
+                c.call("edit", key=f"#{lo + 9_999}", text=f"texto nuevo {lo}", req=f"e{lo}")
+                c.call("requeue", keys=list(range(lo, lo + 10_000)))
+    finally:
+        dash.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: get(f"{dash.url}/api/entries/{last}")[1].get("rev") == 2, 20, "the last entry's revision")
+    assert get(f"{dash.url}/api/entries/{last}")[1]["text"] == f"texto nuevo {n - 9_999}"
+    assert get(f"{dash.url}/api/entries?q=texto+nuevo")[1]["total"] == 3
 
 
 # ---- keyboard review ------------------------------------------------------------------------------
