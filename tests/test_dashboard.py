@@ -101,9 +101,10 @@ def generators(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
         p.wait()
 
 
-def start_generator(ds: Path, procs: list[subprocess.Popen], *extra: str) -> subprocess.Popen:
+def start_generator(ds: Path, procs: list[subprocess.Popen], *extra: str, synth: list[str] = SLOW_SYNTH
+                    ) -> subprocess.Popen:
     with open(ds.parent / f"gen-{len(procs)}.log", "wb") as log:
-        p = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), *SLOW_SYNTH, *extra],
+        p = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), *synth, *extra],
                              stdout=log, stderr=subprocess.STDOUT, env=ENV)
     procs.append(p)
     return p
@@ -167,11 +168,41 @@ def test_counters_change_live_during_a_run_and_screenshots(tmp_path: Path, start
     page.wait_for_function("() => [...document.querySelectorAll('tr[data-status]')]"
                            ".every(tr => tr.dataset.status === 'completed')")
     # the planted bad takes are flagged once analysed (audio) and fitted (durations)
-    page.goto(dash.url + "/?flag=any")
     wait_for(lambda: get(f"{dash.url}/api/entries?flag=any")[1]["total"] >= 3, 20, "bad takes flagged")
+    page.goto(dash.url + "/?flag=any")
+    shown = page.eval_on_selector_all("[data-entries] tbody tr", "rows => rows.map(r => r.dataset.filename)")
+    assert len(shown) == 3
+
+
+def test_screenshots_of_a_run_of_the_default_voice(tmp_path: Path, start_daemon, dashboards, generators,
+                                                    page) -> None:
+    """The README's pictures, taken here (and looked at): a run of the embedded espeak voice, seen
+    while it runs, and an entry regenerated and approved from the keyboard."""
+    texts = (ROOT / "examples" / "texts_es.txt").read_text(encoding="utf-8").splitlines()
+    ds = make_dataset(tmp_path, [t for t in texts if t.strip()] * 10, name="demo")
+    start_daemon(ds)
+    dash = Dashboard(ds)
+    dashboards.append(dash)
+    dash.ready()
+    page.goto(dash.url + "/")
+    start_generator(ds, generators, synth=["--synth", "espeak"])
+    page.wait_for_function("() => document.querySelectorAll('[data-entries] tr[data-status=completed]').length >= 20"
+                           " && document.querySelectorAll('[data-generators] li[data-owner]').length > 0",
+                           timeout=60_000)
     page.screenshot(path=str(DOCS / "dashboard-overview.png"))
-    first = read_state(ds)["entries"][0]["filename"]
-    page.goto(f"{dash.url}/entries/{first}")
+    wait_for(lambda: read_state(ds)["completed"] == read_state(ds)["total"], 120, "the run to finish")
+    name = read_state(ds)["entries"][2]["filename"]
+    page.goto(f"{dash.url}/entries/{name}")
+    page.keyboard.press("g")
+    page.wait_for_function("() => document.querySelectorAll('[data-takes] li[data-take-name]').length === 1 && "
+                           "document.querySelector('[data-entry]').dataset.status === 'completed'", timeout=30_000)
+    page.keyboard.press("n")
+    page.keyboard.type("clara; buena entonación")
+    page.keyboard.press("Enter")
+    page.keyboard.press("a")
+    page.wait_for_selector(f"[data-entry]:not([data-filename={name}])")
+    page.keyboard.press("k")
+    page.wait_for_selector(f"[data-entry][data-filename={name}] [data-review=approved]")
     page.wait_for_function("() => document.querySelector('[data-player]').readyState >= 1")
     page.screenshot(path=str(DOCS / "dashboard-entry.png"))
 

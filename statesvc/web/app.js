@@ -118,6 +118,8 @@ async function refreshTable() {
   const cursor = $("tr.cursor")?.dataset.filename;
   $("tbody", table).replaceWith($("[data-entries] tbody", doc));
   $(".pager").replaceWith($(".pager", doc));
+  const fresh = $("[data-initial]", doc);  // the counters as of the same moment as the rows
+  if (fresh) showOverview(JSON.parse(fresh.textContent));
   for (const tr of $$("tbody tr", table)) {
     if (checked.has(tr.dataset.filename)) $("[data-select]", tr).checked = true;
     if (tr.dataset.filename === cursor) tr.classList.add("cursor");
