@@ -156,7 +156,8 @@ class Mirror:
         self.unfitted = False
 
     def refit_due(self, now: float) -> bool:
-        return self.unfitted and now - self.fitted_at >= FIT_EVERY
+        # no fit yet (the first takes of a run): soon; afterwards the fit moves slowly
+        return self.unfitted and now - self.fitted_at >= (1.0 if self.fit is None else FIT_EVERY)
 
     # ---- what the page asks -----------------------------------------------------------------
     def counters(self) -> dict:

@@ -56,6 +56,10 @@ def _review(r: dict | None) -> str:
            f'title="{esc(r.get("note") or "")}">{esc(r["verdict"])}</span>'
 
 
+def _secs(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.2f} s"
+
+
 def _hms(seconds: float | None) -> str:
     if seconds is None:
         return "—"
@@ -161,7 +165,8 @@ def entry(e: dict, csrf: str, view: str, prev: str | None, nxt: str | None) -> s
     player = (f'<audio data-player controls preload="auto" src="{esc(current["url"])}"></audio>'
               f'<canvas data-waveform width="800" height="80" data-peaks="{esc(_json(current["peaks"]))}"></canvas>'
               if current else '<p class="none">No take yet.</p>')
-    olds = "".join(f'<li data-take-name="{esc(t["name"])}"><span>{esc(t["name"])}</span> {_flags(t["flags"])}'
+    olds = "".join(f'<li data-take-name="{esc(t["name"])}"><span>{esc(t["name"])}</span>'
+                   f'<span class="num">{_secs(t["duration"])}</span> {_flags(t["flags"])}'
                    f'<audio controls preload="none" src="{esc(t["url"])}"></audio>'
                    f'<canvas width="400" height="40" data-peaks="{esc(_json(t["peaks"]))}"></canvas></li>'
                    for t in earlier) or "<li class=none>none</li>"
@@ -179,7 +184,8 @@ def entry(e: dict, csrf: str, view: str, prev: str | None, nxt: str | None) -> s
  <label><input type="checkbox" data-autoplay> autoplay the next take</label></div>
 <dl class="facts">
  <dt>duration</dt><dd data-field="duration">{"—" if dur is None else f"{dur:.3f} s"}</dd>
- <dt>expected</dt><dd data-field="expected">{esc(e.get("expected_seconds", "—"))} s</dd>
+ <dt>expected</dt><dd data-field="expected" title="what the text's length predicts for this voice">{
+  f'{e["expected_seconds"]:.2f} s' if e.get("expected_seconds") is not None else "— (too few takes yet)"}</dd>
  <dt>chars/s</dt><dd data-field="cps">{esc(e["cps"] if e["cps"] is not None else "—")}</dd>
  <dt>attempts</dt><dd data-field="attempts">{e["attempts"]}</dd>
  <dt>error</dt><dd data-field="error">{esc(e["error"] or "—")}</dd>
