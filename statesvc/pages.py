@@ -15,7 +15,7 @@ from .takes import FLAG_LABELS, Flag
 
 KEYS = [("j / →", "next entry"), ("k / ←", "previous entry"), ("space", "play / pause"),
         ("a", "approve the take"), ("x", "reject the take (with the note, if any)"), ("g", "regenerate"),
-        ("n", "write a note"), ("e", "edit the text"), ("s", "playback speed"), ("p", "autoplay the next take"),
+        ("n", "write a note"), ("e", "edit the text (ctrl+enter saves it)"), ("s", "playback speed"), ("p", "autoplay the next take"),
         ("u", "back to the table"), ("?", "this help")]
 TABLE_KEYS = [("j / k", "move down / up"), ("enter", "open the entry"), ("x", "select the row"),
               ("/", "search"), ("?", "this help")]
@@ -198,7 +198,7 @@ def entry(e: dict, csrf: str, view: str, prev: str | None, nxt: str | None) -> s
  <button data-action="regenerate">Regenerate (g)</button>
 </section>
 <details data-edit><summary>Edit the text and regenerate (e)</summary>
- <textarea data-edit-text rows="3">{esc(e["text"])}</textarea><button data-action="edit">Save and regenerate</button></details>
+ <textarea data-edit-text rows="3">{esc(e["text"])}</textarea><button data-action="edit">Save and regenerate (ctrl+enter)</button></details>
 <h2>Earlier takes</h2><ul class="takes" data-takes>{olds}</ul>
 </main>{_help(KEYS)}"""
     return _layout(f"{e['filename']} · statesvc dashboard", "entry", csrf, body)

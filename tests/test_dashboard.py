@@ -392,6 +392,18 @@ def test_a_curator_reviews_with_the_keyboard_only(tmp_path: Path, start_daemon, 
     assert "review" not in state[names[2]]
     page.go_back()  # the back button goes back through the entries reviewed
     page.wait_for_selector(f"[data-entry][data-filename={names[1]}]")
+    # edit the text and regenerate: e, the new text, ctrl+enter
+    page.keyboard.press("e")
+    page.keyboard.press("Control+a")
+    page.keyboard.type("Una frase corregida por la curadora.")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(f"[data-entry][data-filename={names[1]}] [data-text]:has-text('corregida')")
+    edited = entry_of(ds, names[1])
+    assert edited["text"] == "Una frase corregida por la curadora." and edited["rev"] == 1
+    assert "review" not in edited  # the verdict was on the old take
+    # the dataset's health: the watched characters are counted
+    page.goto(dash.url + "/health")
+    assert page.locator("[data-coverage] tr[data-char=ñ] td.num").inner_text() == "4"
 
 
 # ---- refusals -----------------------------------------------------------------------------------

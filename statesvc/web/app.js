@@ -135,13 +135,26 @@ function onEntries(rows) {
       tableTimer = setTimeout(refreshTable, 200);
     }
   } else if (page === "entry") {
-    const main = $("[data-entry]");
-    const mine = rows.find(r => r.filename === main.dataset.filename);
-    if (mine && (mine.status !== main.dataset.status || (mine.take || "") !== main.dataset.take ||
-                 JSON.stringify(mine.review) !== main.dataset.reviewJson)) {
-      loadEntry(location.pathname + location.search, false, false);
-    }
+    const mine = rows.find(r => r.filename === $("[data-entry]").dataset.filename);
+    if (mine) refreshEntry(mine);
   }
+}
+
+// Show the entry anew when it changed (a take, a status, a verdict, a text), never under the
+// curator's fingers: not while they type in one of its fields.
+async function refreshEntry(known = null) {
+  const main = $("[data-entry]");
+  let e = known;
+  if (!e) {
+    const resp = await fetch(`/api/entries/${encodeURIComponent(main.dataset.filename)}`, {credentials: "same-origin"});
+    if (!resp.ok) return;
+    e = await resp.json();
+  }
+  const changed = e.status !== main.dataset.status || (e.take || "") !== main.dataset.take ||
+    JSON.stringify(e.review) !== main.dataset.reviewJson || e.text !== $("[data-text]").textContent;
+  const typing = document.activeElement && main.contains(document.activeElement) &&
+    document.activeElement.matches("input, textarea");
+  if (changed && !typing) loadEntry(location.pathname + location.search, false, false);
 }
 
 function listen() {
@@ -152,7 +165,7 @@ function listen() {
     const resp = await fetch("/api/status", {credentials: "same-origin"});
     if (resp.ok) showOverview(await resp.json());
     if (page === "overview") refreshTable();
-    if (page === "entry") loadEntry(location.pathname + location.search, false, false);
+    if (page === "entry") refreshEntry();
   });
 }
 
@@ -323,6 +336,11 @@ function toggleHelp(show) {
 }
 
 document.addEventListener("keydown", ev => {
+  if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey) && ev.target.matches("[data-edit-text]")) {
+    ev.preventDefault();  // ctrl+enter in the text: save it and regenerate
+    entryAction("edit");
+    return;
+  }
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const typing = ev.target.closest("input, textarea, select");
   if (ev.key === "Escape") { toggleHelp(false); if (typing) ev.target.blur(); return; }
