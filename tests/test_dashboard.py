@@ -70,6 +70,14 @@ def get(url: str, headers: dict | None = None) -> tuple[int, dict]:
     return request("GET", url, None, headers)
 
 
+def answer(url: str) -> dict:
+    """The JSON at ``url``, or {} while nothing listens there yet."""
+    try:
+        return get(url)[1]
+    except OSError:
+        return {}
+
+
 def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -318,6 +326,37 @@ def test_the_page_shows_a_cli_requeue_after_the_daemon_was_killed_and_restarted(
     page.wait_for_selector(f"tr[data-filename={name}][data-status=pending]")
     assert count(page, "pending") == 1 and count(page, "completed") == 3
     assert page.evaluate("window.__sameDocument") is True, "the page reloaded instead of updating"
+
+
+# ---- under run-pipeline ---------------------------------------------------------------------------
+def test_run_pipeline_serves_the_dashboard_and_stays_up_for_review(tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS[:6]) + "\n", encoding="utf-8")
+    ds, port = tmp_path / "ds", free_port()
+    out = tmp_path / "run.out"
+    with open(out, "wb") as f:
+        run = subprocess.Popen([str(ROOT / "bin" / "run-pipeline"), "--dataset", str(ds), "--texts", str(texts),
+                                "--synth", "tone", "--dashboard", str(port)], stdout=f, stderr=subprocess.STDOUT,
+                               env={**ENV, "PIPELINE_PYTHON": str(BIN / "python")})
+    try:
+        wait_for(lambda: "stays up for review" in out.read_text(), 60, "the run to finish and stay up")
+        assert f"review dashboard: http://127.0.0.1:{port}/" in out.read_text()
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: answer(f"{url}/api/status").get("completed") == 6, 20, "the page to count 6 completed")
+        # a regeneration asked from the page is generated: the generators are still there
+        name = read_state(ds)["entries"][0]["filename"]
+        csrf = urllib.request.urlopen(url + "/").read().decode().split('name="csrf" content="')[1].split('"')[0]
+        status, _ = request("POST", f"{url}/api/requeue", orjson.dumps({"filenames": [name]}), {"X-CSRF-Token": csrf})
+        assert status == 200
+        wait_for(lambda: entry_of(ds, name)["rev"] == 1 and entry_of(ds, name)["status"] == "completed", 30,
+                 "the regenerated take")
+        run.send_signal(signal.SIGINT)
+        assert run.wait(30) == 0, out.read_text()
+        assert "finished: completed 6/6" in out.read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
 
 
 # ---- missed events ------------------------------------------------------------------------------
