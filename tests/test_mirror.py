@@ -1,0 +1,87 @@
+"""The dashboard's copy of the state: its queries (filters, search, sorts, pages, neighbours) and
+how change events update it. On real files, loaded by the loader every reader uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from statesvc.mirror import Mirror, Query, QueryError
+from statesvc.state import Entry, Review, State, Status, Verdict
+from statesvc.store import create, read
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _mirror(tmp_path: Path, n: int = 40) -> Mirror:
+    entries = []
+    for i in range(1, n + 1):
+        e = Entry.make(i, f"utt_{i:04d}", f"texto número {i} " + "a" * (i % 7) + (" montaña" if i % 10 == 0 else ""))
+        if i % 4 != 0:  # three in four completed, with a duration that grows with the id (none for 5)
+            e.status, e.duration_seconds, e.take = Status.COMPLETED, None if i == 5 else 1.0 + i / 10, f"tk{i}"
+        entries.append(e)
+    entries[8].status, entries[8].error, entries[8].duration_seconds = Status.FAILED, "model raised", None
+    entries[1].review = Review(Verdict.APPROVED, "tk2", "2026-01-01T00:00:00.000Z")
+    (tmp_path / "wavs").mkdir(parents=True, exist_ok=True)
+    create(tmp_path, State(entries))
+    return Mirror(read(tmp_path))
+
+
+def _names(rows: list[dict]) -> list[str]:
+    return [r["filename"] for r in rows]
+
+
+def test_filters_search_sorts_and_pages(tmp_path: Path) -> None:
+    m = _mirror(tmp_path)
+    total, rows = m.select(Query(status="completed", limit=5))
+    assert total == 29 and _names(rows) == ["utt_0001", "utt_0002", "utt_0003", "utt_0005", "utt_0006"]
+    total, rows = m.select(Query(q="MONTAÑA"))  # case-insensitive, in the text
+    assert total == 4 and _names(rows) == ["utt_0010", "utt_0020", "utt_0030", "utt_0040"]
+    assert m.select(Query(q="utt_0033"))[0] == 1  # and in the filename
+    assert _names(m.select(Query(review="approved"))[1]) == ["utt_0002"]
+    assert m.select(Query(status="failed"))[1][0]["error"] == "model raised"
+    # sorts: unknown durations last in both directions; ties by id
+    by_dur = _names(m.select(Query(status="completed", sort="duration", limit=100))[1])
+    assert by_dur[0] == "utt_0001" and by_dur[-1] == "utt_0005"
+    desc = _names(m.select(Query(status="completed", sort="-duration", limit=100))[1])
+    assert desc[0] == "utt_0039" and desc[-1] == "utt_0005"
+    # a page deep in a sort (a full sort) equals the same slice of the first-pages path (a partial sort)
+    assert _names(m.select(Query(sort="-duration", offset=10, limit=5))[1]) == \
+        _names(m.select(Query(sort="-duration", limit=15))[1])[10:]
+    assert _names(m.select(Query(sort="-id", limit=2))[1]) == ["utt_0040", "utt_0039"]
+
+
+def test_neighbours_follow_the_views_order(tmp_path: Path) -> None:
+    m = _mirror(tmp_path)
+    q = Query(status="completed", sort="-duration")
+    assert m.neighbours("utt_0038", q) == ("utt_0039", "utt_0037")
+    assert m.neighbours("utt_0039", q) == (None, "utt_0038")
+    # an entry no longer in the view (requeued since) still leads on in id order
+    assert m.neighbours("utt_0004", Query(status="completed")) == ("utt_0003", "utt_0005")
+
+
+def test_change_events_update_counts_columns_and_new_entries(tmp_path: Path) -> None:
+    m = _mirror(tmp_path)
+    before = m.counters()
+    e = m.entries[m.by_name["utt_0004"]]
+    done = msgspec.structs.replace(e, status=Status.COMPLETED, duration_seconds=9.5, take="new")
+    m.apply(_encode(done))
+    after = m.counters()
+    assert after["completed"] == before["completed"] + 1 and after["pending"] == before["pending"] - 1
+    assert _names(m.select(Query(sort="-duration", limit=1))[1]) == ["utt_0004"]
+    added = [Entry.make(100 + i, f"new_{i}", f"nueva {i}") for i in range(50)]  # grows every column
+    for a in added:
+        m.apply(_encode(a))
+    assert m.counters()["total"] == 90 and m.select(Query(q="nueva 49"))[0] == 1
+    edited = msgspec.structs.replace(m.entries[m.by_name["new_0"]], text="otra cosa")
+    m.apply(_encode(edited))
+    assert m.select(Query(q="otra cosa"))[0] == 1 and m.select(Query(q="nueva 0"))[0] == 0
+
+
+@pytest.mark.parametrize("bad", [dict(status="nope"), dict(sort="evil"), dict(limit=0), dict(limit=501),
+                                 dict(offset=-1), dict(flag="x"), dict(review="maybe"), dict(q="x" * 201)])
+def test_bad_queries_are_refused_with_a_reason(bad: dict) -> None:
+    with pytest.raises(QueryError):
+        Query(**bad).check()
