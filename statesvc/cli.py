@@ -102,9 +102,13 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
 @click.option("--checkpoint-idle", type=click.FloatRange(0, None), default=2.0, show_default=True,
               help="Write a checkpoint after this many seconds without a commit (0: never for idleness).")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, envvar="STATESVC_METRICS_PORT",
+              show_envvar=True, help="Serve Prometheus metrics on this port (/metrics); off by default.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="STATESVC_METRICS_HOST",
+              show_envvar=True, help="Address for the metrics (loopback by default).")
 def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds: float | None,
           max_attempts: int | None, curve_secret: Path | None, allow: Path | None, checkpoint_bytes: int | None,
-          checkpoint_idle: float, log_level: str) -> None:
+          checkpoint_idle: float, log_level: str, metrics_port: int | None, metrics_host: str) -> None:
     """Run the daemon: the only writer of generation_state.json and its journal."""
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s statesvc[%(process)d] %(levelname)s %(message)s")
@@ -112,7 +116,7 @@ def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds
         raise click.UsageError("--curve-secret and --allow go together")
     curve = (curve_secret, allow) if curve_secret and allow else None
     sys.exit(serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts, curve, checkpoint_bytes,
-                          checkpoint_idle))
+                          checkpoint_idle, None if metrics_port is None else (metrics_host, metrics_port)))
 
 
 @main.command()
@@ -122,6 +126,31 @@ def keygen(out: Path, name: str) -> None:
     """Make a CURVE key pair: NAME.key (public, to share) and NAME.key_secret (keep private)."""
     public, secret = keygen_pair(out, name)
     click.echo(f"public key: {public}\nsecret key: {secret}")
+
+
+@main.command()
+@dataset_opt
+@click.option("--max-stall", type=click.FloatRange(0.001, 100_000), default=30.0, show_default=True,
+              help="Minutes without a completion, with work left, before the run counts as stalled.")
+@click.option("--min-free-mb", type=click.IntRange(0, None), default=None,
+              help="Free disk space (MB) under which the run is unhealthy (default: 1 GiB or 2 % of the "
+                   "filesystem, whichever is larger).")
+def health(dataset: Path, max_stall: float, min_free_mb: int | None) -> None:
+    """Exit 0 when the daemon answers and the run is healthy; exit 1 with a one-line reason when
+    it does not answer, commits fail, disk space is short, or nothing completes while work is left."""
+    import time
+
+    from .health import judge, min_free_bytes
+    if not ds.state_path(dataset).exists():
+        raise ds.DatasetError(f"no dataset at {dataset} (no {ds.state_path(dataset).name})")
+    try:
+        st = ds.ask(dataset, "status")
+    except (Unavailable, ServiceError):
+        st = None
+    total = st.get("disk_total_bytes", 0) if st else 0
+    v = judge(st, time.time(), max_stall * 60, min_free_bytes(total, min_free_mb))
+    click.echo(v.reason, err=not v.healthy)
+    sys.exit(0 if v.healthy else 1)
 
 
 @main.command()

@@ -18,6 +18,7 @@ import signal
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import orjson
@@ -30,8 +31,11 @@ from .endpoints import defaults
 from .handlers import Handlers
 from .notify import Notifier
 from .protocol import BadRequest
-from .state import Refused, State
+from .state import Refused, State, Status
 from .store import DamagedState, Store, WriterLock, load_for_writing, remove_stale_temps
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("statesvc")
 
@@ -99,7 +103,7 @@ class Daemon:
         self.next_commit = 0.0
         self.stats_cache: dict = {}
         self.stats_at = float("-inf")
-        self.waiting: list[tuple[list[bytes], bytes]] = []
+        self.waiting: list[tuple[list[bytes], bytes, float]] = []  # envelope, reply, when it arrived
         self.checkpoint_waiting: list[tuple[list[bytes], int | None, int]] = []  # envelope, rid, seq then
         self.checkpoint_bytes: int | None = None  # None: half the file's size (at least CHECKPOINT_MIN_BYTES)
         self.checkpoint_idle = CHECKPOINT_IDLE    # 0: never for idleness
@@ -108,6 +112,11 @@ class Daemon:
         self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
         self.totals = collections.Counter()
         self.broken = False  # a write failed half way (a bug): the next commit rolls back instead of saving
+        self.metrics: Metrics | None = None   # --metrics-port: Prometheus counters and histograms
+        self.commit_failures = 0              # in a row; 0 once a commit succeeds
+        self.last_commit_error: str | None = None
+        self.last_completion = time.time()    # a take accepted (the start, until one is)
+        self.completed_seen = state.counts[Status.COMPLETED]
 
     # ---- one message ----------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> tuple[bytes | None, list[bytes] | None, int]:
@@ -140,6 +149,8 @@ class Daemon:
             if deferred and urgent:
                 deferred = URGENT
             self.totals[op] += 1
+            if self.metrics is not None and op in protocol.WRITES:
+                self.count(op, args, body)
             reply = {"rid": rid, "ok": True, **body}
         except (BadRequest, Refused) as exc:
             self.totals["refused"] += 1
@@ -167,7 +178,11 @@ class Daemon:
                 "progress": round(done / total, 4) if total else 1.0, "rate_per_second": rate,
                 "eta_seconds": round(remaining / rate, 1) if rate else None,
                 "leases": len(s.leases), "journal_bytes": self.store.journal_bytes,
-                "checkpoint_bytes": self.store.file_bytes}
+                "checkpoint_bytes": self.store.file_bytes, "generators": len(s.owner_tokens),
+                "commit_failures": self.commit_failures, "last_commit_error": self.last_commit_error,
+                "last_completion": round(self.last_completion, 3), "disk_free_bytes": self.disk()[0],
+                "disk_total_bytes": self.disk()[1],
+                "now": round(now, 3)}
 
     # ---- the loop -------------------------------------------------------
     def wait(self, max_ms: int = 50) -> None:  # short: a signal is noticed within max_ms
@@ -215,7 +230,7 @@ class Daemon:
             if later == CHECKPOINT:
                 self.next_commit = 0.0
             elif later:
-                self.waiting.append((envelope, reply))
+                self.waiting.append((envelope, reply, now))
                 if later == URGENT:
                     self.next_commit = 0.0
             else:
@@ -237,6 +252,7 @@ class Daemon:
             return
         if self.state.unsaved:
             started = time.monotonic()
+            journal_before = self.store.journal_bytes
             try:
                 if self.handlers.promoted:  # the takes' renames are durable before the state counts them
                     self.handlers.promoted = False
@@ -246,20 +262,16 @@ class Daemon:
                         raise SaveFailed(f"fsync of wavs/: {exc.strerror}") from None
                 written = self.store.commit(self.state)
             except SaveFailed as exc:
-                self.refuse(waiting, exc)
-                if isinstance(exc, OutcomeUnknown):
-                    raise  # the supervisor restarts us; clients resend
-                self.next_commit = now + SAVE_RETRY
-                self.rollback(now)
+                self.commit_failed(waiting, exc, now)
                 return
             took = time.monotonic() - started
+            self.committed(now, took, journal_before)
             self.next_commit = now + took + max(MIN_COMMIT_GAP, SAVE_DUTY * took)
             self.last_commit = now
             self.handlers.carry_out(self.handlers.after_save)
             self.handlers.after_save.clear()
             self.publish(written)
-        for envelope, reply in waiting:
-            self.send(envelope, reply)
+        self.acknowledge(waiting)
         job = self.store.job
         if job is not None:
             if not self.state.unsaved:
@@ -283,10 +295,15 @@ class Daemon:
             self.next_checkpoint_try = now + CHECKPOINT_RETRY
             log.error("checkpoint failed (the journal keeps every commit; next try in %.0f s): %s",
                       CHECKPOINT_RETRY, exc)
+            if self.metrics is not None:
+                self.metrics.save_failures.labels("checkpoint").inc()
             self.answer_checkpoint(lambda s: True, {"ok": False, "error": f"checkpoint failed: {exc}"})
             return
         took = self.store.last_checkpoint_seconds
         log.info("checkpoint: %d bytes in %.3f s", self.store.file_bytes, took)
+        if self.metrics is not None:
+            self.metrics.checkpoint.observe(took)
+            self.metrics.bytes.labels("checkpoint").inc(self.store.file_bytes)
         # who asked before the commits it holds is answered; who asked later waits for the next one
         self.answer_checkpoint(lambda s: s <= seq, {"ok": True, "bytes": self.store.file_bytes,
                                                     "seconds": round(took, 3)})
@@ -300,12 +317,64 @@ class Daemon:
                 keep.append((envelope, rid, seq))
         self.checkpoint_waiting = keep
 
+    def commit_failed(self, waiting: list, exc: SaveFailed, now: float) -> None:
+        """Refuse the batch and roll memory back to the disk (or, outcome unknown, stop)."""
+        self.commit_failures += 1
+        self.last_commit_error = str(exc)
+        if self.metrics is not None:
+            self.metrics.save_failures.labels("commit").inc()
+        self.refuse(waiting, exc)
+        if isinstance(exc, OutcomeUnknown):
+            raise exc  # the supervisor restarts us; clients resend
+        self.next_commit = now + SAVE_RETRY
+        self.rollback(now)
+
+    def acknowledge(self, waiting: list) -> None:
+        acked = time.time()
+        for envelope, reply, arrived in waiting:
+            self.send(envelope, reply)
+            if self.metrics is not None:
+                self.metrics.ack.observe(max(0.0, acked - arrived))
+
+    def committed(self, now: float, took: float, journal_before: int) -> None:
+        """Book-keeping of a successful commit: progress seen, failures over, metrics."""
+        self.commit_failures, self.last_commit_error = 0, None
+        done = self.state.counts[Status.COMPLETED]
+        if done > self.completed_seen:
+            self.last_completion = now
+            if self.metrics is not None:
+                self.metrics.completed.inc(done - self.completed_seen)
+        self.completed_seen = done
+        if self.metrics is not None:
+            self.metrics.commit.observe(took)
+            self.metrics.bytes.labels("journal").inc(max(0, self.store.journal_bytes - journal_before))
+
+    def count(self, op: str, args: dict, body: dict) -> None:
+        """Metrics of one write applied."""
+        m = self.metrics
+        m.updates.labels(op).inc(len(args["items"]) if op == "results" else 1)
+        if op == "reconcile" and not args.get("dry_run"):
+            for f in body.get("fixes", ()):
+                m.corrections.labels(f"{f.get('from')}_{f.get('to')}").inc()
+
+    def disk_free(self) -> int:
+        """Bytes free for us on the dataset's filesystem (-1 if it cannot be asked)."""
+        return self.disk()[0]
+
+    def disk(self) -> tuple[int, int]:
+        """(free for us, total) bytes of the dataset's filesystem; (-1, 0) if it cannot be asked."""
+        try:
+            st = os.statvfs(self.dataset)
+        except OSError:
+            return -1, 0
+        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
     def refuse(self, waiting: list, exc: SaveFailed) -> None:
         log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
         # after the rename, the save may survive or not: never tell a client "not saved" then
         word = "outcome unknown (check, then retry)" if isinstance(exc, OutcomeUnknown) else "not saved"
         err = {"ok": False, "error": f"{word}: {exc}"}
-        for envelope, reply in waiting:
+        for envelope, reply, _arrived in waiting:
             rid = orjson.loads(reply).get("rid")
             self.send(envelope, protocol.encode({"rid": rid, **err}))
 
@@ -323,6 +392,7 @@ class Daemon:
         state.lease_seconds, state.max_attempts = self.state.lease_seconds, self.state.max_attempts
         state.grant_grace(now)
         self.state, self.store = state, store
+        self.completed_seen = state.counts[Status.COMPLETED]
         self.handlers = Handlers(self.dataset, state)
         log.warning("rolled back to the state on disk in %.2f s: %s", time.monotonic() - started,
                     " ".join(f"{k}={v}" for k, v in state.counters().items()))
@@ -375,8 +445,9 @@ class Daemon:
 def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
           lease_seconds: float | None = None, max_attempts: int | None = None,
           curve: tuple[Path, Path] | None = None, checkpoint_bytes: int | None = None,
-          checkpoint_idle: float = CHECKPOINT_IDLE) -> int:
-    """Run the daemon until SIGTERM/SIGINT. Raises Locked or DamagedState before touching anything."""
+          checkpoint_idle: float = CHECKPOINT_IDLE, metrics: tuple[str, int] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Raises Locked or DamagedState before touching anything.
+    ``metrics``: (host, port) to serve Prometheus metrics on."""
     control, events = defaults(dataset, endpoint, events)
     if (control.startswith("tcp://") or events.startswith("tcp://")) and curve is None:
         raise CurveError("a tcp endpoint requires --curve-secret and --allow (make keys with: statesvc keygen)")
@@ -401,6 +472,11 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
                      if store.torn else "")
         daemon = Daemon(dataset, state, control, events, curve=curve, store=store)
         daemon.checkpoint_bytes, daemon.checkpoint_idle = checkpoint_bytes, checkpoint_idle
+        if metrics is not None:
+            from .metrics import Metrics  # here: prometheus_client costs every other start its import
+            daemon.metrics = Metrics()
+            daemon.metrics.serve(daemon, metrics[1], metrics[0])
+            log.info("metrics on http://%s:%d/metrics", *metrics)
         return _loop(daemon)
     finally:
         lock.release()
