@@ -379,8 +379,10 @@ class Run:
                 elif not done and reviewing:
                     reviewing = False  # a regeneration asked from the page: show its progress
             time.sleep(0.1)
-        interrupted = bool(self.stopping) and not (reviewing and st is not None and st["pending"] == 0
-                                                   and st["generating"] == 0)
+        if self.dashboard_port is not None:  # stopped from review: a finished run unless work was left
+            st = self.status() or st
+        interrupted = bool(self.stopping) and not (self.dashboard_port is not None and st is not None
+                                                   and st["pending"] == 0 and st["generating"] == 0)
         self.clear_bar()
         if interrupted:
             self.stop_children(why="interrupted")  # generators flush their results to the daemon, then it stops

@@ -49,6 +49,11 @@ dataset_opt = click.option("--dataset", "dataset", type=click.Path(file_okay=Fal
                            default=".", envvar="STATESVC_DATASET", show_default=True,
                            help="Dataset folder (holds generation_state.json and wavs/).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+endpoint_opt = click.option(
+    "--endpoint", envvar="STATESVC_ENDPOINT", show_envvar=True, expose_value=False, is_eager=True,
+    callback=lambda ctx, param, value: ds.use_endpoint(value),
+    help="Ask the daemon at this endpoint (e.g. tcp://head:5555, with the CURVE keys of "
+         "STATESVC_CLIENT_KEY and STATESVC_SERVER_KEY) instead of the one serving --dataset.")
 
 
 def emit_json(obj: object) -> None:
@@ -88,7 +93,8 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
 
 @main.command()
 @dataset_opt
-@click.option("--endpoint", default=None, help="Control endpoint (default ipc://DIR/statesvc.sock).")
+@click.option("--endpoint", default=None, envvar="STATESVC_ENDPOINT", show_envvar=True,
+              help="Control endpoint (default ipc://DIR/statesvc.sock; tcp://HOST:PORT needs CURVE keys).")
 @click.option("--events", default=None, help="PUB endpoint for change events.")
 @click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None)
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
@@ -130,6 +136,7 @@ def keygen(out: Path, name: str) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 @click.option("--max-stall", type=click.FloatRange(0.001, 100_000), default=30.0, show_default=True,
               help="Minutes without a completion, with work left, before the run counts as stalled.")
 @click.option("--min-free-mb", type=click.IntRange(0, None), default=None,
@@ -155,6 +162,7 @@ def health(dataset: Path, max_stall: float, min_free_mb: int | None) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 @json_opt
 def status(dataset: Path, as_json: bool) -> None:
     """Counters, plus progress and rate when the daemon runs."""
@@ -176,6 +184,7 @@ def status(dataset: Path, as_json: bool) -> None:
 
 @main.command(name="list")
 @dataset_opt
+@endpoint_opt
 @click.option("--status", "status_filter", type=click.Choice(STATUSES), default=None)
 @json_opt
 def list_(dataset: Path, status_filter: str | None, as_json: bool) -> None:
@@ -191,6 +200,7 @@ def list_(dataset: Path, status_filter: str | None, as_json: bool) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 @click.argument("key")
 @json_opt
 def show(dataset: Path, key: str, as_json: bool) -> None:
@@ -206,6 +216,7 @@ def show(dataset: Path, key: str, as_json: bool) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 @click.argument("keys", nargs=-1)
 @click.option("--failed", is_flag=True, help="Requeue every failed entry.")
 def requeue(dataset: Path, keys: tuple[str, ...], failed: bool) -> None:
@@ -221,6 +232,7 @@ def requeue(dataset: Path, keys: tuple[str, ...], failed: bool) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 @click.argument("key")
 @click.option("--text", required=True, help="The new text.")
 def edit(dataset: Path, key: str, text: str) -> None:
@@ -234,6 +246,7 @@ def edit(dataset: Path, key: str, text: str) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 @click.argument("key")
 @click.argument("verdict", type=click.Choice(["approved", "rejected", "none"]))
 @click.option("--note", default=None, help="Why (kept with the verdict).")
@@ -247,6 +260,7 @@ def review(dataset: Path, key: str, verdict: str, note: str | None) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 def verify(dataset: Path) -> None:
     """Check the state against wavs/; exit 0 only with 0 sync errors."""
     st = ds.status(dataset)
@@ -260,6 +274,7 @@ def verify(dataset: Path) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="ljspeech", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: stdout).")
@@ -276,22 +291,26 @@ def export(dataset: Path, fmt: str, out: Path | None, approved_only: bool) -> No
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 @json_opt
 def watch(dataset: Path, as_json: bool) -> None:
     """Stream change events from the running daemon (Ctrl-C to stop)."""
-    rec = running(dataset)
-    if rec is None:
-        raise ds.DatasetError(f"no statesvc daemon serves {dataset}")
-    events = rec.get("events") or defaults(dataset)[1]
+    if ds.endpoint() is not None:
+        events = defaults(dataset, ds.endpoint())[1]  # tcp://HOST:P: events on P+1
+    else:
+        rec = running(dataset)
+        if rec is None:
+            raise ds.DatasetError(f"no statesvc daemon serves {dataset}")
+        events = rec.get("events") or defaults(dataset)[1]
+    from .curve import secure_client
     from .endpoints import connectable
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"entry")
-    if events.startswith("tcp://"):
-        from .curve import secure_client
-        secure_client(sub)
-    sub.connect(connectable(events))
     try:
+        if events.startswith("tcp://"):
+            secure_client(sub)
+        sub.connect(connectable(events))
         while True:
             if not sub.poll(1000):
                 continue
@@ -310,6 +329,7 @@ def watch(dataset: Path, as_json: bool) -> None:
 
 @main.command()
 @dataset_opt
+@endpoint_opt
 def checkpoint(dataset: Path) -> None:
     """Write the whole state as generation_state.json now and start a fresh journal.
 

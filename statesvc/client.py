@@ -52,9 +52,13 @@ class Client:
     def _connect(self) -> zmq.Socket:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        if self.endpoint.startswith("tcp://"):
-            secure_client(s)
-        s.connect(self.endpoint)
+        try:
+            if self.endpoint.startswith("tcp://"):
+                secure_client(s)
+            s.connect(self.endpoint)
+        except BaseException:
+            s.close(0)
+            raise
         return s
 
     def reconnect(self) -> None:

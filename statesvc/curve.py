@@ -96,8 +96,9 @@ def secure_server(ctx: zmq.Context, sockets: list[zmq.Socket], secret_file: Path
 def secure_client(sock: zmq.Socket) -> None:
     """Make a client socket a CURVE client from $STATESVC_CLIENT_KEY and $STATESVC_SERVER_KEY."""
     client, server = os.environ.get(ENV_CLIENT_KEY), os.environ.get(ENV_SERVER_KEY)
-    if not client or not server:
-        return  # no keys: the daemon will refuse us if it requires them
+    if not client or not server:  # a daemon on tcp never answers plain text: say so now, not after a timeout
+        raise CurveError(f"a tcp endpoint needs CURVE keys: set {ENV_CLIENT_KEY} to your .key_secret file and "
+                         f"{ENV_SERVER_KEY} to the daemon's .key file (statesvc keygen makes them)")
     public, secret = load_pair(Path(client))
     sock.curve_secretkey = secret
     sock.curve_publickey = public

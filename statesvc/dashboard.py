@@ -34,7 +34,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import pages, protocol
-from .curve import secure_client
+from .curve import CurveError, secure_client
 from .endpoints import connectable, defaults, running
 from .handlers import SET_ASIDE
 from .journal import JOURNAL_FILE
@@ -211,8 +211,15 @@ class Hub:
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 100_000)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        if events.startswith("tcp://"):
-            secure_client(sub)
+        try:
+            if events.startswith("tcp://"):
+                secure_client(sub)
+        except CurveError as exc:
+            sub.close(0)
+            if self.load_error != str(exc):
+                log.error("cannot follow the daemon's events: %s", exc)
+            self.load_error = str(exc)
+            return
         sub.connect(connectable(events))
         self.sub, self.events_at = sub, events
         self.reload_wanted.set()
@@ -270,6 +277,7 @@ class Hub:
             self.reload_wanted.clear()
             self.reloading = True
             self.files_sig = self._files_sig()
+            self.mirror = None  # not two copies of a million entries at once: the page says loading meanwhile
             try:
                 mirror = await asyncio.to_thread(self._load)
             except (DamagedState, OSError) as exc:
@@ -280,6 +288,7 @@ class Hub:
                 continue
             self.load_error = None
             self.mirror, self.reloading = mirror, False
+            del mirror  # else this frame holds the old copy through the next load
             buffered, self.buffered = self.buffered, []
             for marker, entries in buffered:
                 self.on_commit(marker, entries)

@@ -54,10 +54,24 @@ def _prefix(dataset: Path, prefix: str | None) -> str:
     return p
 
 
+_endpoint: str | None = None  # --endpoint: the daemon to ask (perhaps on another host); no offline fallback
+
+
+def use_endpoint(endpoint: str | None) -> None:
+    """Ask the daemon at ``endpoint`` (``--endpoint``, ``$STATESVC_ENDPOINT``) instead of the one the
+    dataset's lock names; then a daemon that does not answer is an error, never a read of the files."""
+    global _endpoint
+    _endpoint = endpoint or None
+
+
+def endpoint() -> str | None:
+    return _endpoint
+
+
 def ask(dataset: Path, op: str, **fields: Any) -> dict | None:
     """The running daemon's answer, or None when no daemon serves the dataset."""
     try:
-        client = Client.for_dataset(dataset)
+        client = Client(_endpoint) if _endpoint else Client.for_dataset(dataset)
     except NoDaemon:
         return None
     try:

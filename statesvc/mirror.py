@@ -9,6 +9,7 @@ entries takes seconds.
 
 from __future__ import annotations
 
+import calendar
 import collections
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 VERDICT_CODE = {None: 0, Verdict.APPROVED: 1, Verdict.REJECTED: 2}
 SORTS = ("id", "-id", "duration", "-duration", "cps", "-cps", "updated", "-updated")
 MAX_LIMIT = 500
+SEARCHES_KEPT = 8      # needles whose hits are kept
 FIT_EVERY = 5.0        # seconds between refits of seconds against characters (a run changes it slowly)
 RATE_WINDOW = 60.0     # seconds of completions the rate is measured over
 AUDIO_FLAGS = Flag.LEAD_SILENCE, Flag.TRAIL_SILENCE, Flag.CLIPPING, Flag.QUIET
@@ -69,14 +71,16 @@ class Mirror:
         self.seq = max(loaded.head.seq, loaded.journal.last_seq)  # the last commit it holds
         self.sample_rate = state.sample_rate
         self.entries: list[Entry] = list(state.entries)
-        self.pos = {e.id: i for i, e in enumerate(self.entries)}
-        self.by_name = {e.filename: i for i, e in enumerate(self.entries)}
         n = len(self.entries)
+        at = list(range(n))  # one int object per position, shared by both indexes
+        self.pos = dict(zip([e.id for e in self.entries], at, strict=True))
+        self.by_name = dict(zip([e.filename for e in self.entries], at, strict=True))
+        del at
         self.status = np.fromiter((STATUS_CODE[e.status] for e in self.entries), np.int8, n)
         self.duration = np.fromiter((np.nan if e.duration_seconds is None else e.duration_seconds
                                      for e in self.entries), np.float64, n)
         self.chars = np.fromiter((len(e.text) for e in self.entries), np.int32, n)
-        self.updated = np.fromiter((_stamp(e.updated_at) for e in self.entries), np.float64, n)
+        self.updated = _stamps([e.updated_at for e in self.entries])
         self.verdict = np.fromiter((VERDICT_CODE[e.review.verdict if e.review else None] for e in self.entries),
                                    np.int8, n)
         self.audio_bits = np.zeros(n, np.uint8)    # from the takes' analysis, filled in as it comes
@@ -84,10 +88,12 @@ class Mirror:
         self.fit: Fit | None = None
         self.fitted_at = 0.0
         self._haystack: list[str] | None = None    # "filename\ttext", lowercased: built at the first search
-        self.generating = {e.id for e in self.entries if e.status == Status.GENERATING}
-        self.failures: collections.deque[int] = collections.deque(
-            (e.id for e in sorted((e for e in self.entries if e.status == Status.FAILED),
-                                  key=lambda e: e.updated_at or "")[-20:]), maxlen=20)
+        self._hits: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()  # needle -> rows holding it
+        self.generating = {self.entries[i].id for i in np.flatnonzero(self.status == STATUS_CODE[Status.GENERATING])}
+        failed = np.flatnonzero(self.status == STATUS_CODE[Status.FAILED])
+        last = failed[np.argsort(np.nan_to_num(self.updated[failed], nan=-np.inf), kind="stable")[-20:]]
+        self.failures: collections.deque[int] = collections.deque((self.entries[i].id for i in last), maxlen=20)
+        self._coverage: collections.Counter[str] | None = None  # texts holding each character: at the first ask
         self.completions: collections.deque[tuple[float, int]] = collections.deque()
         self.changed: set[int] = set()  # ids changed since the page was last told
         self.refit(now or time.time())
@@ -110,7 +116,7 @@ class Mirror:
         self.duration[i] = np.nan if e.duration_seconds is None else e.duration_seconds
         if e.text != old.text:
             self.chars[i] = len(e.text)
-            self._haystack = None
+            self._text_changed(i, old.text, e)
         self.updated[i] = _stamp(e.updated_at)
         self.verdict[i] = VERDICT_CODE[e.review.verdict if e.review else None]
         if e.take != old.take or e.duration_seconds != old.duration_seconds:
@@ -128,13 +134,26 @@ class Mirror:
         self.entries.append(e)
         self.pos[e.id] = i
         self.by_name[e.filename] = i
+        self._text_changed(i, "", e)
         for name in ("status", "duration", "chars", "updated", "verdict", "audio_bits", "fit_bits"):
             col = getattr(self, name)
             grown = np.zeros(max(16, 2 * len(col)) if i >= len(col) else len(col), col.dtype)
             grown[:len(col)] = col
             setattr(self, name, grown)
-        self._haystack = None
         return i
+
+    def _text_changed(self, i: int, old: str, e: Entry) -> None:
+        """Keep the search and the coverage current for one text (a row of the haystack, not all of it)."""
+        if self._coverage is not None:
+            self._coverage.subtract(set(old.lower()))
+            self._coverage.update(set(e.text.lower()))
+        if self._haystack is not None:
+            h = f"{e.filename}\t{e.text}".lower()
+            if i == len(self._haystack):
+                self._haystack.append(h)
+            else:
+                self._haystack[i] = h
+        self._hits.clear()
 
     def set_audio_flags(self, filename: str, take: str | None, bits: int) -> bool:
         """The analysis of an entry's take; ignored if the entry has another take by now."""
@@ -221,9 +240,10 @@ class Mirror:
                 mask &= (bits & BIT[Flag(q.flag)]) != 0
         if q.review is not None:
             mask &= self.verdict[:n] == {"unreviewed": 0, "approved": 1, "rejected": 2}[q.review]
+        idx = np.flatnonzero(mask)
         if q.q:
-            mask &= self._search(q.q.lower())
-        return np.flatnonzero(mask)
+            idx = idx[self._search(q.q.lower())[idx]]
+        return idx
 
     def neighbours(self, filename: str, query: Query) -> tuple[str | None, str | None]:
         """The entries before and after ``filename`` in a view of the table (its filters and sort):
@@ -232,6 +252,15 @@ class Mirror:
         if i is None:
             return None, None
         idx = self.matching(query.check())
+        if query.sort not in ("id", "-id"):  # the entry's rank by its key, not a sort of the whole view
+            keys = self._keys(idx, query.sort)
+            k = int(np.searchsorted(idx, i))
+            if k == len(idx) or idx[k] != i:  # no longer in the view: go on from its start
+                return None, self._name(_first(keys, idx))
+            v = keys[k]
+            before = (keys < v) | ((keys == v) & (idx < i))
+            after = (keys > v) | ((keys == v) & (idx > i))
+            return self._name(_last(keys[before], idx[before])), self._name(_first(keys[after], idx[after]))
         order = self._page(idx, query.sort, 0, len(idx))
         at = np.flatnonzero(order == i)
         if len(at) == 0:  # no longer in the view (reviewed, requeued): go on from where it would be
@@ -246,17 +275,40 @@ class Mirror:
                 None if nxt is None else self.entries[int(nxt)].filename)
 
     def _search(self, needle: str) -> np.ndarray:
+        """Rows holding ``needle``; the last few needles are kept (paging, sorting and the review's next and
+        previous ask the same one again), until a text changes."""
+        hits = self._hits.get(needle)
+        if hits is not None and len(hits) == len(self.entries):
+            self._hits.move_to_end(needle)
+            return hits
         if self._haystack is None:
             self._haystack = [f"{e.filename}\t{e.text}".lower() for e in self.entries]
         hits = np.zeros(len(self.entries), bool)
         hits[[i for i, h in enumerate(self._haystack) if needle in h]] = True
+        self._hits[needle] = hits
+        while len(self._hits) > SEARCHES_KEPT:
+            self._hits.popitem(last=False)
         return hits
 
+    def _name(self, i: int | None) -> str | None:
+        return None if i is None else self.entries[int(i)].filename
+
     def _page(self, idx: np.ndarray, sort: str, offset: int, limit: int) -> np.ndarray:
+        if sort in ("id", "-id"):
+            return (idx[::-1] if sort == "-id" else idx)[offset:offset + limit]
+        values = self._keys(idx, sort)
+        end = offset + limit
+        if end < len(idx) // 4:  # the first pages of a big set: a partial sort
+            part = np.argpartition(values, end)[:end]
+            order = part[np.lexsort((idx[part], values[part]))]
+        else:
+            order = np.lexsort((idx, values))
+        return idx[order[offset:end]]
+
+    def _keys(self, idx: np.ndarray, sort: str) -> np.ndarray:
+        """What a view sorted by ``sort`` (not by id) is ordered on, ascending; ties go by id."""
         key = sort.lstrip("-")
         desc = sort.startswith("-")
-        if key == "id":
-            return (idx[::-1] if desc else idx)[offset:offset + limit]
         if key == "duration":
             values = self.duration[idx]
         elif key == "cps":
@@ -265,15 +317,7 @@ class Mirror:
         else:
             values = self.updated[idx]
         values = np.where(np.isnan(values), np.inf if not desc else -np.inf, values)  # unknown last
-        if desc:
-            values = -values
-        end = offset + limit
-        if end < len(idx) // 4:  # the first pages of a big set: a partial sort
-            part = np.argpartition(values, end)[:end]
-            order = part[np.lexsort((idx[part], values[part]))]
-        else:
-            order = np.lexsort((idx, values))
-        return idx[order[offset:end]]
+        return -values if desc else values
 
     def row(self, i: int) -> dict:
         e = self.entries[i]
@@ -307,11 +351,24 @@ class Mirror:
     def coverage(self, alphabet: str = "ñáéíóúü¿¡") -> dict:
         """How many texts hold each character of ``alphabet`` (Spanish by default), and every
         character seen with its count of texts."""
-        counts: collections.Counter[str] = collections.Counter()
-        for e in self.entries:
-            counts.update(set(e.text.lower()))
+        if self._coverage is None:
+            self._coverage = _char_counts(e.text for e in self.entries)
+        counts = self._coverage
         return {"watched": {c: counts.get(c, 0) for c in alphabet},
-                "characters": dict(counts.most_common())}
+                "characters": {c: n for c, n in counts.most_common() if n > 0}}
+
+
+def _first(keys: np.ndarray, idx: np.ndarray) -> int | None:
+    """The position that comes first in (key, id) order."""
+    if len(idx) == 0:
+        return None
+    return int(idx[keys == keys.min()].min())
+
+
+def _last(keys: np.ndarray, idx: np.ndarray) -> int | None:
+    if len(idx) == 0:
+        return None
+    return int(idx[keys == keys.max()].max())
 
 
 def _hist(values: np.ndarray, bins: int) -> dict:
@@ -326,6 +383,25 @@ def _stamp(iso: str | None) -> float:
     if not iso:
         return np.nan
     try:
-        return time.mktime(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S")) + float(iso[19:-1] or 0)
+        return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S")) + float(iso[19:-1] or 0)
     except ValueError:
         return np.nan
+
+
+def _stamps(isos: list[str | None]) -> np.ndarray:
+    """``_stamp`` of many, parsed by numpy in one go (a million in a fraction of a second, where
+    strptime takes seconds); one by one if any is not of the form written."""
+    try:
+        t = np.array([s[:-1] if s and s[-1] == "Z" else (s or "NaT") for s in isos], "datetime64[ms]")
+    except ValueError:
+        return np.fromiter(map(_stamp, isos), np.float64, len(isos))
+    out = t.astype(np.int64) / 1000.0
+    out[np.isnat(t)] = np.nan
+    return out
+
+
+def _char_counts(texts: object) -> collections.Counter[str]:
+    counts: collections.Counter[str] = collections.Counter()
+    for t in texts:
+        counts.update(set(t.lower()))
+    return counts
