@@ -76,10 +76,13 @@ def main() -> None:
 @heartbeat_opt
 @click.option("--max-synthesis-seconds", type=click.FloatRange(1, 7 * 86400), default=3600.0, show_default=True,
               help="A synthesis running longer is stuck: its leases are let go (they expire, the text is charged).")
+@click.option("--until-done", is_flag=True, envvar="PIPELINE_UNTIL_DONE", show_envvar=True,
+              help="Exit 0 once the daemon has nothing pending and nothing generating (a batch job, e.g. a "
+                   "Slurm array task, frees its GPU at the end). Without it the generator waits for new texts.")
 @click.option("--log-level", default="INFO")
 def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[str, ...], batch: int,
              wait: float, owner: str | None, heartbeat_seconds: float | None, max_synthesis_seconds: float,
-             log_level: str) -> None:
+             until_done: bool, log_level: str) -> None:
     """One generator process: claim, synthesize, write wavs, report."""
     from .generator import Generator, install_signals
     setup_logging(log_level)
@@ -93,10 +96,11 @@ def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[
     except Exception as exc:  # a plugin's own constructor failing
         fail(f"synthesizer {synth!r} failed to start: {type(exc).__name__}: {exc}")
     given = {"owner": owner, "heartbeat_seconds": heartbeat_seconds, "max_synthesis_seconds": max_synthesis_seconds}
-    gen = Generator(Client(ep), model, dataset, batch=batch, **{k: v for k, v in given.items() if v is not None})
+    gen = Generator(Client(ep), model, dataset, batch=batch, until_done=until_done,
+                    **{k: v for k, v in given.items() if v is not None})
     install_signals(gen)
-    log.info("generator %s: synth %s at %d Hz, batch %d, daemon %s", gen.owner, synth,
-             model.sample_rate, batch, ep)
+    log.info("generator %s: synth %s at %d Hz, batch %d, daemon %s%s", gen.owner, synth,
+             model.sample_rate, batch, ep, ", until done" if until_done else "")
     sys.exit(gen.run())
 
 
@@ -156,9 +160,13 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
 @click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None)
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
 @heartbeat_opt
+@click.option("--dashboard", "dashboard_port", type=click.IntRange(1, 65535), is_flag=False, flag_value=8321,
+              default=None, metavar="[PORT]",
+              help="Also serve the review dashboard on 127.0.0.1:PORT (default 8321); the run then stays up "
+                   "for review once everything is generated, until Ctrl-C.")
 def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, synth: str,
         synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
-        max_attempts: int | None, heartbeat_seconds: float | None) -> None:
+        max_attempts: int | None, heartbeat_seconds: float | None, dashboard_port: int | None) -> None:
     """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline)."""
     from statesvc.dataset import DatasetError, state_path
     from statesvc.store import DamagedState
@@ -182,7 +190,7 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         serve_args += ["--lease-seconds", str(lease_seconds)]
     if max_attempts:
         serve_args += ["--max-attempts", str(max_attempts)]
-    r = Run(dataset, workers, gen_args, reconcile_interval, serve_args)
+    r = Run(dataset, workers, gen_args, reconcile_interval, serve_args, dashboard_port=dashboard_port)
     install_signals(r)
     try:
         if new_state is not None:

@@ -75,8 +75,11 @@ class Generator:
     owner: str = field(default_factory=default_owner)
     heartbeat_seconds: float | None = None  # None: a fifth of the lease
     max_synthesis_seconds: float = MAX_SYNTHESIS_SECONDS
+    until_done: bool = False  # exit once the daemon has nothing pending and nothing generating
+    finished: bool = False    # set when until_done saw the dataset done
     synthesizing_since: float | None = None  # monotonic start of the synthesis under way, for the heartbeat
     stopping: int = 0
+    stopped_by: str = ""  # the signal that asked us to stop, for the last log line
     queue: collections.deque = field(default_factory=collections.deque)
     unacked: dict[int, Pending] = field(default_factory=dict)
     claim_rid: int | None = None
@@ -119,8 +122,9 @@ class Generator:
                 p.sent = 0.0
         for rid, p in list(self.unacked.items()):
             if now - p.sent > RESEND_AFTER:
-                if p.op in ("claim", "working"):
-                    del self.unacked[rid]  # never resent: expired leases come back; a notice is stale by now
+                if p.op in ("claim", "working", "status"):
+                    del self.unacked[rid]  # never resent: expired leases come back; a notice is stale by now;
+                    # a status is asked again after the next empty claim
                     if p.op == "claim":
                         self.claim_rid = None
                     continue
@@ -132,24 +136,12 @@ class Generator:
         if p is None:
             return  # a late reply to something already answered
         if not msg.get("ok"):
-            log.error("%s refused: %s", p.op, msg.get("error"))
-            if p.op == "claim":
-                self.claim_rid = None
-                self.idle_until = time.monotonic() + CLAIM_RETRY
-            elif str(msg.get("error", "")).startswith(("not saved", "outcome unknown")):
-                self.unacked[self.client.send(p.op, **p.fields)] = Pending(p.op, p.fields, time.monotonic())
-            else:  # refused for good: those leases are not ours to renew any more
-                for item in p.fields.get("items", [p.fields]):
-                    self.held.pop(item.get("token"), None)
+            self.on_refused(p, msg)
             return
         if p.op == "claim":
-            self.claim_rid = None
-            self.claim_latency = 0.7 * self.claim_latency + 0.3 * (time.monotonic() - self.claim_sent)
-            self.lease_seconds = msg.get("lease_seconds") or self.lease_seconds
-            got = msg.get("entries", [])
-            self.queue.extend(got)
-            self.held.update(dict.fromkeys(e["token"] for e in got))
-            self.idle_until = 0.0 if got else time.monotonic() + min(IDLE_MAX, 0.2 + self.backoff)
+            self.on_claim(msg)
+        elif p.op == "status":
+            self.on_status(msg)
         elif p.op == "results":
             self.on_results(p.fields["items"], msg.get("replies", []))
         elif p.op == "result":
@@ -160,6 +152,28 @@ class Generator:
             for t in p.fields["tokens"]:
                 self.held.pop(t, None)
 
+    def on_refused(self, p: Pending, msg: dict) -> None:
+        log.error("%s refused: %s", p.op, msg.get("error"))
+        if p.op == "claim":
+            self.claim_rid = None
+            self.idle_until = time.monotonic() + CLAIM_RETRY
+        elif str(msg.get("error", "")).startswith(("not saved", "outcome unknown")):
+            self.unacked[self.client.send(p.op, **p.fields)] = Pending(p.op, p.fields, time.monotonic())
+        else:  # refused for good: those leases are not ours to renew any more
+            for item in p.fields.get("items", [p.fields]):
+                self.held.pop(item.get("token"), None)
+
+    def on_claim(self, msg: dict) -> None:
+        self.claim_rid = None
+        self.claim_latency = 0.7 * self.claim_latency + 0.3 * (time.monotonic() - self.claim_sent)
+        self.lease_seconds = msg.get("lease_seconds") or self.lease_seconds
+        got = msg.get("entries", [])
+        self.queue.extend(got)
+        self.held.update(dict.fromkeys(e["token"] for e in got))
+        self.idle_until = 0.0 if got else time.monotonic() + min(IDLE_MAX, 0.2 + self.backoff)
+        if not got and self.until_done:
+            self.ask_if_done()
+
     def on_results(self, items: list[dict], replies: list[dict]) -> None:
         for item, r in zip(items, replies, strict=False):
             self.held.pop(item["token"], None)
@@ -167,6 +181,25 @@ class Generator:
                 log.error("result for entry %s refused: %s", item["id"], r.get("error"))
             elif not r.get("applied") and r.get("reason") not in (None, "duplicate"):
                 log.warning("take of entry %s does not count (%s); moved to stale/", item["id"], r["reason"])
+
+    def idle(self) -> bool:
+        """Nothing of ours in hand or in flight: no text queued, no take unreported, no result or
+        claim unacknowledged (an unacknowledged result is still `generating` in the daemon's books)."""
+        return (not self.queue and not self.written and self.claim_rid is None
+                and not any(p.op in ("result", "results", "release", "status") for p in self.unacked.values()))
+
+    def ask_if_done(self) -> None:
+        """A claim came back empty: ask the daemon whether the whole dataset is done (--until-done)."""
+        if self.idle():
+            self.send("status")
+
+    def on_status(self, msg: dict) -> None:
+        """Done only when nothing is pending and nothing is generating anywhere: texts other
+        generators hold come back to pending if those die, and then they are ours to do."""
+        if msg.get("pending") == 0 and msg.get("generating") == 0 and self.idle():
+            log.info("nothing pending or generating (completed %s, failed %s): done",
+                     msg.get("completed"), msg.get("failed"))
+            self.finished = True
 
     def want_more(self) -> None:
         if self.stopping or self.claim_rid is not None or time.monotonic() < self.idle_until:
@@ -328,7 +361,7 @@ class Generator:
         beat = Heartbeat(self)
         beat.start()
         try:
-            while not self.stopping:
+            while not self.stopping and not self.finished:
                 self.run_once()
             return self.shutdown()
         finally:
@@ -346,8 +379,9 @@ class Generator:
                 break
             self.pump(0.1)
         left = sum(len(p.fields.get("items", [p])) for p in self.unacked.values() if p.op.startswith("result"))
-        log.info("generator %s stopping: %d written, %d failed, %d results unacknowledged, "
-                 "%.1f s waiting for work", self.owner, self.done, self.failed, left, self.starved)
+        why = f" on {self.stopped_by}" if self.stopped_by else " (done)" if self.finished else ""
+        log.info("generator %s stopping%s: %d written, %d failed, %d results unacknowledged, "
+                 "%.1f s waiting for work", self.owner, why, self.done, self.failed, left, self.starved)
         return 0
 
 
@@ -406,6 +440,7 @@ class Heartbeat(threading.Thread):
 def install_signals(gen: Generator) -> None:
     def on_signal(signum: int, _frame: object) -> None:
         gen.stopping += 1
+        gen.stopped_by = gen.stopped_by or signal.Signals(signum).name
         if gen.stopping > 1:
             os._exit(130)
 

@@ -195,7 +195,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         name = unit.name.replace("@.service", "@0.service")
         (tmp_path / name).write_text(text)
         units.append(str(tmp_path / name))
-    assert len(units) == 3
+    assert len(units) == 4
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True,
                        cwd=tmp_path)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
