@@ -39,6 +39,8 @@ QUICK_EXIT = 1.0        # seconds: an exit sooner than this counts as quick
 BACKOFF_MAX = 5.0       # seconds between restarts of a child that keeps dying quickly
 STOP_GRACE = 20.0
 DIED_TIMEOUT = 2.0      # seconds to wait for the daemon's answer to "died"; lease expiry is the fallback
+LOG_MAX_BYTES = 10 << 20  # a child's log is rotated past this size...
+LOG_KEEP = 3              # ...keeping NAME.log.1 to NAME.log.3
 
 
 def command(tool: str) -> list[str]:
@@ -125,6 +127,24 @@ class Child:
             except ProcessLookupError:
                 pass
 
+    def rotate_log(self, max_bytes: int = LOG_MAX_BYTES, keep: int = LOG_KEEP) -> bool:
+        """Past ``max_bytes``, NAME.log becomes NAME.log.1 (and .1 .2, ...; the oldest beyond ``keep``
+        is dropped). The child keeps writing to its descriptor, opened for appending: the file is
+        copied, then emptied, so its next line starts the fresh file (a line written between the
+        two steps is lost: the price of not restarting the child)."""
+        try:
+            if self.log.stat().st_size <= max_bytes:
+                return False
+            for n in range(keep - 1, 0, -1):
+                older = self.log.with_name(f"{self.log.name}.{n}")
+                if older.exists():
+                    os.replace(older, self.log.with_name(f"{self.log.name}.{n + 1}"))
+            shutil.copyfile(self.log, self.log.with_name(f"{self.log.name}.1"))
+            os.truncate(self.log, 0)
+        except OSError:
+            return False  # a full disk, a vanished file: the log keeps growing rather than the run failing
+        return True
+
     def last_log_line(self) -> str:
         try:
             lines = self.log.read_text(errors="replace").strip().splitlines()
@@ -146,6 +166,9 @@ class Run:
     stopping: int = 0
     started: float = field(default_factory=time.monotonic)
     dashboard_port: int | None = None  # serve the review dashboard too; the run then lasts until Ctrl-C
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_keep: int = LOG_KEEP
+    next_rotation: float = 0.0
 
     def say(self, text: str) -> None:
         self.clear_bar()
@@ -214,6 +237,10 @@ class Run:
             self.say("the statesvc daemon serving the dataset went away; starting one")
             self.daemon = self.spawn("statesvc", [*command("statesvc"), "serve", "--dataset",
                                                   str(self.dataset), *self.serve_args])
+        if now >= self.next_rotation:
+            self.next_rotation = now + 1.0
+            for c in self.children:
+                c.rotate_log(self.log_max_bytes, self.log_keep)
         if self.stopping:
             return
         for c in self.children:

@@ -162,3 +162,29 @@ def test_heartbeat_option_is_checked() -> None:
     import pipeline.cli
     bad = CliRunner().invoke(pipeline.cli.main, ["generate", "--heartbeat-seconds", "0"])
     assert bad.exit_code == 2 and "0.1" in bad.output
+
+
+def test_a_childs_log_is_rotated_by_size_while_it_writes(tmp_path: Path) -> None:
+    """A real child writing without pause: its log is rotated past the size, a few files kept,
+    and it goes on writing into the fresh file through the descriptor it was given."""
+    script = "import sys, itertools\nfor i in itertools.count():\n    print(f'line {i:08d} ' + 'x' * 80, flush=True)\n"
+    c = Child("chatty", [sys.executable, "-c", script], tmp_path / "logs" / "chatty.log")
+    c.start("test")
+    try:
+        rotations = 0
+        for _ in range(5):
+            wait_for(lambda: c.log.stat().st_size > 20_000, 10, "the log to grow")
+            rotations += c.rotate_log(max_bytes=20_000, keep=3)
+        assert rotations == 5
+        wait_for(lambda: c.log.stat().st_size > 0, 10, "the child to write into the fresh file")
+        kept = sorted(p.name for p in c.log.parent.iterdir())
+        assert kept == ["chatty.log", "chatty.log.1", "chatty.log.2", "chatty.log.3"], kept
+        # the fresh file holds whole lines, newer than every rotated one, and has no hole of zeros
+        fresh = c.log.read_bytes()
+        assert b"\0" not in fresh
+        newest_rotated = int(c.log.with_name("chatty.log.1").read_text().strip().splitlines()[-1].split()[1])
+        assert int(fresh.decode().splitlines()[-1].split()[1]) > newest_rotated
+        assert not c.rotate_log(max_bytes=10**9)  # under the size: left alone
+    finally:
+        c.signal(signal.SIGKILL)
+        c.proc.wait()
