@@ -439,7 +439,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
     async def index(request: Request) -> HTMLResponse:
         query = _query(request)
         m = hub.mirror
-        total, rows = m.select(query) if m is not None else (0, [])
+        total, rows = await asyncio.to_thread(m.select, query) if m is not None else (0, [])
         return HTMLResponse(pages.overview(hub.overview(), rows, total, query, csrf))
 
     @app.get("/entries/{filename}", response_class=HTMLResponse)
@@ -447,13 +447,14 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
         m = mirror()
         data = _entry(m, filename, settings.dataset)
         query = _query(request)
-        prev, nxt = m.neighbours(data["filename"], query)
+        prev, nxt = await asyncio.to_thread(m.neighbours, data["filename"], query)
         return HTMLResponse(pages.entry(data, csrf, pages.view_of(query), prev, nxt))
 
     @app.get("/health", response_class=HTMLResponse)
     async def health_page() -> HTMLResponse:
         m = mirror()
-        return HTMLResponse(pages.health(m.histograms(), m.coverage(), m.counters(), csrf))
+        coverage = await asyncio.to_thread(m.coverage)  # seconds at a million, the first time
+        return HTMLResponse(pages.health(m.histograms(), coverage, m.counters(), csrf))
 
     @app.get("/static/{name}")
     async def static_file(name: str) -> FileResponse:
@@ -469,7 +470,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/api/entries")
     async def api_entries(request: Request) -> dict:
-        total, rows = mirror().select(_query(request))
+        total, rows = await asyncio.to_thread(mirror().select, _query(request))
         return {"total": total, "entries": rows}
 
     @app.get("/api/entries/{filename}")
@@ -478,13 +479,13 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/api/neighbours/{filename}")
     async def api_neighbours(request: Request, filename: str) -> dict:
-        prev, nxt = mirror().neighbours(filename, _query(request))
+        prev, nxt = await asyncio.to_thread(mirror().neighbours, filename, _query(request))
         return {"prev": prev, "next": nxt}
 
     @app.get("/api/health")
     async def api_health() -> dict:
         m = mirror()
-        return {"histograms": m.histograms(), "coverage": m.coverage()}
+        return {"histograms": m.histograms(), "coverage": await asyncio.to_thread(m.coverage)}
 
     @app.post("/api/requeue")
     async def api_requeue(request: Request) -> dict:

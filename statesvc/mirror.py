@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import collections
+import threading
 import time
 from dataclasses import dataclass
 
@@ -71,9 +72,11 @@ class Mirror:
         self.seq = max(loaded.head.seq, loaded.journal.last_seq)  # the last commit it holds
         self.sample_rate = state.sample_rate
         self.entries: list[Entry] = list(state.entries)
+        for e in self.entries:
+            _slim(e)
         n = len(self.entries)
         at = list(range(n))  # one int object per position, shared by both indexes
-        self.pos = dict(zip([e.id for e in self.entries], at, strict=True))
+        self.pos = Positions([e.id for e in self.entries], at)
         self.by_name = dict(zip([e.filename for e in self.entries], at, strict=True))
         del at
         self.status = np.fromiter((STATUS_CODE[e.status] for e in self.entries), np.int8, n)
@@ -81,6 +84,8 @@ class Mirror:
                                      for e in self.entries), np.float64, n)
         self.chars = np.fromiter((len(e.text) for e in self.entries), np.int32, n)
         self.updated = _stamps([e.updated_at for e in self.entries])
+        for e, known in zip(self.entries, ~np.isnan(self.updated), strict=True):
+            _slim_columns(e, known)  # now in the columns
         self.verdict = np.fromiter((VERDICT_CODE[e.review.verdict if e.review else None] for e in self.entries),
                                    np.int8, n)
         self.audio_bits = np.zeros(n, np.uint8)    # from the takes' analysis, filled in as it comes
@@ -94,6 +99,10 @@ class Mirror:
         last = failed[np.argsort(np.nan_to_num(self.updated[failed], nan=-np.inf), kind="stable")[-20:]]
         self.failures: collections.deque[int] = collections.deque((self.entries[i].id for i in last), maxlen=20)
         self._coverage: collections.Counter[str] | None = None  # texts holding each character: at the first ask
+        # Searches and the coverage may be asked from a worker thread (seconds at a million the first
+        # time: not on the event loop); one at a time, and built again if a text changed meanwhile.
+        self._lock = threading.Lock()
+        self.text_version = 0
         self.completions: collections.deque[tuple[float, int]] = collections.deque()
         self.changed: set[int] = set()  # ids changed since the page was last told
         self.refit(now or time.time())
@@ -101,7 +110,7 @@ class Mirror:
     # ---- keeping current --------------------------------------------------------------------
     def apply(self, raw: bytes) -> Entry:
         """One change event: the entry as the daemon committed it."""
-        e = _decode_entry(raw)
+        e = _slim(_decode_entry(raw))
         i = self.pos.get(e.id)
         if i is None:
             i = self._append(e)
@@ -113,13 +122,15 @@ class Mirror:
         if e.status == Status.FAILED and old.status != Status.FAILED:
             self.failures.append(e.id)
         self.status[i] = code
+        new_take = e.take != old.take or e.duration_seconds != self.duration_of(i)
         self.duration[i] = np.nan if e.duration_seconds is None else e.duration_seconds
         if e.text != old.text:
             self.chars[i] = len(e.text)
             self._text_changed(i, old.text, e)
         self.updated[i] = _stamp(e.updated_at)
+        _slim_columns(e, not np.isnan(self.updated[i]))
         self.verdict[i] = VERDICT_CODE[e.review.verdict if e.review else None]
-        if e.take != old.take or e.duration_seconds != old.duration_seconds:
+        if new_take:
             self.audio_bits[i] = 0  # another take: its analysis is to come
         if e.status == Status.GENERATING:
             self.generating.add(e.id)
@@ -144,6 +155,7 @@ class Mirror:
 
     def _text_changed(self, i: int, old: str, e: Entry) -> None:
         """Keep the search and the coverage current for one text (a row of the haystack, not all of it)."""
+        self.text_version += 1
         if self._coverage is not None:
             self._coverage.subtract(set(old.lower()))
             self._coverage.update(set(e.text.lower()))
@@ -277,18 +289,22 @@ class Mirror:
     def _search(self, needle: str) -> np.ndarray:
         """Rows holding ``needle``; the last few needles are kept (paging, sorting and the review's next and
         previous ask the same one again), until a text changes."""
-        hits = self._hits.get(needle)
-        if hits is not None and len(hits) == len(self.entries):
-            self._hits.move_to_end(needle)
+        with self._lock:
+            hits = self._hits.get(needle)
+            if hits is not None and len(hits) == len(self.entries):
+                self._hits.move_to_end(needle)
+                return hits
+            while self._haystack is None:
+                version = self.text_version
+                haystack = [f"{e.filename}\t{e.text}".lower() for e in self.entries]
+                if version == self.text_version:  # else a text changed while this was built: again
+                    self._haystack = haystack
+            hits = np.zeros(len(self.entries), bool)
+            hits[[i for i, h in enumerate(self._haystack) if needle in h]] = True
+            self._hits[needle] = hits
+            while len(self._hits) > SEARCHES_KEPT:
+                self._hits.popitem(last=False)
             return hits
-        if self._haystack is None:
-            self._haystack = [f"{e.filename}\t{e.text}".lower() for e in self.entries]
-        hits = np.zeros(len(self.entries), bool)
-        hits[[i for i, h in enumerate(self._haystack) if needle in h]] = True
-        self._hits[needle] = hits
-        while len(self._hits) > SEARCHES_KEPT:
-            self._hits.popitem(last=False)
-        return hits
 
     def _name(self, i: int | None) -> str | None:
         return None if i is None else self.entries[int(i)].filename
@@ -319,13 +335,17 @@ class Mirror:
         values = np.where(np.isnan(values), np.inf if not desc else -np.inf, values)  # unknown last
         return -values if desc else values
 
+    def duration_of(self, i: int) -> float | None:
+        d = float(self.duration[i])
+        return None if np.isnan(d) else d
+
     def row(self, i: int) -> dict:
         e = self.entries[i]
-        dur = e.duration_seconds
+        dur = self.duration_of(i)
         bits = int(self.audio_bits[i] | self.fit_bits[i])
         return {"id": e.id, "filename": e.filename, "text": e.text, "status": e.status, "duration_seconds": dur,
                 "cps": round(len(e.text) / dur, 2) if dur else None, "attempts": e.attempts, "error": e.error,
-                "updated_at": e.updated_at, "take": e.take, "rev": e.rev,
+                "updated_at": e.updated_at or _iso(float(self.updated[i])), "take": e.take, "rev": e.rev,
                 "review": e.review.to_dict() if e.review else None,
                 "owner": e.lease.owner if e.lease else None,
                 "flags": [f.value for f in Flag if bits & BIT[f]]}
@@ -351,9 +371,13 @@ class Mirror:
     def coverage(self, alphabet: str = "ñáéíóúü¿¡") -> dict:
         """How many texts hold each character of ``alphabet`` (Spanish by default), and every
         character seen with its count of texts."""
-        if self._coverage is None:
-            self._coverage = _char_counts(e.text for e in self.entries)
-        counts = self._coverage
+        with self._lock:
+            while self._coverage is None:
+                version = self.text_version
+                counts = _char_counts(e.text for e in self.entries)
+                if version == self.text_version:
+                    self._coverage = counts
+            counts = self._coverage
         return {"watched": {c: counts.get(c, 0) for c in alphabet},
                 "characters": {c: n for c, n in counts.most_common() if n > 0}}
 
@@ -371,11 +395,76 @@ def _last(keys: np.ndarray, idx: np.ndarray) -> int | None:
     return int(idx[keys == keys.max()].max())
 
 
+def _slim(e: Entry) -> Entry:
+    """Drop what the page never shows of an entry (its text's hash, its sample rate): a string and
+    an int per entry, 85 MB at a million."""
+    e.text_hash = ""
+    e.sample_rate = None
+    return e
+
+
 def _hist(values: np.ndarray, bins: int) -> dict:
     if len(values) == 0:
         return {"edges": [], "counts": []}
     counts, edges = np.histogram(values, bins=bins)
     return {"edges": [round(float(x), 3) for x in edges], "counts": counts.tolist()}
+
+
+def _slim_columns(e: Entry, stamped: bool) -> None:
+    """What the columns hold need not be held twice: the duration, and the update time once it
+    parsed (formatted back for the page exactly as it was written, to the millisecond)."""
+    e.duration_seconds = None
+    if stamped:
+        e.updated_at = None
+
+
+def _iso(t: float) -> str | None:
+    if np.isnan(t):
+        return None
+    ms = round(t * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+class Positions:
+    """Entry id -> position: an array when ids are dense (as ``add`` makes them), not a dict of a
+    million ints (40 MB at a million)."""
+
+    def __init__(self, ids: list[int], at: list[int]):
+        top = max(ids, default=0)
+        self.sparse: dict[int, int] | None = None  # ids far apart (a hand-made file): a dict after all
+        if top > 4 * len(ids) + 100_000:
+            self.sparse, self.array = dict(zip(ids, at, strict=True)), np.empty(0, np.int64)
+            return
+        self.array = np.full(top + 1, -1, np.int64)
+        self.array[np.array(ids, np.int64)] = np.array(at, np.int64)
+
+    def get(self, eid: int, default: int | None = None) -> int | None:
+        if self.sparse is not None:
+            return self.sparse.get(eid, default)
+        if 0 <= eid < len(self.array) and (i := int(self.array[eid])) >= 0:
+            return i
+        return default
+
+    def __getitem__(self, eid: int) -> int:
+        i = self.get(eid)
+        if i is None:
+            raise KeyError(eid)
+        return i
+
+    def __contains__(self, eid: int) -> bool:
+        return self.get(eid) is not None
+
+    def __setitem__(self, eid: int, i: int) -> None:
+        if self.sparse is None and eid > 4 * len(self.array) + 100_000:
+            self.sparse = {int(k): int(v) for k, v in enumerate(self.array) if v >= 0}
+        if self.sparse is not None:
+            self.sparse[eid] = i
+            return
+        if eid >= len(self.array):
+            grown = np.full(max(eid + 1, 2 * len(self.array)), -1, np.int64)
+            grown[:len(self.array)] = self.array
+            self.array = grown
+        self.array[eid] = i
 
 
 def _stamp(iso: str | None) -> float:

@@ -53,6 +53,16 @@ def test_filters_search_sorts_and_pages(tmp_path: Path) -> None:
     assert _names(m.select(Query(sort="-id", limit=2))[1]) == ["utt_0040", "utt_0039"]
 
 
+def test_rows_show_what_the_file_holds(tmp_path: Path) -> None:
+    m = _mirror(tmp_path)
+    on_disk = {e.filename: e for e in read(tmp_path).state.entries}
+    for r in m.select(Query(limit=40))[1]:
+        e = on_disk[r["filename"]]
+        assert (r["updated_at"], r["duration_seconds"], r["text"], r["take"]) == \
+            (e.updated_at, e.duration_seconds, e.text, e.take)
+    assert m.pos[40] == 39 and 41 not in m.pos and m.pos.get(0) is None
+
+
 def test_neighbours_follow_the_views_order(tmp_path: Path) -> None:
     m = _mirror(tmp_path)
     q = Query(status="completed", sort="-duration")
