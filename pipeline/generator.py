@@ -42,6 +42,7 @@ PREFETCH_MIN, PREFETCH_MAX = 8, 1024   # bounds of the queue of claimed texts
 PREFETCH_SECONDS = 0.5                # of synthesis held in the queue
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 DISK_BACKOFF_MAX = 60.0
+DISK_CHECK_EVERY = 2.0  # seconds between looks at the free space of wavs/
 FLUSH_EVERY, FLUSH_COUNT = 0.2, 256  # results wait at most this long (s) / this many for one message
 FLUSH_SECONDS = 10.0
 WORKING_WAIT = 2.0  # seconds to wait for the daemon to hear what we start on (then start anyway)
@@ -76,6 +77,12 @@ class Generator:
     heartbeat_seconds: float | None = None  # None: a fifth of the lease
     max_synthesis_seconds: float = MAX_SYNTHESIS_SECONDS
     until_done: bool = False  # exit once the daemon has nothing pending and nothing generating
+    # The disk guard: under this many bytes free in wavs/, claim nothing and give back what is not
+    # started, uncharged, until space returns. None: 1 GiB or 2 % of the filesystem, whichever is
+    # larger (what `statesvc health` calls short); 0: no guard (a full disk still pauses on ENOSPC).
+    min_free: int | None = None
+    disk_low: bool = False
+    disk_checked: float = float("-inf")
     finished: bool = False    # set when until_done saw the dataset done
     synthesizing_since: float | None = None  # monotonic start of the synthesis under way, for the heartbeat
     stopping: int = 0
@@ -342,8 +349,36 @@ class Generator:
                 self.on_reply(msg)
 
     # ---- the loop -----------------------------------------------------------
+    def short_of_disk(self) -> bool:
+        """Whether wavs/ has less free space than the guard's floor; said once in the log each way."""
+        now = time.monotonic()
+        if self.min_free == 0 or now - self.disk_checked < DISK_CHECK_EVERY:
+            return self.disk_low
+        self.disk_checked = now
+        try:
+            st = os.statvfs(self.dataset / "wavs")
+        except OSError:
+            return self.disk_low
+        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        floor = self.min_free if self.min_free is not None else max(1 << 30, total // 50)
+        low = free < floor
+        if low and not self.disk_low:
+            log.warning("free disk space in wavs/ is %.2f GB, under %.2f GB: pausing (nothing claimed, nothing "
+                        "charged) until space returns", free / 2**30, floor / 2**30)
+            if self.queue:  # not started: back to the daemon at once, for no attempt
+                self.send("release", owner=self.owner, tokens=[e["token"] for e in self.queue])
+                self.queue.clear()
+        elif self.disk_low and not low:
+            log.info("free disk space in wavs/ is %.2f GB again: resuming", free / 2**30)
+        self.disk_low = low
+        return low
+
     def run_once(self) -> None:
         self.drop_lost()
+        if self.short_of_disk():
+            self.flush_written(force=True)
+            self.pump(IDLE_POLL)
+            return
         self.want_more()
         if self.queue:
             unit = self.tell_working(self.next_unit())
