@@ -3,15 +3,19 @@ Prometheus metrics checked against `status`. Real daemons, real files, a real fu
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from statesvc.client import Client
 from statesvc.endpoints import running
-from tests.conftest import cli, fill, make_dataset, take, tmpfs, umount, wait_for
+from tests.conftest import BIN, cli, fill, make_dataset, take, tmpfs, umount, wait_for
 from tests.test_dashboard import free_port
 
 
@@ -106,3 +110,56 @@ def test_metrics_agree_with_status(tmp_path: Path, start_daemon) -> None:
         Reconciler(c, ds).run_pass()
     wait_for(lambda: _scrape(port).get(("tts_reconciler_corrections_total", (("kind", "completed_pending"),))) == 3,
              10, "3 corrections counted")
+
+
+def test_every_query_command_reaches_a_tcp_curve_daemon_and_says_so_without_keys(tmp_path: Path, start_daemon,
+                                                                                 monkeypatch) -> None:
+    """From "another box": the commands get the daemon's answers over tcp with CURVE keys, never
+    the local files (moved away here), and without keys say so in one line at once."""
+    keys = tmp_path / "keys"
+    for name in ("daemon", "laptop"):
+        cli("keygen", "--out", str(keys), "--name", name, check=True)
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    (allow / "laptop.key").write_bytes((keys / "laptop.key").read_bytes())
+    ds = make_dataset(tmp_path, ["uno", "dos", "tres"])
+    port = free_port()
+    ep = f"tcp://127.0.0.1:{port}"
+    with_keys = {"STATESVC_CLIENT_KEY": str(keys / "laptop.key_secret"),
+                 "STATESVC_SERVER_KEY": str(keys / "daemon.key")}
+    for k, v in with_keys.items():
+        monkeypatch.setenv(k, v)  # the fixture's own readiness check talks tcp too
+    start_daemon(ds, "--endpoint", ep, "--curve-secret", str(keys / "daemon.key_secret"), "--allow", str(allow))
+    elsewhere = tmp_path / "elsewhere"  # the commands' --dataset: not the daemon's folder
+    elsewhere.mkdir()
+    name = orjson.loads(cli("list", "--dataset", str(ds), "--json", env=with_keys, check=True).stdout)[0]["filename"]
+    commands = [("status", "--json"), ("list", "--json"), ("show", name), ("requeue", name),
+                ("edit", name, "--text", "uno bis"), ("health", "--min-free-mb", "0"), ("export",),
+                ("checkpoint",), ("verify",)]
+    for args in commands:
+        r = cli(args[0], "--dataset", str(elsewhere), "--endpoint", ep, *args[1:], env=with_keys, timeout=30)
+        # verify checks the daemon's books against --dataset's wavs/: here none, and nothing completed
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    assert '"pending":3' in cli("status", "--dataset", str(elsewhere), "--json", env={**with_keys,
+                                "STATESVC_ENDPOINT": ep}, check=True).stdout.replace(" ", "")
+    assert "uno bis" in cli("show", "--dataset", str(elsewhere), "--endpoint", ep, name, env=with_keys).stdout
+    # watch: the change events over tcp too
+    w = subprocess.Popen([str(BIN / "statesvc"), "watch", "--dataset", str(elsewhere), "--endpoint", ep],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **with_keys})
+    try:
+        def seen() -> bool:
+            cli("requeue", "--dataset", str(elsewhere), "--endpoint", ep, name, env=with_keys, check=True)
+            return bool(select.select([w.stdout], [], [], 0.5)[0])
+        wait_for(seen, 20, "a change event over tcp")
+        assert name in w.stdout.readline()
+    finally:
+        w.kill()
+        w.communicate()
+    # no keys: one line, at once
+    no_keys = {"STATESVC_CLIENT_KEY": "", "STATESVC_SERVER_KEY": ""}
+    for args in commands + [("watch",)]:
+        t0 = time.monotonic()
+        r = cli(args[0], "--dataset", str(elsewhere), "--endpoint", ep, *args[1:], env=no_keys, timeout=30)
+        err = r.stderr.strip()
+        assert r.returncode != 0 and "needs CURVE keys" in err and "\n" not in err, (args, r.returncode, err)
+        assert time.monotonic() - t0 < 5, (args, "not at once")
