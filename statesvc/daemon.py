@@ -171,6 +171,7 @@ class Daemon:
             (t0, c0), (t1, c1) = self.rate_samples[0], self.rate_samples[-1]
             rate = round((c1 - c0) / (t1 - t0), 3) if t1 > t0 else None
         remaining = s.counts["pending"] + s.counts["generating"]
+        disk = self.disk()
         if now - self.stats_at >= STATS_EVERY:  # summing every duration is O(entries): not per poll
             self.stats_cache, self.stats_at = s.stats(), now
         return {**self.stats_cache, **s.counters(), "sample_rate": s.sample_rate,
@@ -180,8 +181,8 @@ class Daemon:
                 "leases": len(s.leases), "journal_bytes": self.store.journal_bytes,
                 "checkpoint_bytes": self.store.file_bytes, "generators": len(s.owner_tokens),
                 "commit_failures": self.commit_failures, "last_commit_error": self.last_commit_error,
-                "last_completion": round(self.last_completion, 3), "disk_free_bytes": self.disk()[0],
-                "disk_total_bytes": self.disk()[1],
+                "last_completion": round(self.last_completion, 3), "disk_free_bytes": disk[0],
+                "disk_total_bytes": disk[1],
                 "now": round(now, 3)}
 
     # ---- the loop -------------------------------------------------------
@@ -362,12 +363,16 @@ class Daemon:
         return self.disk()[0]
 
     def disk(self) -> tuple[int, int]:
-        """(free for us, total) bytes of the dataset's filesystem; (-1, 0) if it cannot be asked."""
-        try:
-            st = os.statvfs(self.dataset)
-        except OSError:
-            return -1, 0
-        return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        """(free for us, total) bytes of the fuller of the state's and wavs/' filesystems (often one,
+        not always: wavs/ may be a mount of its own); (-1, 0) if neither can be asked."""
+        seen = []
+        for folder in (self.dataset, self.dataset / "wavs"):
+            try:
+                st = os.statvfs(folder)
+            except OSError:
+                continue
+            seen.append((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+        return min(seen, default=(-1, 0))
 
     def refuse(self, waiting: list, exc: SaveFailed) -> None:
         log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
