@@ -1,0 +1,1 @@
+"""pipeline: generator processes, the reconciler and the local supervisor of a statesvc dataset."""

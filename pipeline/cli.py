@@ -1,38 +1,196 @@
-"""The `pipeline` command: generate, reconcile, run. Thin wrappers over the library."""
+"""The `pipeline` command: generate, reconcile, run. Thin wrappers over the library.
+
+Exit codes, as `statesvc`'s:
+  0    done, or stopped by SIGTERM or Ctrl-C (generate, reconcile: a service stopped as asked);
+  1    a failure while running (a synthesizer that fails to start, passes that keep failing, an
+       internal error of the run);
+  2    not carried out as asked: a usage error, or what the command needs is missing (the dataset,
+       its state, the synthesizer, a daemon within --wait);
+  3    `run` finished with failed entries;
+  130  `run` interrupted (a second signal forces any of them out with 130).
+Every error is one line on stderr, ``pipeline: error: ...``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
+import zmq
 
+from statesvc import version
 from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
+from statesvc.curve import CurveError
 from statesvc.endpoints import running
+from statesvc.notify import log_format
 
 from .synth import PluginError, build
 
 log = logging.getLogger("pipeline")
 
+OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def say_error(message: str) -> None:
+    """One line on stderr; bytes that are not UTF-8 (an argument from a Latin-1 terminal) escaped."""
+    text = " ".join(message.split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    click.echo(f"pipeline: error: {text}", err=True)
+
+
+def fail(message: str, code: int = FAILED) -> None:
+    say_error(message)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops a command as Ctrl-C does (a KeyboardInterrupt) until it installs its own
+    handlers (generate, reconcile and run do, once started); restored afterwards, for in-process callers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class Group(click.Group):
+    """The `pipeline` group: click's usage errors as one line on stderr with exit 2, never click's
+    usage block or a traceback (the commands turn the library's errors into one line themselves)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        code: Any = OK
+        with sigterm_interrupts():
+            try:
+                rv = super().main(args, prog_name, complete_var, False, **extra)
+                code = rv if isinstance(rv, int) else OK  # --help and --version give 0
+            except click.exceptions.NoArgsIsHelpError as exc:  # a bare `pipeline`: the help, as click does
+                exc.show()
+                code = USAGE
+            except click.ClickException as exc:
+                say_error(exc.format_message())
+                code = USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+            except click.Abort:  # Ctrl-C, or SIGTERM (above), before a command took the signals itself
+                click.echo("pipeline: interrupted", err=True)
+                code = INTERRUPTED
+            except BrokenPipeError:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                code = FAILED
+        sys.exit(code)
+
+
+class Text(click.ParamType):
+    """A string that must be valid UTF-8 (it goes to the daemon as JSON); an argument typed in a
+    terminal of another encoding is refused here, in one line."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{value!r} is not valid UTF-8 text (check the terminal's encoding)", param, ctx)
+        return str(value)
+
+
+TEXT = Text()
+
+
+def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # click.version_option would look the version up at import, costing every command 30 ms
+    if value and not ctx.resilient_parsing:
+        click.echo(f"{ctx.info_name or 'pipeline'} {version()}")
+        ctx.exit()
+
+
+class Stop:
+    """SIGTERM and SIGINT only set this flag, which the loop checks; a second signal exits at once
+    (two-stage shutdown, as the generator's)."""
+
+    def __init__(self) -> None:
+        self.by = ""
+
+    def install(self) -> Stop:
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+        return self
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        if self.by:
+            os._exit(INTERRUPTED)
+        self.by = signal.Signals(signum).name
+
+    def __bool__(self) -> bool:
+        return bool(self.by)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, in short steps so a signal is noticed within one."""
+        deadline = time.monotonic() + seconds
+        while not self and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.05, left))
+
+
+class Stopped(Exception):
+    """A stop was asked: the pass ends before its next request to the daemon."""
+
+
+class StoppingClient:
+    """The reconciler's client, refusing its next request once a stop is asked: a pass ends between
+    its chunks (each chunk stands alone: the daemon applies it whole or not; the next pass redoes
+    the rest), never in the middle of one."""
+
+    def __init__(self, client: Client, stop: Stop):
+        self.client, self.stop = client, stop
+
+    def call(self, op: str, **fields: object) -> dict:
+        if self.stop:
+            raise Stopped
+        return self.client.call(op, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
 dataset_opt = click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=".",
-                           envvar="STATESVC_DATASET", show_default=True)
-endpoint_opt = click.option("--endpoint", default=None, envvar="STATESVC_ENDPOINT",
-                            help="Daemon control endpoint (default: the one serving --dataset).")
+                           envvar="STATESVC_DATASET", show_envvar=True, show_default=True,
+                           help="Dataset folder (holds generation_state.json and wavs/).")
+endpoint_opt = click.option("--endpoint", type=TEXT, default=None, envvar="STATESVC_ENDPOINT", show_envvar=True,
+                            help="Daemon control endpoint (default: the one serving --dataset; tcp://HOST:PORT "
+                                 "with the CURVE keys of STATESVC_CLIENT_KEY and STATESVC_SERVER_KEY).")
 heartbeat_opt = click.option("--heartbeat-seconds", type=click.FloatRange(0.1, 3600), default=None,
-                             help="Seconds between lease heartbeats (default: a fifth of the lease)")
+                             help="Seconds between lease heartbeats (default: a fifth of the lease).")
+synth_opt = click.option("--synth", type=TEXT, default="espeak", show_default=True,
+                         help="Synthesizer: espeak, tone, a name from the pipeline.synthesizers entry points, "
+                              "or package.module:Class.")
+synth_opts_opt = click.option("--synth-opt", "synth_opts", type=TEXT, multiple=True, metavar="KEY=VALUE",
+                              help="An option for the synthesizer's constructor (repeatable), e.g. voice=es.")
+batch_opt = click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True,
+                         help="Texts per synthesis (a plugin with synthesize_batch gets them together).")
+wait_opt = click.option("--wait", type=click.FloatRange(0, None), default=30.0, show_default=True,
+                        help="Seconds to wait for a daemon to appear on --dataset.")
+log_level_opt = click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True,
+                             help="Log verbosity.")
 
 
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-
-
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"pipeline: error: {message}", err=True)
-    sys.exit(code)
+                        format=log_format("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+                                          "%(name)s %(levelname)s %(message)s"))
 
 
 def parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -43,6 +201,13 @@ def parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{p!r} is not KEY=VALUE", param_hint="--synth-opt")
         out[key] = value
     return out
+
+
+def need_wavs(dataset: Path) -> None:
+    """A one-line error (exit 2) for a folder that is not a dataset, before a model is loaded or a
+    daemon awaited. wavs/ is what these commands use (on a remote box it may be all that is shared)."""
+    if not (dataset / "wavs").is_dir():
+        fail(f"no dataset at {dataset}: {dataset / 'wavs'} is not a folder", USAGE)
 
 
 def endpoint_for(dataset: Path, endpoint: str | None, wait: float) -> str:
@@ -59,19 +224,32 @@ def endpoint_for(dataset: Path, endpoint: str | None, wait: float) -> str:
         time.sleep(0.05)
 
 
-@click.group()
+def client_for(endpoint: str, **kw: Any) -> Client:
+    try:
+        return Client(endpoint, **kw)
+    except (zmq.ZMQError, CurveError) as exc:  # a malformed endpoint, keys missing for tcp
+        fail(f"cannot use endpoint {endpoint!r}: {exc}", USAGE)
+        raise  # not reached
+
+
+@click.group(cls=Group)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
+              help="Show the version and exit.")
 def main() -> None:
-    """Generate TTS audio for a statesvc dataset."""
+    """Generate TTS audio for a statesvc dataset.
+
+    Exit codes: 0 done or stopped by a signal; 1 a failure while running; 2 a usage error or what the
+    command needs is missing; 3 run finished with failed entries; 130 run interrupted."""
 
 
 @main.command()
 @dataset_opt
 @endpoint_opt
-@click.option("--synth", default="espeak", show_default=True, help="Name or package.module:Class.")
-@click.option("--synth-opt", "synth_opts", multiple=True, metavar="KEY=VALUE")
-@click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True)
-@click.option("--wait", type=float, default=30.0, help="Seconds to wait for a daemon to appear.")
-@click.option("--owner", default=None,
+@synth_opt
+@synth_opts_opt
+@batch_opt
+@wait_opt
+@click.option("--owner", type=TEXT, default=None,
               help="Lease owner name; must be new at each process start (default HOST:PID:RANDOM).")
 @heartbeat_opt
 @click.option("--max-synthesis-seconds", type=click.FloatRange(1, 7 * 86400), default=3600.0, show_default=True,
@@ -79,26 +257,41 @@ def main() -> None:
 @click.option("--until-done", is_flag=True, envvar="PIPELINE_UNTIL_DONE", show_envvar=True,
               help="Exit 0 once the daemon has nothing pending and nothing generating (a batch job, e.g. a "
                    "Slurm array task, frees its GPU at the end). Without it the generator waits for new texts.")
-@click.option("--log-level", default="INFO")
+@click.option("--min-free-mb", type=click.IntRange(0, None), default=None,
+              help="Free space (MB) in wavs/ under which it claims nothing and gives back what it has not "
+                   "started, uncharged, until space returns (default: 1 GiB or 2 % of the filesystem, whichever "
+                   "is larger; 0: no guard).")
+@log_level_opt
 def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[str, ...], batch: int,
              wait: float, owner: str | None, heartbeat_seconds: float | None, max_synthesis_seconds: float,
-             until_done: bool, log_level: str) -> None:
-    """One generator process: claim, synthesize, write wavs, report."""
-    from .generator import Generator, install_signals
+             until_done: bool, min_free_mb: int | None, log_level: str) -> None:
+    """One generator process: claim, synthesize, write wavs, report.
+
+    SIGTERM or Ctrl-C: it finishes the text under way, gives back the rest, flushes, exits 0."""
     setup_logging(log_level)
-    try:
-        model = build(synth, parse_opts(synth_opts))
-        if not (dataset / "wavs").is_dir():
-            raise PluginError(f"{dataset / 'wavs'} is not a folder (is {dataset} a dataset?)")
-        ep = endpoint_for(dataset, endpoint, wait)
-    except (PluginError, NoDaemon) as exc:
-        fail(str(exc))
-    except Exception as exc:  # a plugin's own constructor failing
-        fail(f"synthesizer {synth!r} failed to start: {type(exc).__name__}: {exc}")
-    given = {"owner": owner, "heartbeat_seconds": heartbeat_seconds, "max_synthesis_seconds": max_synthesis_seconds}
-    gen = Generator(Client(ep), model, dataset, batch=batch, until_done=until_done,
-                    **{k: v for k, v in given.items() if v is not None})
-    install_signals(gen)
+    options = parse_opts(synth_opts)
+    need_wavs(dataset)
+    try:  # a signal while the model loads or a daemon is awaited: nothing taken yet, a clean stop
+        from .generator import Generator, install_signals
+        try:
+            model = build(synth, options)
+        except PluginError as exc:
+            fail(str(exc), USAGE)
+        except Exception as exc:  # a plugin's own constructor failing
+            fail(f"synthesizer {synth!r} failed to start: {type(exc).__name__}: {exc}")
+        try:
+            ep = endpoint_for(dataset, endpoint, wait)
+        except NoDaemon as exc:
+            fail(str(exc), USAGE)
+        given = {"owner": owner, "heartbeat_seconds": heartbeat_seconds,
+                 "max_synthesis_seconds": max_synthesis_seconds,
+                 "min_free": None if min_free_mb is None else min_free_mb << 20}
+        gen = Generator(client_for(ep), model, dataset, batch=batch, until_done=until_done,
+                        **{k: v for k, v in given.items() if v is not None})
+        install_signals(gen)
+    except KeyboardInterrupt:
+        log.info("generator stopping before it started")
+        sys.exit(OK)
     log.info("generator %s: synth %s at %d Hz, batch %d, daemon %s%s", gen.owner, synth,
              model.sample_rate, batch, ep, ", until done" if until_done else "")
     sys.exit(gen.run())
@@ -107,58 +300,79 @@ def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[
 @main.command()
 @dataset_opt
 @endpoint_opt
-@click.option("--interval", type=click.FloatRange(0.1, 86400), default=30.0, show_default=True)
+@click.option("--interval", type=click.FloatRange(0.1, 86400), default=30.0, show_default=True,
+              help="Seconds between passes.")
 @click.option("--once", is_flag=True, help="One pass, print what was fixed, exit.")
-@click.option("--temp-max-age", type=float, default=300.0, show_default=True,
+@click.option("--temp-max-age", type=click.FloatRange(0, None), default=300.0, show_default=True,
               help="Remove temp files in wavs/ older than this (seconds; longer than a lease).")
-@click.option("--wait", type=float, default=30.0)
+@wait_opt
+@log_level_opt
 def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, temp_max_age: float,
-              wait: float) -> None:
-    """Check wavs/ against the state and report to the daemon."""
-    setup_logging()
-    try:
-        ep = endpoint_for(dataset, endpoint, wait)
-    except NoDaemon as exc:
-        fail(str(exc))
-    from .reconciler import Reconciler, describe  # opening wavs needs soundfile: not for the other commands
-    rec = Reconciler(Client(ep, timeout=10.0, retries=6), dataset, temp_max_age)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    failures = 0
-    while True:
+              wait: float, log_level: str) -> None:
+    """Check wavs/ against the state and report to the daemon.
+
+    SIGTERM or Ctrl-C stops it before its next request to the daemon, mid-pass too: exit 0 (130 for
+    an --once pass that did not finish)."""
+    setup_logging(log_level)
+    need_wavs(dataset)
+    try:  # a signal while a daemon is awaited: a clean stop
         try:
-            for line in describe(rec.run_pass()):
-                click.echo(line)
-            sys.stdout.flush()
-            failures = 0
-            if once:
-                return
-        except (Unavailable, ServiceError) as exc:
-            failures += 1
-            if once and failures >= 3:
-                fail(str(exc))
-            log.warning("reconcile pass failed: %s", exc)
-            if once:
-                continue
-        deadline = time.monotonic() + interval
-        while time.monotonic() < deadline and not stop:
-            time.sleep(min(0.05, interval))  # short: SIGTERM is noticed within it
-        if stop:
-            return
+            ep = endpoint_for(dataset, endpoint, wait)
+        except NoDaemon as exc:
+            fail(str(exc), USAGE)
+        from .reconciler import Interrupted, Reconciler, describe  # soundfile: not for the other commands
+        client = client_for(ep, timeout=10.0, retries=6)
+        stop = Stop().install()
+    except KeyboardInterrupt:
+        log.info("reconciler stopping before its first pass")
+        sys.exit(OK)
+    rec = Reconciler(StoppingClient(client, stop), dataset, temp_max_age,  # type: ignore[arg-type]
+                     should_stop=lambda: bool(stop))
+    failures = 0
+    try:
+        while not stop:
+            try:
+                report = describe(rec.run_pass())
+            except (Stopped, Interrupted):
+                break
+            except (Unavailable, ServiceError, OSError) as exc:  # the daemon away, wavs/ unreadable
+                failures += 1
+                if once and failures >= 3:
+                    fail(str(exc))
+                log.warning("reconcile pass failed: %s", exc)
+                if once:
+                    continue
+            else:
+                for line in report:
+                    click.echo(line)
+                sys.stdout.flush()
+                failures = 0
+                if once:
+                    return
+            stop.sleep(interval)
+    finally:
+        client.close()
+    log.info("reconciler stopping on %s", stop.by)
+    sys.exit(INTERRUPTED if once else OK)
 
 
 @main.command()
 @dataset_opt
 @click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Create the dataset from this file when it has no state yet.")
-@click.option("--prefix", default=None)
-@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option("--synth", default="espeak", show_default=True)
-@click.option("--synth-opt", "synth_opts", multiple=True, metavar="KEY=VALUE")
-@click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True)
-@click.option("--reconcile-interval", type=click.FloatRange(0.5, 86400), default=30.0, show_default=True)
-@click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None)
-@click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
+@click.option("--prefix", type=TEXT, default=None,
+              help="Filename prefix for .txt texts (default: the dataset folder's name).")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Generator processes to run.")
+@synth_opt
+@synth_opts_opt
+@batch_opt
+@click.option("--reconcile-interval", type=click.FloatRange(0.5, 86400), default=30.0, show_default=True,
+              help="Seconds between the reconciler's passes.")
+@click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None,
+              help="How long a generator's lease lasts without a heartbeat (default 10).")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=None,
+              help="Syntheses an entry may fail before it is marked failed (default 3).")
 @heartbeat_opt
 @click.option("--dashboard", "dashboard_port", type=click.IntRange(1, 65535), is_flag=False, flag_value=8321,
               default=None, metavar="[PORT]",
@@ -167,17 +381,20 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
 def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, synth: str,
         synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
         max_attempts: int | None, heartbeat_seconds: float | None, dashboard_port: int | None) -> None:
-    """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline)."""
+    """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline).
+
+    Exit 0 every entry completed, 3 finished with failed entries, 130 interrupted (Ctrl-C or SIGTERM
+    stop every process cleanly), 2 it cannot start as asked, 1 a failure of the pipeline itself."""
     from statesvc.dataset import DatasetError, state_path
     from statesvc.store import DamagedState
     from statesvc.texts import TextsError
 
-    from .supervisor import PipelineError, Run, install_signals, plan
+    from .supervisor import CannotStart, PipelineError, Run, install_signals, plan
     parse_opts(synth_opts)  # a malformed option is a usage error before anything starts
     try:
         new_state = plan(dataset, texts, prefix, synth)
-    except (DatasetError, TextsError, PluginError, PipelineError) as exc:
-        fail(str(exc))
+    except (DatasetError, TextsError, PluginError, PipelineError, DamagedState) as exc:
+        fail(str(exc), USAGE)
     if new_state is None and texts is not None:
         click.echo(f"resuming {dataset} (state exists; --texts ignored)", err=True)
     gen_args = ["--synth", synth, "--batch", str(batch)]
@@ -197,10 +414,14 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
             r.create(new_state)
             click.echo(f"created {state_path(dataset)} with {len(new_state.entries)} entries", err=True)
         code = r.run()
-    except (PipelineError, DamagedState) as exc:
+    except DamagedState as exc:  # the state there cannot be read: nothing to run on
         r.clear_bar()
         r.stop_children()
-        fail(str(exc))
+        fail(str(exc), USAGE)
+    except PipelineError as exc:
+        r.clear_bar()
+        r.stop_children()
+        fail(str(exc), USAGE if isinstance(exc, CannotStart) else FAILED)
     except Exception as exc:  # a bug of ours: stop the children cleanly, keep the traceback in the log
         import traceback
         (dataset / "logs").mkdir(exist_ok=True)

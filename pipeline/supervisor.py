@@ -222,8 +222,9 @@ class Run:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.daemon is not None and not self.daemon.alive():
-                raise PipelineError(f"statesvc serve exited {self.daemon.proc.returncode}: "
-                                    f"{self.daemon.last_log_line()}")
+                code = self.daemon.proc.returncode
+                raise (CannotStart if code == 2 else PipelineError)(f"statesvc serve exited {code}: "
+                                                                     f"{self.daemon.last_log_line()}")
             if self.status(timeout=1.0) is not None:
                 return
             time.sleep(0.1)
@@ -454,6 +455,11 @@ class Run:
 
 class PipelineError(Exception):
     pass
+
+
+class CannotStart(PipelineError):
+    """The daemon refused to start on this dataset (damaged state, another daemon holds it): the
+    run cannot check or do anything, as a usage error (exit 2)."""
 
 
 def plan(dataset: Path, texts: Path | None, prefix: str | None, synth: str) -> State | None:

@@ -1,59 +1,194 @@
-"""The `statesvc` command: thin click wrappers over the library."""
+"""The `statesvc` command: thin click wrappers over the library.
+
+Exit codes, the same in every command:
+  0    done (a daemon or watcher stopped by SIGTERM or Ctrl-C is done too);
+  1    a finding (verify's sync errors, health's verdict), or a failure while carrying the command
+       out (a change not saved, an I/O error, a daemon that stopped answering);
+  2    not carried out as asked: a usage error, or what the command needs is missing or unreadable
+       (the dataset, its state, a daemon, keys); verify and health exit 2 for every "cannot check";
+  130  a one-shot command interrupted (Ctrl-C or SIGTERM).
+Every error is one line on stderr, ``statesvc: error: ...``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
 import zmq
 
 from . import dataset as ds
+from . import version
 from .atomic import SaveFailed
-from .client import ServiceError, Unavailable
+from .client import NoDaemon, ServiceError, Unavailable
 from .curve import CurveError
 from .curve import keygen as keygen_pair
 from .daemon import serve as serve_daemon
 from .endpoints import defaults, running
 from .export import FORMATS, lines
+from .notify import log_format
 from .protocol import BadRequest
 from .state import STATUSES, Refused
 from .store import DamagedState, Locked, load
 from .texts import TextsError
 from .verify import mismatches
 
-# Exceptions that are the user's or the environment's fault: one line, no traceback.
-EXPECTED = (ds.DatasetError, TextsError, BadRequest, DamagedState, Locked, Refused, ServiceError,
-            Unavailable, SaveFailed, CurveError, OSError, zmq.ZMQError)
+OK, FINDING, USAGE, INTERRUPTED = 0, 1, 2, 130
+
+# Not carried out as asked: the request is wrong, or what it needs is missing or unreadable.
+CANNOT = (ds.DatasetError, TextsError, BadRequest, Refused, DamagedState, NoDaemon, Locked, CurveError,
+          zmq.ZMQError)
+# Failed while being carried out.
+FAILURES = (SaveFailed, Unavailable, ServiceError, OSError)
+EXPECTED = CANNOT + FAILURES  # the user's or the environment's doing: one line, never a traceback
+# A path that cannot be used as given (exit 2), unlike an I/O failure on one that can (a full disk: 1).
+PATH_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP,
+                         errno.ENAMETOOLONG, errno.EEXIST})
+# How the daemon's replies begin when it failed (daemon.py); any other error reply is a refusal of the
+# request (BadRequest, Refused), as the same request is refused offline.
+DAEMON_FAILED = ("not saved", "outcome unknown", "internal error", "checkpoint")
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-class Group(click.Group):
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except EXPECTED as exc:
-            click.echo(f"statesvc: error: {one_line(exc)}", err=True)
-            sys.exit(2 if isinstance(exc, (ds.DatasetError, TextsError, BadRequest, Refused)) else 1)
+class CannotCheck(Exception):
+    """verify or health could not look at all: exit 2, so a script tells it from a finding (exit 1)."""
+
+
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, (CannotCheck, *CANNOT)):
+        return USAGE
+    if isinstance(exc, ServiceError):
+        return FINDING if str(exc).startswith(DAEMON_FAILED) else USAGE
+    if isinstance(exc, OSError) and exc.errno in PATH_ERRNOS:
+        return USAGE
+    return FINDING
 
 
 def one_line(exc: BaseException) -> str:
     if isinstance(exc, Locked):
         return f"another statesvc daemon serves this dataset: {exc}"
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())
+    return str(exc) or type(exc).__name__
+
+
+def say_error(message: str) -> None:
+    """One line on stderr; bytes that are not UTF-8 (an argument from a Latin-1 terminal) escaped."""
+    text = " ".join(message.split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    click.echo(f"statesvc: error: {text}", err=True)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM ends a command as Ctrl-C does (a KeyboardInterrupt), unless the command takes signals
+    itself (serve, watch, dashboard); restored afterwards, for callers that run us in-process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class Group(click.Group):
+    """The `statesvc` group: click's usage errors and the library's expected errors as one line on
+    stderr with the exit codes above, for every command and sub-group, never a traceback."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        code: Any = OK
+        with sigterm_interrupts():
+            try:
+                rv = super().main(args, prog_name, complete_var, False, **extra)
+                code = rv if isinstance(rv, int) else OK  # --help and --version give 0
+            except click.exceptions.NoArgsIsHelpError as exc:  # a bare `statesvc`: the help, as click does
+                exc.show()
+                code = USAGE
+            except click.ClickException as exc:
+                say_error(exc.format_message())
+                code = USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+            except click.Abort:  # Ctrl-C, or SIGTERM (above), in a command that does not take signals
+                click.echo("statesvc: interrupted", err=True)
+                code = INTERRUPTED
+            except BrokenPipeError:  # `statesvc list | head`: the reader has gone; nothing to say
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                code = FINDING
+            except (CannotCheck, *EXPECTED) as exc:
+                say_error(one_line(exc))
+                code = exit_code(exc)
+        sys.exit(code)
+
+
+@contextlib.contextmanager
+def cannot_check() -> Iterator[None]:
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except (CannotCheck, *EXPECTED) as exc:
+        raise CannotCheck(one_line(exc)) from None
+
+
+class Text(click.ParamType):
+    """A string that must be valid UTF-8: it goes into JSON (the state, the wire). An argument typed
+    in a terminal of another encoding arrives with undecodable bytes; refused here, in one line."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{value!r} is not valid UTF-8 text (check the terminal's encoding)", param, ctx)
+        return str(value)
+
+
+TEXT = Text()
+
+
+def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # click.version_option would look the version up at import, costing every command 30 ms
+    if value and not ctx.resilient_parsing:
+        click.echo(f"{ctx.info_name or 'statesvc'} {version()}")
+        ctx.exit()
+
+
+def need_dataset(dataset: Path, remote_ok: bool = True) -> None:
+    """A one-line error (exit 2) for a folder with no state, before anything else is tried; skipped
+    when --endpoint names a daemon elsewhere (the dataset is then the daemon's, not a local folder)."""
+    if remote_ok and ds.endpoint() is not None:
+        return
+    if not ds.state_path(dataset).exists():
+        raise ds.DatasetError(f"no dataset at {dataset}: no state in it (create one with: "
+                              f"statesvc init --dataset {dataset} --texts FILE)")
 
 
 dataset_opt = click.option("--dataset", "dataset", type=click.Path(file_okay=False, path_type=Path),
-                           default=".", envvar="STATESVC_DATASET", show_default=True,
+                           default=".", envvar="STATESVC_DATASET", show_envvar=True, show_default=True,
                            help="Dataset folder (holds generation_state.json and wavs/).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 endpoint_opt = click.option(
-    "--endpoint", envvar="STATESVC_ENDPOINT", show_envvar=True, expose_value=False, is_eager=True,
+    "--endpoint", type=TEXT, envvar="STATESVC_ENDPOINT", show_envvar=True, expose_value=False, is_eager=True,
     callback=lambda ctx, param, value: ds.use_endpoint(value),
     help="Ask the daemon at this endpoint (e.g. tcp://head:5555, with the CURVE keys of "
          "STATESVC_CLIENT_KEY and STATESVC_SERVER_KEY) instead of the one serving --dataset.")
+texts_opt = click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                         help="Texts file: .txt (one per line), .csv or LJSpeech metadata.csv "
+                              "(filename|text), .jsonl ({\"text\": ..., \"filename\": ...}).")
+prefix_opt = click.option("--prefix", type=TEXT, default=None,
+                          help="Filename prefix for .txt texts (default: the dataset folder's name).")
 
 
 def emit_json(obj: object) -> None:
@@ -61,14 +196,19 @@ def emit_json(obj: object) -> None:
 
 
 @click.group(cls=Group)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
+              help="Show the version and exit.")
 def main() -> None:
-    """Single-writer state daemon and queries for a TTS dataset."""
+    """Single-writer state daemon and queries for a TTS dataset.
+
+    Exit codes: 0 done; 1 a finding (verify, health) or a failure while carrying a command out;
+    2 a usage error or what the command needs is missing or unreadable; 130 interrupted."""
 
 
 @main.command()
 @dataset_opt
-@click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--prefix", default=None, help="Filename prefix for .txt texts (default: folder name).")
+@texts_opt
+@prefix_opt
 def init(dataset: Path, texts: Path, prefix: str | None) -> None:
     """Create the state from a texts file (.txt, .csv, metadata.csv, .jsonl)."""
     state = ds.init(dataset, texts, prefix)
@@ -82,52 +222,68 @@ def init(dataset: Path, texts: Path, prefix: str | None) -> None:
 
 @main.command()
 @dataset_opt
-@click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--prefix", default=None)
+@texts_opt
+@prefix_opt
 def add(dataset: Path, texts: Path, prefix: str | None) -> None:
     """Add texts to an existing dataset (through the daemon when one runs)."""
-    load(dataset)  # a clear error on a missing or damaged state before anything else
+    need_dataset(dataset, remote_ok=False)
+    load(dataset)  # a clear error on a damaged state before anything else
     body = ds.add(dataset, texts, prefix)
     click.echo(f"added {body['added']} entries")
 
 
 @main.command()
 @dataset_opt
-@click.option("--endpoint", default=None, envvar="STATESVC_ENDPOINT", show_envvar=True,
+@click.option("--endpoint", type=TEXT, default=None, envvar="STATESVC_ENDPOINT", show_envvar=True,
               help="Control endpoint (default ipc://DIR/statesvc.sock; tcp://HOST:PORT needs CURVE keys).")
-@click.option("--events", default=None, help="PUB endpoint for change events.")
-@click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None)
-@click.option("--max-attempts", type=click.IntRange(1, 100), default=None)
+@click.option("--events", type=TEXT, default=None,
+              help="PUB endpoint for change events (default: ipc://DIR/statesvc-events.sock, or the control "
+                   "endpoint's port + 1 on tcp).")
+@click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None,
+              help="How long a generator's lease lasts without a heartbeat (default 10).")
+@click.option("--max-attempts", type=click.IntRange(1, 100), default=None,
+              help="Syntheses an entry may fail before it is marked failed (default 3).")
 @click.option("--curve-secret", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              envvar="STATESVC_CURVE_SECRET", help="The daemon's .key_secret file (required on tcp).")
+              envvar="STATESVC_CURVE_SECRET", show_envvar=True,
+              help="The daemon's .key_secret file (required on tcp).")
 @click.option("--allow", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="STATESVC_ALLOW", help="Folder of client public .key files allowed on tcp.")
+              envvar="STATESVC_ALLOW", show_envvar=True, help="Folder of client public .key files allowed on tcp.")
 @click.option("--checkpoint-bytes", type=click.IntRange(4096, None), default=None,
               help="Write a checkpoint when the journal reaches this many bytes (default: half the size "
                    "of generation_state.json, at least 1 MiB).")
 @click.option("--checkpoint-idle", type=click.FloatRange(0, None), default=2.0, show_default=True,
               help="Write a checkpoint after this many seconds without a commit (0: never for idleness).")
-@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True, help="Log verbosity.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, envvar="STATESVC_METRICS_PORT",
               show_envvar=True, help="Serve Prometheus metrics on this port (/metrics); off by default.")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="STATESVC_METRICS_HOST",
+@click.option("--metrics-host", type=TEXT, default="127.0.0.1", show_default=True, envvar="STATESVC_METRICS_HOST",
               show_envvar=True, help="Address for the metrics (loopback by default).")
 def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds: float | None,
           max_attempts: int | None, curve_secret: Path | None, allow: Path | None, checkpoint_bytes: int | None,
           checkpoint_idle: float, log_level: str, metrics_port: int | None, metrics_host: str) -> None:
-    """Run the daemon: the only writer of generation_state.json and its journal."""
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(asctime)s statesvc[%(process)d] %(levelname)s %(message)s")
+    """Run the daemon: the only writer of generation_state.json and its journal.
+
+    SIGTERM or Ctrl-C: it answers what arrived, writes a checkpoint and exits 0."""
     if (curve_secret is None) != (allow is None):
         raise click.UsageError("--curve-secret and --allow go together")
+    need_dataset(dataset, remote_ok=False)
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format=log_format("%(asctime)s statesvc[%(process)d] %(levelname)s %(message)s",
+                                          "%(levelname)s %(message)s"))
     curve = (curve_secret, allow) if curve_secret and allow else None
-    sys.exit(serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts, curve, checkpoint_bytes,
-                          checkpoint_idle, None if metrics_port is None else (metrics_host, metrics_port)))
+    try:
+        code = serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts, curve, checkpoint_bytes,
+                            checkpoint_idle, None if metrics_port is None else (metrics_host, metrics_port))
+    except KeyboardInterrupt:  # a stop while it loads, before it serves: nothing was answered
+        logging.getLogger("statesvc").info("stopped before serving")
+        code = OK
+    sys.exit(code)
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--name", required=True, help="Key name, e.g. daemon or gpu-box-1.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the two key files into (created if needed).")
+@click.option("--name", type=TEXT, required=True, help="Key name, e.g. daemon or gpu-box-1.")
 def keygen(out: Path, name: str) -> None:
     """Make a CURVE key pair: NAME.key (public, to share) and NAME.key_secret (keep private)."""
     public, secret = keygen_pair(out, name)
@@ -144,20 +300,21 @@ def keygen(out: Path, name: str) -> None:
                    "filesystem, whichever is larger).")
 def health(dataset: Path, max_stall: float, min_free_mb: int | None) -> None:
     """Exit 0 when the daemon answers and the run is healthy; exit 1 with a one-line reason when
-    it does not answer, commits fail, disk space is short, or nothing completes while work is left."""
+    it does not answer, commits fail, disk space is short, or nothing completes while work is left;
+    exit 2 when it cannot check (no dataset)."""
     import time
 
     from .health import judge, min_free_bytes
-    if not ds.state_path(dataset).exists():
-        raise ds.DatasetError(f"no dataset at {dataset} (no {ds.state_path(dataset).name})")
-    try:
-        st = ds.ask(dataset, "status")
-    except (Unavailable, ServiceError):
-        st = None
-    total = st.get("disk_total_bytes", 0) if st else 0
-    v = judge(st, time.time(), max_stall * 60, min_free_bytes(total, min_free_mb))
+    with cannot_check():
+        need_dataset(dataset)
+        try:
+            st = ds.ask(dataset, "status")
+        except (Unavailable, ServiceError):
+            st = None
+        total = st.get("disk_total_bytes", 0) if st else 0
+        v = judge(st, time.time(), max_stall * 60, min_free_bytes(total, min_free_mb))
     click.echo(v.reason, err=not v.healthy)
-    sys.exit(0 if v.healthy else 1)
+    sys.exit(OK if v.healthy else FINDING)
 
 
 @main.command()
@@ -166,6 +323,7 @@ def health(dataset: Path, max_stall: float, min_free_mb: int | None) -> None:
 @json_opt
 def status(dataset: Path, as_json: bool) -> None:
     """Counters, plus progress and rate when the daemon runs."""
+    need_dataset(dataset)
     st = ds.status(dataset)
     if as_json:
         emit_json(st)
@@ -185,10 +343,12 @@ def status(dataset: Path, as_json: bool) -> None:
 @main.command(name="list")
 @dataset_opt
 @endpoint_opt
-@click.option("--status", "status_filter", type=click.Choice(STATUSES), default=None)
+@click.option("--status", "status_filter", type=click.Choice(STATUSES), default=None,
+              help="Only the entries of this status.")
 @json_opt
 def list_(dataset: Path, status_filter: str | None, as_json: bool) -> None:
     """List entries, optionally of one status."""
+    need_dataset(dataset)
     entries = ds.entries(dataset, status_filter)
     if as_json:
         emit_json(entries)
@@ -201,11 +361,12 @@ def list_(dataset: Path, status_filter: str | None, as_json: bool) -> None:
 @main.command()
 @dataset_opt
 @endpoint_opt
-@click.argument("key")
+@click.argument("key", type=TEXT)
 @json_opt
 def show(dataset: Path, key: str, as_json: bool) -> None:
     """Show one entry. KEY: its filename, or its id (12 or #12; an exact filename wins, so with
     numeric filenames such as 0001 use #1 for an id)."""
+    need_dataset(dataset)
     e = ds.show(dataset, key)
     if as_json:
         emit_json(e)
@@ -217,7 +378,7 @@ def show(dataset: Path, key: str, as_json: bool) -> None:
 @main.command()
 @dataset_opt
 @endpoint_opt
-@click.argument("keys", nargs=-1)
+@click.argument("keys", nargs=-1, type=TEXT)
 @click.option("--failed", is_flag=True, help="Requeue every failed entry.")
 def requeue(dataset: Path, keys: tuple[str, ...], failed: bool) -> None:
     """Put entries back to pending (durable on exit 0); old takes are moved to requeued/.
@@ -225,6 +386,7 @@ def requeue(dataset: Path, keys: tuple[str, ...], failed: bool) -> None:
     KEYS: filenames or ids (#12 for an id when filenames are numbers)."""
     if not keys and not failed:
         raise click.UsageError("give entry ids or filenames, or --failed")
+    need_dataset(dataset)
     body = ds.write(dataset, "requeue", keys=list(keys), failed=failed)
     click.echo(f"requeued {len(body['requeued'])} entries" +
                (f"; moved aside: {', '.join(body['moved'])}" if body.get("moved") else ""))
@@ -233,12 +395,13 @@ def requeue(dataset: Path, keys: tuple[str, ...], failed: bool) -> None:
 @main.command()
 @dataset_opt
 @endpoint_opt
-@click.argument("key")
-@click.option("--text", required=True, help="The new text.")
+@click.argument("key", type=TEXT)
+@click.option("--text", type=TEXT, required=True, help="The new text.")
 def edit(dataset: Path, key: str, text: str) -> None:
     """Change the text of an entry that is not being generated (KEY: filename, id or #id).
 
     Its old take moves to requeued/ and it goes back to pending; takes of the old text never count."""
+    need_dataset(dataset)
     body = ds.write(dataset, "edit", key=key, text=text)
     click.echo(f"entry {body['edited']} edited (revision {body['rev']}), pending" +
                (f"; moved aside: {', '.join(body['moved'])}" if body.get("moved") else ""))
@@ -247,13 +410,14 @@ def edit(dataset: Path, key: str, text: str) -> None:
 @main.command()
 @dataset_opt
 @endpoint_opt
-@click.argument("key")
-@click.argument("verdict", type=click.Choice(["approved", "rejected", "none"]))
-@click.option("--note", default=None, help="Why (kept with the verdict).")
+@click.argument("key", type=TEXT)
+@click.argument("verdict", type=click.Choice(["approved", "rejected", "none"]), metavar="VERDICT")
+@click.option("--note", type=TEXT, default=None, help="Why (kept with the verdict).")
 def review(dataset: Path, key: str, verdict: str, note: str | None) -> None:
     """Record a verdict on an entry's current take (KEY: filename, id or #id); none withdraws it.
 
     A verdict holds for the take it was given on: a new take of the entry ends it."""
+    need_dataset(dataset)
     body = ds.write(dataset, "review", key=key, review=None if verdict == "none" else verdict, note=note)
     click.echo(f"entry {body['reviewed']}: " + (body["review"]["verdict"] if body["review"] else "no verdict"))
 
@@ -262,25 +426,30 @@ def review(dataset: Path, key: str, verdict: str, note: str | None) -> None:
 @dataset_opt
 @endpoint_opt
 def verify(dataset: Path) -> None:
-    """Check the state against wavs/; exit 0 only with 0 sync errors."""
-    st = ds.status(dataset)
+    """Check the state against wavs/; last line "N sync errors". Exit 0 with none, 1 with some,
+    2 when it cannot check (no dataset, an unreadable state, a daemon that does not answer)."""
     n = 0
-    for line in mismatches(dataset, ds.entries(dataset), st.get("sample_rate")):
-        click.echo(line)
-        n += 1
+    with cannot_check():
+        need_dataset(dataset)
+        st = ds.status(dataset)
+        for line in mismatches(dataset, ds.entries(dataset), st.get("sample_rate")):
+            click.echo(line)
+            n += 1
     click.echo(f"{n} sync errors")
-    sys.exit(1 if n else 0)
+    sys.exit(FINDING if n else OK)
 
 
 @main.command()
 @dataset_opt
 @endpoint_opt
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="ljspeech", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="ljspeech", show_default=True,
+              help="ljspeech: metadata.csv rows (filename|text|text); jsonl: a NeMo manifest.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: stdout).")
 @click.option("--approved-only", is_flag=True, help="Only the takes a reviewer approved.")
 def export(dataset: Path, fmt: str, out: Path | None, approved_only: bool) -> None:
     """Write a training manifest of the completed entries (never a rejected take)."""
+    need_dataset(dataset)
     rows = "".join(f"{line}\n" for line in lines(dataset, ds.entries(dataset, "completed"), fmt, approved_only))
     if out is None:
         sys.stdout.write(rows)
@@ -294,16 +463,24 @@ def export(dataset: Path, fmt: str, out: Path | None, approved_only: bool) -> No
 @endpoint_opt
 @json_opt
 def watch(dataset: Path, as_json: bool) -> None:
-    """Stream change events from the running daemon (Ctrl-C to stop)."""
+    """Stream change events from the running daemon; Ctrl-C or SIGTERM stops it (exit 0)."""
     if ds.endpoint() is not None:
         events = defaults(dataset, ds.endpoint())[1]  # tcp://HOST:P: events on P+1
     else:
+        need_dataset(dataset)
         rec = running(dataset)
         if rec is None:
             raise ds.DatasetError(f"no statesvc daemon serves {dataset}")
         events = rec.get("events") or defaults(dataset)[1]
     from .curve import secure_client
     from .endpoints import connectable
+    stop: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.append(signum)  # the loop sees it within a poll
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)  # restored by sigterm_interrupts
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"entry")
@@ -311,8 +488,8 @@ def watch(dataset: Path, as_json: bool) -> None:
         if events.startswith("tcp://"):
             secure_client(sub)
         sub.connect(connectable(events))
-        while True:
-            if not sub.poll(1000):
+        while not stop:
+            if not sub.poll(200):
                 continue
             _topic, body = sub.recv_multipart()
             if as_json:
@@ -321,10 +498,9 @@ def watch(dataset: Path, as_json: bool) -> None:
                 e = orjson.loads(body)
                 click.echo(f"{e['updated_at']} {e['id']:>7} {e['filename']:<24} {e['status']}")
             sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
     finally:
         sub.close(0)
+        signal.signal(signal.SIGINT, old_int)
 
 
 @main.command()
@@ -335,6 +511,7 @@ def checkpoint(dataset: Path) -> None:
 
     The daemon does this by itself (journal as big as the file, a moment idle, a clean stop);
     afterwards the file alone is the whole state, for a backup or a look by hand."""
+    need_dataset(dataset)
     r = ds.checkpoint(dataset)
     who = "the daemon" if r["daemon"] else "offline"
     click.echo(f"checkpoint written by {who}: {r['bytes']:,} bytes in {r['seconds']:.2f} s; the journal is empty")
@@ -354,6 +531,7 @@ def journal() -> None:
 def journal_replay(dataset: Path) -> None:
     """Apply the journal's commits onto the file as it is now (what they changed takes the
     journal's value; your other edits stay), then start a fresh journal."""
+    need_dataset(dataset, remote_ok=False)
     records, entries = ds.journal_replay(dataset)
     click.echo(f"replayed {records} commits ({entries} entry versions) onto {ds.state_path(dataset)}; "
                "the journal is empty")
@@ -364,6 +542,7 @@ def journal_replay(dataset: Path) -> None:
 def journal_discard(dataset: Path) -> None:
     """Drop the journal's commits: the file as it is now is the state. The journal is moved
     aside (generation_state.journal.discarded-TIME), not deleted."""
+    need_dataset(dataset, remote_ok=False)
     records, aside = ds.journal_discard(dataset)
     if aside is None:
         click.echo("no journal: nothing to discard")
@@ -373,34 +552,41 @@ def journal_discard(dataset: Path) -> None:
 
 @main.command()
 @dataset_opt
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="STATESVC_DASHBOARD_HOST",
-              help="Address to listen on; one that is not loopback needs --token-file.")
+@click.option("--host", type=TEXT, default="127.0.0.1", show_default=True, envvar="STATESVC_DASHBOARD_HOST",
+              show_envvar=True, help="Address to listen on; one that is not loopback needs --token-file.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True,
-              envvar="STATESVC_DASHBOARD_PORT", help="Port to listen on.")
+              envvar="STATESVC_DASHBOARD_PORT", show_envvar=True, help="Port to listen on.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              envvar="STATESVC_DASHBOARD_TOKEN_FILE",
+              envvar="STATESVC_DASHBOARD_TOKEN_FILE", show_envvar=True,
               help="File holding a secret token (16+ characters) every request must carry.")
 @click.option("--no-analysis", is_flag=True, help="Do not read the takes for the audio flags.")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO",
-              show_default=True, help="Log verbosity.")
+@click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True, help="Log verbosity.")
 def dashboard(dataset: Path, host: str, port: int, token_file: Path | None, no_analysis: bool,
               log_level: str) -> None:
     """Serve the review dashboard: watch the run, listen, flag, review, regenerate, sync.
 
     It never writes the state: actions go to the daemon, and are shown done once it acknowledged
-    them. It starts with or without a daemon and follows it through restarts."""
-    from .dashboard import Settings, loopback, read_token
-    from .dashboard import serve as serve_dashboard
-    if not ds.state_path(dataset).exists():
-        raise ds.DatasetError(f"no dataset at {dataset} (no {ds.state_path(dataset).name}); "
-                              f"create one with: statesvc init --dataset {dataset} --texts FILE")
-    if not loopback(host) and token_file is None:
-        raise click.UsageError(f"--host {host} is not loopback: give --token-file so only who holds the token gets in")
+    them. It starts with or without a daemon and follows it through restarts. Ctrl-C or SIGTERM
+    stops it (exit 0)."""
+    need_dataset(dataset, remote_ok=False)
     try:
-        token = read_token(token_file) if token_file else None
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    logging.basicConfig(level=log_level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
-    click.echo(f"dashboard of {dataset} on {url}", err=True)
-    serve_dashboard(Settings(dataset.resolve(), host, port, token, analyze=not no_analysis))
+        from .dashboard import Settings, loopback, read_token
+        from .dashboard import serve as serve_dashboard
+        if not loopback(host) and token_file is None:
+            raise click.UsageError(f"--host {host} is not loopback: give --token-file so only who holds the token "
+                                   "gets in")
+        try:
+            token = read_token(token_file) if token_file else None
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        logging.basicConfig(level=log_level, stream=sys.stderr,
+                            format=log_format("%(asctime)s %(name)s %(levelname)s %(message)s",
+                                              "%(name)s %(levelname)s %(message)s"))
+        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+        click.echo(f"dashboard of {dataset} on {url}", err=True)
+        serve_dashboard(Settings(dataset.resolve(), host, port, token, analyze=not no_analysis))
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again: SIGTERM is
+        # a KeyboardInterrupt here (sigterm_interrupts), which uvicorn.run swallows; one that comes
+        # before it serves ends us here. Either way a stop: exit 0.
+        pass

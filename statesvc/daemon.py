@@ -491,7 +491,7 @@ def _loop(daemon: Daemon) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         daemon.stopping += 1
         if daemon.stopping > 1:
-            os._exit(1)
+            os._exit(130)  # a second signal: now, as every other command
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -25,3 +25,21 @@ class Notifier:
                 s.sendall(message.encode())
         except OSError:
             pass  # systemd gone or socket unwritable: never a reason to stop serving
+
+
+def journald_stderr() -> bool:
+    """Whether stderr is the journal itself (systemd sets $JOURNAL_STREAM to its device:inode):
+    then journald stamps each line with the time and the pid, and a log format must not again.
+    Checked against stderr, not just the variable: run-pipeline's children inherit it but write
+    to log files, which still need their timestamps."""
+    try:
+        dev, ino = (int(x) for x in os.environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(2)
+    except (KeyError, ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def log_format(full: str, journald: str) -> str:
+    """``journald`` (without time and pid) when stderr is the journal, else ``full``."""
+    return journald if journald_stderr() else full

@@ -149,7 +149,7 @@ def test_cli_runner_usage_errors(tmp_path: Path) -> None:
     r = runner.invoke(main, ["requeue", "--dataset", str(tmp_path)])
     assert r.exit_code == 2
     r = runner.invoke(main, ["status", "--dataset", str(tmp_path / "none")])
-    assert r.exit_code != 0 and "no state" in r.output
+    assert r.exit_code == 2 and "no state" in r.output
 
 
 def test_env_dataset(tmp_path: Path) -> None:

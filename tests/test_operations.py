@@ -163,3 +163,23 @@ def test_every_query_command_reaches_a_tcp_curve_daemon_and_says_so_without_keys
         err = r.stderr.strip()
         assert r.returncode != 0 and "needs CURVE keys" in err and "\n" not in err, (args, r.returncode, err)
         assert time.monotonic() - t0 < 5, (args, "not at once")
+
+
+def test_logs_carry_no_timestamp_of_their_own_when_stderr_is_the_journal(tmp_path: Path) -> None:
+    """journald stamps time and pid itself: a line must not carry them twice. Told by $JOURNAL_STREAM
+    naming stderr (a child of run-pipeline inherits the variable but logs to a file: stamps kept)."""
+    ds = make_dataset(tmp_path, ["uno"])
+    for journal in (True, False):
+        err = tmp_path / f"stderr-{journal}.log"
+        with open(err, "wb") as f:
+            st = os.fstat(f.fileno())
+            env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}" if journal else "1:1"}
+            p = subprocess.Popen([str(BIN / "statesvc"), "serve", "--dataset", str(ds)], stderr=f, env=env)
+        try:
+            wait_for(lambda e=err: "serving" in e.read_text(), 15, "the daemon's first line")
+        finally:
+            p.terminate()
+            p.wait(15)
+        first = err.read_text().splitlines()[0]
+        assert first.startswith("INFO serving") == journal, first
+        assert first[:4].isdigit() != journal, first

@@ -183,7 +183,7 @@ def test_bad_synth_and_bad_input_are_one_line_errors(tmp_path: Path) -> None:
         r = run_pipeline("--dataset", str(tmp_path / "x"), "--texts", str(texts), *args)
         assert r.returncode not in (0, 3) and "Traceback" not in r.stderr, r.stderr
     r = run_pipeline("--dataset", str(tmp_path / "y"))
-    assert r.returncode == 1 and "--texts" in r.stderr
+    assert r.returncode == 2 and "--texts" in r.stderr
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:

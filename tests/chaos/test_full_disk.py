@@ -49,8 +49,8 @@ def test_generator_disk_full_pauses_without_partial_wavs_or_charges(tmp_path: Pa
     try:
         start_daemon(ds, "--max-attempts", "10")
         log = open(tmp_path / "gen.log", "w")
-        gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth", "tone"],
-                               stderr=log)
+        gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth", "tone",
+                                "--min-free-mb", "0"], stderr=log)  # no guard: this test is of ENOSPC itself
         try:
             wait_for(lambda: "cannot write wavs (No space left on device)" in (tmp_path / "gen.log").read_text(),
                      30, "the generator pausing for a full disk")
@@ -71,6 +71,49 @@ def test_generator_disk_full_pauses_without_partial_wavs_or_charges(tmp_path: Pa
         assert cli("verify", "--dataset", str(ds)).returncode == 0
         # the disk, not the texts, failed: nothing was charged (a take written once counted once)
         assert all(e["attempts"] == 1 for e in read_state(ds)["entries"])
+    finally:
+        umount(ds / "wavs")
+
+
+@pytest.mark.timeout(120)
+def test_disk_guard_pauses_generators_uncharged_health_says_so_and_they_resume(tmp_path: Path,
+                                                                              start_daemon) -> None:
+    """Under the floor, generators claim nothing and give back what they hold, uncharged; said
+    once in their log; `statesvc health` reports it; they resume by themselves when space returns."""
+    texts = tmp_path / "t.txt"
+    texts.write_text("".join(f"{'una frase bastante larga ' * 4} {i}\n" for i in range(60)))
+    ds = tmp_path / "ds"
+    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    tmpfs(ds / "wavs", "16m")
+    log_path = tmp_path / "gen.log"
+    try:
+        start_daemon(ds)
+        junk = ds / "wavs" / "junk"
+        junk.write_bytes(b"\0" * (12 << 20))  # 4 MB left: under the 8 MB floor before anything is claimed
+        with open(log_path, "w") as log:
+            gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth",
+                                    "tests.plugins:Slow", "--synth-opt", "delay=0.05", "--min-free-mb", "8"],
+                                   stderr=log, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+        try:
+            wait_for(lambda: "pausing (nothing claimed, nothing charged)" in log_path.read_text(), 30,
+                     "the generator to pause for disk space")
+            h = cli("health", "--dataset", str(ds), "--min-free-mb", "8")
+            assert h.returncode == 1 and "free disk space" in h.stderr, h.stderr
+            st = read_state(ds)
+            assert st["completed"] == 0 and st["generating"] == 0
+            assert all(e["attempts"] == 0 for e in st["entries"])
+            junk.unlink()  # space returns
+            wait_for(lambda: read_state(ds)["completed"] == 60, 60, "the run to resume and finish")
+            text = log_path.read_text()
+            assert text.count("pausing (nothing claimed") == 1 and text.count("again: resuming") == 1, text
+            assert cli("health", "--dataset", str(ds), "--min-free-mb", "8").returncode == 0
+            assert all(e["attempts"] == 1 for e in read_state(ds)["entries"])
+            gen.send_signal(signal.SIGTERM)
+            assert gen.wait(timeout=30) == 0
+        finally:
+            if gen.poll() is None:
+                gen.kill()
+                gen.wait()
     finally:
         umount(ds / "wavs")
 
