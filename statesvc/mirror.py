@@ -83,14 +83,6 @@ class Mirror:
         self.duration = np.fromiter((np.nan if e.duration_seconds is None else e.duration_seconds
                                      for e in self.entries), np.float64, n)
         self.chars = np.fromiter((len(e.text) for e in self.entries), np.int32, n)
-        # Each text is held once, lowercased (what searches and the coverage read), with the
-        # original kept aside only when it is not the lowercase one with its first letter raised
-        # (a proper noun, an acronym): a million texts are not held twice (200 MB at a million).
-        self.lower: list[str] = []
-        self.cased: dict[int, str] = {}
-        self.names_lower: list[str] = []
-        for i, e in enumerate(self.entries):
-            self._keep_text(i, e)
         self.updated = _stamps([e.updated_at for e in self.entries])
         for e, known in zip(self.entries, ~np.isnan(self.updated), strict=True):
             _slim_columns(e, known)  # now in the columns
@@ -100,6 +92,7 @@ class Mirror:
         self.fit_bits = np.zeros(n, np.uint8)      # from the dataset's fit of seconds against characters
         self.fit: Fit | None = None
         self.fitted_at = 0.0
+        self._haystack: list[str] | None = None    # "filename\ttext", lowercased: built at the first search
         self._hits: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()  # needle -> rows holding it
         self.generating = {self.entries[i].id for i in np.flatnonzero(self.status == STATUS_CODE[Status.GENERATING])}
         failed = np.flatnonzero(self.status == STATUS_CODE[Status.FAILED])
@@ -131,12 +124,9 @@ class Mirror:
         self.status[i] = code
         new_take = e.take != old.take or e.duration_seconds != self.duration_of(i)
         self.duration[i] = np.nan if e.duration_seconds is None else e.duration_seconds
-        if e.text and e.text != self.text_of(i):  # ("" once kept: an entry appended just now)
-            old_lower = self.lower[i]
+        if e.text != old.text:
             self.chars[i] = len(e.text)
-            self._keep_text(i, e)
-            self._text_changed(old_lower, self.lower[i])
-        e.text = ""  # held once, in ``lower`` (and ``cased``)
+            self._text_changed(i, old.text, e)
         self.updated[i] = _stamp(e.updated_at)
         _slim_columns(e, not np.isnan(self.updated[i]))
         self.verdict[i] = VERDICT_CODE[e.review.verdict if e.review else None]
@@ -155,8 +145,7 @@ class Mirror:
         self.entries.append(e)
         self.pos[e.id] = i
         self.by_name[e.filename] = i
-        self._keep_text(i, e)
-        self._text_changed("", self.lower[i])
+        self._text_changed(i, "", e)
         for name in ("status", "duration", "chars", "updated", "verdict", "audio_bits", "fit_bits"):
             col = getattr(self, name)
             grown = np.zeros(max(16, 2 * len(col)) if i >= len(col) else len(col), col.dtype)
@@ -164,35 +153,18 @@ class Mirror:
             setattr(self, name, grown)
         return i
 
-    def _keep_text(self, i: int, e: Entry) -> None:
-        """Hold entry ``i``'s text and filename as ``lower``/``cased``/``names_lower`` say; the entry
-        itself then holds no text (its original string is freed, and the next lowercase one of
-        the same length takes its place in memory)."""
-        text = e.text
-        low = text.lower()
-        name = e.filename.lower()
-        name = e.filename if name == e.filename else name  # most filenames are lowercase: share them
-        if i == len(self.lower):
-            self.lower.append(low)
-            self.names_lower.append(name)
-        else:
-            self.lower[i], self.names_lower[i] = low, name
-        if _raised(low) != text:
-            self.cased[i] = text
-        else:
-            self.cased.pop(i, None)
-        e.text = ""
-
-    def text_of(self, i: int) -> str:
-        cased = self.cased.get(i)
-        return cased if cased is not None else _raised(self.lower[i])
-
-    def _text_changed(self, old_lower: str, new_lower: str) -> None:
-        """Keep the coverage current for one text, and forget the searches made."""
+    def _text_changed(self, i: int, old: str, e: Entry) -> None:
+        """Keep the search and the coverage current for one text (a row of the haystack, not all of it)."""
         self.text_version += 1
         if self._coverage is not None:
-            self._coverage.subtract(set(old_lower))
-            self._coverage.update(set(new_lower))
+            self._coverage.subtract(set(old.lower()))
+            self._coverage.update(set(e.text.lower()))
+        if self._haystack is not None:
+            h = f"{e.filename}\t{e.text}".lower()
+            if i == len(self._haystack):
+                self._haystack.append(h)
+            else:
+                self._haystack[i] = h
         self._hits.clear()
 
     def set_audio_flags(self, filename: str, take: str | None, bits: int) -> bool:
@@ -322,9 +294,13 @@ class Mirror:
             if hits is not None and len(hits) == len(self.entries):
                 self._hits.move_to_end(needle)
                 return hits
+            while self._haystack is None:
+                version = self.text_version
+                haystack = [f"{e.filename}\t{e.text}".lower() for e in self.entries]
+                if version == self.text_version:  # else a text changed while this was built: again
+                    self._haystack = haystack
             hits = np.zeros(len(self.entries), bool)
-            pairs = zip(self.lower, self.names_lower, strict=True)
-            hits[[i for i, (t, n) in enumerate(pairs) if needle in t or needle in n]] = True
+            hits[[i for i, h in enumerate(self._haystack) if needle in h]] = True
             self._hits[needle] = hits
             while len(self._hits) > SEARCHES_KEPT:
                 self._hits.popitem(last=False)
@@ -367,10 +343,8 @@ class Mirror:
         e = self.entries[i]
         dur = self.duration_of(i)
         bits = int(self.audio_bits[i] | self.fit_bits[i])
-        chars = int(self.chars[i])
-        return {"id": e.id, "filename": e.filename, "text": self.text_of(i), "status": e.status,
-                "duration_seconds": dur, "cps": round(chars / dur, 2) if dur else None, "attempts": e.attempts,
-                "error": e.error,
+        return {"id": e.id, "filename": e.filename, "text": e.text, "status": e.status, "duration_seconds": dur,
+                "cps": round(len(e.text) / dur, 2) if dur else None, "attempts": e.attempts, "error": e.error,
                 "updated_at": e.updated_at or _iso(float(self.updated[i])), "take": e.take, "rev": e.rev,
                 "review": e.review.to_dict() if e.review else None,
                 "owner": e.lease.owner if e.lease else None,
@@ -382,7 +356,7 @@ class Mirror:
             return None
         row = self.row(i)
         if self.fit is not None:
-            row["expected_seconds"] = round(self.fit.predicted(int(self.chars[i])), 2)
+            row["expected_seconds"] = round(self.fit.predicted(len(self.entries[i].text)), 2)
         return row
 
     def histograms(self, bins: int = 30) -> dict:
@@ -400,7 +374,7 @@ class Mirror:
         with self._lock:
             while self._coverage is None:
                 version = self.text_version
-                counts = _char_counts(list(self.lower))
+                counts = _char_counts(e.text for e in self.entries)
                 if version == self.text_version:
                     self._coverage = counts
             counts = self._coverage
@@ -515,16 +489,8 @@ def _stamps(isos: list[str | None]) -> np.ndarray:
     return out
 
 
-def _char_counts(lowered: list[str]) -> collections.Counter[str]:
+def _char_counts(texts: object) -> collections.Counter[str]:
     counts: collections.Counter[str] = collections.Counter()
-    for t in lowered:
-        counts.update(set(t))
+    for t in texts:
+        counts.update(set(t.lower()))
     return counts
-
-
-def _raised(low: str) -> str:
-    """A lowercase text with its first letter raised (after any ¿, ¡ or quote): what most sentences are."""
-    for k, c in enumerate(low):
-        if c.isalpha():
-            return low[:k] + c.upper() + low[k + 1:]
-    return low
