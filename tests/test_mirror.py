@@ -63,6 +63,20 @@ def test_rows_show_what_the_file_holds(tmp_path: Path) -> None:
     assert m.pos[40] == 39 and 41 not in m.pos and m.pos.get(0) is None
 
 
+def test_texts_are_shown_as_written_and_searched_without_case(tmp_path: Path) -> None:
+    texts = ["Una frase normal.", "¿Cuántos kilómetros hay hasta Sevilla?", "la ONU y la OTAN", "minúsculas",
+             "¡Qué sorpresa!", "«Cita» entre comillas", "12 de octubre", "x" * 300]
+    entries = [Entry.make(i, f"Utt_{i}", t) for i, t in enumerate(texts, 1)]
+    create(tmp_path, State(entries))
+    m = Mirror(read(tmp_path))
+    assert [r["text"] for r in m.select(Query(limit=20))[1]] == texts
+    assert m.select(Query(q="SEVILLA"))[0] == 1 and m.select(Query(q="utt_3"))[0] == 1  # filenames, any case
+    e = m.entries[m.by_name["Utt_1"]]
+    m.apply(_encode(msgspec.structs.replace(e, text="Otra frase, en Madrid.")))
+    assert m.row(0)["text"] == "Otra frase, en Madrid." and m.select(Query(q="madrid"))[0] == 1
+    assert m.select(Query(q="frase normal"))[0] == 0 and m.coverage()["watched"]["¿"] == 1
+
+
 def test_neighbours_follow_the_views_order(tmp_path: Path) -> None:
     m = _mirror(tmp_path)
     q = Query(status="completed", sort="-duration")
