@@ -38,7 +38,7 @@ from .curve import CurveError, secure_client
 from .endpoints import connectable, defaults, running
 from .handlers import SET_ASIDE
 from .journal import JOURNAL_FILE
-from .mirror import Mirror, Query, QueryError
+from .mirror import Mirror, Query, QueryError, ViewEntry
 from .store import DamagedState, read, state_path
 from .takes import analyze_file, bits
 from .texts import check_filename, check_text
@@ -295,7 +295,7 @@ class Hub:
             self.broadcast("snapshot", {})
 
     def _load(self) -> Mirror:
-        mirror = Mirror(read(self.dataset))
+        mirror = Mirror(read(self.dataset, view=ViewEntry))
         for name, (_sig, take, b) in list(self.analysis.items()):
             mirror.set_audio_flags(name, take, b)
         if self.settings.analyze:

@@ -209,7 +209,8 @@ _decode_entries = msgspec.json.Decoder(list[Entry]).decode
 _READ = 16 << 20  # bytes read at a time: a load never holds the whole file next to its entries
 
 
-def _read_streamed(f: BinaryIO, total: int) -> tuple[list[Entry], int | None, object, Head, int] | None:
+def _read_streamed(f: BinaryIO, total: int, decode: Callable[[object], list] = _decode_entries
+                   ) -> tuple[list[Entry], int | None, object, Head, int] | None:
     """The fast path of a load from an open file, a chunk at a time; None when the file is not a
     checksummed statesvc checkpoint (the caller then reads it whole and validates it)."""
     first = f.readline()
@@ -242,13 +243,13 @@ def _read_streamed(f: BinaryIO, total: int) -> tuple[list[Entry], int | None, ob
             carry = bytes(buf[cut + len(_SEP):end])
             crc = zlib.crc32(_SEP, zlib.crc32(memoryview(buf)[1:cut], crc))
             buf[cut] = 0x5D  # "]"
-            entries += _decode_entries(memoryview(buf)[:cut + 1])
+            entries += decode(memoryview(buf)[:cut + 1])
         if not carry.endswith(_CLOSE):
             return None
         last = carry[:-len(_CLOSE)]
         crc = zlib.crc32(last, crc)
         if last:
-            entries += _decode_entries(b"[" + last + b"]")
+            entries += decode(b"[" + last + b"]")
     except (msgspec.DecodeError, ValueError):
         return None  # damaged or forged: validate the long way and say what is wrong
     if head.get("checksum") != f"{CHECKSUM}{crc:08x}":
@@ -257,11 +258,12 @@ def _read_streamed(f: BinaryIO, total: int) -> tuple[list[Entry], int | None, ob
                                                                            seq), size
 
 
-def _read_path(path: Path) -> tuple[list[Entry], int | None, object, Head, int]:
+def _read_path(path: Path, decode: Callable[[object], list] = _decode_entries
+               ) -> tuple[list[Entry], int | None, object, Head, int]:
     """A checkpoint file's entries, header values and identity, and its size."""
     try:
         with open(path, "rb") as f:
-            fast = _read_streamed(f, os.fstat(f.fileno()).st_size)
+            fast = _read_streamed(f, os.fstat(f.fileno()).st_size, decode)
         if fast is not None:
             return fast
         raw = path.read_bytes()
@@ -274,7 +276,8 @@ def _read_path(path: Path) -> tuple[list[Entry], int | None, object, Head, int]:
 
 def _state(entries: list[Entry], sr: int | None, answers: object = None) -> State:
     if sr is None:
-        sr = next((e.sample_rate for e in entries if e.status == "completed" and e.sample_rate), None)
+        sr = next((e.sample_rate for e in entries if e.status == "completed" and getattr(e, "sample_rate", None)),
+                  None)
     state = State(entries, sample_rate=sr)
     if isinstance(answers, dict):  # the answers to recent add/edit requests, for resends
         state.answers = {k: v for k, v in answers.items() if isinstance(k, str) and isinstance(v, dict)}
@@ -349,11 +352,16 @@ def _conflict(dataset: Path, j: Contents) -> JournalConflict:
         f"statesvc journal discard --dataset {dataset}")
 
 
-def read(dataset: Path) -> Loaded:
-    """The state: the file, then the journal's records replayed on top, as they are read."""
+def read(dataset: Path, view: type | None = None) -> Loaded:
+    """The state: the file, then the journal's records replayed on top, as they are read.
+
+    ``view``: a Struct type with some of Entry's fields, for a reader that shows entries and never
+    writes them (the dashboard): the file's entries are decoded into it, so the fields it lacks
+    are never allocated (a hundred megabytes at a million). Journal records stay Entries."""
+    decode = _decode_entries if view is None else msgspec.json.Decoder(list[view]).decode
     with _no_gc():
         for attempt in range(4):
-            entries, sr, answers, head, size = _read_path(state_path(dataset))
+            entries, sr, answers, head, size = _read_path(state_path(dataset), decode)
             extends = journal.extends_of(dataset)
             rp = Replay(entries, head.seq) if head.takes(extends) else None
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from statesvc.mirror import Mirror, Query, QueryError
+from statesvc.mirror import Mirror, Query, QueryError, ViewEntry
 from statesvc.state import Entry, Review, State, Status, Verdict
 from statesvc.store import create, read
 
@@ -54,13 +54,18 @@ def test_filters_search_sorts_and_pages(tmp_path: Path) -> None:
 
 
 def test_rows_show_what_the_file_holds(tmp_path: Path) -> None:
-    m = _mirror(tmp_path)
+    full = _mirror(tmp_path)
     on_disk = {e.filename: e for e in read(tmp_path).state.entries}
-    for r in m.select(Query(limit=40))[1]:
-        e = on_disk[r["filename"]]
-        assert (r["updated_at"], r["duration_seconds"], r["text"], r["take"]) == \
-            (e.updated_at, e.duration_seconds, e.text, e.take)
-    assert m.pos[40] == 39 and 41 not in m.pos and m.pos.get(0) is None
+    view = Mirror(read(tmp_path, view=ViewEntry))  # as the dashboard loads it: fewer fields decoded
+    assert isinstance(view.entries[0], ViewEntry)
+    for m in (full, view):
+        rows = m.select(Query(limit=40))[1]
+        for r in rows:
+            e = on_disk[r["filename"]]
+            assert (r["updated_at"], r["duration_seconds"], r["text"], r["take"], r["status"]) == \
+                (e.updated_at, e.duration_seconds, e.text, e.take, e.status)
+        assert rows == full.select(Query(limit=40))[1]
+        assert m.pos[40] == 39 and 41 not in m.pos and m.pos.get(0) is None
 
 
 def test_texts_are_shown_as_written_and_searched_without_case(tmp_path: Path) -> None:
