@@ -89,13 +89,17 @@ def test_statesvc_checkpoint_with_and_without_a_daemon(tmp_path: Path, start_dae
 def test_the_journal_stays_near_its_checkpoint_threshold(tmp_path: Path, start_daemon) -> None:
     ds = make_dataset(tmp_path, [f"t{i}" for i in range(400)])
     start_daemon(ds, "--checkpoint-idle", "0", "--checkpoint-bytes", "8192")
-    ids = set()
+    ids, biggest = set(), 0
     with client(ds) as c:
         for _ in range(60):
             for item in c.call("claim", owner="g", n=3)["entries"]:
                 ids.add(read_file(ds)["checkpoint"])
-                assert journal_path(ds).stat().st_size < 8192 + 4096  # one record past the threshold at most
+                biggest = max(biggest, journal_path(ds).stat().st_size)
                 c.call("release", owner="g", tokens=[item["token"]])
+    # Past the threshold a checkpoint starts; commits go on while a child writes it, so the journal
+    # may pass the threshold by what they add (a few records on a busy machine), never much more.
+    # Without checkpoints it would reach 100 KB here.
+    assert biggest < 3 * 8192, f"the journal reached {biggest} bytes"
     assert len(ids) > 5, "checkpoints were written as the journal grew"
     assert read_state(ds)["generating"] == 0
 
