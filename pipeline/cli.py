@@ -13,22 +13,29 @@ Every error is one line on stderr, ``pipeline: error: ...``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import zmq
 
-from statesvc import version
 from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
+from statesvc.conventions import (
+    FAILED,
+    INTERRUPTED,
+    LOG_LEVELS,
+    OK,
+    TEXT,
+    USAGE,
+    OneLineGroup,
+    say_error,
+    version_option,
+)
 from statesvc.curve import CurveError
 from statesvc.endpoints import running
 from statesvc.notify import log_format
@@ -37,85 +44,16 @@ from .synth import PluginError, build
 
 log = logging.getLogger("pipeline")
 
-OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
-LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
-
-
-def say_error(message: str) -> None:
-    """One line on stderr; bytes that are not UTF-8 (an argument from a Latin-1 terminal) escaped."""
-    text = " ".join(message.split()).encode("utf-8", "backslashreplace").decode("utf-8")
-    click.echo(f"pipeline: error: {text}", err=True)
-
-
 def fail(message: str, code: int = FAILED) -> None:
-    say_error(message)
+    say_error("pipeline", message)
     sys.exit(code)
 
 
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops a command as Ctrl-C does (a KeyboardInterrupt) until it installs its own
-    handlers (generate, reconcile and run do, once started); restored afterwards, for in-process callers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+class Group(OneLineGroup):
+    """The `pipeline` group: click's usage errors as one line on stderr with exit 2 (the commands
+    turn the library's errors into one line themselves)."""
 
-
-class Group(click.Group):
-    """The `pipeline` group: click's usage errors as one line on stderr with exit 2, never click's
-    usage block or a traceback (the commands turn the library's errors into one line themselves)."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        code: Any = OK
-        with sigterm_interrupts():
-            try:
-                rv = super().main(args, prog_name, complete_var, False, **extra)
-                code = rv if isinstance(rv, int) else OK  # --help and --version give 0
-            except click.exceptions.NoArgsIsHelpError as exc:  # a bare `pipeline`: the help, as click does
-                exc.show()
-                code = USAGE
-            except click.ClickException as exc:
-                say_error(exc.format_message())
-                code = USAGE if isinstance(exc, click.UsageError) else exc.exit_code
-            except click.Abort:  # Ctrl-C, or SIGTERM (above), before a command took the signals itself
-                click.echo("pipeline: interrupted", err=True)
-                code = INTERRUPTED
-            except BrokenPipeError:
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                code = FAILED
-        sys.exit(code)
-
-
-class Text(click.ParamType):
-    """A string that must be valid UTF-8 (it goes to the daemon as JSON); an argument typed in a
-    terminal of another encoding is refused here, in one line."""
-
-    name = "text"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            str(value).encode("utf-8")
-        except UnicodeEncodeError:
-            self.fail(f"{value!r} is not valid UTF-8 text (check the terminal's encoding)", param, ctx)
-        return str(value)
-
-
-TEXT = Text()
-
-
-def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    # click.version_option would look the version up at import, costing every command 30 ms
-    if value and not ctx.resilient_parsing:
-        click.echo(f"{ctx.info_name or 'pipeline'} {version()}")
-        ctx.exit()
+    prog = "pipeline"
 
 
 class Stop:
@@ -233,8 +171,7 @@ def client_for(endpoint: str, **kw: Any) -> Client:
 
 
 @click.group(cls=Group)
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
-              help="Show the version and exit.")
+@version_option
 def main() -> None:
     """Generate TTS audio for a statesvc dataset.
 

@@ -15,22 +15,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import click
 import orjson
 import zmq
 
 from . import dataset as ds
-from . import version
 from .atomic import SaveFailed
 from .client import NoDaemon, ServiceError, Unavailable
+from .conventions import (
+    FAILED,
+    LOG_LEVELS,
+    OK,
+    TEXT,
+    USAGE,
+    OneLineGroup,
+    say_error,
+    version_option,
+)
 from .curve import CurveError
 from .curve import keygen as keygen_pair
 from .daemon import serve as serve_daemon
@@ -43,7 +49,7 @@ from .store import DamagedState, Locked, load
 from .texts import TextsError
 from .verify import mismatches
 
-OK, FINDING, USAGE, INTERRUPTED = 0, 1, 2, 130
+FINDING = FAILED  # verify's sync errors, health's verdict: the same code as a failure, told apart in words
 
 # Not carried out as asked: the request is wrong, or what it needs is missing or unreadable.
 CANNOT = (ds.DatasetError, TextsError, BadRequest, Refused, DamagedState, NoDaemon, Locked, CurveError,
@@ -57,7 +63,6 @@ PATH_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR,
 # How the daemon's replies begin when it failed (daemon.py); any other error reply is a refusal of the
 # request (BadRequest, Refused), as the same request is refused offline.
 DAEMON_FAILED = ("not saved", "outcome unknown", "internal error", "checkpoint")
-LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 class CannotCheck(Exception):
@@ -80,55 +85,17 @@ def one_line(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def say_error(message: str) -> None:
-    """One line on stderr; bytes that are not UTF-8 (an argument from a Latin-1 terminal) escaped."""
-    text = " ".join(message.split()).encode("utf-8", "backslashreplace").decode("utf-8")
-    click.echo(f"statesvc: error: {text}", err=True)
+class Group(OneLineGroup):
+    """The `statesvc` group: beside click's usage errors, the library's expected errors as one line
+    on stderr with the exit codes above, for every command and sub-group, never a traceback."""
 
+    prog = "statesvc"
 
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM ends a command as Ctrl-C does (a KeyboardInterrupt), unless the command takes signals
-    itself (serve, watch, dashboard); restored afterwards, for callers that run us in-process."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-class Group(click.Group):
-    """The `statesvc` group: click's usage errors and the library's expected errors as one line on
-    stderr with the exit codes above, for every command and sub-group, never a traceback."""
-
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
-        if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        code: Any = OK
-        with sigterm_interrupts():
-            try:
-                rv = super().main(args, prog_name, complete_var, False, **extra)
-                code = rv if isinstance(rv, int) else OK  # --help and --version give 0
-            except click.exceptions.NoArgsIsHelpError as exc:  # a bare `statesvc`: the help, as click does
-                exc.show()
-                code = USAGE
-            except click.ClickException as exc:
-                say_error(exc.format_message())
-                code = USAGE if isinstance(exc, click.UsageError) else exc.exit_code
-            except click.Abort:  # Ctrl-C, or SIGTERM (above), in a command that does not take signals
-                click.echo("statesvc: interrupted", err=True)
-                code = INTERRUPTED
-            except BrokenPipeError:  # `statesvc list | head`: the reader has gone; nothing to say
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                code = FINDING
-            except (CannotCheck, *EXPECTED) as exc:
-                say_error(one_line(exc))
-                code = exit_code(exc)
-        sys.exit(code)
+    def expected(self, exc: Exception) -> int | None:
+        if not isinstance(exc, (CannotCheck, *EXPECTED)):
+            return None
+        say_error("statesvc", one_line(exc))
+        return exit_code(exc)
 
 
 @contextlib.contextmanager
@@ -139,30 +106,6 @@ def cannot_check() -> Iterator[None]:
         raise
     except (CannotCheck, *EXPECTED) as exc:
         raise CannotCheck(one_line(exc)) from None
-
-
-class Text(click.ParamType):
-    """A string that must be valid UTF-8: it goes into JSON (the state, the wire). An argument typed
-    in a terminal of another encoding arrives with undecodable bytes; refused here, in one line."""
-
-    name = "text"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        try:
-            str(value).encode("utf-8")
-        except UnicodeEncodeError:
-            self.fail(f"{value!r} is not valid UTF-8 text (check the terminal's encoding)", param, ctx)
-        return str(value)
-
-
-TEXT = Text()
-
-
-def show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    # click.version_option would look the version up at import, costing every command 30 ms
-    if value and not ctx.resilient_parsing:
-        click.echo(f"{ctx.info_name or 'statesvc'} {version()}")
-        ctx.exit()
 
 
 def need_dataset(dataset: Path, remote_ok: bool = True) -> None:
@@ -196,8 +139,7 @@ def emit_json(obj: object) -> None:
 
 
 @click.group(cls=Group)
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=show_version,
-              help="Show the version and exit.")
+@version_option
 def main() -> None:
     """Single-writer state daemon and queries for a TTS dataset.
 
