@@ -10,7 +10,7 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -92,9 +92,15 @@ def request(method: str, url: str, body: bytes | None = None, headers: dict | No
 
 
 @pytest.fixture
-def dashboards() -> Iterator[list[Dashboard]]:
+def start_dashboard() -> Iterator[Callable[..., Dashboard]]:
+    """Start a dashboard on a dataset and wait until it has loaded it; stopped after the test."""
     started: list[Dashboard] = []
-    yield started
+
+    def start(dataset: Path, *args: str, headers: dict | None = None) -> Dashboard:
+        d = Dashboard(dataset, *args)
+        started.append(d)
+        return d.ready(headers)
+    yield start
     for d in started:
         d.stop()
 
@@ -116,6 +122,16 @@ def start_generator(ds: Path, procs: list[subprocess.Popen], *extra: str, synth:
                              stdout=log, stderr=subprocess.STDOUT, env=ENV)
     procs.append(p)
     return p
+
+
+def generated(tmp_path: Path, texts: list[str], start_daemon, procs: list[subprocess.Popen]
+              ) -> tuple[Path, object, subprocess.Popen]:
+    """A dataset of ``texts``, its daemon, and a generator that has completed every entry."""
+    ds = make_dataset(tmp_path, texts)
+    daemon = start_daemon(ds)
+    gen = start_generator(ds, procs)
+    wait_for(lambda: read_state(ds)["completed"] == len(texts), 60, "the run to finish")
+    return ds, daemon, gen
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +168,11 @@ def count(pg, status: str) -> int:
 
 
 # ---- live ---------------------------------------------------------------------------------------
-def test_counters_change_live_during_a_run_and_screenshots(tmp_path: Path, start_daemon, dashboards, generators,
+def test_counters_change_live_during_a_run_and_screenshots(tmp_path: Path, start_daemon, start_dashboard, generators,
                                                            page) -> None:
     ds = make_dataset(tmp_path, [*TEXTS[:27], *BAD])
     start_daemon(ds)
-    dash = Dashboard(ds)
-    dashboards.append(dash)
-    dash.ready()
+    dash = start_dashboard(ds)
     page.goto(dash.url + "/")
     assert count(page, "pending") == 30 and count(page, "completed") == 0
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
@@ -182,16 +196,14 @@ def test_counters_change_live_during_a_run_and_screenshots(tmp_path: Path, start
     assert len(shown) == 3
 
 
-def test_screenshots_of_a_run_of_the_default_voice(tmp_path: Path, start_daemon, dashboards, generators,
+def test_screenshots_of_a_run_of_the_default_voice(tmp_path: Path, start_daemon, start_dashboard, generators,
                                                     page) -> None:
     """The README's pictures, taken here (and looked at): a run of the embedded espeak voice, seen
     while it runs, and an entry regenerated and approved from the keyboard."""
     texts = (ROOT / "examples" / "texts_es.txt").read_text(encoding="utf-8").splitlines()
     ds = make_dataset(tmp_path, [t for t in texts if t.strip()] * 10, name="demo")
     start_daemon(ds)
-    dash = Dashboard(ds)
-    dashboards.append(dash)
-    dash.ready()
+    dash = start_dashboard(ds)
     page.goto(dash.url + "/")
     start_generator(ds, generators, synth=["--synth", "espeak"])
     page.wait_for_function("() => document.querySelectorAll('[data-entries] tr[data-status=completed]').length >= 20"
@@ -215,15 +227,10 @@ def test_screenshots_of_a_run_of_the_default_voice(tmp_path: Path, start_daemon,
     page.screenshot(path=str(DOCS / "dashboard-entry.png"))
 
 
-def test_planted_bad_takes_are_flagged(tmp_path: Path, start_daemon, dashboards, generators, page) -> None:
+def test_planted_bad_takes_are_flagged(tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
     texts = [*TEXTS[:24], *BAD]
-    ds = make_dataset(tmp_path, texts)
-    start_daemon(ds)
-    start_generator(ds, generators)
-    wait_for(lambda: read_state(ds)["completed"] == len(texts), 60, "the run to finish")
-    dash = Dashboard(ds)
-    dashboards.append(dash)
-    dash.ready()
+    ds, _, _ = generated(tmp_path, texts, start_daemon, generators)
+    dash = start_dashboard(ds)
     names = {e["text"].split()[0]: e["filename"] for e in read_state(ds)["entries"]}
 
     def flags() -> dict[str, list[str]]:
@@ -244,14 +251,9 @@ def test_planted_bad_takes_are_flagged(tmp_path: Path, start_daemon, dashboards,
 
 # ---- listening and regenerating ----------------------------------------------------------------
 def test_audio_matches_the_state_and_regenerate_keeps_the_old_take_playable(
-        tmp_path: Path, start_daemon, dashboards, generators, page) -> None:
-    ds = make_dataset(tmp_path, TEXTS[:6])
-    start_daemon(ds)
-    start_generator(ds, generators)
-    wait_for(lambda: read_state(ds)["completed"] == 6, 60, "the run to finish")
-    dash = Dashboard(ds)
-    dashboards.append(dash)
-    dash.ready()
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    ds, _, _ = generated(tmp_path, TEXTS[:6], start_daemon, generators)
+    dash = start_dashboard(ds)
     name = read_state(ds)["entries"][2]["filename"]
     before = entry_of(ds, name)
     page.goto(f"{dash.url}/entries/{name}")
@@ -278,16 +280,11 @@ def test_audio_matches_the_state_and_regenerate_keeps_the_old_take_playable(
 
 
 def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(
-        tmp_path: Path, start_daemon, dashboards, generators, page) -> None:
-    ds = make_dataset(tmp_path, TEXTS[:5])
-    start_daemon(ds)
-    gen = start_generator(ds, generators)
-    wait_for(lambda: read_state(ds)["completed"] == 5, 60, "the run to finish")
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    ds, _, gen = generated(tmp_path, TEXTS[:5], start_daemon, generators)
     gen.send_signal(signal.SIGTERM)
     gen.wait(20)
-    dash = Dashboard(ds)
-    dashboards.append(dash)
-    dash.ready()
+    dash = start_dashboard(ds)
     name = read_state(ds)["entries"][1]["filename"]
     (ds / "wavs" / f"{name}.wav").unlink()
     page.goto(dash.url + "/")
@@ -305,16 +302,11 @@ def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(
 
 
 def test_the_page_shows_a_cli_requeue_after_the_daemon_was_killed_and_restarted(
-        tmp_path: Path, start_daemon, dashboards, generators, page) -> None:
-    ds = make_dataset(tmp_path, TEXTS[:4])
-    d = start_daemon(ds)
-    gen = start_generator(ds, generators)
-    wait_for(lambda: read_state(ds)["completed"] == 4, 60, "the run to finish")
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    ds, d, gen = generated(tmp_path, TEXTS[:4], start_daemon, generators)
     gen.send_signal(signal.SIGTERM)
     gen.wait(20)
-    dash = Dashboard(ds)
-    dashboards.append(dash)
-    dash.ready()
+    dash = start_dashboard(ds)
     page.goto(dash.url + "/")
     page.evaluate("window.__sameDocument = true")
     d.kill()
@@ -361,7 +353,7 @@ def test_run_pipeline_serves_the_dashboard_and_stays_up_for_review(tmp_path: Pat
 
 # ---- missed events ------------------------------------------------------------------------------
 def test_events_missed_by_a_stalled_dashboard_are_noticed_and_the_state_read_again(
-        tmp_path: Path, start_daemon, dashboards) -> None:
+        tmp_path: Path, start_daemon, start_dashboard) -> None:
     """A dashboard that stops reading (here: frozen) makes the daemon's queue overflow and drop
     events; the commit numbers tell it, and it reads the state again instead of showing a stale one."""
     from statesvc.client import Client
@@ -369,9 +361,7 @@ def test_events_missed_by_a_stalled_dashboard_are_noticed_and_the_state_read_aga
     n = 30_000
     ds = make_dataset(tmp_path, [f"texto {i}" for i in range(n)])
     start_daemon(ds)
-    dash = Dashboard(ds, "--no-analysis")
-    dashboards.append(dash)
-    dash.ready()
+    dash = start_dashboard(ds, "--no-analysis")
     wait_for(lambda: "up" == get(f"{dash.url}/api/status")[1]["daemon"], 10, "the dashboard to see the daemon")
     last = read_state(ds)["entries"][-1]["filename"]
     dash.proc.send_signal(signal.SIGSTOP)
@@ -388,15 +378,10 @@ def test_events_missed_by_a_stalled_dashboard_are_noticed_and_the_state_read_aga
 
 
 # ---- keyboard review ------------------------------------------------------------------------------
-def test_a_curator_reviews_with_the_keyboard_only(tmp_path: Path, start_daemon, dashboards, generators,
+def test_a_curator_reviews_with_the_keyboard_only(tmp_path: Path, start_daemon, start_dashboard, generators,
                                                   page) -> None:
-    ds = make_dataset(tmp_path, TEXTS[:5])
-    start_daemon(ds)
-    start_generator(ds, generators)
-    wait_for(lambda: read_state(ds)["completed"] == 5, 60, "the run to finish")
-    dash = Dashboard(ds)
-    dashboards.append(dash)
-    dash.ready()
+    ds, _, _ = generated(tmp_path, TEXTS[:5], start_daemon, generators)
+    dash = start_dashboard(ds)
     names = [e["filename"] for e in read_state(ds)["entries"]]
     # from the table: j to the first row, enter to open it
     page.goto(dash.url + "/?status=completed")
@@ -446,17 +431,15 @@ def test_a_curator_reviews_with_the_keyboard_only(tmp_path: Path, start_daemon, 
 
 
 # ---- refusals -----------------------------------------------------------------------------------
-def test_token_csrf_and_paths_are_refused_and_the_server_lives_on(tmp_path: Path, start_daemon, dashboards,
+def test_token_csrf_and_paths_are_refused_and_the_server_lives_on(tmp_path: Path, start_daemon, start_dashboard,
                                                                   page) -> None:
     ds = make_dataset(tmp_path, TEXTS[:3])
     start_daemon(ds)
     (ds / "wavs" / "outside.wav").symlink_to(ds / "generation_state.json")
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token-0123456789\n")
-    dash = Dashboard(ds, "--token-file", str(token_file))
-    dashboards.append(dash)
     bearer = {"Authorization": "Bearer s3cret-token-0123456789"}
-    dash.ready(bearer)
+    dash = start_dashboard(ds, "--token-file", str(token_file), headers=bearer)
     u = dash.url
     assert get(f"{u}/api/status")[0] == 401
     assert get(f"{u}/api/status", {"Authorization": "Bearer wrong"})[0] == 401
