@@ -51,6 +51,18 @@ def read_file(dataset: Path) -> dict:
     return orjson.loads((dataset / "generation_state.json").read_bytes())
 
 
+def curve_keys(root: Path, allowed: tuple[str, ...], others: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """CURVE key pairs in ``root/keys`` (the daemon's and each client's) and an allow folder
+    ``root/allow`` holding the public keys of ``allowed`` only."""
+    keys, allow = root / "keys", root / "allow"
+    for name in ("daemon", *allowed, *others):
+        cli("keygen", "--out", str(keys), "--name", name, check=True)
+    allow.mkdir()
+    for name in allowed:
+        (allow / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
+    return keys, allow
+
+
 def make_dataset(root: Path, texts: list[str], name: str = "ds") -> Path:
     ds = root / name
     tf = root / f"{name}-texts.txt"

@@ -10,7 +10,7 @@ import zmq
 
 from statesvc.client import Client, Unavailable
 from statesvc.curve import CurveError
-from tests.conftest import cli, make_dataset, wait_for
+from tests.conftest import cli, curve_keys, make_dataset, wait_for
 
 
 def free_port() -> int:
@@ -21,12 +21,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, Path]:
-    out = tmp_path / "keys"
-    for name in ("daemon", "gpu1", "stranger"):
-        cli("keygen", "--out", str(out), "--name", name, check=True)
-    allow = tmp_path / "allow"
-    allow.mkdir()
-    (allow / "gpu1.key").write_bytes((out / "gpu1.key").read_bytes())
+    out, allow = curve_keys(tmp_path, allowed=("gpu1",), others=("stranger",))
     return {"dir": out, "allow": allow}
 
 

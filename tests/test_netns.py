@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
+from tests.conftest import BIN, ROOT, curve_keys, make_dataset, read_state, wait_for
 
 
 def sh(*args: str) -> subprocess.CompletedProcess:
@@ -44,12 +44,7 @@ def netns():
 
 
 def test_generator_in_netns_with_and_without_keys(tmp_path: Path, netns: str, start_daemon, monkeypatch) -> None:
-    keys = tmp_path / "keys"
-    for name in ("daemon", "gpu1"):
-        cli("keygen", "--out", str(keys), "--name", name, check=True)
-    allow = tmp_path / "allow"
-    allow.mkdir()
-    (allow / "gpu1.key").write_bytes((keys / "gpu1.key").read_bytes())
+    keys, allow = curve_keys(tmp_path, allowed=("gpu1",))
     ds = make_dataset(tmp_path, [f"texto remoto {i}" for i in range(12)])
     endpoint = "tcp://10.77.0.1:47123"
     monkeypatch.setenv("STATESVC_CLIENT_KEY", str(keys / "gpu1.key_secret"))

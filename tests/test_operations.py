@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from statesvc.client import Client
 from statesvc.endpoints import running
-from tests.conftest import BIN, cli, fill, make_dataset, take, tmpfs, umount, wait_for
+from tests.conftest import BIN, cli, curve_keys, fill, make_dataset, take, tmpfs, umount, wait_for
 from tests.test_dashboard import free_port
 
 
@@ -116,12 +116,7 @@ def test_every_query_command_reaches_a_tcp_curve_daemon_and_says_so_without_keys
                                                                                  monkeypatch) -> None:
     """From "another box": the commands get the daemon's answers over tcp with CURVE keys, never
     the local files (moved away here), and without keys say so in one line at once."""
-    keys = tmp_path / "keys"
-    for name in ("daemon", "laptop"):
-        cli("keygen", "--out", str(keys), "--name", name, check=True)
-    allow = tmp_path / "allow"
-    allow.mkdir()
-    (allow / "laptop.key").write_bytes((keys / "laptop.key").read_bytes())
+    keys, allow = curve_keys(tmp_path, allowed=("laptop",))
     ds = make_dataset(tmp_path, ["uno", "dos", "tres"])
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
