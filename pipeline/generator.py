@@ -27,6 +27,7 @@ from pathlib import Path
 
 from statesvc.audio import Provenance
 from statesvc.client import Client, Unavailable
+from statesvc.health import min_free_bytes
 
 from .synth import Synthesizer, to_pcm16
 from .wavs import write_take
@@ -78,8 +79,8 @@ class Generator:
     max_synthesis_seconds: float = MAX_SYNTHESIS_SECONDS
     until_done: bool = False  # exit once the daemon has nothing pending and nothing generating
     # The disk guard: under this many bytes free in wavs/, claim nothing and give back what is not
-    # started, uncharged, until space returns. None: 1 GiB or 2 % of the filesystem, whichever is
-    # larger (what `statesvc health` calls short); 0: no guard (a full disk still pauses on ENOSPC).
+    # started, uncharged, until space returns. None: the floor `statesvc health` uses (1 GiB or 2 %
+    # of the filesystem, whichever is larger); 0: no guard (a full disk still pauses on ENOSPC).
     min_free: int | None = None
     disk_low: bool = False
     disk_checked: float = float("-inf")
@@ -360,7 +361,7 @@ class Generator:
         except OSError:
             return self.disk_low
         free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-        floor = self.min_free if self.min_free is not None else max(1 << 30, total // 50)
+        floor = self.min_free if self.min_free is not None else min_free_bytes(total, None)
         low = free < floor
         if low and not self.disk_low:
             log.warning("free disk space in wavs/ is %.2f GB, under %.2f GB: pausing (nothing claimed, nothing "

@@ -681,11 +681,10 @@ def _reconcile(dataset: Path, dry_run: bool) -> list[dict]:
 
 
 def serve(settings: Settings) -> None:
+    """Serve until stopped. The caller (the CLI) has refused a host that is not loopback without a
+    token, and said where the page is."""
     import uvicorn
-    if not loopback(settings.host) and settings.token is None:
-        raise ValueError(f"--host {settings.host} is not loopback: give --token-file so only who holds it gets in")
     app = create_app(settings)
-    log.info("dashboard of %s on http://%s:%d/", settings.dataset, settings.host, settings.port)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=2)
 
