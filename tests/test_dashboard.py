@@ -273,10 +273,42 @@ def test_audio_matches_the_state_and_regenerate_keeps_the_old_take_playable(
     assert after["take"] != before["take"] and after["rev"] == before["rev"] + 1
     old = page.locator("[data-takes] li[data-take-name] audio")
     assert old.count() == 1
-    page.evaluate("document.querySelector('[data-takes] audio').load()")
-    page.wait_for_function("() => document.querySelector('[data-takes] audio').readyState >= 1")
+    # the earlier take is preload="none": ask for it, again if the entry was shown anew meanwhile
+    page.wait_for_function("""() => { const a = document.querySelector('[data-takes] audio');
+        if (a.readyState >= 1) return true;
+        if (!a.dataset.asked) { a.dataset.asked = '1'; a.preload = 'metadata'; a.load(); }
+        return false; }""")
     old_duration = page.evaluate("document.querySelector('[data-takes] audio').duration")
     assert abs(old_duration - before["duration_seconds"]) < 0.01
+
+
+def test_a_late_answer_never_takes_the_page_back_to_the_entry_the_curator_left(
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    ds, _, gen = generated(tmp_path, TEXTS[:4], start_daemon, generators)
+    gen.send_signal(signal.SIGTERM)
+    gen.wait(20)
+    dash = start_dashboard(ds)
+    names = [e["filename"] for e in read_state(ds)["entries"]]
+    page.goto(f"{dash.url}/entries/{names[1]}")
+    # a slow network: the first reload of this entry's page is answered 2 s late
+    page.evaluate("""name => { const real = window.fetch; window.__late = 'waiting';
+        window.fetch = async (url, opts) => {
+          const resp = await real(url, opts);
+          if (window.__late !== 'waiting' || !String(url).startsWith('/entries/' + name)) return resp;
+          window.__late = 'held';
+          const text = await resp.text();
+          return {ok: resp.ok, status: resp.status, text: async () => {
+            await new Promise(done => setTimeout(done, 2000));
+            window.__late = 'delivered';
+            return text; }};
+        }; }""", names[1])
+    cli("requeue", "--dataset", str(ds), names[1], check=True)  # it changes under the page: shown anew
+    page.wait_for_function("() => window.__late === 'held'")
+    page.keyboard.press("j")  # meanwhile the curator moves on
+    page.wait_for_selector(f"[data-entry][data-filename={names[2]}]")
+    page.wait_for_function("() => window.__late === 'delivered'")
+    shown = page.evaluate("[document.querySelector('[data-entry]').dataset.filename, location.pathname]")
+    assert shown == [names[2], f"/entries/{names[2]}"], f"the late answer took the page back: {shown}"
 
 
 def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(

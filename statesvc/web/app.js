@@ -154,7 +154,7 @@ async function refreshEntry(known = null) {
     JSON.stringify(e.review) !== main.dataset.reviewJson || e.text !== $("[data-text]").textContent;
   const typing = document.activeElement && main.contains(document.activeElement) &&
     document.activeElement.matches("input, textarea");
-  if (changed && !typing) loadEntry(location.pathname + location.search, false, false);
+  if (changed && !typing) loadEntry(entryUrl, false, false);
 }
 
 function listen() {
@@ -257,13 +257,26 @@ function setupEntry(autoplay) {
   $("[data-autoplay]").addEventListener("change", ev => localStorage.setItem("autoplay", ev.target.checked ? "1" : "0"));
 }
 
+// Loads overlap (a live refresh while the curator presses j): the newest one wins, and an older
+// answer that arrives late is dropped, so the page never goes back to a state it already left or
+// to the entry the curator just moved away from. Refreshes reload the entry being opened.
+let entryLoads = 0;
+let entryUrl = location.pathname + location.search;
+let pushPending = false;
+
 async function loadEntry(url, push = true, autoplay = true) {
+  const mine = ++entryLoads;
+  entryUrl = url;
+  if (push) pushPending = true;
   const resp = await fetch(url, {credentials: "same-origin"});
-  if (!resp.ok) { say(`cannot open ${url}: HTTP ${resp.status}`, "error"); return; }
-  const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+  const html = resp.ok ? await resp.text() : null;
+  if (mine !== entryLoads) return;
+  if (html === null) { say(`cannot open ${url}: HTTP ${resp.status}`, "error"); return; }
+  const doc = new DOMParser().parseFromString(html, "text/html");
   $("main").replaceWith($("main", doc));
   document.title = doc.title;
-  if (push) history.pushState(null, "", url);
+  if (pushPending && url !== location.pathname + location.search) history.pushState(null, "", url);
+  pushPending = false;
   setupEntry(autoplay);
 }
 
@@ -276,13 +289,13 @@ async function entryAction(a) {
     const verdict = a === "approve" ? "approved" : "rejected";
     ok = await act(`${verdict[0].toUpperCase()}${verdict.slice(1)} ${filename}`, "/api/review",
                    {filename, review: verdict, note, take: main.dataset.take || null});
-    if (ok) { await loadEntry(location.pathname + location.search, false, false); return advance(); }
+    if (ok) { await loadEntry(entryUrl, false, false); return advance(); }
   } else if (a === "regenerate") {
     ok = await act(`Regenerate ${filename}`, "/api/requeue", {filenames: [filename]});
   } else if (a === "edit") {
     ok = await act(`Edit ${filename}`, "/api/edit", {filename, text: $("[data-edit-text]").value});
   }
-  if (ok) await loadEntry(location.pathname + location.search, false, false);
+  if (ok) await loadEntry(entryUrl, false, false);
 }
 
 function advance() {
