@@ -3,12 +3,13 @@ how change events update it. On real files, loaded by the loader every reader us
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from statesvc.mirror import Mirror, Query, QueryError, ViewEntry
+from statesvc.mirror import Haystack, Mirror, Query, QueryError, ViewEntry
 from statesvc.state import Entry, Review, State, Status, Verdict
 from statesvc.store import create, read
 
@@ -107,6 +108,48 @@ def test_change_events_update_counts_columns_and_new_entries(tmp_path: Path) -> 
     edited = msgspec.structs.replace(m.entries[m.by_name["new_0"]], text="otra cosa")
     m.apply(_encode(edited))
     assert m.select(Query(q="otra cosa"))[0] == 1 and m.select(Query(q="nueva 0"))[0] == 0
+
+
+@pytest.mark.parametrize(("block", "n"), [(1 << 22, 3000), (300, 3000), (16, 300)])
+def test_the_haystack_finds_what_a_substring_test_finds(block: int, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The byte scan against Python's own `in`, on rows of Spanish with multi-byte characters,
+    needles cut anywhere in them (a lone accented letter, a word across a row's end), and rows
+    set aside by edits and additions; in one block, in many, and in blocks smaller than a row."""
+    monkeypatch.setattr(Haystack, "BLOCK", block)
+    rnd = random.Random(7)
+    alphabet = "aeiou nrstldcmñáéíóúü¿¡?,.xyz\t€😀"
+    rows = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40))) for _ in range(n)]
+    hay = Haystack(iter(rows))
+    needles = ["ñ", "á", "😀", "€a", "a e", "¿", "zz", "q", "\t", "aeiou" * 9]
+    needles += [r[a:a + rnd.randint(1, 6)] for r in rnd.sample(rows, 60) if r for a in [rnd.randrange(len(r))]]
+    needles += [rows[i][-2:] + rows[i + 1][:2] for i in range(0, 200, 20)]  # across two rows: never a hit
+
+    def check() -> None:
+        for needle in needles:
+            if not needle:
+                continue
+            want = [i for i, r in enumerate(rows) if needle in r]
+            got = list(map(int, hay.find(needle, len(rows)).nonzero()[0]))
+            assert got == want, needle
+    check()
+    for i in rnd.sample(range(n), n // 10):
+        rows[i] = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40)))
+        hay.set(i, rows[i])
+    for _ in range(50):
+        rows.append("nueva ñandú " + str(len(rows)))
+        hay.set(len(rows) - 1, rows[-1])
+    check()
+
+
+def test_a_search_stays_right_through_many_edits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Haystack, "REBUILD_AT", 5)  # rebuilt several times in this test
+    m = _mirror(tmp_path)
+    assert m.select(Query(q="montaña"))[0] == 4
+    for k in range(1, 41):
+        e = m.entries[m.by_name[f"utt_{k:04d}"]]
+        m.apply(_encode(msgspec.structs.replace(e, text=f"montaña {k}" if k % 3 == 0 else f"río {k}")))
+        assert m.select(Query(q="montaña"))[0] == k // 3 + sum(1 for j in range(k + 1, 41) if j % 10 == 0)
+    assert m.select(Query(q="río 4"))[0] == 2  # río 4 and río 40
 
 
 @pytest.mark.parametrize("bad", [dict(status="nope"), dict(sort="evil"), dict(limit=0), dict(limit=501),
