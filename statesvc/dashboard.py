@@ -20,6 +20,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ PUSH_EVERY = 0.5        # seconds: changes are coalesced into one push per tab a
 CLIENT_QUEUE = 64       # pushes a tab may fall behind by before it is sent a fresh snapshot instead
 WATCH_EVERY = 1.0       # seconds between looks at whether the daemon came or went, or the files changed
 REQUEST_TIMEOUT = 10.0  # seconds an action waits for the daemon's durable answer
+RELOAD_WAIT = 10.0      # seconds a reload waits for requests to let go of the old copy
 MAX_BODY = 1 << 20
 
 
@@ -277,7 +279,14 @@ class Hub:
             self.reload_wanted.clear()
             self.reloading = True
             self.files_sig = self._files_sig()
-            self.mirror = None  # not two copies of a million entries at once: the page says loading meanwhile
+            # Not two copies of a million entries at once: the page says loading meanwhile, and the
+            # new copy is read once requests still at work on the old one are done with it.
+            old = weakref.ref(self.mirror) if self.mirror is not None else None
+            self.mirror = None
+            deadline = time.monotonic() + RELOAD_WAIT
+            while old is not None and old() is not None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            del old
             try:
                 mirror = await asyncio.to_thread(self._load)
             except (DamagedState, OSError) as exc:
@@ -350,24 +359,27 @@ class Hub:
         """Coalesce: at most one overview and one batch of changed rows per PUSH_EVERY."""
         while True:
             await asyncio.sleep(PUSH_EVERY)
-            m = self.mirror
-            if m is not None and m.refit_due(time.time()):
-                m.refit(time.time())
-                self.broadcast("snapshot", {})  # flags may have changed anywhere
-            if not self.clients:
-                if m is not None:
-                    m.changed.clear()
-                continue
-            ov = orjson.dumps(self.overview()).decode()
-            if ov != self.last_push:
-                self.last_push = ov
-                self.broadcast("overview", ov)
-            if m is not None and m.changed:
-                ids, m.changed = list(m.changed), set()
-                if len(ids) > 200:
-                    self.broadcast("snapshot", {})
-                else:
-                    self.broadcast("entries", [m.row(m.pos[i]) for i in ids if i in m.pos])
+            self.push()  # no frame holds the copy across the sleep: a reload drops it at once
+
+    def push(self) -> None:
+        m = self.mirror
+        if m is not None and m.refit_due(time.time()):
+            m.refit(time.time())
+            self.broadcast("snapshot", {})  # flags may have changed anywhere
+        if not self.clients:
+            if m is not None:
+                m.changed.clear()
+            return
+        ov = orjson.dumps(self.overview()).decode()
+        if ov != self.last_push:
+            self.last_push = ov
+            self.broadcast("overview", ov)
+        if m is not None and m.changed:
+            ids, m.changed = list(m.changed), set()
+            if len(ids) > 200:
+                self.broadcast("snapshot", {})
+            else:
+                self.broadcast("entries", [m.row(m.pos[i]) for i in ids if i in m.pos])
 
     def broadcast(self, event: str, data: object) -> None:
         text = data if isinstance(data, str) else orjson.dumps(data).decode()
