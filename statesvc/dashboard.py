@@ -21,7 +21,8 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from array import array
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,8 @@ from .curve import CurveError, secure_client
 from .endpoints import connectable, defaults, running
 from .handlers import SET_ASIDE
 from .journal import JOURNAL_FILE
-from .mirror import Mirror, Query, QueryError, ViewEntry
+from .mirror import STATUS_CODE, Mirror, Query, QueryError, ViewEntry
+from .state import Status
 from .store import DamagedState, read, state_path
 from .takes import analyze_file, bits
 from .texts import check_filename, check_text
@@ -131,6 +133,51 @@ class Daemon:
 
 
 # ---- the copy of the state and the pushes to the pages -----------------------------------------
+class Analyses:
+    """What the analysis of the takes found, kept across reloads of the state: by entry id, a
+    64-bit hash of the wav's signature (size, mtime, inode) and of the take, and the flags' bits,
+    in numpy columns. 17 bytes an entry: tuples in a dict by filename took about 270 (190 MB at
+    700,000 takes, and the old filenames kept alive after a reload)."""
+
+    MASK = (1 << 64) - 1
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sig = np.zeros(0, np.uint64)
+        self.take = np.zeros(0, np.uint64)
+        self.bits = np.zeros(0, np.int16)  # -1: not analysed
+
+    def _at(self, eid: int) -> bool:
+        return 0 <= eid < len(self.bits) and self.bits[eid] >= 0
+
+    def of_take(self, eid: int, take: str | None) -> int | None:
+        """The flags found for this take of the entry, if it was analysed."""
+        with self.lock:
+            if self._at(eid) and int(self.take[eid]) == hash(take) & self.MASK:
+                return int(self.bits[eid])
+        return None
+
+    def of_file(self, eid: int, sig: tuple) -> int | None:
+        """The flags found for the wav of this signature, if it was analysed."""
+        with self.lock:
+            if self._at(eid) and int(self.sig[eid]) == hash(sig) & self.MASK:
+                return int(self.bits[eid])
+        return None
+
+    def put(self, eid: int, sig: tuple, take: str | None, flags: int) -> None:
+        with self.lock:
+            if eid < 0 or eid >= max(4 * len(self.bits), 1 << 22):
+                return  # ids far apart: not kept (analysed again after a reload)
+            if eid >= len(self.bits):
+                size = max(eid + 1, 2 * len(self.bits), 1024)
+                for name, fill in (("sig", 0), ("take", 0), ("bits", -1)):
+                    col = getattr(self, name)
+                    grown = np.full(size, fill, col.dtype)
+                    grown[:len(col)] = col
+                    setattr(self, name, grown)
+            self.sig[eid], self.take[eid], self.bits[eid] = hash(sig) & self.MASK, hash(take) & self.MASK, flags
+
+
 class Hub:
     """Owns the mirror: loads it, applies the daemon's events, reloads when it missed some, and
     pushes coalesced changes to every open page."""
@@ -152,8 +199,9 @@ class Hub:
         self.reload_wanted = asyncio.Event()
         self.clients: set[asyncio.Queue] = set()
         self.last_push = ""
-        self.analysis: dict[str, tuple[tuple, str | None, int]] = {}  # filename -> (wav signature, take, bits)
-        self.to_analyze: collections.deque[tuple[str, str | None]] = collections.deque()
+        self.analyses = Analyses()
+        self.to_analyze: collections.deque[int] = collections.deque()  # ids of fresh takes: first
+        self.backlog: Iterator[int] = iter(())  # ids of the takes loaded without a known analysis
         self.wake_analyzer = threading.Event()
         self.stopping = threading.Event()
         self.tasks: list[asyncio.Task] = []
@@ -269,7 +317,7 @@ class Hub:
         for raw in entries:
             e = m.apply(raw)
             if e.status == "completed" and self.settings.analyze:
-                self.to_analyze.appendleft((e.filename, e.take))
+                self.to_analyze.appendleft(e.id)
                 self.wake_analyzer.set()
         m.seq = marker["seq"]
 
@@ -287,8 +335,9 @@ class Hub:
             while old is not None and old() is not None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             del old
+            started = time.monotonic()
             try:
-                mirror = await asyncio.to_thread(self._load)
+                mirror, backlog = await asyncio.to_thread(self._load)
             except (DamagedState, OSError) as exc:
                 self.load_error = f"cannot read the state: {exc}"
                 log.error("%s", self.load_error)
@@ -296,48 +345,66 @@ class Hub:
                 self.buffered.clear()
                 continue
             self.load_error = None
+            log.info("read the state: %d entries in %.1f s", len(mirror.entries), time.monotonic() - started)
             self.mirror, self.reloading = mirror, False
+            if self.settings.analyze:  # after the copy is in place: the analyzer looks takes up in it
+                self.backlog = iter(backlog)
+                self.wake_analyzer.set()
+            del backlog
             del mirror  # else this frame holds the old copy through the next load
             buffered, self.buffered = self.buffered, []
             for marker, entries in buffered:
                 self.on_commit(marker, entries)
             self.broadcast("snapshot", {})
 
-    def _load(self) -> Mirror:
+    def _load(self) -> tuple[Mirror, array]:
+        """The state read again, and the ids of its takes to analyse (what an earlier load's
+        analysis found still holds for the same takes)."""
         mirror = Mirror(read(self.dataset, view=ViewEntry))
-        for name, (_sig, take, b) in list(self.analysis.items()):
-            mirror.set_audio_flags(name, take, b)
+        backlog = array("q")
         if self.settings.analyze:
-            done = [(mirror.entries[i].filename, mirror.entries[i].take)
-                    for i in np.flatnonzero(mirror.status[:len(mirror.entries)] == 2)]
-            self.to_analyze.extend(x for x in done if x[0] not in self.analysis)
-            self.wake_analyzer.set()
-        return mirror
+            for i in np.flatnonzero(mirror.status[:len(mirror.entries)] == STATUS_CODE[Status.COMPLETED]):
+                e = mirror.entries[i]
+                found = self.analyses.of_take(e.id, e.take)
+                if found is None:
+                    backlog.append(e.id)
+                else:
+                    mirror.set_audio_flags(e.filename, e.take, found)
+        return mirror, backlog
 
     # ---- the takes' analysis, in a thread (reading wavs must not stall the pages) ---------------
     def analyzer(self) -> None:
         while not self.stopping.is_set():
             try:
-                name, take = self.to_analyze.popleft()
+                eid = self.to_analyze.popleft()
             except IndexError:
+                eid = next(self.backlog, None)
+            if eid is None:
                 self.wake_analyzer.wait(1.0)
                 self.wake_analyzer.clear()
                 continue
+            m = self.mirror  # None while reloading: the reload queues again what is left
+            i = None if m is None else m.pos.get(eid)
+            if i is None:
+                continue
+            e = m.entries[i]
+            del m  # a reload must be able to drop it while a wav is read
+            if e.status != Status.COMPLETED:
+                continue
+            name, take = e.filename, e.take
             path = self.dataset / "wavs" / f"{name}.wav"
             try:
                 st = path.stat()
             except OSError:
                 continue
             sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-            known = self.analysis.get(name)
-            if known is not None and known[0] == sig:
-                flags = known[2]
-            else:
+            flags = self.analyses.of_file(eid, sig)
+            if flags is None:
                 try:
                     flags = bits(analyze_file(path).flags)
                 except ValueError:
                     continue  # unreadable: the reconciler's business, not a flag
-            self.analysis[name] = (sig, take, flags)
+            self.analyses.put(eid, sig, take, flags)
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(self._analysed, name, take, flags)
 
