@@ -120,9 +120,14 @@ class Mirror:
         last = failed[np.argsort(np.nan_to_num(self.updated[failed], nan=-np.inf), kind="stable")[-20:]]
         self.failures: collections.deque[int] = collections.deque((self.entries[i].id for i in last), maxlen=20)
         self._coverage: collections.Counter[str] | None = None  # texts holding each character: at the first ask
-        # Searches and the coverage may be asked from a worker thread (seconds at a million the first
-        # time: not on the event loop); one at a time, and built again if a text changed meanwhile.
+        # Searches and the coverage are asked from worker threads (seconds at a million the first
+        # time: not on the event loop), one at a time (_lock). Their indexes are built from a
+        # snapshot of the entries; the texts changed since it are recorded (_since) and applied at
+        # the hand-over. _swap, held for microseconds, makes a change and a snapshot or a hand-over
+        # happen one after the other.
         self._lock = threading.Lock()
+        self._swap = threading.Lock()
+        self._since: list[tuple[int, str, Entry]] | None = None
         self.text_version = 0
         self.completions: collections.deque[tuple[float, int]] = collections.deque()
         self.changed: set[int] = set()  # ids changed since the page was last told
@@ -136,7 +141,10 @@ class Mirror:
         if i is None:
             i = self._append(e)
         old = self.entries[i]
-        self.entries[i] = e
+        with self._swap:  # the entry and its text's change at once, for a snapshot taken meanwhile
+            self.entries[i] = e
+            if e.text != old.text:
+                self._text_changed(i, old.text, e)
         code = STATUS_CODE[e.status]
         if e.status == Status.COMPLETED and old.status != Status.COMPLETED:
             self.completions.append((time.monotonic(), 1))
@@ -147,7 +155,6 @@ class Mirror:
         self.duration[i] = np.nan if e.duration_seconds is None else e.duration_seconds
         if e.text != old.text:
             self.chars[i] = len(e.text)
-            self._text_changed(i, old.text, e)
         self.updated[i] = _stamp(e.updated_at)
         _slim_columns(e, not np.isnan(self.updated[i]))
         self.verdict[i] = VERDICT_CODE[e.review.verdict if e.review else None]
@@ -163,20 +170,24 @@ class Mirror:
 
     def _append(self, e: Entry) -> int:
         i = len(self.entries)
-        self.entries.append(e)
-        self.pos[e.id] = i
-        self.by_name[e.filename] = i
-        self._text_changed(i, "", e)
         for name in ("status", "duration", "chars", "updated", "verdict", "audio_bits", "fit_bits"):
-            col = getattr(self, name)
+            col = getattr(self, name)  # first: a query in a worker thread never sees a row without columns
             grown = np.zeros(max(16, 2 * len(col)) if i >= len(col) else len(col), col.dtype)
             grown[:len(col)] = col
             setattr(self, name, grown)
+        with self._swap:
+            self.entries.append(e)
+            self._text_changed(i, "", e)
+        self.pos[e.id] = i
+        self.by_name[e.filename] = i
         return i
 
     def _text_changed(self, i: int, old: str, e: Entry) -> None:
-        """Keep the search and the coverage current for one text (a row of the haystack, not all of it)."""
+        """Keep the search and the coverage current for one text (a row of the haystack, not all of
+        it), and tell a build in progress. Called under ``_swap``."""
         self.text_version += 1
+        if self._since is not None:
+            self._since.append((i, old, e))
         if self._coverage is not None:
             self._coverage.subtract(set(old.lower()))
             self._coverage.update(set(e.text.lower()))
@@ -307,21 +318,34 @@ class Mirror:
         """Rows holding ``needle``; the last few needles are kept (paging, sorting and the review's next and
         previous ask the same one again), until a text changes."""
         with self._lock:
-            hits = self._hits.get(needle)
-            if hits is not None and len(hits) == len(self.entries):
-                self._hits.move_to_end(needle)
-                return hits
-            while self._haystack is None or self._haystack.stale():
+            with self._swap:
+                hits = self._hits.get(needle)
+                if hits is not None and len(hits) == len(self.entries):
+                    self._hits.move_to_end(needle)
+                    return hits
+            if self._haystack is None or self._haystack.stale():
+                self._haystack = None  # not two of them while the next one is built
+                haystack = Haystack(map(_row, self._snapshot()))
+                with self._swap:
+                    for i, _old, e in self._since or ():
+                        haystack.set(i, _row(e))
+                    self._since, self._haystack = None, haystack
+                del haystack
+            with self._swap:
                 version = self.text_version
-                haystack = Haystack(map(_row, self.entries))
-                if version == self.text_version:  # else a text changed while this was built: again
-                    self._haystack = haystack
-                del haystack  # not two of them while the next one is built
             hits = self._haystack.find(needle, len(self.entries))
-            self._hits[needle] = hits
-            while len(self._hits) > SEARCHES_KEPT:
-                self._hits.popitem(last=False)
+            with self._swap:
+                if version == self.text_version:  # else a text changed during the scan: not kept
+                    self._hits[needle] = hits
+                    while len(self._hits) > SEARCHES_KEPT:
+                        self._hits.popitem(last=False)
             return hits
+
+    def _snapshot(self) -> list[Entry]:
+        """The entries as of now; every text changed from now on is recorded in ``_since``."""
+        with self._swap:
+            self._since = []
+            return list(self.entries)
 
     def _name(self, i: int | None) -> str | None:
         return None if i is None else self.entries[int(i)].filename
@@ -389,12 +413,15 @@ class Mirror:
         """How many texts hold each character of ``alphabet`` (Spanish by default), and every
         character seen with its count of texts."""
         with self._lock:
-            while self._coverage is None:
-                version = self.text_version
-                counts = _char_counts(e.text for e in self.entries)
-                if version == self.text_version:
-                    self._coverage = counts
-            counts = self._coverage
+            if self._coverage is None:
+                counts = _char_counts(e.text for e in self._snapshot())
+                with self._swap:
+                    for _i, old, e in self._since or ():
+                        counts.subtract(set(old.lower()))
+                        counts.update(set(e.text.lower()))
+                    self._since, self._coverage = None, counts
+            with self._swap:  # a copy: the event loop's thread updates it
+                counts = collections.Counter(self._coverage)
         return {"watched": {c: counts.get(c, 0) for c in alphabet},
                 "characters": {c: n for c, n in counts.most_common() if n > 0}}
 
@@ -405,12 +432,13 @@ def _row(e: Entry | ViewEntry) -> str:
 
 
 class Haystack:
-    """Every entry's searchable row as one UTF-8 buffer, each row ended by a NUL, and where each
-    row ends. Half the memory of a string per row (120 MB against 210 MB at a million). A search
-    scans the buffer a block of whole rows at a time (a match never crosses a NUL, so never a
-    block's edge): numpy finds the needle's rarest byte, then checks its other bytes at the places
-    found. Rows changed or added since the build are kept aside as strings, and searched as such,
-    until there are enough of them to build it again."""
+    """Every entry's searchable row as one UTF-8 buffer, each row ended by 0xFF (a byte UTF-8
+    never holds, so no needle does either), and where each row ends. Half the memory of a string
+    per row (134 MB against 210 MB at a million). A search scans the buffer a block of whole rows
+    at a time (a match never crosses a row's end, so never a block's edge): numpy finds the
+    needle's rarest byte, then checks its other bytes at the places found. Rows changed or added
+    since the build are kept aside as strings, and searched as such, until there are enough of
+    them to build it again."""
 
     BLOCK = 1 << 22      # bytes scanned at a time: bounds the scan's temporary arrays
     REBUILD_AT = 50_000  # rows kept aside
@@ -418,9 +446,9 @@ class Haystack:
     def __init__(self, rows: Iterable[str]):
         buf, ends, at = bytearray(), array("q"), 0
         for row in rows:
-            b = row.replace("\0", " ").encode()
+            b = row.encode()
             buf += b
-            buf += b"\0"
+            buf += b"\xff"
             at += len(b) + 1
             ends.append(at)
         self.buf = buf  # never resized after this: numpy views of it are taken
@@ -448,10 +476,12 @@ class Haystack:
 
     def find(self, needle: str, n: int) -> np.ndarray:
         """A mask of the first ``n`` rows: True where the row holds ``needle`` (lowercased)."""
+        if not needle:
+            return np.ones(n, bool)
         hits = np.zeros(max(n, self.rows), bool)
         aside = dict(self.aside)  # a copy in one step: the event loop may set a row meanwhile
         nb = needle.encode()
-        if nb and b"\0" not in nb:
+        if nb:
             width = len(nb)
             k = min(range(width), key=lambda j: self.frequency[nb[j]])  # the rarest byte: fewest places
             for r0, r1 in self.blocks:

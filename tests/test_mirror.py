@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+import statesvc.mirror as mirror_module
 from statesvc.mirror import Haystack, Mirror, Query, QueryError, ViewEntry
 from statesvc.state import Entry, Review, State, Status, Verdict
 from statesvc.store import create, read
@@ -117,10 +118,10 @@ def test_the_haystack_finds_what_a_substring_test_finds(block: int, n: int, monk
     set aside by edits and additions; in one block, in many, and in blocks smaller than a row."""
     monkeypatch.setattr(Haystack, "BLOCK", block)
     rnd = random.Random(7)
-    alphabet = "aeiou nrstldcmñáéíóúü¿¡?,.xyz\t€😀"
+    alphabet = "aeiou nrstldcmñáéíóúü¿¡?,.xyz\t\0€😀İß"
     rows = ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40))) for _ in range(n)]
     hay = Haystack(iter(rows))
-    needles = ["ñ", "á", "😀", "€a", "a e", "¿", "zz", "q", "\t", "aeiou" * 9]
+    needles = ["ñ", "á", "😀", "€a", "a e", "¿", "zz", "q", "\t", "\0", " ", "a\0", "aeiou" * 9]
     needles += [r[a:a + rnd.randint(1, 6)] for r in rnd.sample(rows, 60) if r for a in [rnd.randrange(len(r))]]
     needles += [rows[i][-2:] + rows[i + 1][:2] for i in range(0, 200, 20)]  # across two rows: never a hit
 
@@ -150,6 +151,45 @@ def test_a_search_stays_right_through_many_edits(tmp_path: Path, monkeypatch: py
         m.apply(_encode(msgspec.structs.replace(e, text=f"montaña {k}" if k % 3 == 0 else f"río {k}")))
         assert m.select(Query(q="montaña"))[0] == k // 3 + sum(1 for j in range(k + 1, 41) if j % 10 == 0)
     assert m.select(Query(q="río 4"))[0] == 2  # río 4 and río 40
+
+
+def test_texts_changed_while_an_index_is_built_or_scanned_are_never_lost(tmp_path: Path, monkeypatch) -> None:
+    """Searches and the character count run in worker threads while the event loop's thread applies
+    changes: an edit landing in the middle of a build or a scan is what these hooks make happen."""
+    m = _mirror(tmp_path)
+    pending: list[tuple[str, str]] = []
+
+    def edit_meanwhile() -> None:
+        if pending:
+            name, text = pending.pop()
+            m.apply(_encode(msgspec.structs.replace(m.entries[m.by_name[name]], text=text)))
+
+    def hooked(real, after: bool = False):
+        def call(*args):
+            if not after:
+                edit_meanwhile()
+            result = real(*args)
+            if after:
+                edit_meanwhile()
+            return result
+        return call
+    # while the search's index is built from a snapshot of the entries
+    pending.append(("utt_0003", "kiwi"))
+    with monkeypatch.context() as mp:
+        mp.setattr(mirror_module, "_row", hooked(mirror_module._row))
+        assert m.select(Query(q="kiwi"))[0] == 1
+    # while a scan runs: its answer may predate the edit, but is not kept for the next ask
+    pending.append(("utt_0004", "mango"))
+    with monkeypatch.context() as mp:
+        mp.setattr(Haystack, "find", hooked(Haystack.find, after=True))
+        m.select(Query(q="mango"))
+        assert m.select(Query(q="mango"))[0] == 1
+    # while the characters are counted
+    pending.append(("utt_0005", "þ"))
+    with monkeypatch.context() as mp:
+        mp.setattr(mirror_module, "_char_counts", hooked(mirror_module._char_counts))
+        assert m.coverage()["characters"].get("þ") == 1
+    assert not pending
 
 
 @pytest.mark.parametrize("bad", [dict(status="nope"), dict(sort="evil"), dict(limit=0), dict(limit=501),
