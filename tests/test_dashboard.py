@@ -326,6 +326,60 @@ def test_a_late_answer_never_takes_the_page_back_to_the_entry_the_curator_left(
     assert shown == [names[2], f"/entries/{names[2]}"], f"the late answer took the page back: {shown}"
 
 
+# A slow or failing network, in the page: the fetches that answer 503 once or answer late once, and
+# how many are still at work (until their body is read: the page acts on it then).
+NETWORK = """() => { const real = window.fetch; window.__inflight = 0; window.__fail = null; window.__slow = null;
+  window.fetch = async (url, opts) => {
+    const u = String(url);
+    if (window.__fail && u.startsWith(window.__fail)) { window.__fail = null; return {ok: false, status: 503}; }
+    window.__inflight++;
+    let resp;
+    try {
+      if (window.__slow && u.startsWith(window.__slow)) {
+        window.__slow = null;
+        await new Promise(done => setTimeout(done, 1500));
+      }
+      resp = await real(url, opts);
+    } catch (e) { window.__inflight--; throw e; }
+    if (!resp.ok) { window.__inflight--; return resp; }
+    const read = how => async () => { try { return await resp[how](); } finally { window.__inflight--; } };
+    return {ok: resp.ok, status: resp.status, text: read("text"), json: read("json")};
+  }; }"""
+
+
+def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    ds, _, gen = generated(tmp_path, TEXTS[:5], start_daemon, generators)
+    gen.send_signal(signal.SIGTERM)
+    gen.wait(20)
+    dash = start_dashboard(ds)
+    names = [e["filename"] for e in read_state(ds)["entries"]]
+    page.goto(f"{dash.url}/entries/{names[1]}")
+    page.evaluate(NETWORK)
+
+    def shown() -> list[str]:
+        return page.evaluate("[document.querySelector('[data-entry]').dataset.filename, location.pathname]")
+    # the next entry cannot be opened: the page stays on this one, and follows its changes
+    page.evaluate(f"window.__fail = '/entries/{names[2]}'")
+    page.keyboard.press("j")
+    page.wait_for_selector("[data-message][data-kind=error]")
+    cli("requeue", "--dataset", str(ds), names[1], check=True)
+    page.wait_for_selector(f"[data-entry][data-filename={names[1]}][data-status=pending]")
+    assert shown() == [names[1], f"/entries/{names[1]}"]
+    # approve, and move on before the daemon's answer is back: the page stays where the curator went
+    page.keyboard.press("j")
+    page.wait_for_selector(f"[data-entry][data-filename={names[2]}]")
+    page.evaluate("window.__slow = '/api/review'")
+    page.keyboard.press("a")
+    page.wait_for_function("() => window.__slow === null")  # the approval is on its way, slowly
+    page.keyboard.press("j")
+    page.wait_for_selector(f"[data-entry][data-filename={names[3]}]")
+    page.wait_for_function("() => window.__inflight === 0 && "
+                           "document.querySelector('[data-message]').dataset.kind === 'done'")
+    assert shown() == [names[3], f"/entries/{names[3]}"], "the approval's answer moved the page on"
+    assert entry_of(ds, names[2])["review"]["verdict"] == "approved"
+
+
 def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(
         tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
     ds, _, gen = generated(tmp_path, TEXTS[:5], start_daemon, generators)

@@ -135,7 +135,7 @@ function onEntries(rows) {
       tableTimer = setTimeout(refreshTable, 200);
     }
   } else if (page === "entry") {
-    const mine = rows.find(r => r.filename === $("[data-entry]").dataset.filename);
+    const mine = rows.find(r => r.filename === entryName(entryUrl));  // the entry shown, or being opened
     if (mine) refreshEntry(mine);
   }
 }
@@ -144,6 +144,10 @@ function onEntries(rows) {
 // curator's fingers: not while they type in one of its fields.
 async function refreshEntry(known = null) {
   const main = $("[data-entry]");
+  if (entryUrl !== shownUrl) {  // another entry is being opened: ask for it again, it changed
+    loadEntry(entryUrl, false, false);
+    return;
+  }
   let e = known;
   if (!e) {
     const resp = await fetch(`/api/entries/${encodeURIComponent(main.dataset.filename)}`, {credentials: "same-origin"});
@@ -259,25 +263,47 @@ function setupEntry(autoplay) {
 
 // Loads overlap (a live refresh while the curator presses j): the newest one wins, and an older
 // answer that arrives late is dropped, so the page never goes back to a state it already left or
-// to the entry the curator just moved away from. Refreshes reload the entry being opened.
+// to the entry the curator just moved away from. Live refreshes follow the entry being opened
+// (entryUrl), and keep what its opening asked for: a history step, autoplay. A load that fails
+// leaves the page on the entry it shows (shownUrl).
 let entryLoads = 0;
-let entryUrl = location.pathname + location.search;
+let shownUrl = location.pathname + location.search;
+let entryUrl = shownUrl;
 let pushPending = false;
+let autoplayPending = false;
 
+function entryName(url) {
+  return decodeURIComponent(new URL(url, location.origin).pathname.split("/").pop());
+}
+
+// True when this load is the one shown.
 async function loadEntry(url, push = true, autoplay = true) {
   const mine = ++entryLoads;
   entryUrl = url;
-  if (push) pushPending = true;
-  const resp = await fetch(url, {credentials: "same-origin"});
-  const html = resp.ok ? await resp.text() : null;
-  if (mine !== entryLoads) return;
-  if (html === null) { say(`cannot open ${url}: HTTP ${resp.status}`, "error"); return; }
+  pushPending ||= push;
+  autoplayPending ||= autoplay;
+  let html = null, why = "the server does not answer";
+  try {
+    const resp = await fetch(url, {credentials: "same-origin"});
+    if (resp.ok) html = await resp.text();
+    else why = `HTTP ${resp.status}`;
+  } catch { /* why says it */ }
+  if (mine !== entryLoads) return false;
+  if (html === null) {
+    say(`cannot open ${url}: ${why}`, "error");
+    entryUrl = shownUrl;
+    pushPending = autoplayPending = false;
+    return false;
+  }
   const doc = new DOMParser().parseFromString(html, "text/html");
   $("main").replaceWith($("main", doc));
   document.title = doc.title;
+  shownUrl = url;
   if (pushPending && url !== location.pathname + location.search) history.pushState(null, "", url);
-  pushPending = false;
-  setupEntry(autoplay);
+  const play = autoplayPending;
+  pushPending = autoplayPending = false;
+  setupEntry(play);
+  return true;
 }
 
 async function entryAction(a) {
@@ -289,7 +315,11 @@ async function entryAction(a) {
     const verdict = a === "approve" ? "approved" : "rejected";
     ok = await act(`${verdict[0].toUpperCase()}${verdict.slice(1)} ${filename}`, "/api/review",
                    {filename, review: verdict, note, take: main.dataset.take || null});
-    if (ok) { await loadEntry(entryUrl, false, false); return advance(); }
+    // on to the next only from the entry judged: not if the curator moved on meanwhile
+    if (ok && await loadEntry(entryUrl, false, false) && $("[data-entry]").dataset.filename === filename) {
+      return advance();
+    }
+    return;
   } else if (a === "regenerate") {
     ok = await act(`Regenerate ${filename}`, "/api/requeue", {filenames: [filename]});
   } else if (a === "edit") {
