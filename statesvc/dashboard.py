@@ -54,6 +54,7 @@ PUSH_EVERY = 0.5        # seconds: changes are coalesced into one push per tab a
 CLIENT_QUEUE = 64       # pushes a tab may fall behind by before it is sent a fresh snapshot instead
 WATCH_EVERY = 1.0       # seconds between looks at whether the daemon came or went, or the files changed
 REQUEST_TIMEOUT = 10.0  # seconds an action waits for the daemon's durable answer
+RELOADING = object()    # what the analyzer is told while the state is read again
 RELOAD_WAIT = 10.0      # seconds a reload waits for requests to let go of the old copy
 MAX_BODY = 1 << 20
 
@@ -146,28 +147,29 @@ class Analyses:
         self.sig = np.zeros(0, np.uint64)
         self.take = np.zeros(0, np.uint64)
         self.bits = np.zeros(0, np.int16)  # -1: not analysed
+        self.sparse: dict[int, tuple[int, int, int]] = {}  # ids far from the others: (sig, take, bits)
 
-    def _at(self, eid: int) -> bool:
-        return 0 <= eid < len(self.bits) and self.bits[eid] >= 0
-
-    def of_take(self, eid: int, take: str | None) -> int | None:
-        """The flags found for this take of the entry, if it was analysed."""
+    def _get(self, eid: int) -> tuple[int, int, int] | None:
         with self.lock:
-            if self._at(eid) and int(self.take[eid]) == hash(take) & self.MASK:
-                return int(self.bits[eid])
-        return None
+            if 0 <= eid < len(self.bits):
+                return None if self.bits[eid] < 0 else (int(self.sig[eid]), int(self.take[eid]), int(self.bits[eid]))
+            return self.sparse.get(eid)
+
+    def of_take(self, eid: int, take: str) -> int | None:
+        """The flags found for this take of the entry, if it was analysed."""
+        got = self._get(eid)
+        return got[2] if got is not None and got[1] == hash(take) & self.MASK else None
 
     def of_file(self, eid: int, sig: tuple) -> int | None:
         """The flags found for the wav of this signature, if it was analysed."""
-        with self.lock:
-            if self._at(eid) and int(self.sig[eid]) == hash(sig) & self.MASK:
-                return int(self.bits[eid])
-        return None
+        got = self._get(eid)
+        return got[2] if got is not None and got[0] == hash(sig) & self.MASK else None
 
     def put(self, eid: int, sig: tuple, take: str | None, flags: int) -> None:
         with self.lock:
             if eid < 0 or eid >= max(4 * len(self.bits), 1 << 22):
-                return  # ids far apart: not kept (analysed again after a reload)
+                self.sparse[eid] = (hash(sig) & self.MASK, hash(take) & self.MASK, flags)
+                return
             if eid >= len(self.bits):
                 size = max(eid + 1, 2 * len(self.bits), 1024)
                 for name, fill in (("sig", 0), ("take", 0), ("bits", -1)):
@@ -365,7 +367,8 @@ class Hub:
         if self.settings.analyze:
             for i in np.flatnonzero(mirror.status[:len(mirror.entries)] == STATUS_CODE[Status.COMPLETED]):
                 e = mirror.entries[i]
-                found = self.analyses.of_take(e.id, e.take)
+                # a take with no token (a wav the reconciler adopted): the analyzer checks its file
+                found = None if e.take is None else self.analyses.of_take(e.id, e.take)
                 if found is None:
                     backlog.append(e.id)
                 else:
@@ -375,23 +378,25 @@ class Hub:
     # ---- the takes' analysis, in a thread (reading wavs must not stall the pages) ---------------
     def analyzer(self) -> None:
         while not self.stopping.is_set():
+            fresh = True
             try:
                 eid = self.to_analyze.popleft()
             except IndexError:
-                eid = next(self.backlog, None)
+                fresh, eid = False, next(self.backlog, None)
             if eid is None:
                 self.wake_analyzer.wait(1.0)
                 self.wake_analyzer.clear()
                 continue
-            m = self.mirror  # None while reloading: the reload queues again what is left
-            i = None if m is None else m.pos.get(eid)
-            if i is None:
+            job = self._take_of(eid)
+            if job is RELOADING:  # the reload queues the takes again; a fresh one keeps its turn
+                if fresh:
+                    self.to_analyze.appendleft(eid)
+                self.wake_analyzer.wait(0.5)
+                self.wake_analyzer.clear()
                 continue
-            e = m.entries[i]
-            del m  # a reload must be able to drop it while a wav is read
-            if e.status != Status.COMPLETED:
+            if job is None:
                 continue
-            name, take = e.filename, e.take
+            name, take = job
             path = self.dataset / "wavs" / f"{name}.wav"
             try:
                 st = path.stat()
@@ -407,6 +412,18 @@ class Hub:
             self.analyses.put(eid, sig, take, flags)
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(self._analysed, name, take, flags)
+
+    def _take_of(self, eid: int) -> tuple[str, str | None] | None | object:
+        """The filename and take of a completed entry; RELOADING while the copy is read again.
+        (Its own frame: the analyzer holds no copy while it reads a wav, or waits.)"""
+        m = self.mirror
+        if m is None:
+            return RELOADING
+        i = m.pos.get(eid)
+        if i is None:
+            return None
+        e = m.entries[i]
+        return (e.filename, e.take) if e.status == Status.COMPLETED else None
 
     def _analysed(self, name: str, take: str | None, flags: int) -> None:
         if self.mirror is not None and self.mirror.set_audio_flags(name, take, flags):

@@ -264,6 +264,18 @@ def test_planted_bad_takes_are_flagged(tmp_path: Path, start_daemon, start_dashb
     assert flags() == got
 
 
+def test_what_the_analysis_found_is_kept_by_id_dense_or_far_apart() -> None:
+    from statesvc.dashboard import Analyses
+    a = Analyses()
+    for eid in (1, 2, 5000, 10**12, -3):  # dense ids in columns, far ones aside
+        a.put(eid, (100, eid, 7), f"take{eid}", eid % 7)
+    for eid in (1, 2, 5000, 10**12, -3):
+        assert a.of_take(eid, f"take{eid}") == eid % 7 and a.of_file(eid, (100, eid, 7)) == eid % 7
+        assert a.of_take(eid, "another take") is None and a.of_file(eid, (101, eid, 7)) is None
+    assert a.of_take(3, "take3") is None and a.of_file(10**13, (100, 10**13, 7)) is None
+    assert len(a.bits) < 20_000 and set(a.sparse) == {10**12, -3}
+
+
 # ---- listening and regenerating ----------------------------------------------------------------
 def test_audio_matches_the_state_and_regenerate_keeps_the_old_take_playable(
         tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
