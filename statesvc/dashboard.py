@@ -36,6 +36,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import pages, protocol
+from .analyses import CACHE_FILE, Analyses, file_key
 from .curve import CurveError, secure_client
 from .endpoints import connectable, defaults, running
 from .handlers import SET_ASIDE
@@ -134,52 +135,6 @@ class Daemon:
 
 
 # ---- the copy of the state and the pushes to the pages -----------------------------------------
-class Analyses:
-    """What the analysis of the takes found, kept across reloads of the state: by entry id, a
-    64-bit hash of the wav's signature (size, mtime, inode) and of the take, and the flags' bits,
-    in numpy columns. 17 bytes an entry: tuples in a dict by filename took about 270 (190 MB at
-    700,000 takes, and the old filenames kept alive after a reload)."""
-
-    MASK = (1 << 64) - 1
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sig = np.zeros(0, np.uint64)
-        self.take = np.zeros(0, np.uint64)
-        self.bits = np.zeros(0, np.int16)  # -1: not analysed
-        self.sparse: dict[int, tuple[int, int, int]] = {}  # ids far from the others: (sig, take, bits)
-
-    def _get(self, eid: int) -> tuple[int, int, int] | None:
-        with self.lock:
-            if 0 <= eid < len(self.bits):
-                return None if self.bits[eid] < 0 else (int(self.sig[eid]), int(self.take[eid]), int(self.bits[eid]))
-            return self.sparse.get(eid)
-
-    def of_take(self, eid: int, take: str) -> int | None:
-        """The flags found for this take of the entry, if it was analysed."""
-        got = self._get(eid)
-        return got[2] if got is not None and got[1] == hash(take) & self.MASK else None
-
-    def of_file(self, eid: int, sig: tuple) -> int | None:
-        """The flags found for the wav of this signature, if it was analysed."""
-        got = self._get(eid)
-        return got[2] if got is not None and got[0] == hash(sig) & self.MASK else None
-
-    def put(self, eid: int, sig: tuple, take: str | None, flags: int) -> None:
-        with self.lock:
-            if eid < 0 or eid >= max(4 * len(self.bits), 1 << 22):
-                self.sparse[eid] = (hash(sig) & self.MASK, hash(take) & self.MASK, flags)
-                return
-            if eid >= len(self.bits):
-                size = max(eid + 1, 2 * len(self.bits), 1024)
-                for name, fill in (("sig", 0), ("take", 0), ("bits", -1)):
-                    col = getattr(self, name)
-                    grown = np.full(size, fill, col.dtype)
-                    grown[:len(col)] = col
-                    setattr(self, name, grown)
-            self.sig[eid], self.take[eid], self.bits[eid] = hash(sig) & self.MASK, hash(take) & self.MASK, flags
-
-
 class Hub:
     """Owns the mirror: loads it, applies the daemon's events, reloads when it missed some, and
     pushes coalesced changes to every open page."""
@@ -201,7 +156,13 @@ class Hub:
         self.reload_wanted = asyncio.Event()
         self.clients: set[asyncio.Queue] = set()
         self.last_push = ""
+        self.flags_file = self.dataset / CACHE_FILE
+        self.flags_unsaved = False  # said once in the log: the cache file cannot be written
         self.analyses = Analyses()
+        if settings.analyze:
+            self.analyses, why = Analyses.load(self.flags_file)
+            if why:
+                log.warning("not using %s: %s; the takes are analysed again", self.flags_file, why)
         self.to_analyze: collections.deque[int] = collections.deque()  # ids of fresh takes: first
         self.backlog: Iterator[int] = iter(())  # ids of the takes loaded without a known analysis
         self.wake_analyzer = threading.Event()
@@ -220,6 +181,8 @@ class Hub:
     async def stop(self) -> None:
         self.stopping.set()
         self.wake_analyzer.set()
+        if self.settings.analyze:
+            await asyncio.to_thread(self.save_flags)
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -384,6 +347,7 @@ class Hub:
             except IndexError:
                 fresh, eid = False, next(self.backlog, None)
             if eid is None:
+                self.save_flags()  # all caught up
                 self.wake_analyzer.wait(1.0)
                 self.wake_analyzer.clear()
                 continue
@@ -402,7 +366,7 @@ class Hub:
                 st = path.stat()
             except OSError:
                 continue
-            sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+            sig = file_key(st.st_size, st.st_mtime_ns, st.st_ino)
             flags = self.analyses.of_file(eid, sig)
             if flags is None:
                 try:
@@ -410,8 +374,19 @@ class Hub:
                 except ValueError:
                     continue  # unreadable: the reconciler's business, not a flag
             self.analyses.put(eid, sig, take, flags)
+            if self.analyses.save_due():
+                self.save_flags()
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(self._analysed, name, take, flags)
+
+    def save_flags(self) -> None:
+        try:
+            self.analyses.save(self.flags_file)
+        except OSError as exc:
+            if not self.flags_unsaved:
+                self.flags_unsaved = True
+                log.warning("cannot keep the flags in %s (%s): a restart analyses the takes again",
+                            self.flags_file, exc.strerror)
 
     def _take_of(self, eid: int) -> tuple[str, str | None] | None | object:
         """The filename and take of a completed entry; RELOADING while the copy is read again.

@@ -262,18 +262,11 @@ def test_planted_bad_takes_are_flagged(tmp_path: Path, start_daemon, start_dashb
     os.utime(ds / "generation_state.json")  # no daemon: the dashboard reads the files again
     wait_for(lambda: dash.log.read_text().count("read the state:") > reads, 20, "the dashboard to read the state again")
     assert flags() == got
-
-
-def test_what_the_analysis_found_is_kept_by_id_dense_or_far_apart() -> None:
-    from statesvc.dashboard import Analyses
-    a = Analyses()
-    for eid in (1, 2, 5000, 10**12, -3):  # dense ids in columns, far ones aside
-        a.put(eid, (100, eid, 7), f"take{eid}", eid % 7)
-    for eid in (1, 2, 5000, 10**12, -3):
-        assert a.of_take(eid, f"take{eid}") == eid % 7 and a.of_file(eid, (100, eid, 7)) == eid % 7
-        assert a.of_take(eid, "another take") is None and a.of_file(eid, (101, eid, 7)) is None
-    assert a.of_take(3, "take3") is None and a.of_file(10**13, (100, 10**13, 7)) is None
-    assert len(a.bits) < 20_000 and set(a.sparse) == {10**12, -3}
+    # and across a restart of the dashboard: kept in its cache file beside the dataset
+    dash.stop()
+    assert (ds / "dashboard-flags.npz").is_file()
+    dash = start_dashboard(ds)
+    assert flags() == got
 
 
 # ---- listening and regenerating ----------------------------------------------------------------

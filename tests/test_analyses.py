@@ -1,0 +1,67 @@
+"""What the dashboard's analysis of takes found, kept by entry id, in memory and in its cache file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from statesvc import analyses
+from statesvc.analyses import Analyses, file_key
+
+IDS = (1, 2, 5000, 10**12, -3)  # dense ids in columns, far ones aside
+
+
+def _filled() -> Analyses:
+    a = Analyses()
+    for eid in IDS:
+        a.put(eid, file_key(100, eid, 7), f"take{eid}", eid % 7)
+    a.put(9, file_key(1, 2, 3), "8712b8bc076f3787", 3)  # a daemon's take token
+    return a
+
+
+def _check(a: Analyses) -> None:
+    for eid in IDS:
+        assert a.of_take(eid, f"take{eid}") == eid % 7 and a.of_file(eid, file_key(100, eid, 7)) == eid % 7
+        assert a.of_take(eid, "another take") is None and a.of_file(eid, file_key(101, eid, 7)) is None
+    assert a.of_take(9, "8712b8bc076f3787") == 3 and a.of_take(9, "8712b8bc076f3788") is None
+    assert a.of_take(3, "take3") is None and a.of_file(10**13, file_key(100, 10**13, 7)) is None
+
+
+def test_flags_are_kept_by_id_dense_or_far_apart() -> None:
+    a = _filled()
+    _check(a)
+    assert len(a.bits) < 20_000 and set(a.sparse) == {10**12, -3}
+
+
+def test_the_cache_file_holds_them_for_the_next_start(tmp_path: Path) -> None:
+    path = tmp_path / analyses.CACHE_FILE
+    a = _filled()
+    a.save(path)
+    b, why = Analyses.load(path)
+    assert why is None
+    _check(b)
+    assert not list(tmp_path.glob(".*tmp")), "a temporary file was left"
+    # nothing changed: not written again
+    before = path.stat().st_mtime_ns
+    b.save(path)
+    assert path.stat().st_mtime_ns == before
+
+
+def test_a_cache_file_that_cannot_be_used_is_ignored_with_a_reason(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / analyses.CACHE_FILE
+    assert Analyses.load(path)[1] is None  # none yet: nothing to say
+    for bad in (b"", b"not a zip at all", b"PK\x03\x04" + bytes(100)):
+        path.write_bytes(bad)
+        a, why = Analyses.load(path)
+        assert why and "cannot be read" in why and a.of_take(1, "take1") is None
+    _filled().save(path)
+    monkeypatch.setattr(analyses, "_FORMAT", "another analysis")  # as when statesvc/takes.py changes
+    a, why = Analyses.load(path)
+    assert why == "it holds another version of the analysis" and a.of_take(1, "take1") is None
+    monkeypatch.undo()
+    with open(path, "wb") as f:
+        np.savez(f, version=np.array(analyses._analysis_version()), sig=np.zeros(3, np.uint64),
+                 take=np.zeros(2, np.uint64), bits=np.zeros(3, np.int16), far_ids=np.zeros(0, np.int64),
+                 far=np.zeros((0, 3), np.uint64))
+    assert Analyses.load(path)[1] == "its arrays are not of the shapes written"
