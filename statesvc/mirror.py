@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import calendar
 import collections
+import contextlib
 import threading
 import time
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import msgspec
@@ -191,8 +192,9 @@ class Mirror:
         if self._coverage is not None:
             self._coverage.subtract(set(old.lower()))
             self._coverage.update(set(e.text.lower()))
-        if self._haystack is not None:
-            self._haystack.set(i, _row(e))
+        haystack = self._haystack
+        if haystack is not None:
+            haystack.set(i, _row(e))
         self._hits.clear()
 
     def set_audio_flags(self, filename: str, take: str | None, bits: int) -> bool:
@@ -324,13 +326,15 @@ class Mirror:
                     self._hits.move_to_end(needle)
                     return hits
             if self._haystack is None or self._haystack.stale():
-                self._haystack = None  # not two of them while the next one is built
-                haystack = Haystack(map(_row, self._snapshot()))
                 with self._swap:
-                    for i, _old, e in self._since or ():
-                        haystack.set(i, _row(e))
-                    self._since, self._haystack = None, haystack
-                del haystack
+                    self._haystack = None  # not two of them while the next one is built
+                with self._building():
+                    haystack = Haystack(map(_row, self._snapshot()))
+                    with self._swap:
+                        for i, _old, e in self._since or ():
+                            haystack.set(i, _row(e))
+                        self._haystack = haystack
+                    del haystack
             with self._swap:
                 version = self.text_version
             hits = self._haystack.find(needle, len(self.entries))
@@ -340,6 +344,16 @@ class Mirror:
                     while len(self._hits) > SEARCHES_KEPT:
                         self._hits.popitem(last=False)
             return hits
+
+    @contextlib.contextmanager
+    def _building(self) -> Iterator[None]:
+        """Around a build from ``_snapshot``: the changes recorded for it are dropped at its end,
+        whether it handed its index over or failed (else they would pile up until the next build)."""
+        try:
+            yield
+        finally:
+            with self._swap:
+                self._since = None
 
     def _snapshot(self) -> list[Entry]:
         """The entries as of now; every text changed from now on is recorded in ``_since``."""
@@ -414,12 +428,13 @@ class Mirror:
         character seen with its count of texts."""
         with self._lock:
             if self._coverage is None:
-                counts = _char_counts(e.text for e in self._snapshot())
-                with self._swap:
-                    for _i, old, e in self._since or ():
-                        counts.subtract(set(old.lower()))
-                        counts.update(set(e.text.lower()))
-                    self._since, self._coverage = None, counts
+                with self._building():
+                    counts = _char_counts(e.text for e in self._snapshot())
+                    with self._swap:
+                        for _i, old, e in self._since or ():
+                            counts.subtract(set(old.lower()))
+                            counts.update(set(e.text.lower()))
+                        self._coverage = counts
             with self._swap:  # a copy: the event loop's thread updates it
                 counts = collections.Counter(self._coverage)
         return {"watched": {c: counts.get(c, 0) for c in alphabet},

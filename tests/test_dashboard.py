@@ -383,6 +383,12 @@ def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
                            "document.querySelector('[data-message]').dataset.kind === 'done'")
     assert shown() == [names[3], f"/entries/{names[3]}"], "the approval's answer moved the page on"
     assert entry_of(ds, names[2])["review"]["verdict"] == "approved"
+    # back, and the entry cannot be opened: the address names the entry shown, not the one asked
+    page.evaluate(f"window.__fail = '/entries/{names[2]}'")
+    page.evaluate("history.back()")
+    page.wait_for_selector("[data-message][data-kind=error]")
+    page.wait_for_function("() => window.__inflight === 0")
+    assert shown() == [names[3], f"/entries/{names[3]}"]
 
 
 def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(

@@ -190,6 +190,18 @@ def test_texts_changed_while_an_index_is_built_or_scanned_are_never_lost(tmp_pat
         mp.setattr(mirror_module, "_char_counts", hooked(mirror_module._char_counts))
         assert m.coverage()["characters"].get("þ") == 1
     assert not pending
+    # a build that fails leaves no record of changes behind to pile up
+    m = _mirror(tmp_path / "again")
+
+    def failing(texts):
+        raise MemoryError
+    with monkeypatch.context() as mp:
+        mp.setattr(mirror_module, "_char_counts", failing)
+        with pytest.raises(MemoryError):
+            m.coverage()
+    pending.append(("utt_0006", "otra"))
+    edit_meanwhile()
+    assert m._since is None and m.coverage()["characters"].get("þ") is None
 
 
 @pytest.mark.parametrize("bad", [dict(status="nope"), dict(sort="evil"), dict(limit=0), dict(limit=501),

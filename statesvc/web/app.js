@@ -279,9 +279,14 @@ function entryName(url) {
 // True when this load is the one shown.
 async function loadEntry(url, push = true, autoplay = true) {
   const mine = ++entryLoads;
+  if (url === entryUrl) {  // the same entry asked again (a refresh): keep what its opening asked for
+    pushPending ||= push;
+    autoplayPending ||= autoplay;
+  } else {  // another one (j, k, back): what it asks for alone
+    pushPending = push;
+    autoplayPending = autoplay;
+  }
   entryUrl = url;
-  pushPending ||= push;
-  autoplayPending ||= autoplay;
   let html = null, why = "the server does not answer";
   try {
     const resp = await fetch(url, {credentials: "same-origin"});
@@ -293,6 +298,10 @@ async function loadEntry(url, push = true, autoplay = true) {
     say(`cannot open ${url}: ${why}`, "error");
     entryUrl = shownUrl;
     pushPending = autoplayPending = false;
+    // the back button moved the address already: it names the entry shown again
+    if (location.pathname + location.search !== shownUrl) history.pushState(null, "", shownUrl);
+    // changes to the entry shown were not followed while another one was opening
+    if (url !== shownUrl) refreshEntry();
     return false;
   }
   const doc = new DOMParser().parseFromString(html, "text/html");
