@@ -11,11 +11,12 @@ state, only a saving of time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,10 @@ import numpy as np
 from . import takes
 
 CACHE_FILE = "dashboard-flags.npz"
+TEMP_SUFFIX = ".tmp"
 SAVE_EVERY = 60.0  # seconds between saves of the cache while takes are analysed
-_MASK = (1 << 64) - 1
+_HEX = "0123456789abcdef"
+MAX_MEMBER = 1 << 28  # bytes: a cache file's arrays are a few tens of MB at a million entries
 _FORMAT = "statesvc dashboard flags 1"
 
 
@@ -35,12 +38,10 @@ def _analysis_version() -> str:
 
 
 def take_key(take: str | None) -> int:
-    """A stable 64-bit key of a take token (the daemon's are 16 hex digits: read as a number)."""
-    if take is not None and len(take) <= 16:
-        try:
-            return int(take, 16)
-        except ValueError:
-            pass
+    """A stable 64-bit key of a take token (the daemon's, 16 lowercase hex digits, read as a number;
+    any other token hashed)."""
+    if take is not None and len(take) == 16 and not take.strip(_HEX):
+        return int(take, 16)
     return int.from_bytes(hashlib.blake2b(repr(take).encode(), digest_size=8).digest(), "little")
 
 
@@ -104,16 +105,16 @@ class Analyses:
             cols = self.sig.copy(), self.take.copy(), self.bits.copy()
             self.changed = False
             self.saved_at = time.monotonic()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         try:
-            with open(tmp, "wb") as f:
+            with open(fd, "wb") as f:
                 np.savez(f, version=np.array(_analysis_version()), sig=cols[0], take=cols[1], bits=cols[2],
                          far_ids=ids, far=far)
             os.replace(tmp, path)
-        except OSError:
+        except BaseException:
             with self.lock:
                 self.changed = True
-            tmp.unlink(missing_ok=True)
+            Path(tmp).unlink(missing_ok=True)
             raise
 
     def save_due(self) -> bool:
@@ -123,23 +124,28 @@ class Analyses:
     def load(cls, path: Path) -> tuple[Analyses, str | None]:
         """The cache file's flags, or none and why the file was not used (None: there was no file)."""
         a = cls()
+        for stale in path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"):  # left by a save cut short
+            with contextlib.suppress(OSError):
+                stale.unlink()
         try:
             with open(path, "rb") as f:
                 z = np.load(f, allow_pickle=False)
                 if not isinstance(z, np.lib.npyio.NpzFile):
                     return a, "it is not an archive of arrays"
+                if any(m.file_size > MAX_MEMBER for m in z.zip.infolist()):
+                    return a, "it holds arrays larger than any it writes"
                 if str(z["version"]) != _analysis_version():
                     return a, "it holds another version of the analysis"
                 sig, take, bits = z["sig"], z["take"], z["bits"]
                 ids, far = z["far_ids"], z["far"]
                 if not (sig.dtype == take.dtype == np.uint64 and bits.dtype == np.int16 and ids.dtype == np.int64
-                        and far.dtype == np.uint64 and sig.shape == take.shape == bits.shape
-                        and far.shape == (len(ids), 3)):
+                        and far.dtype == np.uint64 and sig.ndim == ids.ndim == 1
+                        and sig.shape == take.shape == bits.shape and far.shape == (len(ids), 3)):
                     return a, "its arrays are not of the shapes written"
         except FileNotFoundError:
             return a, None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            return a, f"it cannot be read ({exc})"
+        except Exception as exc:  # noqa: BLE001 - a cache: whatever is wrong with it, it is not used
+            return a, f"it cannot be read ({type(exc).__name__}: {exc})"
         a.sig, a.take, a.bits = sig, take, bits
         a.sparse = {int(i): (int(s), int(t), int(b)) for i, (s, t, b) in zip(ids, far, strict=True)}
         return a, None

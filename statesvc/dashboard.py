@@ -36,7 +36,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import pages, protocol
-from .analyses import CACHE_FILE, Analyses, file_key
+from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
 from .curve import CurveError, secure_client
 from .endpoints import connectable, defaults, running
 from .handlers import SET_ASIDE
@@ -158,6 +158,8 @@ class Hub:
         self.last_push = ""
         self.flags_file = self.dataset / CACHE_FILE
         self.flags_unsaved = False  # said once in the log: the cache file cannot be written
+        self.flags_failed_at: float | None = None  # the last failed save: tried again a while later
+        self.analyzer_thread: threading.Thread | None = None
         self.analyses = Analyses()
         if settings.analyze:
             self.analyses, why = Analyses.load(self.flags_file)
@@ -175,14 +177,16 @@ class Hub:
         self.loop = asyncio.get_running_loop()
         self.tasks = [asyncio.create_task(f()) for f in (self.watch, self.listen, self.reloader, self.pusher)]
         if self.settings.analyze:
-            threading.Thread(target=self.analyzer, name="analyzer", daemon=True).start()
+            self.analyzer_thread = threading.Thread(target=self.analyzer, name="analyzer", daemon=True)
+            self.analyzer_thread.start()
         self.reload_wanted.set()
 
     async def stop(self) -> None:
         self.stopping.set()
         self.wake_analyzer.set()
-        if self.settings.analyze:
-            await asyncio.to_thread(self.save_flags)
+        if self.analyzer_thread is not None:  # its last take done, then what it found saved
+            await asyncio.to_thread(self.analyzer_thread.join, 10)
+            await asyncio.to_thread(self.save_flags, True)
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -303,9 +307,10 @@ class Hub:
             started = time.monotonic()
             try:
                 mirror, backlog = await asyncio.to_thread(self._load)
-            except (DamagedState, OSError) as exc:
-                self.load_error = f"cannot read the state: {exc}"
-                log.error("%s", self.load_error)
+            except Exception as exc:  # the files (said in a line), or a bug (with its traceback): the page lives on
+                known = isinstance(exc, (DamagedState, OSError))
+                self.load_error = f"cannot read the state: {exc if known else f'{type(exc).__name__}: {exc}'}"
+                log.error("%s", self.load_error, exc_info=not known)
                 self.reloading = False
                 self.buffered.clear()
                 continue
@@ -379,10 +384,16 @@ class Hub:
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(self._analysed, name, take, flags)
 
-    def save_flags(self) -> None:
+    def save_flags(self, last: bool = False) -> None:
+        """Write the flags' cache file; after a failure (a read-only dataset folder), not again
+        until a while later, unless this is the last chance (on stop)."""
+        if not last and self.flags_failed_at is not None and time.monotonic() - self.flags_failed_at < SAVE_EVERY:
+            return
         try:
             self.analyses.save(self.flags_file)
+            self.flags_failed_at = None
         except OSError as exc:
+            self.flags_failed_at = time.monotonic()
             if not self.flags_unsaved:
                 self.flags_unsaved = True
                 log.warning("cannot keep the flags in %s (%s): a restart analyses the takes again",

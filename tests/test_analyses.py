@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,7 @@ def test_the_cache_file_holds_them_for_the_next_start(tmp_path: Path) -> None:
 def test_a_cache_file_that_cannot_be_used_is_ignored_with_a_reason(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / analyses.CACHE_FILE
     assert Analyses.load(path)[1] is None  # none yet: nothing to say
-    for bad in (b"", b"not a zip at all", b"PK\x03\x04" + bytes(100)):
+    for bad in (b"", b"not a zip at all", b"PK\x03\x04" + bytes(100), _member(b"\x93NUMPY garbage")):
         path.write_bytes(bad)
         a, why = Analyses.load(path)
         assert why and "cannot be read" in why and a.of_take(1, "take1") is None
@@ -65,3 +67,44 @@ def test_a_cache_file_that_cannot_be_used_is_ignored_with_a_reason(tmp_path: Pat
                  take=np.zeros(2, np.uint64), bits=np.zeros(3, np.int16), far_ids=np.zeros(0, np.int64),
                  far=np.zeros((0, 3), np.uint64))
     assert Analyses.load(path)[1] == "its arrays are not of the shapes written"
+    with open(path, "wb") as f:  # the same shapes, but not one row an id
+        np.savez(f, version=np.array(analyses._analysis_version()), sig=np.zeros((2, 2), np.uint64),
+                 take=np.zeros((2, 2), np.uint64), bits=np.zeros((2, 2), np.int16),
+                 far_ids=np.zeros((0, 0), np.int64), far=np.zeros((0, 3), np.uint64))
+    assert Analyses.load(path)[1] == "its arrays are not of the shapes written"
+    # a member claiming to be huge (a zip bomb) is not unpacked
+    path.write_bytes(_member(b"x", claimed=analyses.MAX_MEMBER + 1))
+    assert Analyses.load(path)[1] == "it holds arrays larger than any it writes"
+
+
+def _member(data: bytes, claimed: int | None = None) -> bytes:
+    """A zip of one member, its directory claiming ``claimed`` bytes once unpacked."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("sig.npy", data)
+    raw = bytearray(buf.getvalue())
+    if claimed is not None:  # the uncompressed size, in the local header (22) and the directory (24)
+        at = raw.rfind(b"PK\x01\x02")
+        raw[at + 24:at + 28] = claimed.to_bytes(4, "little")
+        raw[22:26] = claimed.to_bytes(4, "little")
+    return bytes(raw)
+
+
+def test_a_take_token_of_any_shape_has_a_key_and_saves(tmp_path: Path) -> None:
+    a = Analyses()
+    tokens = ["-1", "0x1f", "1f", "01f", "1_f", "FFFFFFFFFFFFFFFF", "ffffffffffffffff", "x" * 64, ""]
+    for eid, tk in enumerate(tokens, 1):
+        a.put(eid, 5, tk, eid)
+        a.put(10**12 + eid, 5, tk, eid)
+    assert len({analyses.take_key(t) for t in tokens}) == len(tokens)
+    a.save(tmp_path / analyses.CACHE_FILE)
+    b = Analyses.load(tmp_path / analyses.CACHE_FILE)[0]
+    for eid, tk in enumerate(tokens, 1):
+        assert b.of_take(eid, tk) == eid and b.of_take(10**12 + eid, tk) == eid
+
+
+def test_a_temporary_file_left_by_a_save_cut_short_is_removed(tmp_path: Path) -> None:
+    left = tmp_path / f".{analyses.CACHE_FILE}.abc123{analyses.TEMP_SUFFIX}"
+    left.write_bytes(b"half")
+    Analyses.load(tmp_path / analyses.CACHE_FILE)
+    assert not left.exists()
