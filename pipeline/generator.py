@@ -25,6 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from statesvc import protocol
 from statesvc.audio import Provenance
 from statesvc.client import Client, Unavailable
 from statesvc.health import min_free_bytes
@@ -165,7 +166,7 @@ class Generator:
         if p.op == "claim":
             self.claim_rid = None
             self.idle_until = time.monotonic() + CLAIM_RETRY
-        elif str(msg.get("error", "")).startswith(("not saved", "outcome unknown")):
+        elif protocol.error_kind(msg) in protocol.RETRY:
             self.unacked[self.client.send(p.op, **p.fields)] = Pending(p.op, p.fields, time.monotonic())
         else:  # refused for good: those leases are not ours to renew any more
             for item in p.fields.get("items", [p.fields]):

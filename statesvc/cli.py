@@ -43,7 +43,7 @@ from .daemon import serve as serve_daemon
 from .endpoints import defaults, running
 from .export import FORMATS, lines
 from .notify import log_format
-from .protocol import BadRequest
+from .protocol import BadRequest, ErrorKind
 from .state import STATUSES, Refused
 from .store import DamagedState, Locked, load
 from .texts import TextsError
@@ -60,9 +60,6 @@ EXPECTED = CANNOT + FAILURES  # the user's or the environment's doing: one line,
 # A path that cannot be used as given (exit 2), unlike an I/O failure on one that can (a full disk: 1).
 PATH_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP,
                          errno.ENAMETOOLONG, errno.EEXIST})
-# How the daemon's replies begin when it failed (daemon.py); any other error reply is a refusal of the
-# request (BadRequest, Refused), as the same request is refused offline.
-DAEMON_FAILED = ("not saved", "outcome unknown", "internal error", "checkpoint")
 
 
 class CannotCheck(Exception):
@@ -73,7 +70,8 @@ def exit_code(exc: BaseException) -> int:
     if isinstance(exc, (CannotCheck, *CANNOT)):
         return USAGE
     if isinstance(exc, ServiceError):
-        return FINDING if str(exc).startswith(DAEMON_FAILED) else USAGE
+        # the daemon failed to carry it out (1); else it refused the request, as it would offline (2)
+        return USAGE if exc.kind == ErrorKind.REFUSED else FINDING
     if isinstance(exc, OSError) and exc.errno in PATH_ERRNOS:
         return USAGE
     return FINDING

@@ -25,7 +25,11 @@ class Unavailable(Exception):
 
 
 class ServiceError(Exception):
-    """The daemon answered with an error; the text is its message."""
+    """The daemon answered with an error; the text is its message, ``kind`` what to do about it."""
+
+    def __init__(self, message: str, kind: protocol.ErrorKind = protocol.ErrorKind.REFUSED):
+        super().__init__(message)
+        self.kind = kind
 
 
 class NoDaemon(Exception):
@@ -122,7 +126,7 @@ class Client:
                 for msg in self.replies(left):
                     if msg.get("rid") == rid:
                         if not msg.get("ok"):
-                            raise ServiceError(str(msg.get("error")))
+                            raise ServiceError(str(msg.get("error")), protocol.error_kind(msg))
                         return msg
             if attempt + 1 < self.retries:
                 self.reconnect()  # the zguide's Lazy Pirate: a fresh socket for the resend

@@ -30,7 +30,7 @@ from .curve import CurveError, secure_server
 from .endpoints import defaults
 from .handlers import Handlers
 from .notify import Notifier
-from .protocol import BadRequest
+from .protocol import BadRequest, ErrorKind
 from .state import Refused, State, Status
 from .store import DamagedState, Store, WriterLock, load_for_writing, remove_stale_temps
 
@@ -154,10 +154,10 @@ class Daemon:
             reply = {"rid": rid, "ok": True, **body}
         except (BadRequest, Refused) as exc:
             self.totals["refused"] += 1
-            reply, deferred = {"rid": rid, "ok": False, "error": str(exc)}, False
+            reply, deferred = {"rid": rid, **protocol.failure(ErrorKind.REFUSED, str(exc))}, False
         except Exception as exc:  # a bug must cost one reply, never the daemon
             log.error("internal error: %s", traceback.format_exc().replace("\n", " | "))
-            reply, deferred = {"rid": rid, "ok": False, "error": f"internal error: {exc}"}, False
+            reply, deferred = {"rid": rid, **protocol.failure(ErrorKind.INTERNAL, f"internal error: {exc}")}, False
             if op in protocol.WRITES:  # it may have been half applied: this batch is not saved but rolled back
                 self.broken = True
         return protocol.encode(reply), envelope, deferred
@@ -290,7 +290,8 @@ class Daemon:
         try:
             self.store.complete() if wait else self.store.finish()
         except OutcomeUnknown:
-            self.answer_checkpoint(lambda s: True, {"ok": False, "error": "checkpoint outcome unknown"})
+            self.answer_checkpoint(lambda s: True, protocol.failure(ErrorKind.OUTCOME_UNKNOWN,
+                                                                    "checkpoint outcome unknown"))
             raise
         except SaveFailed as exc:
             self.next_checkpoint_try = now + CHECKPOINT_RETRY
@@ -298,7 +299,7 @@ class Daemon:
                       CHECKPOINT_RETRY, exc)
             if self.metrics is not None:
                 self.metrics.save_failures.labels("checkpoint").inc()
-            self.answer_checkpoint(lambda s: True, {"ok": False, "error": f"checkpoint failed: {exc}"})
+            self.answer_checkpoint(lambda s: True, protocol.failure(ErrorKind.NOT_SAVED, f"checkpoint failed: {exc}"))
             return
         took = self.store.last_checkpoint_seconds
         log.info("checkpoint: %d bytes in %.3f s", self.store.file_bytes, took)
@@ -377,8 +378,10 @@ class Daemon:
     def refuse(self, waiting: list, exc: SaveFailed) -> None:
         log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
         # after the rename, the save may survive or not: never tell a client "not saved" then
-        word = "outcome unknown (check, then retry)" if isinstance(exc, OutcomeUnknown) else "not saved"
-        err = {"ok": False, "error": f"{word}: {exc}"}
+        if isinstance(exc, OutcomeUnknown):
+            err = protocol.failure(ErrorKind.OUTCOME_UNKNOWN, f"outcome unknown (check, then retry): {exc}")
+        else:
+            err = protocol.failure(ErrorKind.NOT_SAVED, f"not saved: {exc}")
         for envelope, reply, _arrived in waiting:
             rid = orjson.loads(reply).get("rid")
             self.send(envelope, protocol.encode({"rid": rid, **err}))
@@ -388,7 +391,8 @@ class Daemon:
         appears later (SQLite's rollback). Costs a load (seconds at a million entries), only on failure."""
         started = time.monotonic()
         if self.store.job is not None:  # it may hold what was just refused
-            self.answer_checkpoint(lambda s: True, {"ok": False, "error": "checkpoint failed: a commit failed"})
+            self.answer_checkpoint(lambda s: True, protocol.failure(ErrorKind.NOT_SAVED,
+                                                                    "checkpoint failed: a commit failed"))
         self.store.close()
         try:
             state, store = load_for_writing(self.dataset)

@@ -125,8 +125,9 @@ class Daemon:
                 reply = orjson.loads(await sock.recv())
                 if reply.get("rid") != rid:
                     continue
-                if not reply.get("ok"):
-                    raise ActionError(409, str(reply.get("error")))
+                if not reply.get("ok"):  # refused: 409; the daemon's trouble (try again): 503
+                    kind = protocol.error_kind(reply)
+                    raise ActionError(409 if kind == protocol.ErrorKind.REFUSED else 503, str(reply.get("error")))
                 return reply
             raise ActionError(504, f"the daemon did not answer within {timeout:.0f} s; "
                                    "the action may or may not be done: look again")

@@ -11,8 +11,9 @@ import shutil
 import time
 from pathlib import Path
 
+from . import protocol
 from .audio import inspect, read_provenance, take_path
-from .protocol import STORAGE, VALIDATORS, WRITES
+from .protocol import STORAGE, VALIDATORS, WRITES, ErrorKind
 from .state import Effect, Refused, State
 
 log = logging.getLogger("statesvc")
@@ -148,7 +149,7 @@ class Handlers:
         try:
             return {"ok": True, **self.on_result(a, now)}
         except Refused as exc:
-            return {"ok": False, "error": str(exc)}
+            return protocol.failure(ErrorKind.REFUSED, str(exc))
 
     # ---- files ---------------------------------------------------------------
     def take_ready(self, a: dict) -> bool:

@@ -1,12 +1,14 @@
 """Messages on the wire: names, limits, encoding and validation.
 
 A request is one frame, a JSON object ``{"op": NAME, "rid": N, ...}``; a reply is
-one frame ``{"rid": N, "ok": true, ...}`` or ``{"rid": N, "ok": false, "error": TEXT}``.
+one frame ``{"rid": N, "ok": true, ...}`` or ``{"rid": N, "ok": false, "kind": KIND, "error": TEXT}``,
+KIND one of ``ErrorKind``: what a client may do about it, where TEXT says what happened.
 Validation only checks shape; applying a message is the state's business.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Any
 
@@ -14,6 +16,40 @@ import orjson
 
 from .state import STATUSES, Verdict
 from .texts import check_filename, check_text
+
+
+class ErrorKind(enum.StrEnum):
+    """Why a request failed, as a client acts on it."""
+
+    REFUSED = "refused"                  # the request itself (as it would be offline): sent again, refused again
+    NOT_SAVED = "not_saved"              # a commit or checkpoint failed: nothing of it applied; send it again
+    OUTCOME_UNKNOWN = "outcome_unknown"  # it may have landed or not: look, then send it again
+    INTERNAL = "internal"                # a bug in the daemon: this request failed, the daemon goes on
+
+
+RETRY = frozenset({ErrorKind.NOT_SAVED, ErrorKind.OUTCOME_UNKNOWN})  # the daemon's trouble, not the request's
+
+
+def failure(kind: ErrorKind, message: str) -> dict:
+    """The body of an error reply."""
+    return {"ok": False, "kind": kind.value, "error": message}
+
+
+def error_kind(reply: dict) -> ErrorKind:
+    """The kind of an error reply, decoded at the edge. A reply without one (a daemon older than the
+    field) is told by the start of its text, as clients did before."""
+    try:
+        return ErrorKind(reply.get("kind"))
+    except ValueError:
+        text = str(reply.get("error", ""))
+        for start, kind in (("not saved", ErrorKind.NOT_SAVED), ("checkpoint failed", ErrorKind.NOT_SAVED),
+                            ("outcome unknown", ErrorKind.OUTCOME_UNKNOWN),
+                            ("checkpoint outcome unknown", ErrorKind.OUTCOME_UNKNOWN),
+                            ("internal error", ErrorKind.INTERNAL)):
+            if text.startswith(start):
+                return kind
+        return ErrorKind.REFUSED
+
 
 MAX_MESSAGE = 4 * 1024 * 1024
 MAX_BATCH = 10_000

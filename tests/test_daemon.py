@@ -73,7 +73,7 @@ def test_malformed_requests_get_errors_and_change_nothing(tmp_path: Path, start_
         s.send_multipart(frames)
         assert s.poll(5000), f"no reply to {frames[0][:40]!r}"
         reply = orjson.loads(s.recv())
-        assert reply["ok"] is False and reply["error"], reply
+        assert reply["ok"] is False and reply["error"] and reply["kind"] == "refused", reply
     s.close()
     with client(ds) as c:
         assert c.call("ping")["pid"]
@@ -248,3 +248,16 @@ def select_line(stream) -> str | None:
     if select.select([stream], [], [], 0.2)[0]:
         return stream.readline()
     return None
+
+
+def test_an_error_reply_is_decoded_into_what_a_client_does_about_it() -> None:
+    from statesvc.protocol import ErrorKind, error_kind, failure
+    for kind in ErrorKind:
+        assert error_kind(failure(kind, "text")) == kind
+    # a daemon older than the field: told by the start of its text, as clients did before
+    assert error_kind({"ok": False, "error": "not saved: No space left on device"}) == ErrorKind.NOT_SAVED
+    assert error_kind({"ok": False, "error": "outcome unknown (check, then retry): EIO"}) == ErrorKind.OUTCOME_UNKNOWN
+    assert error_kind({"ok": False, "error": "checkpoint failed: EIO"}) == ErrorKind.NOT_SAVED
+    assert error_kind({"ok": False, "error": "internal error: KeyError"}) == ErrorKind.INTERNAL
+    assert error_kind({"ok": False, "error": "no entry 'x'"}) == ErrorKind.REFUSED
+    assert error_kind({"ok": False, "kind": "bogus", "error": "no entry"}) == ErrorKind.REFUSED

@@ -15,6 +15,7 @@ from statesvc import store
 from statesvc.atomic import OutcomeUnknown, SaveFailed
 from statesvc.client import Client, ServiceError
 from statesvc.daemon import Daemon
+from statesvc.protocol import ErrorKind
 from statesvc.state import Entry, State
 from statesvc.store import load
 from tests.conftest import take, wait_for
@@ -167,8 +168,9 @@ def test_daemon_refuses_the_failed_batch_and_rolls_it_back(tmp_path: Path, monke
     try:
         with Client(f"ipc://{ds}/statesvc.sock", timeout=5, retries=1) as c:
             for _ in range(3):  # three batches hit the full disk
-                with pytest.raises(ServiceError, match="not saved"):
+                with pytest.raises(ServiceError, match="not saved") as refused:
                     c.call("claim", owner="g", n=1)
+                assert refused.value.kind == ErrorKind.NOT_SAVED  # the daemon's trouble: send it again
                 assert c.call("ping")["pid"] == os.getpid()  # still serving
             assert load(ds).counts["generating"] == 0
             c.call("claim", owner="g", n=1)  # space is back: this batch is saved, the refused ones never
@@ -207,8 +209,9 @@ def test_daemon_stops_when_the_new_journals_folder_fsync_fails(tmp_path: Path, m
     try:
         with Client(f"ipc://{ds}/statesvc.sock", timeout=5, retries=1) as c:
             c.call("claim", owner="g", n=1)
-            with pytest.raises(ServiceError, match="outcome unknown"):  # appends to it might not survive
+            with pytest.raises(ServiceError, match="outcome unknown") as unknown:  # appends might not survive
                 c.call("checkpoint")
+            assert unknown.value.kind == ErrorKind.OUTCOME_UNKNOWN
         t.join(10)
         assert errors and isinstance(errors[0], OutcomeUnknown)
     finally:
@@ -306,7 +309,7 @@ def test_a_commit_failing_while_a_checkpoint_is_written_drops_the_checkpoint(tmp
             with pytest.raises(ServiceError, match="not saved"):
                 c.call("claim", owner="g", n=1)  # may have been read by the checkpoint thread
             replies = wait_for(lambda: asker.replies(0.1), 10, "the checkpoint's answer")
-            assert "a commit failed" in replies[0]["error"]
+            assert "a commit failed" in replies[0]["error"] and replies[0]["kind"] == "not_saved"
             # the daemon's thread answers, then rolls back to a new store: not at once seen from here
             wait_for(lambda: d.store.job is None, 10, "the checkpoint dropped")
             c.call("claim", owner="g", n=1)
