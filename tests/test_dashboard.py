@@ -383,8 +383,18 @@ def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
                            "document.querySelector('[data-message]').dataset.kind === 'done'")
     assert shown() == [names[3], f"/entries/{names[3]}"], "the approval's answer moved the page on"
     assert entry_of(ds, names[2])["review"]["verdict"] == "approved"
+    # approve, and a live change of the same entry overtakes the reload that shows the verdict: the
+    # page still goes on to the next entry
+    page.evaluate(f"window.__slow = '/entries/{names[3]}'")
+    page.keyboard.press("a")
+    page.wait_for_function("() => window.__slow === null")  # the reload is held back
+    cli("review", "--dataset", str(ds), names[3], "approved", "--note", "dicho dos veces", check=True)
+    page.wait_for_selector(f"[data-entry][data-filename={names[4]}]")
+    assert shown() == [names[4], f"/entries/{names[4]}"]
+    page.keyboard.press("k")
+    page.wait_for_selector(f"[data-entry][data-filename={names[3]}]")
     # back, and the entry cannot be opened: the address names the entry shown, not the one asked
-    page.evaluate(f"window.__fail = '/entries/{names[2]}'")
+    page.evaluate(f"window.__fail = '/entries/{names[4]}'")
     page.evaluate("history.back()")
     page.wait_for_selector("[data-message][data-kind=error]")
     page.wait_for_function("() => window.__inflight === 0")
@@ -584,6 +594,10 @@ def test_token_csrf_and_paths_are_refused_and_the_server_lives_on(tmp_path: Path
                               ("POST", "/api/requeue", b'{"filenames": ["nope"]}')]:
         status, reply = request(method, u + path, raw, {**bearer, "X-CSRF-Token": csrf})
         assert 400 <= status < 500 and isinstance(reply.get("error"), str), (path, raw, status, reply)
+    # refused by the daemon, as it would be offline: a conflict, not its trouble (503, try again)
+    refused = orjson.dumps({"filename": name, "review": "approved", "take": "not-its-take"})
+    status, reply = request("POST", f"{u}/api/review", refused, {**bearer, "X-CSRF-Token": csrf})
+    assert status == 409 and reply["error"], (status, reply)
     assert dash.proc.poll() is None and get(f"{u}/api/status", bearer)[0] == 200
     # a non-loopback address without a token does not start
     r = cli("dashboard", "--dataset", str(ds), "--host", "0.0.0.0", "--port", str(free_port()))

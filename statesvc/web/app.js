@@ -324,10 +324,10 @@ async function entryAction(a) {
     const verdict = a === "approve" ? "approved" : "rejected";
     ok = await act(`${verdict[0].toUpperCase()}${verdict.slice(1)} ${filename}`, "/api/review",
                    {filename, review: verdict, note, take: main.dataset.take || null});
+    if (!ok) return;
+    await loadEntry(entryUrl, false, false);  // (a live refresh of this entry may show it instead)
     // on to the next only from the entry judged: not if the curator moved on meanwhile
-    if (ok && await loadEntry(entryUrl, false, false) && $("[data-entry]").dataset.filename === filename) {
-      return advance();
-    }
+    if (entryName(entryUrl) === filename && $("[data-entry]").dataset.filename === filename) return advance();
     return;
   } else if (a === "regenerate") {
     ok = await act(`Regenerate ${filename}`, "/api/requeue", {filenames: [filename]});
