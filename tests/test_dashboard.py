@@ -511,8 +511,8 @@ def test_a_curator_reviews_with_the_keyboard_only(tmp_path: Path, start_daemon, 
     assert page.locator("[data-help]").is_visible()
     page.keyboard.press("Escape")
     page.keyboard.press("j")
-    page.keyboard.press("Enter")
-    page.wait_for_selector(f"[data-entry][data-filename={names[0]}]")
+    page.keyboard.press("Enter")  # a new page: its keys work once its script has run
+    page.wait_for_selector(f"body[data-ready] [data-entry][data-filename={names[0]}]")
     page.keyboard.press("a")  # approve, and on to the next
     page.wait_for_selector(f"[data-entry][data-filename={names[1]}]")
     page.keyboard.press("n")  # a note, then reject

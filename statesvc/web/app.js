@@ -410,3 +410,4 @@ if (page === "overview") overviewPage();
 if (page === "entry") entryPage();
 if (page === "health") for (const c of $$("canvas[data-hist]")) drawHist(c);
 listen();
+document.body.dataset.ready = "1";  // keys work from now on (what a script driving the page waits for)
