@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import takes
+from .mirror import grown
 
 CACHE_FILE = "dashboard-flags.npz"
 TEMP_SUFFIX = ".tmp"
@@ -69,8 +70,24 @@ class Analyses:
 
     def of_take(self, eid: int, take: str) -> int | None:
         """The flags found for this take of the entry, if it was analysed."""
-        got = self._get(eid)
-        return got[2] if got is not None and got[1] == take_key(take) else None
+        found = int(self.of_takes(np.array([eid], np.int64), [take])[0])
+        return None if found < 0 else found
+
+    def of_takes(self, ids: np.ndarray, takes: list[str]) -> np.ndarray:
+        """``of_take`` of many at once (every take of a state just loaded): -1 where none was found."""
+        keys = np.fromiter(map(take_key, takes), np.uint64, len(takes))
+        found = np.full(len(ids), -1, np.int16)
+        with self.lock:
+            dense = (ids >= 0) & (ids < len(self.bits))
+            at = np.flatnonzero(dense)
+            d = ids[at]
+            same = (self.bits[d] >= 0) & (self.take[d] == keys[at])
+            found[at[same]] = self.bits[d[same]]
+            for j in np.flatnonzero(~dense):
+                got = self.sparse.get(int(ids[j]))
+                if got is not None and got[1] == int(keys[j]):
+                    found[j] = got[2]
+        return found
 
     def of_file(self, eid: int, sig: int) -> int | None:
         """The flags found for the wav of this ``file_key``, if it was analysed."""
@@ -86,11 +103,8 @@ class Analyses:
                 return
             if eid >= len(self.bits):
                 size = max(eid + 1, 2 * len(self.bits), 1024)
-                for name, fill in (("sig", 0), ("take", 0), ("bits", -1)):
-                    col = getattr(self, name)
-                    grown = np.full(size, fill, col.dtype)
-                    grown[:len(col)] = col
-                    setattr(self, name, grown)
+                self.sig, self.take = grown(self.sig, size), grown(self.take, size)
+                self.bits = grown(self.bits, size, -1)
             self.sig[eid], self.take[eid], self.bits[eid] = sig, tk, flags
 
     # ---- the cache file --------------------------------------------------------------------------

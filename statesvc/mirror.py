@@ -173,9 +173,8 @@ class Mirror:
         i = len(self.entries)
         for name in ("status", "duration", "chars", "updated", "verdict", "audio_bits", "fit_bits"):
             col = getattr(self, name)  # first: a query in a worker thread never sees a row without columns
-            grown = np.zeros(max(16, 2 * len(col)) if i >= len(col) else len(col), col.dtype)
-            grown[:len(col)] = col
-            setattr(self, name, grown)
+            if i >= len(col):
+                setattr(self, name, grown(col, max(16, 2 * len(col))))
         with self._swap:
             self.entries.append(e)
             self._text_changed(i, "", e)
@@ -496,25 +495,24 @@ class Haystack:
         hits = np.zeros(max(n, self.rows), bool)
         aside = dict(self.aside)  # a copy in one step: the event loop may set a row meanwhile
         nb = needle.encode()
-        if nb:
-            width = len(nb)
-            k = min(range(width), key=lambda j: self.frequency[nb[j]])  # the rarest byte: fewest places
-            for r0, r1 in self.blocks:
-                lo, seg = self._segment(r0, r1)
-                eq = seg == nb[k]
-                if width == 1:  # a row holds it when any of its bytes is it
-                    starts = np.empty(r1 - r0, np.int64)
-                    starts[0] = 0
-                    starts[1:] = self.ends[r0:r1 - 1] - lo
-                    hits[r0:r1] |= np.logical_or.reduceat(eq, starts)
-                    continue
-                pos = np.flatnonzero(eq)
-                pos -= k
-                pos = pos[(pos >= 0) & (pos <= len(seg) - width)]
-                for j in range(width):
-                    if j != k and len(pos):
-                        pos = pos[seg[pos + j] == nb[j]]
-                hits[r0 + np.searchsorted(self.ends[r0:r1] - lo, pos, side="right")] = True
+        width = len(nb)
+        k = min(range(width), key=lambda j: self.frequency[nb[j]])  # the rarest byte: fewest places
+        for r0, r1 in self.blocks:
+            lo, seg = self._segment(r0, r1)
+            eq = seg == nb[k]
+            if width == 1:  # a row holds it when any of its bytes is it
+                starts = np.empty(r1 - r0, np.int64)
+                starts[0] = 0
+                starts[1:] = self.ends[r0:r1 - 1] - lo
+                hits[r0:r1] |= np.logical_or.reduceat(eq, starts)
+                continue
+            pos = np.flatnonzero(eq)
+            pos -= k
+            pos = pos[(pos >= 0) & (pos <= len(seg) - width)]
+            for j in range(width):
+                if j != k and len(pos):
+                    pos = pos[seg[pos + j] == nb[j]]
+            hits[r0 + np.searchsorted(self.ends[r0:r1] - lo, pos, side="right")] = True
         for i, row in aside.items():
             if i < len(hits):
                 hits[i] = needle in row
@@ -601,10 +599,15 @@ class Positions:
             self.sparse[eid] = i
             return
         if eid >= len(self.array):
-            grown = np.full(max(eid + 1, 2 * len(self.array)), -1, np.int64)
-            grown[:len(self.array)] = self.array
-            self.array = grown
+            self.array = grown(self.array, max(eid + 1, 2 * len(self.array)), -1)
         self.array[eid] = i
+
+
+def grown(col: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+    """A column of ``size`` rows holding ``col``'s, the new ones ``fill``."""
+    out = np.full(size, fill, col.dtype)
+    out[:len(col)] = col
+    return out
 
 
 def _stamp(iso: str | None) -> float:
