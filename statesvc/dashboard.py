@@ -334,14 +334,20 @@ class Hub:
         mirror = Mirror(read(self.dataset, view=ViewEntry))
         backlog = array("q")
         if self.settings.analyze:
+            done = []
             for i in np.flatnonzero(mirror.status[:len(mirror.entries)] == STATUS_CODE[Status.COMPLETED]):
                 e = mirror.entries[i]
-                # a take with no token (a wav the reconciler adopted): the analyzer checks its file
-                found = None if e.take is None else self.analyses.of_take(e.id, e.take)
-                if found is None:
+                if e.take is None:  # a wav the reconciler adopted: the analyzer checks its file
                     backlog.append(e.id)
                 else:
-                    mirror.set_audio_flags(e.filename, e.take, found)
+                    done.append(e)
+            found = self.analyses.of_takes(np.fromiter((e.id for e in done), np.int64, len(done)),
+                                           [e.take for e in done])
+            for e, flags in zip(done, found.tolist(), strict=True):
+                if flags < 0:
+                    backlog.append(e.id)
+                else:
+                    mirror.set_audio_flags(e.filename, e.take, flags)
         return mirror, backlog
 
     # ---- the takes' analysis, in a thread (reading wavs must not stall the pages) ---------------
