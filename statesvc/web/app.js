@@ -276,7 +276,6 @@ function entryName(url) {
   return decodeURIComponent(new URL(url, location.origin).pathname.split("/").pop());
 }
 
-// True when this load is the one shown.
 async function loadEntry(url, push = true, autoplay = true) {
   const mine = ++entryLoads;
   if (url === entryUrl) {  // the same entry asked again (a refresh): keep what its opening asked for
@@ -293,7 +292,7 @@ async function loadEntry(url, push = true, autoplay = true) {
     if (resp.ok) html = await resp.text();
     else why = `HTTP ${resp.status}`;
   } catch { /* why says it */ }
-  if (mine !== entryLoads) return false;
+  if (mine !== entryLoads) return;
   if (html === null) {
     say(`cannot open ${url}: ${why}`, "error");
     entryUrl = shownUrl;
@@ -302,7 +301,7 @@ async function loadEntry(url, push = true, autoplay = true) {
     if (location.pathname + location.search !== shownUrl) history.pushState(null, "", shownUrl);
     // changes to the entry shown were not followed while another one was opening
     if (url !== shownUrl) refreshEntry();
-    return false;
+    return;
   }
   const doc = new DOMParser().parseFromString(html, "text/html");
   $("main").replaceWith($("main", doc));
@@ -312,7 +311,6 @@ async function loadEntry(url, push = true, autoplay = true) {
   const play = autoplayPending;
   pushPending = autoplayPending = false;
   setupEntry(play);
-  return true;
 }
 
 async function entryAction(a) {
