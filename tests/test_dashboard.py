@@ -124,13 +124,17 @@ def start_generator(ds: Path, procs: list[subprocess.Popen], *extra: str, synth:
     return p
 
 
-def generated(tmp_path: Path, texts: list[str], start_daemon, procs: list[subprocess.Popen]
+def generated(tmp_path: Path, texts: list[str], start_daemon, procs: list[subprocess.Popen], stop: bool = False
               ) -> tuple[Path, object, subprocess.Popen]:
-    """A dataset of ``texts``, its daemon, and a generator that has completed every entry."""
+    """A dataset of ``texts``, its daemon, and a generator that has completed every entry (and,
+    with ``stop``, has stopped: what is requeued then stays pending)."""
     ds = make_dataset(tmp_path, texts)
     daemon = start_daemon(ds)
     gen = start_generator(ds, procs)
     wait_for(lambda: read_state(ds)["completed"] == len(texts), 60, "the run to finish")
+    if stop:
+        gen.send_signal(signal.SIGTERM)
+        gen.wait(20)
     return ds, daemon, gen
 
 
@@ -161,6 +165,11 @@ def page(browser) -> Iterator[object]:
 
 def entry_of(ds: Path, name: str) -> dict:
     return next(e for e in read_state(ds)["entries"] if e["filename"] == name)
+
+
+def shown_entry(pg) -> list[str]:
+    """The entry the page shows, and the one its address names."""
+    return pg.evaluate("[document.querySelector('[data-entry]').dataset.filename, location.pathname]")
 
 
 def count(pg, status: str) -> int:
@@ -302,35 +311,6 @@ def test_audio_matches_the_state_and_regenerate_keeps_the_old_take_playable(
     assert abs(old_duration - before["duration_seconds"]) < 0.01
 
 
-def test_a_late_answer_never_takes_the_page_back_to_the_entry_the_curator_left(
-        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
-    ds, _, gen = generated(tmp_path, TEXTS[:4], start_daemon, generators)
-    gen.send_signal(signal.SIGTERM)
-    gen.wait(20)
-    dash = start_dashboard(ds)
-    names = [e["filename"] for e in read_state(ds)["entries"]]
-    page.goto(f"{dash.url}/entries/{names[1]}")
-    # a slow network: the first reload of this entry's page is answered 2 s late
-    page.evaluate("""name => { const real = window.fetch; window.__late = 'waiting';
-        window.fetch = async (url, opts) => {
-          const resp = await real(url, opts);
-          if (window.__late !== 'waiting' || !String(url).startsWith('/entries/' + name)) return resp;
-          window.__late = 'held';
-          const text = await resp.text();
-          return {ok: resp.ok, status: resp.status, text: async () => {
-            await new Promise(done => setTimeout(done, 2000));
-            window.__late = 'delivered';
-            return text; }};
-        }; }""", names[1])
-    cli("requeue", "--dataset", str(ds), names[1], check=True)  # it changes under the page: shown anew
-    page.wait_for_function("() => window.__late === 'held'")
-    page.keyboard.press("j")  # meanwhile the curator moves on
-    page.wait_for_selector(f"[data-entry][data-filename={names[2]}]")
-    page.wait_for_function("() => window.__late === 'delivered'")
-    shown = page.evaluate("[document.querySelector('[data-entry]').dataset.filename, location.pathname]")
-    assert shown == [names[2], f"/entries/{names[2]}"], f"the late answer took the page back: {shown}"
-
-
 # A slow or failing network, in the page: the fetches that answer 503 once or answer late once, and
 # how many are still at work (until their body is read: the page acts on it then).
 NETWORK = """() => { const real = window.fetch; window.__inflight = 0; window.__fail = null; window.__slow = null;
@@ -352,25 +332,37 @@ NETWORK = """() => { const real = window.fetch; window.__inflight = 0; window.__
   }; }"""
 
 
-def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
+def test_a_late_answer_never_takes_the_page_back_to_the_entry_the_curator_left(
         tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
-    ds, _, gen = generated(tmp_path, TEXTS[:5], start_daemon, generators)
-    gen.send_signal(signal.SIGTERM)
-    gen.wait(20)
+    ds, _, _ = generated(tmp_path, TEXTS[:4], start_daemon, generators, stop=True)
     dash = start_dashboard(ds)
     names = [e["filename"] for e in read_state(ds)["entries"]]
     page.goto(f"{dash.url}/entries/{names[1]}")
     page.evaluate(NETWORK)
+    page.evaluate(f"window.__slow = '/entries/{names[1]}'")  # its next reload is answered late
+    cli("requeue", "--dataset", str(ds), names[1], check=True)  # it changes under the page: shown anew
+    page.wait_for_function("() => window.__slow === null")  # that reload is held back
+    page.keyboard.press("j")  # meanwhile the curator moves on
+    page.wait_for_selector(f"[data-entry][data-filename={names[2]}]")
+    page.wait_for_function("() => window.__inflight === 0")  # the late answer is in
+    shown = shown_entry(page)
+    assert shown == [names[2], f"/entries/{names[2]}"], f"the late answer took the page back: {shown}"
 
-    def shown() -> list[str]:
-        return page.evaluate("[document.querySelector('[data-entry]').dataset.filename, location.pathname]")
+
+def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    ds, _, _ = generated(tmp_path, TEXTS[:5], start_daemon, generators, stop=True)
+    dash = start_dashboard(ds)
+    names = [e["filename"] for e in read_state(ds)["entries"]]
+    page.goto(f"{dash.url}/entries/{names[1]}")
+    page.evaluate(NETWORK)
     # the next entry cannot be opened: the page stays on this one, and follows its changes
     page.evaluate(f"window.__fail = '/entries/{names[2]}'")
     page.keyboard.press("j")
     page.wait_for_selector("[data-message][data-kind=error]")
     cli("requeue", "--dataset", str(ds), names[1], check=True)
     page.wait_for_selector(f"[data-entry][data-filename={names[1]}][data-status=pending]")
-    assert shown() == [names[1], f"/entries/{names[1]}"]
+    assert shown_entry(page) == [names[1], f"/entries/{names[1]}"]
     # approve, and move on before the daemon's answer is back: the page stays where the curator went
     page.keyboard.press("j")
     page.wait_for_selector(f"[data-entry][data-filename={names[2]}]")
@@ -381,7 +373,7 @@ def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
     page.wait_for_selector(f"[data-entry][data-filename={names[3]}]")
     page.wait_for_function("() => window.__inflight === 0 && "
                            "document.querySelector('[data-message]').dataset.kind === 'done'")
-    assert shown() == [names[3], f"/entries/{names[3]}"], "the approval's answer moved the page on"
+    assert shown_entry(page) == [names[3], f"/entries/{names[3]}"], "the approval's answer moved the page on"
     assert entry_of(ds, names[2])["review"]["verdict"] == "approved"
     # approve, and a live change of the same entry overtakes the reload that shows the verdict: the
     # page still goes on to the next entry
@@ -390,7 +382,7 @@ def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
     page.wait_for_function("() => window.__slow === null")  # the reload is held back
     cli("review", "--dataset", str(ds), names[3], "approved", "--note", "dicho dos veces", check=True)
     page.wait_for_selector(f"[data-entry][data-filename={names[4]}]")
-    assert shown() == [names[4], f"/entries/{names[4]}"]
+    assert shown_entry(page) == [names[4], f"/entries/{names[4]}"]
     page.keyboard.press("k")
     page.wait_for_selector(f"[data-entry][data-filename={names[3]}]")
     # back, and the entry cannot be opened: the address names the entry shown, not the one asked
@@ -398,14 +390,12 @@ def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
     page.evaluate("history.back()")
     page.wait_for_selector("[data-message][data-kind=error]")
     page.wait_for_function("() => window.__inflight === 0")
-    assert shown() == [names[3], f"/entries/{names[3]}"]
+    assert shown_entry(page) == [names[3], f"/entries/{names[3]}"]
 
 
 def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(
         tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
-    ds, _, gen = generated(tmp_path, TEXTS[:5], start_daemon, generators)
-    gen.send_signal(signal.SIGTERM)
-    gen.wait(20)
+    ds, _, _ = generated(tmp_path, TEXTS[:5], start_daemon, generators, stop=True)
     dash = start_dashboard(ds)
     name = read_state(ds)["entries"][1]["filename"]
     (ds / "wavs" / f"{name}.wav").unlink()
@@ -425,9 +415,7 @@ def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(
 
 def test_the_page_shows_a_cli_requeue_after_the_daemon_was_killed_and_restarted(
         tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
-    ds, d, gen = generated(tmp_path, TEXTS[:4], start_daemon, generators)
-    gen.send_signal(signal.SIGTERM)
-    gen.wait(20)
+    ds, d, _ = generated(tmp_path, TEXTS[:4], start_daemon, generators, stop=True)
     dash = start_dashboard(ds)
     page.goto(dash.url + "/")
     page.evaluate("window.__sameDocument = true")
