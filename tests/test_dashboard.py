@@ -141,7 +141,8 @@ def generated(tmp_path: Path, texts: list[str], start_daemon, procs: list[subpro
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not os.path.exists(CHROMIUM):
-        pytest.skip("no chromium: apt-get install chromium (bin/run-tests does it when run as root)")
+        # A headline test: without its browser it fails loudly rather than skipping unseen.
+        pytest.fail("no chromium at /usr/bin/chromium: apt-get install chromium (bin/run-tests does it as root)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=[
