@@ -155,7 +155,7 @@ async function refreshEntry(known = null) {
     e = await resp.json();
   }
   const changed = e.status !== main.dataset.status || (e.take || "") !== main.dataset.take ||
-    JSON.stringify(e.review) !== main.dataset.reviewJson || e.text !== $("[data-text]").textContent;
+    JSON.stringify(e.review) !== JSON.stringify(JSON.parse(main.dataset.reviewJson)) || e.text !== $("[data-text]").textContent;
   const typing = document.activeElement && main.contains(document.activeElement) &&
     document.activeElement.matches("input, textarea");
   if (changed && !typing) loadEntry(entryUrl, false, false);
