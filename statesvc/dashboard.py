@@ -10,6 +10,7 @@ durable. It starts whether or not the daemon runs and follows it through restart
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import hmac
@@ -22,7 +23,7 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,10 @@ REQUEST_TIMEOUT = 10.0  # seconds an action waits for the daemon's durable answe
 RELOADING = object()    # what the analyzer is told while the state is read again
 RELOAD_WAIT = 10.0      # seconds a reload waits for requests to let go of the old copy
 MAX_BODY = 1 << 20
+FILE_THREADS = 8        # file work (listings, wav decoding) at once; more waits for a free thread...
+FILE_WAIT = 10.0        # ...this many seconds, then the request is told the files do not answer
+EARLIER_TAKES = 20      # earlier takes an entry shows, newest first
+RACY = 2_000_000_000    # ns: a folder changed this recently may change again within its mtime's tick
 
 
 class ActionError(Exception):
@@ -117,6 +122,89 @@ def read_token(path: Path) -> str:
     if len(token) < 16:
         raise ValueError(f"token file {path} must hold a token of at least 16 characters")
     return token
+
+
+# ---- the files, off the event loop ---------------------------------------------------------------
+class Offload:
+    """Blocking file work (listings, wav decoding, waveform peaks) in threads of its own, at most
+    FILE_THREADS at once, so the event loop answers every other request meanwhile. The threads are
+    daemon threads: one stuck on a file (a FIFO, a hung network mount) neither blocks the rest
+    nor keeps the process from stopping."""
+
+    def __init__(self, limit: int = FILE_THREADS):
+        self.slots = asyncio.Semaphore(limit)
+
+    async def run(self, fn: Callable[..., object], *args: object) -> object:
+        try:
+            await asyncio.wait_for(self.slots.acquire(), FILE_WAIT)
+        except TimeoutError:
+            raise ActionError(503, "the dataset's files do not answer (every file thread is still at work); "
+                                   "try again later") from None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def work() -> None:
+            try:
+                outcome = (True, fn(*args))
+            except BaseException as exc:  # handed to the request, which answers it
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(self._finished, done, outcome)
+
+        try:
+            threading.Thread(target=work, name="page-files", daemon=True).start()
+        except BaseException:
+            self.slots.release()
+            raise
+        return await done
+
+    def _finished(self, done: asyncio.Future, outcome: tuple[bool, object]) -> None:
+        self.slots.release()  # when the work ends, not when its request gave up: a stuck thread holds its slot
+        if done.done():
+            return  # the request went away (cancelled)
+        ok, value = outcome
+        if ok:
+            done.set_result(value)
+        else:
+            done.set_exception(value)  # type: ignore[arg-type]
+
+
+class EarlierTakes:
+    """An entry's earlier takes (requeued/NAME.TIMESTAMP.wav), found by its name in a sorted
+    listing of the folder instead of a glob per view: the folder is listed again only when its
+    mtime changed (or changed so recently that another change may share the same mtime)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.lock = threading.Lock()
+        self.names: list[str] = []
+        self.listed: int | None = None  # the folder's mtime the listing is known to hold
+
+    def of(self, name: str, limit: int = EARLIER_TAKES) -> list[str]:
+        """The file names of ``name``'s earlier takes, newest first."""
+        with self.lock:
+            names = self._current()
+        prefix = name + "."
+        lo = bisect.bisect_left(names, prefix)
+        hi = bisect.bisect_left(names, name + chr(ord(".") + 1))
+        found = [n for n in names[lo:hi] if n.endswith(".wav") and n[len(prefix):-4].count(".") == 1]
+        return found[::-1][:limit]
+
+    def _current(self) -> list[str]:
+        started = time.time_ns()
+        try:
+            mtime = self.folder.stat().st_mtime_ns
+        except OSError:
+            self.names, self.listed = [], None
+            return self.names
+        if mtime != self.listed:
+            try:
+                with os.scandir(self.folder) as it:
+                    self.names = sorted(e.name for e in it)
+            except OSError:
+                self.names, mtime = [], None
+            self.listed = mtime if mtime is not None and mtime < started - RACY else None
+        return self.names
 
 
 # ---- the daemon, asynchronously ---------------------------------------------------------------
@@ -195,6 +283,8 @@ class Hub:
         self.stopping = threading.Event()
         self.tasks: list[asyncio.Task] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.files = Offload()
+        self.earlier = EarlierTakes(self.dataset / SET_ASIDE)
 
     # ---- life -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -557,7 +647,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
     @app.get("/entries/{filename}", response_class=HTMLResponse)
     async def entry_page(request: Request, filename: str) -> HTMLResponse:
         m = mirror()
-        data = _entry(m, filename, settings.dataset)
+        data = await _entry(hub, m, filename)
         query = _query(request)
         prev, nxt = await asyncio.to_thread(m.neighbours, data["filename"], query)
         return HTMLResponse(pages.entry(data, csrf, pages.view_of(query), prev, nxt))
@@ -587,7 +677,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/api/entries/{filename}")
     async def api_entry(filename: str) -> dict:
-        return _entry(mirror(), filename, settings.dataset)
+        return await _entry(hub, mirror(), filename)
 
     @app.get("/api/neighbours/{filename}")
     async def api_neighbours(request: Request, filename: str) -> dict:
@@ -649,7 +739,8 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/audio/{folder}/{name}")
     async def audio(folder: str, name: str) -> FileResponse:
-        return FileResponse(_audio_path(settings.dataset, folder, name), media_type="audio/wav",
+        path = await hub.files.run(_audio_path, settings.dataset, folder, name)
+        return FileResponse(path, media_type="audio/wav",
                             headers={"Cache-Control": "no-cache"})
 
     return app
@@ -772,21 +863,23 @@ def _query(request: Request) -> Query:
                  limit=num("limit", 50)).check()
 
 
-def _entry(m: Mirror, filename: str, dataset: Path) -> dict:
+async def _entry(hub: Hub, m: Mirror, filename: str) -> dict:
     name = _filename(filename)
     data = m.entry(name)
     if data is None:
         raise ActionError(404, f"no entry {name!r}")
+    takes = await hub.files.run(_takes, hub.dataset, hub.earlier, name, data["status"] == "completed")
+    return {**data, "takes": takes}
+
+
+def _takes(dataset: Path, earlier: EarlierTakes, name: str, completed: bool) -> list[dict]:
+    """An entry's current take (when completed) and its earlier ones, read and drawn (blocking)."""
     takes = []
     current = dataset / "wavs" / f"{name}.wav"
-    if data["status"] == "completed" and current.is_file():
+    if completed and current.is_file():
         takes.append(_take("wavs", current, True))
     folder = dataset / SET_ASIDE
-    if folder.is_dir():
-        earlier = sorted((p for p in folder.glob(f"{name}.*.wav") if p.name[len(name) + 1:-4].count(".") == 1),
-                         reverse=True)
-        takes += [_take(SET_ASIDE, p, False) for p in earlier[:20]]
-    return {**data, "takes": takes}
+    return takes + [_take(SET_ASIDE, folder / n, False) for n in earlier.of(name)]
 
 
 def _take(folder: str, path: Path, current: bool) -> dict:
