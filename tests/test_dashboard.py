@@ -3,12 +3,14 @@ daemon, real generators and real wavs."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -590,3 +592,142 @@ def test_token_csrf_and_paths_are_refused_and_the_server_lives_on(tmp_path: Path
     # a non-loopback address without a token does not start
     r = cli("dashboard", "--dataset", str(ds), "--host", "0.0.0.0", "--port", str(free_port()))
     assert r.returncode == 2 and "token" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- whose requests are answered: DNS rebinding, tokens of any characters -----------------------------
+def raw(port: int, method: str, path: str, headers: dict, body: bytes | None = None) -> tuple[int, dict]:
+    """A request with exactly these headers (Host included, bytes sent as they are); only the status
+    of a stream that is answered (the events), else the JSON body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in {**headers, **({"Content-Length": str(len(body))} if body is not None else {})}.items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        if resp.status == 200 and resp.getheader("content-type", "").startswith(("text/event-stream", "audio/")):
+            return resp.status, {}
+        data = resp.read()
+        try:
+            return resp.status, orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return resp.status, {"raw": data[:200]}
+    finally:
+        conn.close()
+
+
+def a_wav(path: Path, seconds: float = 0.5, rate: int = 22050) -> None:
+    import numpy as np
+    import soundfile
+    t = np.arange(int(seconds * rate)) / rate
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * 220 * t), rate, subtype="PCM_16")
+
+
+def test_a_loopback_dashboard_answers_only_its_own_loopback_origin(tmp_path: Path, start_daemon,
+                                                                   start_dashboard) -> None:
+    """DNS rebinding: a site whose name now points at 127.0.0.1 sends its own Host (and Origin).
+    Pages, API, audio and events refuse it (403 with a reason); the same requests with a loopback
+    Host, on any port (a tunnel), and a matching or absent Origin are answered."""
+    ds = make_dataset(tmp_path, TEXTS[:2])
+    start_daemon(ds)
+    name = read_state(ds)["entries"][0]["filename"]
+    a_wav(ds / "wavs" / f"{name}.wav")
+    dash = start_dashboard(ds)
+    port = dash.port
+    here = f"127.0.0.1:{port}"
+    csrf = get(dash.url + "/")[1]["raw"].decode().split('name="csrf" content="')[1].split('"')[0]
+    edit = orjson.dumps({"filename": name, "text": "Texto cambiado por otra página."})
+    post = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+
+    def asks(host: str, origin: str | None) -> list[tuple[str, str, dict, bytes | None]]:
+        h = {"Host": host, **({"Origin": origin} if origin is not None else {})}
+        return [("GET", "/", h, None), ("GET", "/api/status", h, None), ("GET", f"/entries/{name}", h, None),
+                ("GET", f"/audio/wavs/{name}.wav", h, None), ("GET", "/api/events", h, None),
+                ("POST", "/api/edit", {**h, **post}, edit), ("POST", "/api/requeue", {**h, **post},
+                                                              orjson.dumps({"filenames": [name]}))]
+
+    foreign = [(f"attacker.example:{port}", f"http://attacker.example:{port}"), (f"attacker.example:{port}", None),
+               (f"localhost.attacker.example:{port}", f"http://localhost.attacker.example:{port}"),
+               (f"127.0.0.1.evil.example:{port}", None), ("127.0.0.1.evil.example", None), (f"127.1:{port}", None),
+               (f"[::2]:{port}", None), (f"localhost:{port}:80", None), ("", None),
+               (here, "null"), (here, f"http://attacker.example:{port}"), (here, f"http://localhost:{port}"),
+               (here, "http://127.0.0.1:1"), (here, f"http://127.0.0.1.evil.example:{port}")]
+    for host, origin in foreign:
+        for method, path, headers, body in asks(host, origin):
+            status, reply = raw(port, method, path, headers, body)
+            assert status == 403 and "refused" in reply.get("error", ""), (host, origin, method, path, status, reply)
+    assert entry_of(ds, name)["text"] == TEXTS[0] and entry_of(ds, name)["rev"] == 0, "a foreign request acted"
+    # this machine's names and addresses, on any port, with their own Origin or none
+    for host, origin in [(here, None), (here, f"http://{here}"), ("localhost:9999", "http://localhost:9999"),
+                         ("LOCALHOST", None), (f"127.8.9.10:{port}", None), (f"[::1]:{port}", f"http://[::1]:{port}")]:
+        for method, path, headers, body in asks(host, origin)[:5]:
+            status, reply = raw(port, method, path, headers, body)
+            assert status == 200, (host, origin, method, path, status, reply)
+    status, reply = raw(port, "POST", "/api/edit", {"Host": here, "Origin": f"http://{here}", **post}, edit)
+    assert status == 200, reply
+    assert entry_of(ds, name)["text"] == "Texto cambiado por otra página."
+    assert dash.proc.poll() is None
+
+
+def test_a_dashboard_beyond_loopback_takes_actions_only_from_its_own_origin(tmp_path: Path, start_daemon,
+                                                                            start_dashboard) -> None:
+    ds = make_dataset(tmp_path, TEXTS[:2])
+    start_daemon(ds)
+    name = read_state(ds)["entries"][0]["filename"]
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-0123456789\n")
+    bearer = {"Authorization": "Bearer s3cret-token-0123456789"}
+    dash = start_dashboard(ds, "--host", "0.0.0.0", "--token-file", str(token_file), headers=bearer)
+    host = f"gpu-box.example:{dash.port}"  # the name the curator reaches it by
+    csrf = raw(dash.port, "GET", "/", {"Host": host, **bearer})[1]["raw"].decode().split(
+        'name="csrf" content="')[1].split('"')[0]
+    h = {"Host": host, **bearer, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
+
+    def edit(text: str, **headers: str) -> tuple[int, dict]:
+        return raw(dash.port, "POST", "/api/edit", {**h, **headers}, orjson.dumps({"filename": name, "text": text}))
+    for origin in ["http://attacker.example", f"http://attacker.example:{dash.port}", "null",
+                   f"http://gpu-box.example.attacker.example:{dash.port}"]:
+        status, reply = edit("de otra página", Origin=origin)
+        assert status == 403 and "refused" in reply["error"], (origin, status, reply)
+    assert entry_of(ds, name)["rev"] == 0
+    assert edit("desde la página", Origin=f"http://{host}")[0] == 200
+    assert edit("desde un script")[0] == 200  # no Origin: not a browser
+    assert entry_of(ds, name)["text"] == "desde un script"
+
+
+def test_a_token_of_any_characters_is_compared_as_bytes(tmp_path: Path, start_daemon, start_dashboard) -> None:
+    """A wrong token, whatever its characters, is a 401, never a 500; a token file holding non-ASCII
+    characters logs in through the URL, the cookie and the header."""
+    ds = make_dataset(tmp_path, TEXTS[:2])
+    token = "contraseña-secreta-€-🔑-0123"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    bearer = {"Authorization": b"Bearer " + token.encode()}
+    dash = start_dashboard(ds, "--token-file", str(token_file), headers=bearer)
+    here = {"Host": f"127.0.0.1:{dash.port}"}
+    q = urllib.parse.quote  # as a browser sends what is typed in the address bar
+    wrong = [q("ñ"), q("€"), "%FF%FE", "%00", "%C3", q("🔑" * 3000), q(token[:-1] + "4"), q(token, encoding="latin-1",
+             errors="replace"), q(token.encode("utf-16")), q(token.upper())]
+    for value in wrong:
+        status, reply = raw(dash.port, "GET", f"/?token={value}", here)
+        assert status == 401 and reply.get("error"), (value, status, reply)
+    for header in [{"Authorization": "Bearer contraseña"}, {"Authorization": b"Bearer \xff\xfe\x80"},
+                   {"Authorization": b"Bearer " + token.encode("latin-1", "replace")},
+                   {"Cookie": b"statesvc_token=\xc3\xb1\xff"},
+                   {"Cookie": "statesvc_token=\"\\777\\361\""}, {"Cookie": b"statesvc_token=" + token.encode()}]:
+        status, reply = raw(dash.port, "GET", "/api/status", {**here, **header})
+        assert status == 401 and reply.get("error"), (header, status, reply)
+    assert dash.proc.poll() is None and "Traceback" not in dash.log.read_text()
+    # the right one, in each of its three ways
+    status, _ = raw(dash.port, "GET", "/api/status", {**here, **bearer})
+    assert status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
+    conn.request("GET", f"/?token={urllib.parse.quote(token)}", headers=here)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 303, resp.status
+    cookie = resp.getheader("set-cookie").split(";")[0]
+    conn.close()
+    status, _ = raw(dash.port, "GET", "/api/status", {**here, "Cookie": cookie})
+    assert status == 200
+    assert "Traceback" not in dash.log.read_text()
