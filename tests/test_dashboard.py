@@ -4,6 +4,7 @@ daemon, real generators and real wavs."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -731,3 +732,82 @@ def test_a_token_of_any_characters_is_compared_as_bytes(tmp_path: Path, start_da
     status, _ = raw(dash.port, "GET", "/api/status", {**here, "Cookie": cookie})
     assert status == 200
     assert "Traceback" not in dash.log.read_text()
+
+
+# ---- JSON embedded in the pages ---------------------------------------------------------------------
+# Made to end a <script> element early ("<!--<script" makes the parser skip the element's own end
+# tag; "</script>" ends it), to run a script of its own, to end an attribute or an entity, and to end
+# a line in a JavaScript string (U+2028, U+2029).
+PLANTED = 'RAISE <!--<script </script><script>window.__broken = 1</script> &amp; & > " \' \u2028 \u2029 ]} end'
+
+# Every JSON a page embeds, found in the page as the browser built it: the contents of each inline
+# <script>, and each attribute holding JSON (an array or object, or named *-json).
+EMBEDDINGS = """() => {
+  const found = [...document.querySelectorAll('script:not([src])')].map(s => ({where: 'script', text: s.textContent}));
+  for (const el of document.querySelectorAll('*'))
+    for (const a of el.attributes)
+      if (/^\\s*[\\[{]/.test(a.value) || a.name.endsWith('-json')) found.push({where: a.name, text: a.value});
+  return found.map(e => { try { return {...e, value: JSON.parse(e.text)}; }
+                          catch (err) { return {...e, error: String(err)}; } });
+}"""
+
+
+# Every page, and what shows it works: its table, filter form, buttons, player.
+PAGES_WORK = {
+    "/": ["[data-filters] select[name=status]", "[data-filters] [data-search]", "[data-action=regenerate-failed]",
+          "[data-action=sync]", "[data-entries] tbody tr[data-filename=bien_3]",
+          "[data-failures] a[href='/entries/roto']"],
+    "/?status=failed": ["[data-entries] tbody tr[data-filename=roto]", "[data-action=regenerate-flagged]"],
+    "/entries/roto": ["[data-action=approve]", "[data-action=edit]", "[data-takes]", "a[data-nav=prev]"],
+    "/entries/bien_1": ["[data-player]", "canvas[data-waveform]", "[data-review=rejected]", "[data-action=reject]"],
+    "/health": ["canvas[data-hist]", "[data-coverage] tr[data-char]"],
+}
+
+
+def strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for v in value for s in strings(v)] if isinstance(value, list) else []
+
+
+def test_a_text_built_to_break_out_of_embedded_json_leaves_every_page_working(
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    texts = tmp_path / "texts.jsonl"
+    rows = [{"filename": f"bien_{i}", "text": t} for i, t in enumerate(TEXTS[:4])]
+    rows.append({"filename": "roto", "text": PLANTED})
+    # \u escapes in the file: a raw U+2028 is a line break to the texts reader (issue 17, item 7)
+    texts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    ds = tmp_path / "ds"
+    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    start_daemon(ds, "--max-attempts", "1")
+    start_generator(ds, generators, synth=["--synth", "tests.plugins:Flaky"])  # fails on RAISE
+    wait_for(lambda: read_state(ds)["failed"] == 1 and read_state(ds)["completed"] == 4, 60, "the run to finish")
+    cli("review", "--dataset", str(ds), "bien_1", "rejected", "--note", PLANTED, check=True)
+    dash = start_dashboard(ds)
+    wait_for(lambda: (get(f"{dash.url}/api/entries/bien_1")[1].get("review") or {}).get("note") == PLANTED, 20,
+             "the page to hold the note")
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.text} ({m.location.get('url')})") if m.type == "error"
+            else None)
+    reached = {}
+    for path, works in PAGES_WORK.items():
+        html = urllib.request.urlopen(dash.url + path).read().decode()
+        page.goto(dash.url + path)
+        page.wait_for_selector("body[data-ready]")
+        for sel in works:
+            assert page.locator(sel).count() >= 1, (path, sel)
+        found = page.evaluate(EMBEDDINGS)
+        assert found, f"{path}: no embedded JSON found"
+        assert not [e for e in found if "error" in e], (path, [e for e in found if "error" in e])
+        # every script element in the page is one the server meant to write: none ended early, none added
+        assert page.locator("script").count() == html.count("<script"), path
+        assert page.evaluate("window.__broken") is None, path
+        reached[path] = sum(PLANTED in strings(e["value"]) for e in found)
+    # the planted text went through the embeddings that carry texts: failures, a take's verdict
+    assert reached["/"] >= 1 and reached["/?status=failed"] >= 1 and reached["/entries/bien_1"] >= 1, reached
+    page.goto(dash.url + "/entries/roto")
+    assert page.locator("[data-text]").text_content() == PLANTED
+    assert page.locator("[data-edit-text]").input_value() == PLANTED
+    assert not console, console
