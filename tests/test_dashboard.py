@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -811,3 +812,61 @@ def test_a_text_built_to_break_out_of_embedded_json_leaves_every_page_working(
     assert page.locator("[data-text]").text_content() == PLANTED
     assert page.locator("[data-edit-text]").input_value() == PLANTED
     assert not console, console
+
+
+# ---- blocking file work off the event loop ------------------------------------------------------
+def test_an_entry_view_stuck_on_a_file_leaves_the_dashboard_answering_and_stopping(
+        tmp_path: Path, start_daemon, start_dashboard, generators) -> None:
+    """An earlier take that never finishes reading (a FIFO named like one, held open with nothing
+    written: what a hung network mount does) holds its entry's view; status and the table answer
+    meanwhile, the view answers once the file does, and a dashboard still stuck on it stops at once."""
+    ds, _, _ = generated(tmp_path, TEXTS[:2], start_daemon, generators, stop=True)
+    name = read_state(ds)["entries"][0]["filename"]
+    (ds / "requeued").mkdir(exist_ok=True)
+    fifo = ds / "requeued" / f"{name}.20260101T000000.000000001.wav"
+    os.mkfifo(fifo)
+    dash = start_dashboard(ds)
+
+    def view() -> tuple[threading.Thread, dict]:
+        got: dict = {}
+
+        def ask() -> None:
+            try:
+                got["answer"] = raw(dash.port, "GET", f"/api/entries/{name}", {"Host": f"127.0.0.1:{dash.port}"})
+            except OSError as exc:  # the dashboard stopped under it
+                got["error"] = exc
+        t = threading.Thread(target=ask, daemon=True)
+        t.start()
+        return t, got
+
+    def reading() -> int | None:
+        """A writer on the FIFO, once the view has opened it to read: the view is at that file."""
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return None  # no reader yet
+    stuck, got = view()
+    writer = wait_for(reading, 20, "the entry view to open the earlier take")
+    try:
+        status, ov = get(f"{dash.url}/api/status")
+        assert status == 200 and ov["completed"] == 2, (status, ov)
+        status, rows = get(f"{dash.url}/api/entries")
+        assert status == 200 and rows["total"] == 2
+        assert stuck.is_alive() and not got, "the view did not wait for the file"
+    finally:
+        os.close(writer)  # end of file: it is not audio
+    stuck.join(20)
+    status, entry = got["answer"]
+    assert status == 200, entry
+    assert [(t["name"], t["duration"]) for t in entry["takes"]][1:] == [(fifo.name, None)], entry["takes"]
+    assert entry["takes"][0]["current"] and entry["takes"][0]["duration"] > 0
+    # stuck again, and stopped meanwhile: it stops within its graceful time, exit 0
+    stuck, got = view()
+    writer = wait_for(reading, 20, "the entry view to open the earlier take again")
+    try:
+        dash.proc.send_signal(signal.SIGTERM)
+        assert dash.proc.wait(20) == 0, dash.log.read_text()
+    finally:
+        os.close(writer)
+    stuck.join(20)
+    assert "error" in got or got["answer"][0] >= 500, got
