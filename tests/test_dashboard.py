@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -870,3 +871,37 @@ def test_an_entry_view_stuck_on_a_file_leaves_the_dashboard_answering_and_stoppi
         os.close(writer)
     stuck.join(20)
     assert "error" in got or got["answer"][0] >= 500, got
+
+
+def test_earlier_takes_are_found_by_name_in_a_listing_kept_until_the_folder_changes(tmp_path: Path) -> None:
+    from statesvc.dashboard import EARLIER_TAKES, EarlierTakes
+    folder = tmp_path / "requeued"
+    earlier = EarlierTakes(folder)
+    assert earlier.of("ds_0001") == []  # no folder yet
+    folder.mkdir()
+    mine = [f"ds_0001.202601{d:02d}T120000.{n:09d}.wav" for d in range(1, 13) for n in (5, 70)]
+    others = ["ds_00010.20260101T120000.000000001.wav", "ds_0002.20260101T120000.000000001.wav",
+              "ds_0001.wav", "ds_0001.20260101T120000.wav", "ds_0001.20260101T120000.1.2.wav",
+              "ds_0001.20260101T120000.000000001.txt", "ds_0001-x.20260101T120000.000000001.wav"]
+    for n in mine + others:
+        (folder / n).touch()
+    assert earlier.of("ds_0001") == sorted(mine, reverse=True)[:EARLIER_TAKES]
+    assert earlier.of("ds_00010") == [others[0]] and earlier.of("ds_0003") == []
+    # a take moved there later is found at the next view, even within the same tick of the folder's
+    # mtime (a coarse clock): a folder changed that recently is listed again
+    tick = time.time_ns()
+    os.utime(folder, ns=(tick, tick))
+    assert len(earlier.of("ds_0002")) == 1
+    (folder / "ds_0002.20991231T235959.000000000.wav").touch()
+    os.utime(folder, ns=(tick, tick))
+    assert earlier.of("ds_0002")[0] == "ds_0002.20991231T235959.000000000.wav"
+    # a folder unchanged for a while is not listed again per view: a file slipped in behind an
+    # unchanged mtime is not seen (the listing is what answers), until the folder changes
+    old = tick - 60 * 10**9
+    os.utime(folder, ns=(old, old))
+    before = earlier.of("ds_0003")
+    (folder / "ds_0003.20260101T120000.000000001.wav").touch()
+    os.utime(folder, ns=(old, old))
+    assert earlier.of("ds_0003") == before == []
+    os.utime(folder)
+    assert earlier.of("ds_0003") == ["ds_0003.20260101T120000.000000001.wav"]
