@@ -646,10 +646,9 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/entries/{filename}", response_class=HTMLResponse)
     async def entry_page(request: Request, filename: str) -> HTMLResponse:
-        m = mirror()
-        data = await _entry(hub, m, filename)
+        data = await _entry(hub, mirror, filename)
         query = _query(request)
-        prev, nxt = await asyncio.to_thread(m.neighbours, data["filename"], query)
+        prev, nxt = await asyncio.to_thread(mirror().neighbours, data["filename"], query)
         return HTMLResponse(pages.entry(data, csrf, pages.view_of(query), prev, nxt))
 
     @app.get("/health", response_class=HTMLResponse)
@@ -677,7 +676,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/api/entries/{filename}")
     async def api_entry(filename: str) -> dict:
-        return await _entry(hub, mirror(), filename)
+        return await _entry(hub, mirror, filename)
 
     @app.get("/api/neighbours/{filename}")
     async def api_neighbours(request: Request, filename: str) -> dict:
@@ -863,9 +862,9 @@ def _query(request: Request) -> Query:
                  limit=num("limit", 50)).check()
 
 
-async def _entry(hub: Hub, m: Mirror, filename: str) -> dict:
+async def _entry(hub: Hub, mirror: Callable[[], Mirror], filename: str) -> dict:
     name = _filename(filename)
-    data = m.entry(name)
+    data = mirror().entry(name)  # not held while the files are read: a reload may drop the copy meanwhile
     if data is None:
         raise ActionError(404, f"no entry {name!r}")
     takes = await hub.files.run(_takes, hub.dataset, hub.earlier, name, data["status"] == "completed")

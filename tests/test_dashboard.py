@@ -734,6 +734,10 @@ def test_a_token_of_any_characters_is_compared_as_bytes(tmp_path: Path, start_da
     status, _ = raw(dash.port, "GET", "/api/status", {**here, "Cookie": cookie})
     assert status == 200
     assert "Traceback" not in dash.log.read_text()
+    # a token file that is not UTF-8: one line, exit 2
+    token_file.write_bytes("contraseña-secreta-0123".encode("latin-1"))
+    r = cli("dashboard", "--dataset", str(ds), "--token-file", str(token_file), "--port", str(free_port()))
+    assert r.returncode == 2 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # ---- JSON embedded in the pages ---------------------------------------------------------------------
