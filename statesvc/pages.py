@@ -28,8 +28,8 @@ def esc(v: object) -> str:
 def _layout(title: str, page: str, csrf: str, body: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<meta name="csrf" content="{esc(csrf)}"><title>{esc(title)}</title>
-<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/style.css"><script type="module" src="/static/app.js"></script></head>
+<meta name="csrf" content="{esc(csrf)}"><title>{esc(title)}</title><link rel="icon" href="data:,">
+<link rel="stylesheet" href="/static/style.css"><script type="module" src="/static/app.js"></script></head>
 <body data-page="{page}">
 <nav><a href="/">Overview</a> <a href="/health">Dataset health</a>
 <span class="daemon">daemon: <b data-daemon>…</b></span> <button data-action="help" title="keys (?)">?</button></nav>
