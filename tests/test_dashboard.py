@@ -652,7 +652,8 @@ def test_a_loopback_dashboard_answers_only_its_own_loopback_origin(tmp_path: Pat
     foreign = [(f"attacker.example:{port}", f"http://attacker.example:{port}"), (f"attacker.example:{port}", None),
                (f"localhost.attacker.example:{port}", f"http://localhost.attacker.example:{port}"),
                (f"127.0.0.1.evil.example:{port}", None), ("127.0.0.1.evil.example", None), (f"127.1:{port}", None),
-               (f"[::2]:{port}", None), (f"localhost:{port}:80", None), ("", None),
+               (f"[::2]:{port}", None), (f"localhost:{port}:80", None), ("", None), ("[::1", None),
+               (f"[127.0.0.1]:{port}", None), (f"localhost:{port}x", None), (b"127.0.0.1\xc3\xa9:%d" % port, None),
                (here, "null"), (here, f"http://attacker.example:{port}"), (here, f"http://localhost:{port}"),
                (here, "http://127.0.0.1:1"), (here, f"http://127.0.0.1.evil.example:{port}")]
     for host, origin in foreign:
