@@ -10,6 +10,7 @@ durable. It starts whether or not the daemon runs and follows it through restart
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import hmac
@@ -22,7 +23,7 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,10 @@ REQUEST_TIMEOUT = 10.0  # seconds an action waits for the daemon's durable answe
 RELOADING = object()    # what the analyzer is told while the state is read again
 RELOAD_WAIT = 10.0      # seconds a reload waits for requests to let go of the old copy
 MAX_BODY = 1 << 20
+FILE_THREADS = 8        # file work (listings, wav decoding) at once; more waits for a free thread...
+FILE_WAIT = 10.0        # ...this many seconds, then the request is told the files do not answer
+EARLIER_TAKES = 20      # earlier takes an entry shows, newest first
+RACY = 2_000_000_000    # ns: a folder changed this recently may change again within its mtime's tick
 
 
 class ActionError(Exception):
@@ -78,7 +83,10 @@ class Settings:
 
 
 def loopback(host: str) -> bool:
-    if host == "localhost":
+    """Whether ``host`` (a name or an address, without port or brackets) is this machine's
+    loopback: ``localhost`` or an address in 127.0.0.0/8 or ::1, exactly (not a name that merely
+    starts or ends like one)."""
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -86,14 +94,117 @@ def loopback(host: str) -> bool:
         return False
 
 
+def host_name(header: str) -> str | None:
+    """The name or address in a Host header (``name``, ``name:port``, ``[v6]:port``); None when it
+    is not shaped like one."""
+    if header.startswith("["):
+        inside, sep, rest = header[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and _port(rest[1:]))):
+            return None
+        return inside if ":" in inside else None  # brackets hold an IPv6 address only
+    name, sep, port = header.partition(":")
+    if sep and not _port(port):
+        return None  # another colon, or no port after it
+    return name
+
+
+def _port(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
 def read_token(path: Path) -> str:
     try:
-        token = path.read_text().strip()
+        token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ValueError(f"cannot read token file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"token file {path} is not UTF-8 text") from None
     if len(token) < 16:
         raise ValueError(f"token file {path} must hold a token of at least 16 characters")
     return token
+
+
+# ---- the files, off the event loop ---------------------------------------------------------------
+class Offload:
+    """Blocking file work (listings, wav decoding, waveform peaks) in threads of its own, at most
+    FILE_THREADS at once, so the event loop answers every other request meanwhile. The threads are
+    daemon threads: one stuck on a file (a FIFO, a hung network mount) neither blocks the rest
+    nor keeps the process from stopping."""
+
+    def __init__(self, limit: int = FILE_THREADS):
+        self.slots = asyncio.Semaphore(limit)
+
+    async def run(self, fn: Callable[..., object], *args: object) -> object:
+        try:
+            await asyncio.wait_for(self.slots.acquire(), FILE_WAIT)
+        except TimeoutError:
+            raise ActionError(503, "the dataset's files do not answer (every file thread is still at work); "
+                                   "try again later") from None
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+
+        def work() -> None:
+            try:
+                outcome = (True, fn(*args))
+            except BaseException as exc:  # handed to the request, which answers it
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(self._finished, done, outcome)
+
+        try:
+            threading.Thread(target=work, name="page-files", daemon=True).start()
+        except BaseException:
+            self.slots.release()
+            raise
+        return await done
+
+    def _finished(self, done: asyncio.Future, outcome: tuple[bool, object]) -> None:
+        self.slots.release()  # when the work ends, not when its request gave up: a stuck thread holds its slot
+        if done.done():
+            return  # the request went away (cancelled)
+        ok, value = outcome
+        if ok:
+            done.set_result(value)
+        else:
+            done.set_exception(value)  # type: ignore[arg-type]
+
+
+class EarlierTakes:
+    """An entry's earlier takes (requeued/NAME.TIMESTAMP.wav), found by its name in a sorted
+    listing of the folder instead of a glob per view: the folder is listed again only when its
+    mtime changed (or changed so recently that another change may share the same mtime)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.lock = threading.Lock()
+        self.names: list[str] = []
+        self.listed: int | None = None  # the folder's mtime the listing is known to hold
+
+    def of(self, name: str, limit: int = EARLIER_TAKES) -> list[str]:
+        """The file names of ``name``'s earlier takes, newest first."""
+        with self.lock:
+            names = self._current()
+        prefix = name + "."
+        lo = bisect.bisect_left(names, prefix)
+        hi = bisect.bisect_left(names, name + chr(ord(".") + 1))
+        found = [n for n in names[lo:hi] if n.endswith(".wav") and n[len(prefix):-4].count(".") == 1]
+        return found[::-1][:limit]
+
+    def _current(self) -> list[str]:
+        started = time.time_ns()
+        try:
+            mtime = self.folder.stat().st_mtime_ns
+        except OSError:
+            self.names, self.listed = [], None
+            return self.names
+        if mtime != self.listed:
+            try:
+                with os.scandir(self.folder) as it:
+                    self.names = sorted(e.name for e in it)
+            except OSError:
+                self.names, mtime = [], None
+            self.listed = mtime if mtime is not None and mtime < started - RACY else None
+        return self.names
 
 
 # ---- the daemon, asynchronously ---------------------------------------------------------------
@@ -172,6 +283,8 @@ class Hub:
         self.stopping = threading.Event()
         self.tasks: list[asyncio.Task] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.files = Offload()
+        self.earlier = EarlierTakes(self.dataset / SET_ASIDE)
 
     # ---- life -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -498,7 +611,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
     @app.middleware("http")
     async def guard(request: Request, call_next):  # noqa: ANN202
         try:
-            refusal = _refusal(request, settings.token, csrf)
+            refusal = _refusal(request, settings, csrf)
             if isinstance(refusal, Response):
                 return refusal
             return await call_next(request)
@@ -533,10 +646,9 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/entries/{filename}", response_class=HTMLResponse)
     async def entry_page(request: Request, filename: str) -> HTMLResponse:
-        m = mirror()
-        data = _entry(m, filename, settings.dataset)
+        data = await _entry(hub, mirror, filename)
         query = _query(request)
-        prev, nxt = await asyncio.to_thread(m.neighbours, data["filename"], query)
+        prev, nxt = await asyncio.to_thread(mirror().neighbours, data["filename"], query)
         return HTMLResponse(pages.entry(data, csrf, pages.view_of(query), prev, nxt))
 
     @app.get("/health", response_class=HTMLResponse)
@@ -564,7 +676,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/api/entries/{filename}")
     async def api_entry(filename: str) -> dict:
-        return _entry(mirror(), filename, settings.dataset)
+        return await _entry(hub, mirror, filename)
 
     @app.get("/api/neighbours/{filename}")
     async def api_neighbours(request: Request, filename: str) -> dict:
@@ -626,7 +738,8 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
 
     @app.get("/audio/{folder}/{name}")
     async def audio(folder: str, name: str) -> FileResponse:
-        return FileResponse(_audio_path(settings.dataset, folder, name), media_type="audio/wav",
+        path = await hub.files.run(_audio_path, settings.dataset, folder, name)
+        return FileResponse(path, media_type="audio/wav",
                             headers={"Cache-Control": "no-cache"})
 
     return app
@@ -636,24 +749,66 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _refusal(request: Request, token: str | None, csrf: str) -> Response | None:
-    """Token and CSRF checks; a response refuses the request, None lets it through."""
-    if token is not None:
-        given = request.query_params.get("token")
-        if given is not None and request.method == "GET":
-            if not hmac.compare_digest(given, token):
-                return _error(401, "wrong token")
-            clean = request.url.remove_query_params("token")
-            resp = RedirectResponse(str(clean.path) + (f"?{clean.query}" if clean.query else ""), status_code=303)
-            resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-            return resp
-        auth = request.headers.get("authorization", "")
-        offered = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
-        if not hmac.compare_digest(offered.encode(), token.encode()):
-            return _error(401, "a token is needed: open the page once as /?token=TOKEN, or send "
-                               "Authorization: Bearer TOKEN")
+def _refusal(request: Request, settings: Settings, csrf: str) -> Response | None:
+    """Origin, token and CSRF checks; a response refuses the request, None lets it through."""
+    return (_foreign(request, loopback(settings.host)) or _unauthorized(request, settings.token)
+            or _forged(request, csrf))
+
+
+def _foreign(request: Request, on_loopback: bool) -> Response | None:
+    """A request that another site's page may have sent. On loopback, a Host that is not loopback
+    (a DNS rebinding: the attacker's name now points at 127.0.0.1) or an Origin other than the
+    Host's is refused, whatever the method. Elsewhere (a token is required) an action's Origin,
+    when sent, must be the Host the request was sent to."""
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    same = origin is None or origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower())
+    if on_loopback:
+        name = host_name(host)
+        if name is None or not loopback(name):
+            return _error(403, f"refused: Host {host[:80]!r} is not this machine's loopback (a DNS rebinding?); "
+                               "open the page as http://127.0.0.1:PORT/ or http://localhost:PORT/")
+        if not same:
+            return _error(403, f"refused: Origin {origin[:80]!r} is not this page's")
+    elif not same and request.method not in ("GET", "HEAD"):
+        return _error(403, f"refused: Origin {origin[:80]!r} is not the page this request was sent to")
+    return None
+
+
+def _unauthorized(request: Request, token: str | None) -> Response | None:
+    """The token, compared as bytes (UTF-8, as in the token file): whatever characters a client
+    sends, a wrong token is a 401. The cookie holds a digest of the token, not the token: ASCII,
+    whatever the token's characters."""
+    if token is None:
+        return None
+    secret = token.encode("utf-8")
+    given = request.query_params.get("token")
+    if given is not None and request.method == "GET":
+        if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), secret):
+            return _error(401, "wrong token")
+        clean = request.url.remove_query_params("token")
+        resp = RedirectResponse(str(clean.path) + (f"?{clean.query}" if clean.query else ""), status_code=303)
+        resp.set_cookie(COOKIE, _cookie_of(secret), httponly=True, samesite="strict")
+        return resp
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):  # headers arrive decoded as latin-1: back to their bytes
+        ok = hmac.compare_digest(auth[7:].encode("latin-1", "replace"), secret)
+    else:
+        ok = hmac.compare_digest(request.cookies.get(COOKIE, "").encode("latin-1", "replace"),
+                                 _cookie_of(secret).encode())
+    if not ok:
+        return _error(401, "a token is needed: open the page once as /?token=TOKEN, or send "
+                           "Authorization: Bearer TOKEN")
+    return None
+
+
+def _cookie_of(secret: bytes) -> str:
+    return hmac.new(secret, b"statesvc dashboard cookie", "sha256").hexdigest()
+
+
+def _forged(request: Request, csrf: str) -> Response | None:
     if request.method not in ("GET", "HEAD") and not hmac.compare_digest(
-            request.headers.get(CSRF_HEADER, "").encode(), csrf.encode()):
+            request.headers.get(CSRF_HEADER, "").encode("latin-1", "replace"), csrf.encode()):
         return _error(403, "missing or wrong CSRF header: actions are sent by the page")
     return None
 
@@ -707,21 +862,23 @@ def _query(request: Request) -> Query:
                  limit=num("limit", 50)).check()
 
 
-def _entry(m: Mirror, filename: str, dataset: Path) -> dict:
+async def _entry(hub: Hub, mirror: Callable[[], Mirror], filename: str) -> dict:
     name = _filename(filename)
-    data = m.entry(name)
+    data = mirror().entry(name)  # not held while the files are read: a reload may drop the copy meanwhile
     if data is None:
         raise ActionError(404, f"no entry {name!r}")
+    takes = await hub.files.run(_takes, hub.dataset, hub.earlier, name, data["status"] == "completed")
+    return {**data, "takes": takes}
+
+
+def _takes(dataset: Path, earlier: EarlierTakes, name: str, completed: bool) -> list[dict]:
+    """An entry's current take (when completed) and its earlier ones, read and drawn (blocking)."""
     takes = []
     current = dataset / "wavs" / f"{name}.wav"
-    if data["status"] == "completed" and current.is_file():
+    if completed and current.is_file():
         takes.append(_take("wavs", current, True))
     folder = dataset / SET_ASIDE
-    if folder.is_dir():
-        earlier = sorted((p for p in folder.glob(f"{name}.*.wav") if p.name[len(name) + 1:-4].count(".") == 1),
-                         reverse=True)
-        takes += [_take(SET_ASIDE, p, False) for p in earlier[:20]]
-    return {**data, "takes": takes}
+    return takes + [_take(SET_ASIDE, folder / n, False) for n in earlier.of(name)]
 
 
 def _take(folder: str, path: Path, current: bool) -> dict:

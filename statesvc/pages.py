@@ -28,7 +28,7 @@ def esc(v: object) -> str:
 def _layout(title: str, page: str, csrf: str, body: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<meta name="csrf" content="{esc(csrf)}"><title>{esc(title)}</title>
+<meta name="csrf" content="{esc(csrf)}"><title>{esc(title)}</title><link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/style.css"><script type="module" src="/static/app.js"></script></head>
 <body data-page="{page}">
 <nav><a href="/">Overview</a> <a href="/health">Dataset health</a>
@@ -147,9 +147,17 @@ def overview(ov: dict, rows: list[dict], total: int, q: Query, csrf: str) -> str
     return _layout("statesvc dashboard", "overview", csrf, body)
 
 
+# What JSON embedded in HTML must not hold raw: "<" and ">" could open or close an element or a
+# comment ("</script>", "<!--<script" both end a <script> element early), "&" starts an entity in
+# an attribute, and U+2028/U+2029 end a line in a JavaScript string before ES2019. JSON's "\\uXXXX"
+# says the same text, so JSON.parse gives back exactly what was embedded.
+_JSON_ESCAPES = str.maketrans({c: f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
+
+
 def _json(obj: object) -> str:
-    # in a <script> element: "</" must not close it
-    return orjson.dumps(obj).decode().replace("</", "<\\/")
+    """``obj`` as JSON safe to embed anywhere in a page: in a <script> element or an attribute.
+    Every embedding goes through here."""
+    return orjson.dumps(obj).decode().translate(_JSON_ESCAPES)
 
 
 def entry(e: dict, csrf: str, view: str, prev: str | None, nxt: str | None) -> str:

@@ -3,12 +3,17 @@ daemon, real generators and real wavs."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -591,3 +596,318 @@ def test_token_csrf_and_paths_are_refused_and_the_server_lives_on(tmp_path: Path
     # a non-loopback address without a token does not start
     r = cli("dashboard", "--dataset", str(ds), "--host", "0.0.0.0", "--port", str(free_port()))
     assert r.returncode == 2 and "token" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- whose requests are answered: DNS rebinding, tokens of any characters -----------------------------
+def raw(port: int, method: str, path: str, headers: dict, body: bytes | None = None) -> tuple[int, dict]:
+    """A request with exactly these headers (Host included, bytes sent as they are); only the status
+    of a stream that is answered (the events), else the JSON body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in {**headers, **({"Content-Length": str(len(body))} if body is not None else {})}.items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        if resp.status == 200 and resp.getheader("content-type", "").startswith(("text/event-stream", "audio/")):
+            return resp.status, {}
+        data = resp.read()
+        try:
+            return resp.status, orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return resp.status, {"raw": data[:200]}
+    finally:
+        conn.close()
+
+
+def a_wav(path: Path, seconds: float = 0.5, rate: int = 22050) -> None:
+    import numpy as np
+    import soundfile
+    t = np.arange(int(seconds * rate)) / rate
+    soundfile.write(path, 0.3 * np.sin(2 * np.pi * 220 * t), rate, subtype="PCM_16")
+
+
+def test_a_loopback_dashboard_answers_only_its_own_loopback_origin(tmp_path: Path, start_daemon,
+                                                                   start_dashboard) -> None:
+    """DNS rebinding: a site whose name now points at 127.0.0.1 sends its own Host (and Origin).
+    Pages, API, audio and events refuse it (403 with a reason); the same requests with a loopback
+    Host, on any port (a tunnel), and a matching or absent Origin are answered."""
+    ds = make_dataset(tmp_path, TEXTS[:2])
+    start_daemon(ds)
+    name = read_state(ds)["entries"][0]["filename"]
+    a_wav(ds / "wavs" / f"{name}.wav")
+    dash = start_dashboard(ds)
+    port = dash.port
+    here = f"127.0.0.1:{port}"
+    csrf = get(dash.url + "/")[1]["raw"].decode().split('name="csrf" content="')[1].split('"')[0]
+    edit = orjson.dumps({"filename": name, "text": "Texto cambiado por otra página."})
+    post = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+
+    def asks(host: str, origin: str | None) -> list[tuple[str, str, dict, bytes | None]]:
+        h = {"Host": host, **({"Origin": origin} if origin is not None else {})}
+        return [("GET", "/", h, None), ("GET", "/api/status", h, None), ("GET", f"/entries/{name}", h, None),
+                ("GET", f"/audio/wavs/{name}.wav", h, None), ("GET", "/api/events", h, None),
+                ("POST", "/api/edit", {**h, **post}, edit), ("POST", "/api/requeue", {**h, **post},
+                                                              orjson.dumps({"filenames": [name]}))]
+
+    foreign = [(f"attacker.example:{port}", f"http://attacker.example:{port}"), (f"attacker.example:{port}", None),
+               (f"localhost.attacker.example:{port}", f"http://localhost.attacker.example:{port}"),
+               (f"127.0.0.1.evil.example:{port}", None), ("127.0.0.1.evil.example", None), (f"127.1:{port}", None),
+               (f"[::2]:{port}", None), (f"localhost:{port}:80", None), ("", None), ("[::1", None),
+               (f"[127.0.0.1]:{port}", None), (f"localhost:{port}x", None), (b"127.0.0.1\xc3\xa9:%d" % port, None),
+               (here, "null"), (here, f"http://attacker.example:{port}"), (here, f"http://localhost:{port}"),
+               (here, "http://127.0.0.1:1"), (here, f"http://127.0.0.1.evil.example:{port}")]
+    for host, origin in foreign:
+        for method, path, headers, body in asks(host, origin):
+            status, reply = raw(port, method, path, headers, body)
+            assert status == 403 and "refused" in reply.get("error", ""), (host, origin, method, path, status, reply)
+    assert entry_of(ds, name)["text"] == TEXTS[0] and entry_of(ds, name)["rev"] == 0, "a foreign request acted"
+    # this machine's names and addresses, on any port, with their own Origin or none
+    for host, origin in [(here, None), (here, f"http://{here}"), ("localhost:9999", "http://localhost:9999"),
+                         ("LOCALHOST", None), (f"127.8.9.10:{port}", None), (f"[::1]:{port}", f"http://[::1]:{port}")]:
+        for method, path, headers, body in asks(host, origin)[:5]:
+            status, reply = raw(port, method, path, headers, body)
+            assert status == 200, (host, origin, method, path, status, reply)
+    status, reply = raw(port, "POST", "/api/edit", {"Host": here, "Origin": f"http://{here}", **post}, edit)
+    assert status == 200, reply
+    assert entry_of(ds, name)["text"] == "Texto cambiado por otra página."
+    assert dash.proc.poll() is None
+
+
+def test_a_dashboard_beyond_loopback_takes_actions_only_from_its_own_origin(tmp_path: Path, start_daemon,
+                                                                            start_dashboard) -> None:
+    ds = make_dataset(tmp_path, TEXTS[:2])
+    start_daemon(ds)
+    name = read_state(ds)["entries"][0]["filename"]
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-0123456789\n")
+    bearer = {"Authorization": "Bearer s3cret-token-0123456789"}
+    dash = start_dashboard(ds, "--host", "0.0.0.0", "--token-file", str(token_file), headers=bearer)
+    host = f"gpu-box.example:{dash.port}"  # the name the curator reaches it by
+    csrf = raw(dash.port, "GET", "/", {"Host": host, **bearer})[1]["raw"].decode().split(
+        'name="csrf" content="')[1].split('"')[0]
+    h = {"Host": host, **bearer, "X-CSRF-Token": csrf, "Content-Type": "application/json"}
+
+    def edit(text: str, **headers: str) -> tuple[int, dict]:
+        return raw(dash.port, "POST", "/api/edit", {**h, **headers}, orjson.dumps({"filename": name, "text": text}))
+    for origin in ["http://attacker.example", f"http://attacker.example:{dash.port}", "null",
+                   f"http://gpu-box.example.attacker.example:{dash.port}"]:
+        status, reply = edit("de otra página", Origin=origin)
+        assert status == 403 and "refused" in reply["error"], (origin, status, reply)
+    assert entry_of(ds, name)["rev"] == 0
+    assert edit("desde la página", Origin=f"http://{host}")[0] == 200
+    assert edit("desde un script")[0] == 200  # no Origin: not a browser
+    assert entry_of(ds, name)["text"] == "desde un script"
+
+
+def test_a_token_of_any_characters_is_compared_as_bytes(tmp_path: Path, start_daemon, start_dashboard) -> None:
+    """A wrong token, whatever its characters, is a 401, never a 500; a token file holding non-ASCII
+    characters logs in through the URL, the cookie and the header."""
+    ds = make_dataset(tmp_path, TEXTS[:2])
+    token = "contraseña-secreta-€-🔑-0123"
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n", encoding="utf-8")
+    bearer = {"Authorization": b"Bearer " + token.encode()}
+    dash = start_dashboard(ds, "--token-file", str(token_file), headers=bearer)
+    here = {"Host": f"127.0.0.1:{dash.port}"}
+    q = urllib.parse.quote  # as a browser sends what is typed in the address bar
+    wrong = [q("ñ"), q("€"), "%FF%FE", "%00", "%C3", q("🔑" * 3000), q(token[:-1] + "4"), q(token, encoding="latin-1",
+             errors="replace"), q(token.encode("utf-16")), q(token.upper())]
+    for value in wrong:
+        status, reply = raw(dash.port, "GET", f"/?token={value}", here)
+        assert status == 401 and reply.get("error"), (value, status, reply)
+    for header in [{"Authorization": "Bearer contraseña"}, {"Authorization": b"Bearer \xff\xfe\x80"},
+                   {"Authorization": b"Bearer " + token.encode("latin-1", "replace")},
+                   {"Cookie": b"statesvc_token=\xc3\xb1\xff"},
+                   {"Cookie": "statesvc_token=\"\\777\\361\""}, {"Cookie": b"statesvc_token=" + token.encode()}]:
+        status, reply = raw(dash.port, "GET", "/api/status", {**here, **header})
+        assert status == 401 and reply.get("error"), (header, status, reply)
+    assert dash.proc.poll() is None and "Traceback" not in dash.log.read_text()
+    # the right one, in each of its three ways
+    status, _ = raw(dash.port, "GET", "/api/status", {**here, **bearer})
+    assert status == 200
+    conn = http.client.HTTPConnection("127.0.0.1", dash.port, timeout=10)
+    conn.request("GET", f"/?token={urllib.parse.quote(token)}", headers=here)
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 303, resp.status
+    cookie = resp.getheader("set-cookie").split(";")[0]
+    conn.close()
+    status, _ = raw(dash.port, "GET", "/api/status", {**here, "Cookie": cookie})
+    assert status == 200
+    assert "Traceback" not in dash.log.read_text()
+    # a token file that is not UTF-8: one line, exit 2
+    token_file.write_bytes("contraseña-secreta-0123".encode("latin-1"))
+    r = cli("dashboard", "--dataset", str(ds), "--token-file", str(token_file), "--port", str(free_port()))
+    assert r.returncode == 2 and "not UTF-8" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ---- JSON embedded in the pages ---------------------------------------------------------------------
+# Made to end a <script> element early ("<!--<script" makes the parser skip the element's own end
+# tag; "</script>" ends it), to run a script of its own, to end an attribute or an entity, and to end
+# a line in a JavaScript string (U+2028, U+2029).
+PLANTED = 'RAISE <!--<script </script><script>window.__broken = 1</script> &amp; & > " \' \u2028 \u2029 ]} end'
+
+# Every JSON a page embeds, found in the page as the browser built it: the contents of each inline
+# <script>, and each attribute holding JSON (an array or object, or named *-json).
+EMBEDDINGS = """() => {
+  const found = [...document.querySelectorAll('script:not([src])')].map(s => ({where: 'script', text: s.textContent}));
+  for (const el of document.querySelectorAll('*'))
+    for (const a of el.attributes)
+      if (/^\\s*[\\[{]/.test(a.value) || a.name.endsWith('-json')) found.push({where: a.name, text: a.value});
+  return found.map(e => { try { return {...e, value: JSON.parse(e.text)}; }
+                          catch (err) { return {...e, error: String(err)}; } });
+}"""
+
+
+# Every page, and what shows it works: its table, filter form, buttons, player.
+PAGES_WORK = {
+    "/": ["[data-filters] select[name=status]", "[data-filters] [data-search]", "[data-action=regenerate-failed]",
+          "[data-action=sync]", "[data-entries] tbody tr[data-filename=bien_3]",
+          "[data-failures] a[href='/entries/roto']"],
+    "/?status=failed": ["[data-entries] tbody tr[data-filename=roto]", "[data-action=regenerate-flagged]"],
+    "/entries/roto": ["[data-action=approve]", "[data-action=edit]", "[data-takes]", "a[data-nav=prev]"],
+    "/entries/bien_1": ["[data-player]", "canvas[data-waveform]", "[data-review=rejected]", "[data-action=reject]"],
+    "/health": ["canvas[data-hist]", "[data-coverage] tr[data-char]"],
+}
+
+
+def strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for v in value for s in strings(v)] if isinstance(value, list) else []
+
+
+def test_a_text_built_to_break_out_of_embedded_json_leaves_every_page_working(
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    texts = tmp_path / "texts.jsonl"
+    rows = [{"filename": f"bien_{i}", "text": t} for i, t in enumerate(TEXTS[:4])]
+    rows.append({"filename": "roto", "text": PLANTED})
+    # \u escapes in the file: a raw U+2028 is a line break to the texts reader (issue 17, item 7)
+    texts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    ds = tmp_path / "ds"
+    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    start_daemon(ds, "--max-attempts", "1")
+    start_generator(ds, generators, synth=["--synth", "tests.plugins:Flaky"])  # fails on RAISE
+    wait_for(lambda: read_state(ds)["failed"] == 1 and read_state(ds)["completed"] == 4, 60, "the run to finish")
+    cli("review", "--dataset", str(ds), "bien_1", "rejected", "--note", PLANTED, check=True)
+    dash = start_dashboard(ds)
+    wait_for(lambda: (get(f"{dash.url}/api/entries/bien_1")[1].get("review") or {}).get("note") == PLANTED, 20,
+             "the page to hold the note")
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.text} ({m.location.get('url')})") if m.type == "error"
+            else None)
+    reached = {}
+    for path, works in PAGES_WORK.items():
+        html = urllib.request.urlopen(dash.url + path).read().decode()
+        page.goto(dash.url + path)
+        page.wait_for_selector("body[data-ready]")
+        for sel in works:
+            assert page.locator(sel).count() >= 1, (path, sel)
+        found = page.evaluate(EMBEDDINGS)
+        assert found, f"{path}: no embedded JSON found"
+        assert not [e for e in found if "error" in e], (path, [e for e in found if "error" in e])
+        # every script element in the page is one the server meant to write: none ended early, none added
+        assert page.locator("script").count() == html.count("<script"), path
+        assert page.evaluate("window.__broken") is None, path
+        reached[path] = sum(PLANTED in strings(e["value"]) for e in found)
+    # the planted text went through the embeddings that carry texts: failures, a take's verdict
+    assert reached["/"] >= 1 and reached["/?status=failed"] >= 1 and reached["/entries/bien_1"] >= 1, reached
+    page.goto(dash.url + "/entries/roto")
+    assert page.locator("[data-text]").text_content() == PLANTED
+    assert page.locator("[data-edit-text]").input_value() == PLANTED
+    assert not console, console
+
+
+# ---- blocking file work off the event loop ------------------------------------------------------
+def test_an_entry_view_stuck_on_a_file_leaves_the_dashboard_answering_and_stopping(
+        tmp_path: Path, start_daemon, start_dashboard, generators) -> None:
+    """An earlier take that never finishes reading (a FIFO named like one, held open with nothing
+    written: what a hung network mount does) holds its entry's view; status and the table answer
+    meanwhile, the view answers once the file does, and a dashboard still stuck on it stops at once."""
+    ds, _, _ = generated(tmp_path, TEXTS[:2], start_daemon, generators, stop=True)
+    name = read_state(ds)["entries"][0]["filename"]
+    (ds / "requeued").mkdir(exist_ok=True)
+    fifo = ds / "requeued" / f"{name}.20260101T000000.000000001.wav"
+    os.mkfifo(fifo)
+    dash = start_dashboard(ds)
+
+    def view() -> tuple[threading.Thread, dict]:
+        got: dict = {}
+
+        def ask() -> None:
+            try:
+                got["answer"] = raw(dash.port, "GET", f"/api/entries/{name}", {"Host": f"127.0.0.1:{dash.port}"})
+            except OSError as exc:  # the dashboard stopped under it
+                got["error"] = exc
+        t = threading.Thread(target=ask, daemon=True)
+        t.start()
+        return t, got
+
+    def reading() -> int | None:
+        """A writer on the FIFO, once the view has opened it to read: the view is at that file."""
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            return None  # no reader yet
+    stuck, got = view()
+    writer = wait_for(reading, 20, "the entry view to open the earlier take")
+    try:
+        status, ov = get(f"{dash.url}/api/status")
+        assert status == 200 and ov["completed"] == 2, (status, ov)
+        status, rows = get(f"{dash.url}/api/entries")
+        assert status == 200 and rows["total"] == 2
+        assert stuck.is_alive() and not got, "the view did not wait for the file"
+    finally:
+        os.close(writer)  # end of file: it is not audio
+    stuck.join(20)
+    status, entry = got["answer"]
+    assert status == 200, entry
+    assert [(t["name"], t["duration"]) for t in entry["takes"]][1:] == [(fifo.name, None)], entry["takes"]
+    assert entry["takes"][0]["current"] and entry["takes"][0]["duration"] > 0
+    # stuck again, and stopped meanwhile: it stops within its graceful time, exit 0
+    stuck, got = view()
+    writer = wait_for(reading, 20, "the entry view to open the earlier take again")
+    try:
+        dash.proc.send_signal(signal.SIGTERM)
+        assert dash.proc.wait(20) == 0, dash.log.read_text()
+    finally:
+        os.close(writer)
+    stuck.join(20)
+    assert "error" in got or got["answer"][0] >= 500, got
+
+
+def test_earlier_takes_are_found_by_name_in_a_listing_kept_until_the_folder_changes(tmp_path: Path) -> None:
+    from statesvc.dashboard import EARLIER_TAKES, EarlierTakes
+    folder = tmp_path / "requeued"
+    earlier = EarlierTakes(folder)
+    assert earlier.of("ds_0001") == []  # no folder yet
+    folder.mkdir()
+    mine = [f"ds_0001.202601{d:02d}T120000.{n:09d}.wav" for d in range(1, 13) for n in (5, 70)]
+    others = ["ds_00010.20260101T120000.000000001.wav", "ds_0002.20260101T120000.000000001.wav",
+              "ds_0001.wav", "ds_0001.20260101T120000.wav", "ds_0001.20260101T120000.1.2.wav",
+              "ds_0001.20260101T120000.000000001.txt", "ds_0001-x.20260101T120000.000000001.wav"]
+    for n in mine + others:
+        (folder / n).touch()
+    assert earlier.of("ds_0001") == sorted(mine, reverse=True)[:EARLIER_TAKES]
+    assert earlier.of("ds_00010") == [others[0]] and earlier.of("ds_0003") == []
+    # a take moved there later is found at the next view, even within the same tick of the folder's
+    # mtime (a coarse clock): a folder changed that recently is listed again
+    tick = time.time_ns()
+    os.utime(folder, ns=(tick, tick))
+    assert len(earlier.of("ds_0002")) == 1
+    (folder / "ds_0002.20991231T235959.000000000.wav").touch()
+    os.utime(folder, ns=(tick, tick))
+    assert earlier.of("ds_0002")[0] == "ds_0002.20991231T235959.000000000.wav"
+    # a folder unchanged for a while is not listed again per view: a file slipped in behind an
+    # unchanged mtime is not seen (the listing is what answers), until the folder changes
+    old = tick - 60 * 10**9
+    os.utime(folder, ns=(old, old))
+    before = earlier.of("ds_0003")
+    (folder / "ds_0003.20260101T120000.000000001.wav").touch()
+    os.utime(folder, ns=(old, old))
+    assert earlier.of("ds_0003") == before == []
+    os.utime(folder)
+    assert earlier.of("ds_0003") == ["ds_0003.20260101T120000.000000001.wav"]

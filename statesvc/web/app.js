@@ -154,8 +154,10 @@ async function refreshEntry(known = null) {
     if (!resp.ok) return;
     e = await resp.json();
   }
+  // the verdict as embedded (its JSON escaped for the page) against the verdict now: as values
+  const review = JSON.stringify(JSON.parse(main.dataset.reviewJson));
   const changed = e.status !== main.dataset.status || (e.take || "") !== main.dataset.take ||
-    JSON.stringify(e.review) !== main.dataset.reviewJson || e.text !== $("[data-text]").textContent;
+    JSON.stringify(e.review) !== review || e.text !== $("[data-text]").textContent;
   const typing = document.activeElement && main.contains(document.activeElement) &&
     document.activeElement.matches("input, textarea");
   if (changed && !typing) loadEntry(entryUrl, false, false);
