@@ -47,7 +47,7 @@ from .protocol import BadRequest, ErrorKind
 from .state import STATUSES, Refused
 from .store import DamagedState, Locked, load
 from .texts import TextsError
-from .verify import mismatches
+from .verify import mismatches, unsafe_texts
 
 FINDING = FAILED  # verify's sync errors, health's verdict: the same code as a failure, told apart in words
 
@@ -366,17 +366,22 @@ def review(dataset: Path, key: str, verdict: str, note: str | None) -> None:
 @dataset_opt
 @endpoint_opt
 def verify(dataset: Path) -> None:
-    """Check the state against wavs/; last line "N sync errors". Exit 0 with none, 1 with some,
+    """Check the state against wavs/ and the texts for control characters; last line "N sync errors"
+    (", M texts with control characters" when there are). Exit 0 with none, 1 with some,
     2 when it cannot check (no dataset, an unreadable state, a daemon that does not answer)."""
-    n = 0
+    n = bad = 0
     with cannot_check():
         need_dataset(dataset)
         st = ds.status(dataset)
-        for line in mismatches(dataset, ds.entries(dataset), st.get("sample_rate")):
+        entries = ds.entries(dataset)
+        for line in mismatches(dataset, entries, st.get("sample_rate")):
             click.echo(line)
             n += 1
-    click.echo(f"{n} sync errors")
-    sys.exit(FINDING if n else OK)
+        for line in unsafe_texts(entries):
+            click.echo(line)
+            bad += 1
+    click.echo(f"{n} sync errors" + (f", {bad} texts with control characters" if bad else ""))
+    sys.exit(FINDING if n or bad else OK)
 
 
 @main.command()

@@ -246,14 +246,13 @@ def _req(m: dict) -> str | None:
 def _v_add(m: dict) -> dict:
     items = _list(m, "items", 100_000)
     out = []
-    for it in items:
+    for n, it in enumerate(items, 1):
         if not isinstance(it, list) or len(it) != 2:
             raise BadRequest("items must be [filename or null, text] pairs")
         fname, text = it
-        if fname is not None and check_filename(fname):
-            raise BadRequest(check_filename(fname))
-        if check_text(text):
-            raise BadRequest(check_text(text))
+        why = (fname is not None and check_filename(fname)) or check_text(text)
+        if why:
+            raise BadRequest(f"item {n}: {why}")  # the whole add is refused: nothing half-added
         out.append((fname, text))
     if not out:
         raise BadRequest("add needs at least one item")
