@@ -236,8 +236,8 @@ def keygen(out: Path, name: str) -> None:
 @click.option("--max-stall", type=click.FloatRange(0.001, 100_000), default=30.0, show_default=True,
               help="Minutes without a completion, with work left, before the run counts as stalled.")
 @click.option("--min-free-mb", type=click.IntRange(0, None), default=None,
-              help="Free disk space (MB) under which the run is unhealthy (default: 1 GiB or 2 % of the "
-                   "filesystem, whichever is larger).")
+              help="Free disk space (MB) under which the run is unhealthy (default: 1 GiB or 5 % of the "
+                   "filesystem, whichever is smaller, and at least the state file's size).")
 def health(dataset: Path, max_stall: float, min_free_mb: int | None) -> None:
     """Exit 0 when the daemon answers and the run is healthy; exit 1 with a one-line reason when
     it does not answer, commits fail, disk space is short, or nothing completes while work is left;
@@ -252,7 +252,8 @@ def health(dataset: Path, max_stall: float, min_free_mb: int | None) -> None:
         except (Unavailable, ServiceError):
             st = None
         total = st.get("disk_total_bytes", 0) if st else 0
-        v = judge(st, time.time(), max_stall * 60, min_free_bytes(total, min_free_mb))
+        floor = min_free_bytes(total, min_free_mb, st.get("checkpoint_bytes") or 0 if st else 0)
+        v = judge(st, time.time(), max_stall * 60, floor)
     click.echo(v.reason, err=not v.healthy)
     sys.exit(OK if v.healthy else FINDING)
 

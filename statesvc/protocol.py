@@ -66,8 +66,9 @@ WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile",
 # unless the message says ``"wait": true`` (a generator flushing before it exits).
 URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release", "died", "edit", "review"})
 # Answered at once from memory. ``heartbeat`` and ``working`` change only leases in memory
-# (saved with the next write): a lost one costs at most an attempt charged or not.
-READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working"})
+# (saved with the next write): a lost one costs at most an attempt charged or not. ``paused``: a
+# generator says it waits for disk space (or no longer), for the status; never saved.
+READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working", "paused"})
 # Writes that are not idempotent: they carry a request id ``req`` and a resend gets the first answer.
 NOT_IDEMPOTENT = frozenset({"add", "edit"})
 # About the files, not the entries: a checkpoint (answered once it is written).
@@ -158,6 +159,14 @@ def _v_heartbeat(m: dict) -> dict:
     if not all(isinstance(t, str) and _TOKEN.fullmatch(t) for t in tokens):
         raise BadRequest("tokens must be strings of letters, digits, _ and -")
     return {"owner": _str(m, "owner", MAX_OWNER), "tokens": tokens}
+
+
+def _v_paused(m: dict) -> dict:
+    paused = m.get("paused")
+    if not isinstance(paused, bool):
+        raise BadRequest("paused must be true or false")
+    return {"owner": _str(m, "owner", MAX_OWNER), "paused": paused,
+            "free": _int(m, "free", 0, 2**62), "floor": _int(m, "floor", 0, 2**62)}
 
 
 def _v_result(m: dict) -> dict:
@@ -318,7 +327,7 @@ VALIDATORS = {
     "list": _v_list, "show": _v_show, "heartbeat": _v_heartbeat,
     "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "results": _v_results, "requeue": _v_requeue,
     "add": _v_add, "reconcile": _v_reconcile, "edit": _v_edit, "review": _v_review, "died": _v_died,
-    "working": _v_heartbeat,
+    "working": _v_heartbeat, "paused": _v_paused,
     "checkpoint": _v_none,
 }
 assert set(VALIDATORS) == WRITES | READS | STORAGE
