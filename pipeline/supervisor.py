@@ -369,7 +369,7 @@ class Run:
         text = (f"{done}/{st['total']} {100 * done / total:5.1f}%  completed {st['completed']}  "
                 f"failed {st['failed']}  generating {st['generating']}  "
                 f"{(rate or 0):.1f}/s  ETA {fmt_seconds(eta) if eta is not None else '-'}")
-        paused = paused_line(st.get("disk_pause"))  # the generators' disk guard, as they told the daemon
+        paused = paused_line(st)  # the generators' disk guard, as they told the daemon
         if paused:
             text += f"  {paused}"
         if paused != self._paused:  # a pause (or its end) shows at once, not at the next 10 s line

@@ -230,7 +230,7 @@ class Hub:
         """The generators' disk pause, as they told the daemon: its status says it, the events do not."""
         while True:
             try:
-                self.paused = paused_line((await self.daemon.call("status", timeout=2.0)).get("disk_pause"))
+                self.paused = paused_line(await self.daemon.call("status", timeout=2.0))
             except ActionError:
                 self.paused = ""  # no daemon: nobody generates, nobody is paused
             await asyncio.sleep(WATCH_EVERY)

@@ -139,7 +139,7 @@ class Handlers:
             self.disk_pauses.pop(a["owner"], None)
         return {}
 
-    def disk_pause(self, now: float) -> dict | None:
+    def disk_pause(self, now: float) -> dict | None:  # its reader: protocol.disk_pause
         """The generators waiting for disk space, for the status: None when none is. A pause not
         said again within PAUSE_TTL is over (its generator died or was stopped while paused)."""
         for owner, (_, _, said) in list(self.disk_pauses.items()):

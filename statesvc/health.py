@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .protocol import disk_pause
+
 GB = 1 << 30
 
 
@@ -27,12 +29,13 @@ def min_free_bytes(total: int, asked_mb: int | None, checkpoint: int = 0) -> int
     return max(min(GB, total // 20), checkpoint)
 
 
-def paused_line(pause: dict | None) -> str:
-    """The generators' disk pause as the console and the page show it, or "" when none is paused.
-    ``pause``: the ``disk_pause`` of the daemon's status."""
-    if not pause:
+def paused_line(status: dict | None) -> str:
+    """The generators' disk pause in the daemon's ``status`` reply, as the console and the page
+    show it; "" when none is paused (or there is no status)."""
+    pause = disk_pause(status) if status else None
+    if pause is None:
         return ""
-    return (f"paused: {pause['free_bytes'] / MB:.0f} MB free, under the {pause['floor_bytes'] / MB:.0f} MB floor; "
+    return (f"paused: {pause.free_bytes / MB:.0f} MB free, under the {pause.floor_bytes / MB:.0f} MB floor; "
             f"--min-free-mb")
 
 

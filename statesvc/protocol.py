@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -347,6 +348,26 @@ def waits(op: str, msg: dict) -> bool:
     if not isinstance(wait, bool):
         raise BadRequest("wait must be true or false")
     return wait or op in URGENT_WRITES
+
+
+@dataclass(frozen=True)
+class DiskPause:
+    """Generators waiting for disk space, as the daemon's status carries them (``disk_pause``):
+    how many, the least free space one saw, the highest floor one keeps."""
+
+    generators: int
+    free_bytes: int
+    floor_bytes: int
+
+
+def disk_pause(status: dict) -> DiskPause | None:
+    """The pause in a status reply, or None when none (or a daemon older than the field)."""
+    p = status.get("disk_pause")
+    try:
+        return DiskPause(_int(p, "generators", 1, 2**31), _int(p, "free_bytes", 0, 2**62),
+                         _int(p, "floor_bytes", 0, 2**62))
+    except (BadRequest, AttributeError):
+        return None
 
 
 def request_id(msg: dict) -> int | None:

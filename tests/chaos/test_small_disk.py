@@ -26,8 +26,10 @@ def test_the_default_floor_fits_the_disk() -> None:
     st = {"disk_free_bytes": 80 * MB, "pending": 0, "generating": 0}
     assert not judge(st, 0.0, 60, min_free_bytes(96 * MB, 100)).healthy
     assert judge(st, 0.0, 60, min_free_bytes(96 * MB, None)).healthy
-    assert paused_line({"generators": 1, "free_bytes": 80 * MB, "floor_bytes": 100 * MB}) == \
+    assert paused_line({"disk_pause": {"generators": 1, "free_bytes": 80 * MB, "floor_bytes": 100 * MB}}) == \
         "paused: 80 MB free, under the 100 MB floor; --min-free-mb"
+    for odd in ({}, {"disk_pause": None}, {"disk_pause": []}, {"disk_pause": {"free_bytes": "x"}}, None):
+        assert paused_line(odd) == ""  # no pause, a daemon older than the field, a malformed one
 
 
 def start_run(ds: Path, texts: Path, out: Path, *args: str) -> subprocess.Popen:
