@@ -70,23 +70,29 @@ def test_run_pipeline_completes_on_a_100_mb_disk_with_the_default_floor(tmp_path
 
 
 @pytest.mark.timeout(120)
-def test_a_floor_above_free_space_shows_paused_on_the_console_and_the_page(
+def test_a_pause_for_disk_space_shows_on_the_console_and_the_page_until_space_returns(
         tmp_path: Path, small_disk, page) -> None:  # noqa: F811 (the fixture of tests/test_dashboard.py)
     ds, texts = small_disk
+    junk = ds / "junk"
+    junk.write_bytes(b"\0" * (60 * MB))  # about 40 MB left: under a 50 MB floor
     out, port = tmp_path / "run.out", free_port()
-    run = start_run(ds, texts, out, "--min-free-mb", "200", "--dashboard", str(port))
+    run = start_run(ds, texts, out, "--min-free-mb", "50", "--dashboard", str(port))
     try:
-        line = re.compile(r"paused: \d+ MB free, under the 200 MB floor; --min-free-mb")
+        line = re.compile(r"paused: \d+ MB free, under the 50 MB floor; --min-free-mb")
         wait_for(lambda: line.search(out.read_text()), 60, "the paused line on the console")
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: line.search(answer(f"{url}/api/status").get("paused") or ""), 30,
                  "the pause in the page's status")
         page.goto(url + "/")
         page.wait_for_function("() => { const p = document.querySelector('[data-paused]');"
-                               " return !p.hidden && /under the 200 MB floor/.test(p.textContent); }")
+                               " return !p.hidden && /under the 50 MB floor/.test(p.textContent); }")
         assert read_state(ds)["completed"] == 0  # paused: nothing claimed, nothing charged
+        junk.unlink()  # space returns: the generators resume, the page drops the line as it goes
+        page.wait_for_function("() => document.querySelector('[data-paused]').hidden")
+        wait_for(lambda: "stays up for review" in out.read_text(), 60, "the run to finish")
         run.send_signal(signal.SIGINT)
-        assert run.wait(60) == 130, out.read_text()
+        assert run.wait(60) == 0, out.read_text()
     finally:
         stop(run)
-    assert all(e["attempts"] == 0 for e in read_state(ds)["entries"])
+    assert "finished: completed 20/20" in out.read_text(), out.read_text()
+    assert all(e["attempts"] == 1 for e in read_state(ds)["entries"])
