@@ -233,6 +233,9 @@ class Hub:
                 self.paused = paused_line(await self.daemon.call("status", timeout=2.0))
             except ActionError:
                 self.paused = ""  # no daemon: nobody generates, nobody is paused
+            except Exception as exc:  # noqa: BLE001 (a bug here must not leave a stale line for ever)
+                log.warning("cannot read the daemon's status for the disk pause: %s", exc)
+                self.paused = ""
             await asyncio.sleep(WATCH_EVERY)
 
     paused = ""
