@@ -96,3 +96,17 @@ def test_a_pause_for_disk_space_shows_on_the_console_and_the_page_until_space_re
         stop(run)
     assert "finished: completed 20/20" in out.read_text(), out.read_text()
     assert all(e["attempts"] == 1 for e in read_state(ds)["entries"])
+
+
+def test_statesvc_health_uses_the_same_floor_on_a_small_disk(small_disk, start_daemon) -> None:
+    ds, texts = small_disk
+    r = subprocess.run([str(BIN / "statesvc"), "init", "--dataset", str(ds), "--texts", str(texts)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    start_daemon(ds)
+    health = [str(BIN / "statesvc"), "health", "--dataset", str(ds)]
+    r = subprocess.run(health, capture_output=True, text=True)  # the default floor: 5 MB of 100
+    assert r.returncode == 0 and r.stdout.startswith("healthy"), (r.stdout, r.stderr)
+    (ds / "junk").write_bytes(b"\0" * (97 * MB))  # under 5 MB left
+    r = subprocess.run(health, capture_output=True, text=True)
+    assert r.returncode == 1 and "under the 5 MB floor" in r.stderr, (r.stdout, r.stderr)
