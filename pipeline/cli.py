@@ -196,8 +196,8 @@ def main() -> None:
                    "Slurm array task, frees its GPU at the end). Without it the generator waits for new texts.")
 @click.option("--min-free-mb", type=click.IntRange(0, None), default=None,
               help="Free space (MB) in wavs/ under which it claims nothing and gives back what it has not "
-                   "started, uncharged, until space returns (default: 1 GiB or 2 % of the filesystem, whichever "
-                   "is larger; 0: no guard).")
+                   "started, uncharged, until space returns (default: 1 GiB or 5 % of the filesystem, whichever "
+                   "is smaller, at least the state file's size; 0: no guard).")
 @log_level_opt
 def generate(dataset: Path, endpoint: str | None, synth: str, synth_opts: tuple[str, ...], batch: int,
              wait: float, owner: str | None, heartbeat_seconds: float | None, max_synthesis_seconds: float,
@@ -315,9 +315,14 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
               default=None, metavar="[PORT]",
               help="Also serve the review dashboard on 127.0.0.1:PORT (default 8321); the run then stays up "
                    "for review once everything is generated, until Ctrl-C.")
+@click.option("--min-free-mb", type=click.IntRange(0, None), default=None,
+              help="The generators' free-space floor in wavs/ (MB): under it they pause, uncharged, and the "
+                   "progress line says so (default: 1 GiB or 5 % of the filesystem, whichever is smaller, at "
+                   "least the state file's size; 0: no guard).")
 def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, synth: str,
         synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
-        max_attempts: int | None, heartbeat_seconds: float | None, dashboard_port: int | None) -> None:
+        max_attempts: int | None, heartbeat_seconds: float | None, dashboard_port: int | None,
+        min_free_mb: int | None) -> None:
     """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline).
 
     Exit 0 every entry completed, 3 finished with failed entries, 130 interrupted (Ctrl-C or SIGTERM
@@ -339,6 +344,8 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         gen_args += ["--synth-opt", o]
     if heartbeat_seconds is not None:
         gen_args += ["--heartbeat-seconds", str(heartbeat_seconds)]
+    if min_free_mb is not None:
+        gen_args += ["--min-free-mb", str(min_free_mb)]
     serve_args = []
     if lease_seconds:
         serve_args += ["--lease-seconds", str(lease_seconds)]

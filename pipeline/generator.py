@@ -28,6 +28,7 @@ from pathlib import Path
 from statesvc import protocol
 from statesvc.audio import Provenance
 from statesvc.client import Client, Unavailable
+from statesvc.dataset import state_path
 from statesvc.health import min_free_bytes
 
 from .synth import Synthesizer, to_pcm16
@@ -80,8 +81,9 @@ class Generator:
     max_synthesis_seconds: float = MAX_SYNTHESIS_SECONDS
     until_done: bool = False  # exit once the daemon has nothing pending and nothing generating
     # The disk guard: under this many bytes free in wavs/, claim nothing and give back what is not
-    # started, uncharged, until space returns. None: the floor `statesvc health` uses (1 GiB or 2 %
-    # of the filesystem, whichever is larger); 0: no guard (a full disk still pauses on ENOSPC).
+    # started, uncharged, until space returns. None: the floor `statesvc health` uses (1 GiB or 5 %
+    # of the filesystem, whichever is smaller, at least the state file's size); 0: no guard (a full
+    # disk still pauses on ENOSPC). The pause is told to the daemon, whose status shows it.
     min_free: int | None = None
     disk_low: bool = False
     disk_checked: float = float("-inf")
@@ -131,9 +133,9 @@ class Generator:
                 p.sent = 0.0
         for rid, p in list(self.unacked.items()):
             if now - p.sent > RESEND_AFTER:
-                if p.op in ("claim", "working", "status"):
+                if p.op in ("claim", "working", "status", "paused"):
                     del self.unacked[rid]  # never resent: expired leases come back; a notice is stale by now;
-                    # a status is asked again after the next empty claim
+                    # a status is asked again after the next empty claim; a pause is said again at the next look
                     if p.op == "claim":
                         self.claim_rid = None
                     continue
@@ -362,8 +364,10 @@ class Generator:
         except OSError:
             return self.disk_low
         free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-        floor = self.min_free if self.min_free is not None else min_free_bytes(total, None)
+        floor = self.min_free if self.min_free is not None else min_free_bytes(total, None, self.checkpoint_size())
         low = free < floor
+        if low or self.disk_low:  # said at each look while paused: the daemon forgets a pause not said again
+            self.send("paused", owner=self.owner, paused=low, free=free, floor=floor)
         if low and not self.disk_low:
             log.warning("free disk space in wavs/ is %.2f GB, under %.2f GB: pausing (nothing claimed, nothing "
                         "charged) until space returns", free / 2**30, floor / 2**30)
@@ -374,6 +378,13 @@ class Generator:
             log.info("free disk space in wavs/ is %.2f GB again: resuming", free / 2**30)
         self.disk_low = low
         return low
+
+    def checkpoint_size(self) -> int:
+        """About what one more checkpoint needs: the state file's size (0 if it cannot be seen)."""
+        try:
+            return state_path(self.dataset).stat().st_size
+        except OSError:
+            return 0
 
     def run_once(self) -> None:
         self.drop_lost()

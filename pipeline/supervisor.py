@@ -27,6 +27,7 @@ from statesvc.dataset import create_prepared, prepare_init, state_path
 from statesvc.dataset import entries as dataset_entries
 from statesvc.dataset import status as dataset_status
 from statesvc.endpoints import running
+from statesvc.health import paused_line
 
 from .synth import BUILTIN, resolve
 
@@ -359,6 +360,7 @@ class Run:
     # ---- progress ------------------------------------------------------------
     _bar_shown = False
     _next_line = 0.0
+    _paused = ""
 
     def progress(self, st: dict) -> None:
         total = st["total"] or 1
@@ -367,6 +369,11 @@ class Run:
         text = (f"{done}/{st['total']} {100 * done / total:5.1f}%  completed {st['completed']}  "
                 f"failed {st['failed']}  generating {st['generating']}  "
                 f"{(rate or 0):.1f}/s  ETA {fmt_seconds(eta) if eta is not None else '-'}")
+        paused = paused_line(st)  # the generators' disk guard, as they told the daemon
+        if paused:
+            text += f"  {paused}"
+        if paused != self._paused:  # a pause (or its end) shows at once, not at the next 10 s line
+            self._paused, self._next_line = paused, 0.0
         if getattr(self.out, "isatty", lambda: False)():
             width = 30
             filled = int(width * done / total)

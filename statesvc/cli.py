@@ -47,7 +47,7 @@ from .protocol import BadRequest, ErrorKind
 from .state import STATUSES, Refused
 from .store import DamagedState, Locked, load
 from .texts import TextsError
-from .verify import mismatches
+from .verify import mismatches, unsafe_texts
 
 FINDING = FAILED  # verify's sync errors, health's verdict: the same code as a failure, told apart in words
 
@@ -236,8 +236,8 @@ def keygen(out: Path, name: str) -> None:
 @click.option("--max-stall", type=click.FloatRange(0.001, 100_000), default=30.0, show_default=True,
               help="Minutes without a completion, with work left, before the run counts as stalled.")
 @click.option("--min-free-mb", type=click.IntRange(0, None), default=None,
-              help="Free disk space (MB) under which the run is unhealthy (default: 1 GiB or 2 % of the "
-                   "filesystem, whichever is larger).")
+              help="Free disk space (MB) under which the run is unhealthy (default: 1 GiB or 5 % of the "
+                   "filesystem, whichever is smaller, and at least the state file's size).")
 def health(dataset: Path, max_stall: float, min_free_mb: int | None) -> None:
     """Exit 0 when the daemon answers and the run is healthy; exit 1 with a one-line reason when
     it does not answer, commits fail, disk space is short, or nothing completes while work is left;
@@ -252,7 +252,8 @@ def health(dataset: Path, max_stall: float, min_free_mb: int | None) -> None:
         except (Unavailable, ServiceError):
             st = None
         total = st.get("disk_total_bytes", 0) if st else 0
-        v = judge(st, time.time(), max_stall * 60, min_free_bytes(total, min_free_mb))
+        floor = min_free_bytes(total, min_free_mb, st.get("checkpoint_bytes") or 0 if st else 0)
+        v = judge(st, time.time(), max_stall * 60, floor)
     click.echo(v.reason, err=not v.healthy)
     sys.exit(OK if v.healthy else FINDING)
 
@@ -366,17 +367,22 @@ def review(dataset: Path, key: str, verdict: str, note: str | None) -> None:
 @dataset_opt
 @endpoint_opt
 def verify(dataset: Path) -> None:
-    """Check the state against wavs/; last line "N sync errors". Exit 0 with none, 1 with some,
+    """Check the state against wavs/ and the texts for control characters; last line "N sync errors"
+    (", M texts with control characters" when there are). Exit 0 with none, 1 with some,
     2 when it cannot check (no dataset, an unreadable state, a daemon that does not answer)."""
-    n = 0
+    n = bad = 0
     with cannot_check():
         need_dataset(dataset)
         st = ds.status(dataset)
-        for line in mismatches(dataset, ds.entries(dataset), st.get("sample_rate")):
+        entries = ds.entries(dataset)
+        for line in mismatches(dataset, entries, st.get("sample_rate")):
             click.echo(line)
             n += 1
-    click.echo(f"{n} sync errors")
-    sys.exit(FINDING if n else OK)
+        for line in unsafe_texts(entries):
+            click.echo(line)
+            bad += 1
+    click.echo(f"{n} sync errors" + (f", {bad} texts with control characters" if bad else ""))
+    sys.exit(FINDING if n or bad else OK)
 
 
 @main.command()

@@ -182,7 +182,7 @@ class Daemon:
                 "checkpoint_bytes": self.store.file_bytes, "generators": len(s.owner_tokens),
                 "commit_failures": self.commit_failures, "last_commit_error": self.last_commit_error,
                 "last_completion": round(self.last_completion, 3), "disk_free_bytes": disk[0],
-                "disk_total_bytes": disk[1],
+                "disk_total_bytes": disk[1], "disk_pause": self.handlers.disk_pause(now),
                 "now": round(now, 3)}
 
     # ---- the loop -------------------------------------------------------

@@ -41,6 +41,7 @@ from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
 from .curve import CurveError, secure_client
 from .endpoints import connectable, defaults, running
 from .handlers import SET_ASIDE
+from .health import paused_line
 from .journal import JOURNAL_FILE
 from .mirror import STATUS_CODE, Mirror, Query, QueryError, ViewEntry
 from .state import Status
@@ -289,7 +290,8 @@ class Hub:
     # ---- life -----------------------------------------------------------------------------
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.tasks = [asyncio.create_task(f()) for f in (self.watch, self.listen, self.reloader, self.pusher)]
+        self.tasks = [asyncio.create_task(f()) for f in (self.watch, self.listen, self.reloader, self.pusher,
+                                                         self.follow_pause)]
         if self.settings.analyze:
             self.analyzer_thread = threading.Thread(target=self.analyzer, name="analyzer", daemon=True)
             self.analyzer_thread.start()
@@ -336,6 +338,20 @@ class Hub:
             elif pid is None and self._files_sig() != self.files_sig:
                 self.reload_wanted.set()
             await asyncio.sleep(WATCH_EVERY)
+
+    async def follow_pause(self) -> None:
+        """The generators' disk pause, as they told the daemon: its status says it, the events do not."""
+        while True:
+            try:
+                self.paused = paused_line(await self.daemon.call("status", timeout=2.0))
+            except ActionError:
+                self.paused = ""  # no daemon: nobody generates, nobody is paused
+            except Exception as exc:  # noqa: BLE001 (a bug here must not leave a stale line for ever)
+                log.warning("cannot read the daemon's status for the disk pause: %s", exc)
+                self.paused = ""
+            await asyncio.sleep(WATCH_EVERY)
+
+    paused = ""
 
     def _subscribe(self, events: str) -> None:
         if self.sub is not None:
@@ -540,7 +556,7 @@ class Hub:
     def overview(self) -> dict:
         m = self.mirror
         base = {"daemon": "up" if self.daemon_pid else "down", "load_error": self.load_error,
-                "loading": m is None}
+                "loading": m is None, "paused": self.paused}
         if m is None:
             return base
         return {**base, **m.overview(time.monotonic())}

@@ -22,6 +22,7 @@ QUARANTINE = "quarantine"   # files that are not valid audio
 SET_ASIDE = "requeued"      # an entry's earlier takes (requeue, edit)
 STALE = "stale"             # takes that do not count: late, of another text or revision, over another's lease
 FOLDERS = {"quarantine": QUARANTINE, "set_aside": SET_ASIDE, "stale": STALE}
+PAUSE_TTL = 10.0  # seconds a generator's disk pause holds unless said again (it says it every 2 s)
 
 
 class Handlers:
@@ -34,6 +35,7 @@ class Handlers:
         self.dataset = dataset
         self.state = state
         self.after_save: list[Effect] = []
+        self.disk_pauses: dict[str, tuple[int, int, float]] = {}  # owner: (free, floor, when said)
 
     def apply(self, op: str, a: dict, now: float) -> tuple[dict, bool]:
         """Apply one validated message; returns (reply body, whether it is a write)."""
@@ -62,6 +64,7 @@ class Handlers:
     def on_died(self, a: dict, now: float) -> dict:
         """A generator died: its leases end; the whole takes it wrote but could not report still
         count (valid audio is not thrown away), the others go to stale/."""
+        self.disk_pauses.pop(a["owner"], None)
         body = self.state.died(a["owner"], now, self.finished(self.state.synthesizing_of(a["owner"])))
         return {**body, "adopted": self.adopt_orphans(now)}
 
@@ -128,6 +131,25 @@ class Handlers:
 
     def on_working(self, a: dict, now: float) -> dict:
         return self.state.working(a["owner"], a["tokens"], now)
+
+    def on_paused(self, a: dict, now: float) -> dict:
+        if a["paused"]:
+            self.disk_pauses[a["owner"]] = (a["free"], a["floor"], now)
+        else:
+            self.disk_pauses.pop(a["owner"], None)
+        return {}
+
+    def disk_pause(self, now: float) -> dict | None:  # its reader: protocol.disk_pause
+        """The generators waiting for disk space, for the status: None when none is. A pause not
+        said again within PAUSE_TTL is over (its generator died or was stopped while paused)."""
+        for owner, (_, _, said) in list(self.disk_pauses.items()):
+            if now - said > PAUSE_TTL:
+                del self.disk_pauses[owner]
+        if not self.disk_pauses:
+            return None
+        pauses = self.disk_pauses.values()
+        return {"generators": len(pauses), "free_bytes": min(p[0] for p in pauses),
+                "floor_bytes": max(p[1] for p in pauses)}
 
     def on_status(self, a: dict, now: float) -> dict:
         return self.state.stats()

@@ -114,6 +114,7 @@ def overview(ov: dict, rows: list[dict], total: int, q: Query, csrf: str) -> str
 <section class="overview" data-overview>
  <div class="counts">{counts}<div class="count"><span data-stat="total">{ov.get("total", 0)}</span><label>total</label></div></div>
  <progress data-progress max="{max(1, ov.get("total", 0))}" value="{ov.get("completed", 0)}"></progress>
+ <p class="paused" data-paused{"" if ov.get("paused") else " hidden"}>{esc(ov.get("paused") or "")}</p>
  <p class="stats">rate <b data-stat="rate">{ov.get("rate", 0)}</b>/s · ETA <b data-stat="eta">{_hms(ov.get("eta_seconds"))}</b>
  · audio <b data-stat="audio">{_hms(ov.get("audio_seconds"))}</b> · approved <b data-stat="approved">{ov.get("approved", 0)}</b>
  · rejected <b data-stat="rejected">{ov.get("rejected", 0)}</b> · flagged <b data-stat="flagged">{ov.get("flagged", 0)}</b></p>

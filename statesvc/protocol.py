@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -66,8 +67,9 @@ WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile",
 # unless the message says ``"wait": true`` (a generator flushing before it exits).
 URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release", "died", "edit", "review"})
 # Answered at once from memory. ``heartbeat`` and ``working`` change only leases in memory
-# (saved with the next write): a lost one costs at most an attempt charged or not.
-READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working"})
+# (saved with the next write): a lost one costs at most an attempt charged or not. ``paused``: a
+# generator says it waits for disk space (or no longer), for the status; never saved.
+READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working", "paused"})
 # Writes that are not idempotent: they carry a request id ``req`` and a resend gets the first answer.
 NOT_IDEMPOTENT = frozenset({"add", "edit"})
 # About the files, not the entries: a checkpoint (answered once it is written).
@@ -160,6 +162,14 @@ def _v_heartbeat(m: dict) -> dict:
     return {"owner": _str(m, "owner", MAX_OWNER), "tokens": tokens}
 
 
+def _v_paused(m: dict) -> dict:
+    paused = m.get("paused")
+    if not isinstance(paused, bool):
+        raise BadRequest("paused must be true or false")
+    return {"owner": _str(m, "owner", MAX_OWNER), "paused": paused,
+            "free": _int(m, "free", 0, 2**62), "floor": _int(m, "floor", 0, 2**62)}
+
+
 def _v_result(m: dict) -> dict:
     status = m.get("status")
     if status not in ("completed", "failed"):
@@ -246,14 +256,13 @@ def _req(m: dict) -> str | None:
 def _v_add(m: dict) -> dict:
     items = _list(m, "items", 100_000)
     out = []
-    for it in items:
+    for n, it in enumerate(items, 1):
         if not isinstance(it, list) or len(it) != 2:
             raise BadRequest("items must be [filename or null, text] pairs")
         fname, text = it
-        if fname is not None and check_filename(fname):
-            raise BadRequest(check_filename(fname))
-        if check_text(text):
-            raise BadRequest(check_text(text))
+        why = (fname is not None and check_filename(fname)) or check_text(text)
+        if why:
+            raise BadRequest(f"item {n}: {why}")  # the whole add is refused: nothing half-added
         out.append((fname, text))
     if not out:
         raise BadRequest("add needs at least one item")
@@ -319,7 +328,7 @@ VALIDATORS = {
     "list": _v_list, "show": _v_show, "heartbeat": _v_heartbeat,
     "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "results": _v_results, "requeue": _v_requeue,
     "add": _v_add, "reconcile": _v_reconcile, "edit": _v_edit, "review": _v_review, "died": _v_died,
-    "working": _v_heartbeat,
+    "working": _v_heartbeat, "paused": _v_paused,
     "checkpoint": _v_none,
 }
 assert set(VALIDATORS) == WRITES | READS | STORAGE
@@ -339,6 +348,26 @@ def waits(op: str, msg: dict) -> bool:
     if not isinstance(wait, bool):
         raise BadRequest("wait must be true or false")
     return wait or op in URGENT_WRITES
+
+
+@dataclass(frozen=True)
+class DiskPause:
+    """Generators waiting for disk space, as the daemon's status carries them (``disk_pause``):
+    how many, the least free space one saw, the highest floor one keeps."""
+
+    generators: int
+    free_bytes: int
+    floor_bytes: int
+
+
+def disk_pause(status: dict) -> DiskPause | None:
+    """The pause in a status reply, or None when none (or a daemon older than the field)."""
+    p = status.get("disk_pause")
+    try:
+        return DiskPause(_int(p, "generators", 1, 2**31), _int(p, "free_bytes", 0, 2**62),
+                         _int(p, "floor_bytes", 0, 2**62))
+    except (BadRequest, AttributeError):
+        return None
 
 
 def request_id(msg: dict) -> int | None:

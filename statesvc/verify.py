@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .audio import inspect, not_its_take, wav_path
+from .texts import control_character
 
 
 def mismatches(dataset: Path, entries: list[dict], sample_rate: int | None) -> Iterator[str]:
@@ -22,3 +23,12 @@ def mismatches(dataset: Path, entries: list[dict], sample_rate: int | None) -> I
         elif e["status"] != "generating" and os.path.lexists(path):
             obs = inspect(path, sample_rate)
             yield f"{e['id']} {e['filename']}: {e['status']} but wav exists ({'valid' if obs.valid else obs.reason})"
+
+
+def unsafe_texts(entries: list[dict]) -> Iterator[str]:
+    """One line per entry whose text holds a control character: stored before texts were checked
+    for them (or by hand), kept as they are, shown so someone edits them."""
+    for e in entries:
+        why = control_character(e["text"])
+        if why:
+            yield f"{e['id']} {e['filename']}: text holds a {why}; fix it with statesvc edit {e['id']} --text ..."

@@ -24,9 +24,9 @@ def malformed(rng: random.Random) -> list[bytes]:
         return [b"{}"] * rng.choice([0, 2, 3, 5]) or [b"", b"", b""]
     if kind == 2:
         op = rng.choice(["claim", "result", "requeue", "heartbeat", "reconcile", "add", "show", "results",
-                         "edit", "died", "working", "release"])
+                         "edit", "died", "working", "release", "paused"])
         field = rng.choice(["owner", "n", "id", "token", "status", "keys", "items", "files", "key", "since",
-                            "text", "req", "tokens"])
+                            "text", "req", "tokens", "paused", "free", "floor"])
         value = rng.choice([None, True, -1, 2**70, 1.5, "x" * 5000, [], {}, [[[]]]]
                            + (["../x"] if field != "owner" else []))
         return [json.dumps({"op": op, "rid": rng.randrange(1000), field: value}).encode()]

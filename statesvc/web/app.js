@@ -84,6 +84,8 @@ function showOverview(ov) {
   for (const el of $$("[data-stat]")) el.textContent = stats[el.dataset.stat];
   const bar = $("[data-progress]");
   if (bar) { bar.max = Math.max(1, ov.total); bar.value = ov.completed; }
+  const paused = $("[data-paused]");  // the generators wait for disk space
+  if (paused) { paused.textContent = ov.paused || ""; paused.hidden = !ov.paused; }
   const gens = $("[data-generators]");
   if (gens) {
     gens.replaceChildren(...(ov.generators || []).map(g => {

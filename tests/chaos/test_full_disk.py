@@ -99,6 +99,9 @@ def test_disk_guard_pauses_generators_uncharged_health_says_so_and_they_resume(t
                      "the generator to pause for disk space")
             h = cli("health", "--dataset", str(ds), "--min-free-mb", "8")
             assert h.returncode == 1 and "free disk space" in h.stderr, h.stderr
+            with Client.for_dataset(ds, timeout=5, retries=1) as c:  # the generator told the daemon
+                wait_for(lambda: (c.call("status")["disk_pause"] or {}).get("floor_bytes") == 8 << 20, 10,
+                         "the pause in the daemon's status")
             st = read_state(ds)
             assert st["completed"] == 0 and st["generating"] == 0
             assert all(e["attempts"] == 0 for e in st["entries"])
@@ -106,6 +109,8 @@ def test_disk_guard_pauses_generators_uncharged_health_says_so_and_they_resume(t
             wait_for(lambda: read_state(ds)["completed"] == 60, 60, "the run to resume and finish")
             text = log_path.read_text()
             assert text.count("pausing (nothing claimed") == 1 and text.count("again: resuming") == 1, text
+            with Client.for_dataset(ds, timeout=5, retries=1) as c:  # and that the pause is over
+                wait_for(lambda: c.call("status")["disk_pause"] is None, 10, "the pause to end in the status")
             assert cli("health", "--dataset", str(ds), "--min-free-mb", "8").returncode == 0
             assert all(e["attempts"] == 1 for e in read_state(ds)["entries"])
             gen.send_signal(signal.SIGTERM)
