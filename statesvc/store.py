@@ -22,6 +22,7 @@ import errno
 import fcntl
 import gc
 import io
+import logging
 import os
 import secrets
 import signal
@@ -29,7 +30,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,6 +45,7 @@ from .texts import check_filename
 
 STATE_FILE = "generation_state.json"
 LOCK_FILE = "statesvc.lock"
+log = logging.getLogger("statesvc")
 
 
 class DamagedState(Exception):
@@ -352,6 +354,15 @@ def _conflict(dataset: Path, j: Contents) -> JournalConflict:
         f"statesvc journal discard --dataset {dataset}")
 
 
+def damaged(dataset: Path, j: Contents) -> DamagedState:
+    """The one-line refusal of a damaged journal: the file, the first damaged record, the way out."""
+    return DamagedState(
+        f"{journal_path(dataset)}: {j.damage} is damaged, and a crash tears only the last record (the disk "
+        f"or a hand changed it); nothing was touched. Keep a copy of the folder, then apply the {j.count} "
+        f"whole records before it (the journal is kept aside): statesvc journal replay --up-to-damage "
+        f"--dataset {dataset}")
+
+
 def read(dataset: Path, view: type | None = None) -> Loaded:
     """The state: the file, then the journal's records replayed on top, as they are read.
 
@@ -369,11 +380,7 @@ def read(dataset: Path, view: type | None = None) -> Loaded:
             except OSError as exc:
                 raise DamagedState(f"{journal_path(dataset)}: {exc.strerror}") from None
             if j.damaged:
-                raise DamagedState(
-                    f"{journal_path(dataset)}: record {j.count + 1} is damaged but whole records follow "
-                    "it (the disk corrupted it; a crash tears only the last one); nothing was touched. "
-                    f"Keep a copy of the folder, then: statesvc journal discard --dataset {dataset} (the file "
-                    "alone) or cut the journal by hand after its last good record")
+                raise damaged(dataset, j)
             if j.extends == extends and (rp is not None or not j.count):
                 break
             # A checkpoint may have swapped the file and the journal between our reads.
@@ -383,6 +390,9 @@ def read(dataset: Path, view: type | None = None) -> Loaded:
         if rp is not None and rp.applied:
             sr = rp.sample_rate or sr
             answers = rp.answers if rp.answers is not None else answers
+        if head.checkpoint is None:
+            log.warning("%s: its checksum does not match (edited by hand, or written by an older statesvc): "
+                        "loaded as a hand edit, every entry validated", state_path(dataset))
         return Loaded(_state(entries, sr, answers), head, j, rp.applied if rp else 0, size)
 
 
@@ -619,6 +629,7 @@ class Store:
         self.checkpoint_seq = seq  # the last commit the file holds: the journal holds the ones after
         self.checkpoints = 0
         self.replayed = self.torn = 0  # what opening found: commits replayed, bytes of a torn tail cut
+        self.torn_kept: Path | None = None  # where those bytes were kept
         self.job: Checkpointing | None = None
         self.last_checkpoint_seconds = 0.0
         self.bytes_written = 0  # journal records and checkpoints, for the operator
@@ -628,12 +639,16 @@ class Store:
         j, head = loaded.journal, loaded.head
         store = cls(dataset, None, None, max(head.seq, j.last_seq), loaded.file_bytes)
         store.replayed, store.torn = loaded.replayed, j.torn
+        if j.damaged:  # ``read`` refuses it: never start a journal over one
+            raise damaged(dataset, j)
+        if j.torn and not head.takes(j.extends):  # about to be replaced: its bytes are kept all the same
+            store.torn_kept = journal.keep_tail(dataset, j.good_length)
         if head.checkpoint is None:  # a hand-edited or older file: make it a checkpoint of ours
             store.checkpoint(loaded.state)
             return store
         if head.takes(j.extends):  # the journal goes on (a rollback reopens it: nothing to write)
-            if j.torn:
-                journal.cut(dataset, j.good_length)  # unacknowledged: a crash mid-append
+            if j.torn:  # unacknowledged: a crash mid-append
+                store.torn_kept = journal.cut(dataset, j.good_length)
             store.writer, store.extends = journal.Writer(dataset, j.good_length), j.extends
             if j.count:
                 store.checkpoint_seq = head.seq
@@ -768,25 +783,45 @@ def create(dataset: Path, state: State) -> None:
         raise FileExistsError(state_path(dataset))
     old = journal_path(dataset)
     if old.exists():
-        os.replace(old, old.with_name(f"{JOURNAL_FILE}.orphaned-{time.strftime('%Y%m%dT%H%M%S')}"))
+        os.replace(old, journal.aside(dataset, "orphaned"))
     _write_checkpoint(dataset, state, Head(secrets.token_hex(8), None, 0))
     state.dirty.clear()
     state.unsaved = False
 
 
 # ---- the journal's two ways out of a conflict --------------------------------
-def replay_journal(dataset: Path) -> tuple[int, int]:
+@dataclass
+class Replayed:
+    """What ``statesvc journal replay`` did."""
+
+    applied: int            # records applied
+    versions: int           # entry versions they held
+    kept: Path | None = None  # where a damaged journal was kept
+    lost: list[Record] = field(default_factory=list)  # whole records after the damage: not applied
+
+
+def replay_journal(dataset: Path, up_to_damage: bool = False) -> Replayed:
     """Apply every record of the journal onto the file as it is now, and make that a checkpoint.
-    Returns (records applied, entry versions they held). Call only under the writer lock."""
+    A damaged journal is refused, or with ``up_to_damage`` its whole records before the damage
+    are applied, the journal kept aside (a hard link, never overwritten) and the whole records
+    after it listed. Call only under the writer lock."""
     with _no_gc():
         entries, sr, answers, head, size = _read_path(state_path(dataset))
         rp = Replay(entries, head.seq if head.takes(journal.extends_of(dataset)) else 0)
         j = journal.read(dataset, rp)
         state = _state(entries, rp.sample_rate or sr, rp.answers if rp.answers is not None else answers)
+    done = Replayed(rp.applied, rp.versions)
+    if j.damaged:
+        if not up_to_damage:
+            raise damaged(dataset, j)
+        done.lost = [r for r in journal.after_damage(dataset, j) if r.seq > rp.after]
+        done.kept = journal.aside(dataset, "damaged")
+        os.link(journal_path(dataset), done.kept)  # the checkpoint's new journal then replaces the name only
+        fsync_dir(dataset)
     store = Store(dataset, None, None, max(head.seq, j.last_seq), size)
     store.checkpoint(state)
     store.close()
-    return rp.applied, rp.versions
+    return done
 
 
 def discard_journal(dataset: Path) -> tuple[int, Path | None]:
@@ -796,9 +831,8 @@ def discard_journal(dataset: Path) -> tuple[int, Path | None]:
     if not path.exists():
         return 0, None
     n = journal.read(dataset).count
-    aside = path.with_name(f"{JOURNAL_FILE}.discarded-{time.strftime('%Y%m%dT%H%M%S')}")
+    aside = journal.aside(dataset, "discarded")
     os.replace(path, aside)
-    from .atomic import fsync_dir
     fsync_dir(dataset)
     return n, aside
 

@@ -145,7 +145,7 @@ def test_a_damaged_record_with_whole_ones_after_it_is_refused(tmp_path: Path) ->
     ends = parse(bytes(raw)).ends
     raw[ends[0] + 30] ^= 0x01  # a bit flipped in the second record; the third and fourth are whole
     journal_path(ds).write_bytes(bytes(raw))
-    with pytest.raises(store.DamagedState, match="record 2 is damaged but whole records follow"):
+    with pytest.raises(store.DamagedState, match=r"record 2 \(line 3, at byte \d+\) is damaged"):
         store.load(ds)
 
 
