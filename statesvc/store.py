@@ -135,9 +135,12 @@ def _review_from(obj: object, eid: int) -> Review | None:
 
 # ---- the file's layout -----------------------------------------------------
 # One header line (ending in ',"entries":[' and a newline), then one entry per line (lines
-# joined by ",\n"), then "\n]}\n". The header's checksum is the CRC-32 of the entry lines.
+# joined by ",\n"), then "\n]}\n". The header's checksum is the CRC-32 of the header line (with
+# the checksum's digits as zeros: its seq and parent decide which journal records apply) and the
+# entry lines; "crc32:" (files written before) covers the entry lines only.
 # A checksummed file decodes straight into entries (msgspec), without full validation.
-CHECKSUM = "crc32:"
+CHECKSUM = "crc32h:"
+_OLD_CHECKSUM = "crc32:"
 _OPEN = b',"entries":[\n'
 _CLOSE = b"\n]}\n"
 _SEP = b",\n"
@@ -222,11 +225,11 @@ def _read_streamed(f: BinaryIO, total: int, decode: Callable[[object], list] = _
         head = orjson.loads(first[:-len(_OPEN)] + b"}")
     except orjson.JSONDecodeError:
         return None
-    ck, parent, seq = head.get("checkpoint"), head.get("parent"), head.get("seq")
-    if head.get("schema_version") != SCHEMA_VERSION or not isinstance(ck, str) or not isinstance(seq, int):
+    ck, parent, seq, kind = head.get("checkpoint"), head.get("parent"), head.get("seq"), _checksum_kind(head)
+    if head.get("schema_version") != SCHEMA_VERSION or not isinstance(ck, str) or not isinstance(seq, int) or not kind:
         return None
     entries: list[Entry] = []
-    crc, carry, size = 0, b"", len(first)
+    crc, carry, size = _head_crc(first, head["checksum"]) if kind == CHECKSUM else 0, b"", len(first)
     try:
         while True:
             # "[" + the previous chunk's unfinished line + a chunk, read in place (no copies of
@@ -254,10 +257,23 @@ def _read_streamed(f: BinaryIO, total: int, decode: Callable[[object], list] = _
             entries += decode(b"[" + last + b"]")
     except (msgspec.DecodeError, ValueError):
         return None  # damaged or forged: validate the long way and say what is wrong
-    if head.get("checksum") != f"{CHECKSUM}{crc:08x}":
+    if head.get("checksum") != f"{kind}{crc:08x}":
         return None
     return entries, head.get("sample_rate"), head.get("answers"), Head(ck, parent if isinstance(parent, str) else None,
                                                                            seq), size
+
+
+def _checksum_kind(head: dict) -> str | None:
+    c = head.get("checksum")
+    if not isinstance(c, str):
+        return None
+    return CHECKSUM if c.startswith(CHECKSUM) else _OLD_CHECKSUM if c.startswith(_OLD_CHECKSUM) else None
+
+
+def _head_crc(first: bytes, checksum: str) -> int:
+    """The CRC-32 of a header line as it was when its checksum was computed (digits as zeros)."""
+    return zlib.crc32(first.replace(b'"checksum":' + orjson.dumps(checksum),
+                                    b'"checksum":"' + CHECKSUM.encode() + b'00000000"', 1))
 
 
 def _read_path(path: Path, decode: Callable[[object], list] = _decode_entries
@@ -418,7 +434,7 @@ def _top(state: State, head: Head) -> dict:
 def _render(entries: list[Entry], n: int, top: dict, fd: int) -> int:
     """Write the first ``n`` entries as a checkpoint file into ``fd``, a chunk at a time; its size."""
     placeholder = orjson.dumps({**top, "checksum": f"{CHECKSUM}00000000"})[:-1] + _OPEN
-    at, crc, synced = len(placeholder), 0, 0
+    at, crc, synced = len(placeholder), zlib.crc32(placeholder), 0
     for lo in range(0, n, _CHUNK):
         chunk = _SEP.join([_encode(e) for e in entries[lo:min(n, lo + _CHUNK)]])
         if lo:
