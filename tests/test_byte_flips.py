@@ -26,9 +26,11 @@ def _acknowledged(ds: Path) -> tuple[dict, int]:
     (ds / "wavs").mkdir(parents=True)
     store.create(ds, State([Entry.make(i, f"u_{i:03d}", f"frase {i}") for i in range(1, 7)]))
     s, st = store.load_for_writing(ds)
-    items = s.claim("g", 3, None, 100.0)["entries"]  # claims rows
+    items = s.claim("g", 2, None, 100.0)["entries"]  # claims rows
     st.commit(s)
-    st.checkpoint(s)  # the file's seq is 1: the journal's records come after it
+    items += s.claim("g", 1, None, 100.0)["entries"]
+    st.commit(s)
+    st.checkpoint(s)  # the file's seq is 2: the journal's records (3, 4, 5) come after it
     s.result(take(items[0], 1.5, 16000), 101.0)  # a whole entry, and the dataset's sample rate
     st.commit(s)
     s.working("g", [items[1]["token"]], 102.0)  # lease rows
@@ -121,7 +123,7 @@ def test_a_flip_through_real_processes(tmp_path: Path, start_daemon, where: str)
                                   "tail": len(jraw) - 3}.get(where)
     if at is None:  # the digit of the file's seq: a load that trusted it would skip journal records
         path = ds / store.STATE_FILE
-        at = path.read_bytes().index(b'"seq":1') + 6
+        at = path.read_bytes().index(b'"seq":2') + 6  # 2 -> 3: record 3 would be skipped
     raw = path.read_bytes()
     path.write_bytes(raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1:])
     r = cli("status", "--dataset", str(ds), "--json")
