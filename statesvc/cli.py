@@ -143,6 +143,16 @@ def main() -> None:
 
     Exit codes: 0 done; 1 a finding (verify, health) or a failure while carrying a command out;
     2 a usage error or what the command needs is missing or unreadable; 130 interrupted."""
+    # A command that sets up no logging (all but serve and dashboard) says the library's warnings
+    # as it says errors: "statesvc: warning: ..." on one line.
+    logging.lastResort = logging.StreamHandler(sys.stderr)
+    logging.lastResort.setLevel(logging.WARNING)
+    logging.lastResort.setFormatter(_Said())
+
+
+class _Said(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"statesvc: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
 
 
 @main.command()
