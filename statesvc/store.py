@@ -10,7 +10,8 @@ The file names itself: its header holds a random ``checkpoint`` id, the id its j
 (``parent``) and the last commit it holds (``seq``), and a CRC-32 of its entries. A journal
 applies to the file whose id it names, or, after a crash between a checkpoint's rename and the
 new journal's, to the file whose parent it names (its records after ``seq`` only). A file whose
-checksum fails was changed by hand: alone it is loaded the long way, with full validation; with
+checksum fails was changed by hand: alone it is loaded the long way, with full validation and a
+warning naming it; with
 a journal holding records, nobody can tell which wins, so loading refuses and names the two
 commands that decide (``statesvc journal replay`` or ``discard``).
 """
