@@ -847,7 +847,8 @@ def discard_journal(dataset: Path) -> tuple[int, Path | None]:
     path = journal_path(dataset)
     if not path.exists():
         return 0, None
-    n = journal.read(dataset).count
+    j = journal.read(dataset)
+    n = j.count + (len(journal.after_damage(dataset, j)) if j.damaged else 0)  # whole records, damage or not
     aside = journal.aside(dataset, "discarded")
     os.replace(path, aside)
     fsync_dir(dataset)

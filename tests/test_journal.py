@@ -378,6 +378,24 @@ def test_a_journal_left_without_its_file_is_moved_aside_by_init(tmp_path: Path) 
     assert [p.name for p in ds.iterdir() if ".orphaned-" in p.name]
 
 
+def test_commands_that_start_afresh_move_a_damaged_journal_aside(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    _journalled(ds, 3)
+    damaged = b"[" + journal_path(ds).read_bytes()[1:]
+    journal_path(ds).write_bytes(damaged)
+    r = cli("journal", "discard", "--dataset", str(ds), check=True)  # the file alone
+    aside = [p for p in ds.iterdir() if ".discarded-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged and str(aside[0]) in r.stdout
+    assert "discarded 3 commits" in r.stdout  # the whole records after the damaged header count
+    journal_path(ds).write_bytes(damaged)
+    os.unlink(ds / "generation_state.json")
+    texts = tmp_path / "t.txt"
+    texts.write_text("a\nb\n")
+    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)  # a new state: the old journal aside
+    aside = [p for p in ds.iterdir() if ".orphaned-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged and read_state(ds)["total"] == 2
+
+
 def test_lease_renewals_and_phases_are_journalled_compactly_and_replayed(tmp_path: Path) -> None:
     ds = tmp_path / "ds"
     (ds / "wavs").mkdir(parents=True)
