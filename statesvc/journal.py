@@ -56,6 +56,7 @@ class Record(msgspec.Struct, gc=False, omit_defaults=True):
 
 
 _decode_record = msgspec.json.Decoder(Record).decode
+_CRC = re.compile(rb"[0-9a-f]{8} ")  # a record's checksum as the writer writes it (int() would take " +_A")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -147,7 +148,6 @@ def _whole_inside(line: bytes) -> bool:
     return False
 
 
-_CRC = re.compile(rb"[0-9a-f]{8} ")
 def parse(raw: bytes) -> Contents:
     """The good records of a journal's bytes, kept."""
     return scan(io.BytesIO(raw), len(raw), keep=True)

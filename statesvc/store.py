@@ -371,13 +371,16 @@ def _conflict(dataset: Path, j: Contents) -> JournalConflict:
         f"statesvc journal discard --dataset {dataset}")
 
 
-def damaged(dataset: Path, j: Contents) -> DamagedState:
+def damaged(dataset: Path, j: Contents, head: Head) -> DamagedState:
     """The one-line refusal of a damaged journal: the file, the first damaged record, the way out."""
+    fix = ""
+    if j.extends is None and head.checkpoint is not None:  # its header: the records after it may be whole
+        fix = f"; or first repair line 1 by hand to read {journal.header(head.checkpoint).decode().strip()}"
     return DamagedState(
         f"{journal_path(dataset)}: {j.damage} is damaged, and a crash tears only the last record (the disk "
         f"or a hand changed it); nothing was touched. Keep a copy of the folder, then apply the {j.count} "
         f"whole records before it (the journal is kept aside): statesvc journal replay --up-to-damage "
-        f"--dataset {dataset}")
+        f"--dataset {dataset}{fix}")
 
 
 def read(dataset: Path, view: type | None = None) -> Loaded:
@@ -397,7 +400,7 @@ def read(dataset: Path, view: type | None = None) -> Loaded:
             except OSError as exc:
                 raise DamagedState(f"{journal_path(dataset)}: {exc.strerror}") from None
             if j.damaged:
-                raise damaged(dataset, j)
+                raise damaged(dataset, j, head)
             if j.extends == extends and (rp is not None or not j.count):
                 break
             # A checkpoint may have swapped the file and the journal between our reads.
@@ -657,7 +660,7 @@ class Store:
         store = cls(dataset, None, None, max(head.seq, j.last_seq), loaded.file_bytes)
         store.replayed, store.torn = loaded.replayed, j.torn
         if j.damaged:  # ``read`` refuses it: never start a journal over one
-            raise damaged(dataset, j)
+            raise damaged(dataset, j, head)
         if j.torn and not head.takes(j.extends):  # about to be replaced: its bytes are kept all the same
             store.torn_kept = journal.keep_tail(dataset, j.good_length)
         if head.checkpoint is None:  # a hand-edited or older file: make it a checkpoint of ours
@@ -830,7 +833,7 @@ def replay_journal(dataset: Path, up_to_damage: bool = False) -> Replayed:
     done = Replayed(rp.applied, rp.versions)
     if j.damaged:
         if not up_to_damage:
-            raise damaged(dataset, j)
+            raise damaged(dataset, j, head)
         done.lost = [r for r in journal.after_damage(dataset, j) if r.seq > rp.after]
         done.kept = journal.aside(dataset, "damaged")
         os.link(journal_path(dataset), done.kept)  # the checkpoint's new journal then replaces the name only

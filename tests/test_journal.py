@@ -193,6 +193,12 @@ def test_one_damaged_byte_in_the_journals_header_loses_nothing(tmp_path: Path, s
     assert journal_path(ds).read_bytes() == damaged  # the daemon started no journal over it
     r = cli("journal", "replay", "--dataset", str(ds))
     assert r.returncode == 2 and "its header (line 1) is damaged" in r.stderr
+    # the repair the refusal suggests brings both edits back
+    line = r.stderr.strip().split("repair line 1 by hand to read ")[1].encode() + b"\n"
+    journal_path(ds).write_bytes(line + raw.split(b"\n", 1)[1])
+    assert line == raw.split(b"\n", 1)[0] + b"\n"
+    assert [e["text"] for e in read_state(ds)["entries"][:3]] == ["corregido 1", "corregido 2", "texto 3"]
+    journal_path(ds).write_bytes(damaged)
     # the way out applies nothing it cannot place, keeps the journal aside and says what it holds
     r = cli("journal", "replay", "--up-to-damage", "--dataset", str(ds), check=True)
     kept = [p for p in ds.iterdir() if p.name.startswith("generation_state.journal.damaged-")]
