@@ -114,7 +114,9 @@ def scan(f: BinaryIO, size: int, use: Callable[[Record], None] | None = None, ke
     for line in iter(f.readline, b""):
         rec = _record(line)
         if rec is None or (out.count and rec.seq <= out.last_seq):
-            if rec is not None or f.read(1) or _whole_inside(line):
+            # Bytes after it within ``size`` (what the file held when opened: a reader racing the
+            # writer may read a record being appended, and more after it, later) mean damage.
+            if rec is not None or pos + len(line) < size or _whole_inside(line):
                 out.damage = f"record {out.count + 1} (line {out.count + 2}, at byte {pos})"
             break
         out.count, out.last_seq = out.count + 1, rec.seq
