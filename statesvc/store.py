@@ -836,7 +836,10 @@ def replay_journal(dataset: Path, up_to_damage: bool = False) -> Replayed:
             raise damaged(dataset, j, head)
         done.lost = [r for r in journal.after_damage(dataset, j) if r.seq > rp.after]
         done.kept = journal.aside(dataset, "damaged")
-        os.link(journal_path(dataset), done.kept)  # the checkpoint's new journal then replaces the name only
+        try:
+            os.link(journal_path(dataset), done.kept)  # the checkpoint's new journal then replaces the name only
+        except OSError:  # a filesystem without hard links: a durable copy
+            write_atomic(done.kept, journal_path(dataset).read_bytes())
         fsync_dir(dataset)
     store = Store(dataset, None, None, max(head.seq, j.last_seq), size)
     store.checkpoint(state)
