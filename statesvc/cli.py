@@ -143,6 +143,16 @@ def main() -> None:
 
     Exit codes: 0 done; 1 a finding (verify, health) or a failure while carrying a command out;
     2 a usage error or what the command needs is missing or unreadable; 130 interrupted."""
+    # A command that sets up no logging (all but serve and dashboard) says the library's warnings
+    # as it says errors: "statesvc: warning: ..." on one line.
+    logging.lastResort = logging.StreamHandler(sys.stderr)
+    logging.lastResort.setLevel(logging.WARNING)
+    logging.lastResort.setFormatter(_Said())
+
+
+class _Said(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"statesvc: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
 
 
 @main.command()
@@ -467,20 +477,30 @@ def checkpoint(dataset: Path) -> None:
 def journal() -> None:
     """The journal beside generation_state.json: the commits since the last checkpoint.
 
-    After a crash the daemon replays it by itself. These two commands are for one case only:
-    the file was edited by hand while the journal still held commits, and the daemon refused
-    to start. Stop the daemon first."""
+    After a crash the daemon replays it by itself. These two commands are for when it refused
+    to start: the file was edited by hand while the journal still held commits, or the journal is
+    damaged (then replay --up-to-damage). Stop the daemon first."""
 
 
 @journal.command(name="replay")
 @dataset_opt
-def journal_replay(dataset: Path) -> None:
+@click.option("--up-to-damage", is_flag=True,
+              help="For a damaged journal: apply only the whole records before the first damaged one, keep "
+                   "the journal aside (generation_state.journal.damaged-TIME) and list the records after it.")
+def journal_replay(dataset: Path, up_to_damage: bool) -> None:
     """Apply the journal's commits onto the file as it is now (what they changed takes the
-    journal's value; your other edits stay), then start a fresh journal."""
+    journal's value; your other edits stay), then start a fresh journal. A damaged journal is
+    refused (exit 2) unless --up-to-damage."""
     need_dataset(dataset, remote_ok=False)
-    records, entries = ds.journal_replay(dataset)
-    click.echo(f"replayed {records} commits ({entries} entry versions) onto {ds.state_path(dataset)}; "
+    r = ds.journal_replay(dataset, up_to_damage)
+    click.echo(f"replayed {r.applied} commits ({r.versions} entry versions) onto {ds.state_path(dataset)}; "
                "the journal is empty")
+    if r.kept is not None:
+        click.echo(f"the damaged journal was kept in {r.kept}; {len(r.lost)} acknowledged commits after the "
+                   "damage were not applied" + (":" if r.lost else ""))
+        for rec in r.lost:
+            ids = sorted({e.id for e in rec.entries} | {c[0] for c in rec.claims} | {x[0] for x in rec.leases})
+            click.echo(f"  commit {rec.seq}: entries {', '.join(map(str, ids)) or '(none)'}")
 
 
 @journal.command(name="discard")

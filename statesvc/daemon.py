@@ -477,8 +477,8 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
             log.warning("entry %d was generating without a lease: back to pending", eid)
         if store.replayed or store.torn:
             log.info("replayed %d commits from the journal%s", store.replayed,
-                     f"; cut a torn tail of {store.torn} bytes (a crash mid-append: never acknowledged)"
-                     if store.torn else "")
+                     f"; cut its torn last record, {store.torn} bytes (a crash mid-append: never acknowledged), "
+                     f"kept in {store.torn_kept}" if store.torn else "")
         daemon = Daemon(dataset, state, control, events, curve=curve, store=store)
         daemon.checkpoint_bytes, daemon.checkpoint_idle = checkpoint_bytes, checkpoint_idle
         if metrics is not None:

@@ -17,7 +17,17 @@ from .client import Client, NoDaemon
 from .handlers import Handlers
 from .protocol import NOT_IDEMPOTENT, validate
 from .state import State
-from .store import Locked, WriterLock, create, discard_journal, load, load_for_writing, replay_journal, state_path
+from .store import (
+    Locked,
+    Replayed,
+    WriterLock,
+    create,
+    discard_journal,
+    load,
+    load_for_writing,
+    replay_journal,
+    state_path,
+)
 from .texts import TextsError, read_texts
 
 
@@ -166,11 +176,12 @@ def _no_daemon(dataset: Path, what: str) -> None:
                            f"on a conflict, so its journal is consistent)")
 
 
-def journal_replay(dataset: Path) -> tuple[int, int]:
-    """Apply the journal's records onto generation_state.json as it is now; a fresh journal."""
+def journal_replay(dataset: Path, up_to_damage: bool = False) -> Replayed:
+    """Apply the journal's records onto generation_state.json as it is now; a fresh journal. A
+    damaged journal is refused unless ``up_to_damage`` (see ``store.replay_journal``)."""
     _no_daemon(dataset, "replaying its journal")
     with _offline(dataset, "statesvc journal replay"):
-        return replay_journal(dataset)
+        return replay_journal(dataset, up_to_damage)
 
 
 def journal_discard(dataset: Path) -> tuple[int, Path | None]:

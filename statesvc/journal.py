@@ -7,17 +7,23 @@ line per group commit::
     1c0ffee5 {"seq":41,"entries":[{...whole entry...},...],"leases":[[7,"9f3a...",1764395.2,"written"]],...}
 
 A record holds whole entries and lease updates (absolute, never increments), so replaying one
-twice is harmless, and the CRC-32 (8 hex digits) of its JSON. Reading stops at the first line that
-is incomplete, fails its checksum or does not follow the sequence: a crash mid-append can
-only tear the last record, which was never acknowledged. The writer appends a record and
+twice is harmless, and the CRC-32 (8 hex digits) of its JSON. The writer appends a record and
 fdatasyncs before it acknowledges anything in it; a failed append is cut off again before
 the batch is refused, so a write answered "not saved" never comes back on a later load.
+
+Reading stops at the first line that is incomplete, fails its checksum or does not follow the
+sequence. A crash mid-append can tear only the last record, which was never acknowledged: a
+bad line is *torn* only when nothing follows it and no whole record hides in it (a damaged
+newline). Anything else, the header included, is *damage*: every reader refuses it and names
+the first damaged record, since cutting there would drop acknowledged commits.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +56,7 @@ class Record(msgspec.Struct, gc=False, omit_defaults=True):
 
 
 _decode_record = msgspec.json.Decoder(Record).decode
+_CRC = re.compile(rb"[0-9a-f]{8} ")  # a record's checksum as the writer writes it (int() would take " +_A")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -68,11 +75,17 @@ class Contents:
     ends: list[int] = field(default_factory=list)  # offset just after each record
     count: int = 0                 # good records
     last_seq: int = 0
-    damaged: bool = False  # a bad record with whole ones after it: not a torn tail but a damaged disk
+    damage: str | None = None      # the first damaged record (or the header), in words; None: no damage
+
+    @property
+    def damaged(self) -> bool:
+        """Damage a crash cannot make: reading it as a torn tail would drop acknowledged commits."""
+        return self.damage is not None
 
     @property
     def torn(self) -> int:
-        return self.size - self.good_length
+        """Bytes of a torn last record (never acknowledged); 0 when damaged (nothing may be cut)."""
+        return 0 if self.damaged else self.size - self.good_length
 
 
 def header(extends: str) -> bytes:
@@ -90,19 +103,21 @@ def _extends(line: bytes) -> str | None:
 
 def scan(f: BinaryIO, size: int, use: Callable[[Record], None] | None = None, keep: bool = False) -> Contents:
     """Read a journal a record at a time, handing each good one to ``use`` as it is read (a
-    replay never holds the whole journal). An unreadable header makes an empty journal."""
+    replay never holds the whole journal). An unreadable header is damage, never "holds nothing":
+    a journal is swapped in whole (temp file and rename), so no crash leaves half a header."""
     first = f.readline()
     extends = _extends(first)
     if extends is None:
-        return Contents(None, [], 0, size)  # torn before its header was whole: holds nothing
+        return Contents(None, [], 0, size, damage="its header (line 1)")
     out = Contents(extends, [], len(first), size)
     pos = len(first)
     for line in iter(f.readline, b""):
         rec = _record(line)
         if rec is None or (out.count and rec.seq <= out.last_seq):
-            # A crash tears only the last record; a whole record after a bad one means the disk
-            # damaged it, and cutting there would drop acknowledged commits.
-            out.damaged = any(_record(later) is not None for later in iter(f.readline, b""))
+            # Bytes after it within ``size`` (what the file held when opened: a reader racing the
+            # writer may read a record being appended, and more after it, later) mean damage.
+            if rec is not None or pos + len(line) < size or _whole_inside(line):
+                out.damage = f"record {out.count + 1} (line {out.count + 2}, at byte {pos})"
             break
         out.count, out.last_seq = out.count + 1, rec.seq
         if keep:
@@ -115,6 +130,26 @@ def scan(f: BinaryIO, size: int, use: Callable[[Record], None] | None = None, ke
     return out
 
 
+def _whole_inside(line: bytes) -> bool:
+    """Whether a bad last line starts with a whole record whose newline was damaged (then it was
+    acknowledged, not torn): some prefix of its body ending in "}" matches its checksum, and
+    something other than zeros follows it (a crash may stop just before the newline, or leave
+    zeros after it)."""
+    if _CRC.match(line) is None:
+        return False
+    want, body, crc, at = int(line[:8], 16), memoryview(line)[9:], 0, 0
+    while (end := line.find(b"}", 9 + at)) >= 0:
+        crc = zlib.crc32(body[at:end - 8], crc)
+        at = end - 8
+        if crc == want and line[9 + at:].strip(b"\0"):
+            try:
+                _decode_record(body[:at])
+                return True
+            except msgspec.DecodeError:
+                pass
+    return False
+
+
 def parse(raw: bytes) -> Contents:
     """The good records of a journal's bytes, kept."""
     return scan(io.BytesIO(raw), len(raw), keep=True)
@@ -122,7 +157,7 @@ def parse(raw: bytes) -> Contents:
 
 def _record(line: bytes) -> Record | None:
     """The record on one line, or None when it is incomplete or fails its checksum."""
-    if len(line) < 11 or not line.endswith(b"\n") or line[8:9] != b" ":
+    if len(line) < 11 or not line.endswith(b"\n") or _CRC.match(line) is None:
         return None
     body = memoryview(line)[9:-1]
     try:
@@ -216,15 +251,51 @@ def tail(dataset: Path, start: int, end: int) -> bytes:
     return data
 
 
-def cut(dataset: Path, length: int) -> None:
-    """Cut a torn tail off (at start, under the writer lock), durably."""
+def aside(dataset: Path, why: str) -> Path:
+    """A free name next to the journal for a copy kept aside (``generation_state.journal.WHY-TIME``)."""
+    base = journal_path(dataset).with_name(f"{JOURNAL_FILE}.{why}-{time.strftime('%Y%m%dT%H%M%S')}")
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}.{n}"), n + 1
+    return path
+
+
+def keep_tail(dataset: Path, length: int) -> Path:
+    """Keep the bytes after ``length`` (a torn last record) in a file next to the journal."""
+    with open(journal_path(dataset), "rb") as f:
+        f.seek(length)
+        data = f.read()
+    path = aside(dataset, "torn")
+    write_atomic(path, data)
+    return path
+
+
+def cut(dataset: Path, length: int) -> Path:
+    """Cut a torn tail off (at start, under the writer lock), durably, its bytes kept aside first;
+    returns where they went."""
+    kept = keep_tail(dataset, length)
     fd = os.open(journal_path(dataset), os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.ftruncate(fd, length)
         os.fsync(fd)
     finally:
         os.close(fd)
+    return kept
+
+
+def after_damage(dataset: Path, j: Contents) -> list[Record]:
+    """The whole records after the first damage of a damaged journal (acknowledged commits that
+    nothing can apply in order)."""
+    found: list[Record] = []
+    with open(journal_path(dataset), "rb") as f:
+        f.seek(j.good_length)
+        f.readline()  # the damaged line (the header, when that is the damage)
+        for line in iter(f.readline, b""):
+            rec = _record(line)
+            if rec is not None:
+                found.append(rec)
+    return found
 
 
 __all__ = ["JOURNAL_FILE", "Record", "Contents", "Writer", "journal_path", "parse", "read", "scan", "extends_of",
-           "encode", "start", "tail", "cut"]
+           "encode", "start", "tail", "cut", "aside", "keep_tail", "after_damage"]

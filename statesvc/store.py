@@ -10,7 +10,8 @@ The file names itself: its header holds a random ``checkpoint`` id, the id its j
 (``parent``) and the last commit it holds (``seq``), and a CRC-32 of its entries. A journal
 applies to the file whose id it names, or, after a crash between a checkpoint's rename and the
 new journal's, to the file whose parent it names (its records after ``seq`` only). A file whose
-checksum fails was changed by hand: alone it is loaded the long way, with full validation; with
+checksum fails was changed by hand: alone it is loaded the long way, with full validation and a
+warning naming it; with
 a journal holding records, nobody can tell which wins, so loading refuses and names the two
 commands that decide (``statesvc journal replay`` or ``discard``).
 """
@@ -22,6 +23,7 @@ import errno
 import fcntl
 import gc
 import io
+import logging
 import os
 import secrets
 import signal
@@ -29,7 +31,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -44,6 +46,7 @@ from .texts import check_filename
 
 STATE_FILE = "generation_state.json"
 LOCK_FILE = "statesvc.lock"
+log = logging.getLogger("statesvc")
 
 
 class DamagedState(Exception):
@@ -133,9 +136,12 @@ def _review_from(obj: object, eid: int) -> Review | None:
 
 # ---- the file's layout -----------------------------------------------------
 # One header line (ending in ',"entries":[' and a newline), then one entry per line (lines
-# joined by ",\n"), then "\n]}\n". The header's checksum is the CRC-32 of the entry lines.
+# joined by ",\n"), then "\n]}\n". The header's checksum is the CRC-32 of the header line (with
+# the checksum's digits as zeros: its seq and parent decide which journal records apply) and the
+# entry lines; "crc32:" (files written before) covers the entry lines only.
 # A checksummed file decodes straight into entries (msgspec), without full validation.
-CHECKSUM = "crc32:"
+CHECKSUM = "crc32h:"
+_OLD_CHECKSUM = "crc32:"
 _OPEN = b',"entries":[\n'
 _CLOSE = b"\n]}\n"
 _SEP = b",\n"
@@ -220,11 +226,11 @@ def _read_streamed(f: BinaryIO, total: int, decode: Callable[[object], list] = _
         head = orjson.loads(first[:-len(_OPEN)] + b"}")
     except orjson.JSONDecodeError:
         return None
-    ck, parent, seq = head.get("checkpoint"), head.get("parent"), head.get("seq")
-    if head.get("schema_version") != SCHEMA_VERSION or not isinstance(ck, str) or not isinstance(seq, int):
+    ck, parent, seq, kind = head.get("checkpoint"), head.get("parent"), head.get("seq"), _checksum_kind(head)
+    if head.get("schema_version") != SCHEMA_VERSION or not isinstance(ck, str) or not isinstance(seq, int) or not kind:
         return None
     entries: list[Entry] = []
-    crc, carry, size = 0, b"", len(first)
+    crc, carry, size = _head_crc(first, head["checksum"]) if kind == CHECKSUM else 0, b"", len(first)
     try:
         while True:
             # "[" + the previous chunk's unfinished line + a chunk, read in place (no copies of
@@ -252,10 +258,23 @@ def _read_streamed(f: BinaryIO, total: int, decode: Callable[[object], list] = _
             entries += decode(b"[" + last + b"]")
     except (msgspec.DecodeError, ValueError):
         return None  # damaged or forged: validate the long way and say what is wrong
-    if head.get("checksum") != f"{CHECKSUM}{crc:08x}":
+    if head.get("checksum") != f"{kind}{crc:08x}":
         return None
     return entries, head.get("sample_rate"), head.get("answers"), Head(ck, parent if isinstance(parent, str) else None,
                                                                            seq), size
+
+
+def _checksum_kind(head: dict) -> str | None:
+    c = head.get("checksum")
+    if not isinstance(c, str):
+        return None
+    return CHECKSUM if c.startswith(CHECKSUM) else _OLD_CHECKSUM if c.startswith(_OLD_CHECKSUM) else None
+
+
+def _head_crc(first: bytes, checksum: str) -> int:
+    """The CRC-32 of a header line as it was when its checksum was computed (digits as zeros)."""
+    return zlib.crc32(first.replace(b'"checksum":' + orjson.dumps(checksum),
+                                    b'"checksum":"' + CHECKSUM.encode() + b'00000000"', 1))
 
 
 def _read_path(path: Path, decode: Callable[[object], list] = _decode_entries
@@ -352,6 +371,18 @@ def _conflict(dataset: Path, j: Contents) -> JournalConflict:
         f"statesvc journal discard --dataset {dataset}")
 
 
+def damaged(dataset: Path, j: Contents, head: Head) -> DamagedState:
+    """The one-line refusal of a damaged journal: the file, the first damaged record, the way out."""
+    fix = ""
+    if j.extends is None and head.checkpoint is not None:  # its header: the records after it may be whole
+        fix = f"; or first repair line 1 by hand to read {journal.header(head.checkpoint).decode().strip()}"
+    return DamagedState(
+        f"{journal_path(dataset)}: {j.damage} is damaged, and a crash tears only the last record (the disk "
+        f"or a hand changed it); nothing was touched. Keep a copy of the folder, then apply the {j.count} "
+        f"whole records before it (the journal is kept aside): statesvc journal replay --up-to-damage "
+        f"--dataset {dataset}{fix}")
+
+
 def read(dataset: Path, view: type | None = None) -> Loaded:
     """The state: the file, then the journal's records replayed on top, as they are read.
 
@@ -369,11 +400,7 @@ def read(dataset: Path, view: type | None = None) -> Loaded:
             except OSError as exc:
                 raise DamagedState(f"{journal_path(dataset)}: {exc.strerror}") from None
             if j.damaged:
-                raise DamagedState(
-                    f"{journal_path(dataset)}: record {j.count + 1} is damaged but whole records follow "
-                    "it (the disk corrupted it; a crash tears only the last one); nothing was touched. "
-                    f"Keep a copy of the folder, then: statesvc journal discard --dataset {dataset} (the file "
-                    "alone) or cut the journal by hand after its last good record")
+                raise damaged(dataset, j, head)
             if j.extends == extends and (rp is not None or not j.count):
                 break
             # A checkpoint may have swapped the file and the journal between our reads.
@@ -383,6 +410,9 @@ def read(dataset: Path, view: type | None = None) -> Loaded:
         if rp is not None and rp.applied:
             sr = rp.sample_rate or sr
             answers = rp.answers if rp.answers is not None else answers
+        if head.checkpoint is None:
+            log.warning("%s: its checksum does not match (edited by hand, or written by an older statesvc): "
+                        "loaded as a hand edit, every entry validated", state_path(dataset))
         return Loaded(_state(entries, sr, answers), head, j, rp.applied if rp else 0, size)
 
 
@@ -408,7 +438,7 @@ def _top(state: State, head: Head) -> dict:
 def _render(entries: list[Entry], n: int, top: dict, fd: int) -> int:
     """Write the first ``n`` entries as a checkpoint file into ``fd``, a chunk at a time; its size."""
     placeholder = orjson.dumps({**top, "checksum": f"{CHECKSUM}00000000"})[:-1] + _OPEN
-    at, crc, synced = len(placeholder), 0, 0
+    at, crc, synced = len(placeholder), zlib.crc32(placeholder), 0
     for lo in range(0, n, _CHUNK):
         chunk = _SEP.join([_encode(e) for e in entries[lo:min(n, lo + _CHUNK)]])
         if lo:
@@ -619,6 +649,7 @@ class Store:
         self.checkpoint_seq = seq  # the last commit the file holds: the journal holds the ones after
         self.checkpoints = 0
         self.replayed = self.torn = 0  # what opening found: commits replayed, bytes of a torn tail cut
+        self.torn_kept: Path | None = None  # where those bytes were kept
         self.job: Checkpointing | None = None
         self.last_checkpoint_seconds = 0.0
         self.bytes_written = 0  # journal records and checkpoints, for the operator
@@ -628,12 +659,16 @@ class Store:
         j, head = loaded.journal, loaded.head
         store = cls(dataset, None, None, max(head.seq, j.last_seq), loaded.file_bytes)
         store.replayed, store.torn = loaded.replayed, j.torn
+        if j.damaged:  # ``read`` refuses it: never start a journal over one
+            raise damaged(dataset, j, head)
+        if j.torn and not head.takes(j.extends):  # about to be replaced: its bytes are kept all the same
+            store.torn_kept = journal.keep_tail(dataset, j.good_length)
         if head.checkpoint is None:  # a hand-edited or older file: make it a checkpoint of ours
             store.checkpoint(loaded.state)
             return store
         if head.takes(j.extends):  # the journal goes on (a rollback reopens it: nothing to write)
-            if j.torn:
-                journal.cut(dataset, j.good_length)  # unacknowledged: a crash mid-append
+            if j.torn:  # unacknowledged: a crash mid-append
+                store.torn_kept = journal.cut(dataset, j.good_length)
             store.writer, store.extends = journal.Writer(dataset, j.good_length), j.extends
             if j.count:
                 store.checkpoint_seq = head.seq
@@ -768,25 +803,48 @@ def create(dataset: Path, state: State) -> None:
         raise FileExistsError(state_path(dataset))
     old = journal_path(dataset)
     if old.exists():
-        os.replace(old, old.with_name(f"{JOURNAL_FILE}.orphaned-{time.strftime('%Y%m%dT%H%M%S')}"))
+        os.replace(old, journal.aside(dataset, "orphaned"))
     _write_checkpoint(dataset, state, Head(secrets.token_hex(8), None, 0))
     state.dirty.clear()
     state.unsaved = False
 
 
 # ---- the journal's two ways out of a conflict --------------------------------
-def replay_journal(dataset: Path) -> tuple[int, int]:
+@dataclass
+class Replayed:
+    """What ``statesvc journal replay`` did."""
+
+    applied: int            # records applied
+    versions: int           # entry versions they held
+    kept: Path | None = None  # where a damaged journal was kept
+    lost: list[Record] = field(default_factory=list)  # whole records after the damage: not applied
+
+
+def replay_journal(dataset: Path, up_to_damage: bool = False) -> Replayed:
     """Apply every record of the journal onto the file as it is now, and make that a checkpoint.
-    Returns (records applied, entry versions they held). Call only under the writer lock."""
+    A damaged journal is refused, or with ``up_to_damage`` its whole records before the damage
+    are applied, the journal kept aside (a hard link, never overwritten) and the whole records
+    after it listed. Call only under the writer lock."""
     with _no_gc():
         entries, sr, answers, head, size = _read_path(state_path(dataset))
         rp = Replay(entries, head.seq if head.takes(journal.extends_of(dataset)) else 0)
         j = journal.read(dataset, rp)
         state = _state(entries, rp.sample_rate or sr, rp.answers if rp.answers is not None else answers)
+    done = Replayed(rp.applied, rp.versions)
+    if j.damaged:
+        if not up_to_damage:
+            raise damaged(dataset, j, head)
+        done.lost = [r for r in journal.after_damage(dataset, j) if r.seq > rp.after]
+        done.kept = journal.aside(dataset, "damaged")
+        try:
+            os.link(journal_path(dataset), done.kept)  # the checkpoint's new journal then replaces the name only
+        except OSError:  # a filesystem without hard links: a durable copy
+            write_atomic(done.kept, journal_path(dataset).read_bytes())
+        fsync_dir(dataset)
     store = Store(dataset, None, None, max(head.seq, j.last_seq), size)
     store.checkpoint(state)
     store.close()
-    return rp.applied, rp.versions
+    return done
 
 
 def discard_journal(dataset: Path) -> tuple[int, Path | None]:
@@ -795,10 +853,10 @@ def discard_journal(dataset: Path) -> tuple[int, Path | None]:
     path = journal_path(dataset)
     if not path.exists():
         return 0, None
-    n = journal.read(dataset).count
-    aside = path.with_name(f"{JOURNAL_FILE}.discarded-{time.strftime('%Y%m%dT%H%M%S')}")
+    j = journal.read(dataset)
+    n = j.count + (len(journal.after_damage(dataset, j)) if j.damaged else 0)  # whole records, damage or not
+    aside = journal.aside(dataset, "discarded")
     os.replace(path, aside)
-    from .atomic import fsync_dir
     fsync_dir(dataset)
     return n, aside
 

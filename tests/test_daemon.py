@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import socket
+import stat
 import threading
 from pathlib import Path
 
@@ -46,6 +47,39 @@ def test_killed_daemon_lock_does_not_block_restart(tmp_path: Path, start_daemon)
     d2 = start_daemon(ds)
     with client(ds) as c:
         assert c.call("ping")["pid"] == d2.proc.pid
+
+
+def test_the_sockets_a_killed_daemon_leaves_are_replaced_at_the_next_start(tmp_path: Path, start_daemon) -> None:
+    from statesvc.endpoints import CONTROL_SOCK, EVENTS_SOCK
+
+    def listening(path: Path) -> bool:
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(path))
+                return True
+            except ConnectionRefusedError:
+                return False
+
+    ds = make_dataset(tmp_path, [f"t{i}" for i in range(20)])
+    socks = [ds.resolve() / name for name in (CONTROL_SOCK, EVENTS_SOCK)]
+    start_daemon(ds).kill(signal.SIGKILL)
+    assert all(stat.S_ISSOCK(p.stat().st_mode) and not listening(p) for p in socks)  # left behind, dead
+    d = start_daemon(ds)  # the stale ones are removed and bound anew (libzmq unlinks before bind)
+    assert all(listening(p) for p in socks)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"commit")
+    sub.connect(f"ipc://{socks[1]}")
+    try:
+        with client(ds) as c:  # a commit until its event arrives (a subscription takes a moment to join)
+            wait_for(lambda: c.call("claim", owner="g", n=1) and sub.poll(200), 10, "a commit event")
+        assert sub.recv_multipart()[0] == b"commit"
+    finally:
+        sub.close()
+        ctx.term()
+    d.kill(signal.SIGTERM)
+    assert not any(p.exists() for p in socks)  # a clean stop removes its own
 
 
 def test_malformed_requests_get_errors_and_change_nothing(tmp_path: Path, start_daemon) -> None:

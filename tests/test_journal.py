@@ -145,8 +145,105 @@ def test_a_damaged_record_with_whole_ones_after_it_is_refused(tmp_path: Path) ->
     ends = parse(bytes(raw)).ends
     raw[ends[0] + 30] ^= 0x01  # a bit flipped in the second record; the third and fourth are whole
     journal_path(ds).write_bytes(bytes(raw))
-    with pytest.raises(store.DamagedState, match="record 2 is damaged but whole records follow"):
+    with pytest.raises(store.DamagedState, match=r"record 2 \(line 3, at byte \d+\) is damaged"):
         store.load(ds)
+
+
+# ---- damage through real processes: every reader refuses, and the way out loses nothing silently ----
+def _edited_then_killed(tmp_path: Path, start_daemon, edits: int) -> tuple[Path, bytes]:
+    """A dataset whose journal holds ``edits`` acknowledged edits, one record each (entries 1..edits),
+    its daemon SIGKILLed; returns it and the journal's bytes."""
+    ds = make_dataset(tmp_path, [f"texto {i}" for i in range(1, 7)])
+    d = start_daemon(ds, *NO_CHECKPOINTS)
+    for i in range(1, edits + 1):
+        cli("edit", "--dataset", str(ds), f"ds_{i:04d}", "--text", f"corregido {i}", check=True)
+    d.kill(signal.SIGKILL)
+    raw = journal_path(ds).read_bytes()
+    assert [[e.id for e in r.entries] for r in parse(raw).records] == [[i] for i in range(1, edits + 1)]
+    return ds, raw
+
+
+READERS = (("show", "ds_0001"), ("list",), ("export",), ("verify",), ("status",), ("serve",))
+
+
+def _refused_by_every_reader(ds: Path, where: str) -> None:
+    for cmd, *rest in READERS:
+        r = cli(cmd, "--dataset", str(ds), *rest, timeout=30)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(err) == 1, f"{cmd}: {r.returncode}\n{r.stdout}\n{r.stderr}"
+        assert f"{journal_path(ds)}: {where} is damaged" in err[0], err[0]
+        assert f"statesvc journal replay --up-to-damage --dataset {ds}" in err[0], err[0]
+
+
+def _refused_by_the_page(ds: Path) -> str:
+    from tests.test_dashboard import Dashboard, answer
+    page = Dashboard(ds)
+    try:
+        return wait_for(lambda: answer(f"{page.url}/api/status").get("load_error"), 20, "the page's load error")
+    finally:
+        page.stop()
+
+
+def test_one_damaged_byte_in_the_journals_header_loses_nothing(tmp_path: Path, start_daemon) -> None:
+    ds, raw = _edited_then_killed(tmp_path, start_daemon, 2)
+    damaged = b"[" + raw[1:]  # byte 0, "{" -> "["
+    journal_path(ds).write_bytes(damaged)
+    _refused_by_every_reader(ds, "its header (line 1)")
+    assert "its header (line 1) is damaged" in _refused_by_the_page(ds)
+    assert journal_path(ds).read_bytes() == damaged  # the daemon started no journal over it
+    r = cli("journal", "replay", "--dataset", str(ds))
+    assert r.returncode == 2 and "its header (line 1) is damaged" in r.stderr
+    # the repair the refusal suggests brings both edits back
+    line = r.stderr.strip().split("repair line 1 by hand to read ")[1].encode() + b"\n"
+    journal_path(ds).write_bytes(line + raw.split(b"\n", 1)[1])
+    assert line == raw.split(b"\n", 1)[0] + b"\n"
+    assert [e["text"] for e in read_state(ds)["entries"][:3]] == ["corregido 1", "corregido 2", "texto 3"]
+    journal_path(ds).write_bytes(damaged)
+    # the way out applies nothing it cannot place, keeps the journal aside and says what it holds
+    r = cli("journal", "replay", "--up-to-damage", "--dataset", str(ds), check=True)
+    kept = [p for p in ds.iterdir() if p.name.startswith("generation_state.journal.damaged-")]
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged and str(kept[0]) in r.stdout
+    assert "2 acknowledged commits after the damage were not applied" in r.stdout
+    assert "commit 1: entries 1" in r.stdout and "commit 2: entries 2" in r.stdout
+
+
+def test_journal_replay_over_damage_in_the_middle_refuses_or_applies_only_what_comes_before(
+        tmp_path: Path, start_daemon) -> None:
+    ds, raw = _edited_then_killed(tmp_path, start_daemon, 4)
+    ends = parse(raw).ends
+    damaged = bytearray(raw)
+    damaged[ends[0] + 30] ^= 0x01  # a bit flipped in record 2; records 3 and 4 are whole
+    journal_path(ds).write_bytes(bytes(damaged))
+    r = cli("journal", "replay", "--dataset", str(ds))
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and f"record 2 (line 3, at byte {ends[0]}) is damaged" in err[0], \
+        r.stdout + r.stderr
+    assert journal_path(ds).read_bytes() == damaged  # refused: nothing touched
+    _refused_by_every_reader(ds, f"record 2 (line 3, at byte {ends[0]})")
+    r = cli("journal", "replay", "--up-to-damage", "--dataset", str(ds), check=True)
+    assert "replayed 1 commits" in r.stdout
+    assert "2 acknowledged commits after the damage were not applied" in r.stdout
+    assert "commit 3: entries 3" in r.stdout and "commit 4: entries 4" in r.stdout
+    kept = [p for p in ds.iterdir() if p.name.startswith("generation_state.journal.damaged-")]
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged  # moved aside whole, not overwritten
+    texts = [e["text"] for e in read_state(ds)["entries"]]
+    assert texts[:5] == ["corregido 1", "texto 2", "texto 3", "texto 4", "texto 5"]
+    d = start_daemon(ds)  # the dataset is whole again
+    with client(ds) as c:
+        assert c.call("status")["total"] == 6
+    d.kill(signal.SIGTERM)
+
+
+def test_a_checkpoint_that_fails_its_checksum_loads_as_a_hand_edit_with_a_warning(tmp_path: Path) -> None:
+    ds = make_dataset(tmp_path, ["uno", "dos"])
+    doc = read_file(ds)
+    doc["entries"][1]["text"] = "dos, a mano"
+    (ds / "generation_state.json").write_bytes(orjson.dumps(doc))
+    r = cli("list", "--dataset", str(ds), "--json", check=True)
+    assert [e["text"] for e in orjson.loads(r.stdout)] == ["uno", "dos, a mano"]
+    err = r.stderr.strip().splitlines()
+    assert err == [f"statesvc: warning: {ds / 'generation_state.json'}: its checksum does not match (edited by "
+                   "hand, or written by an older statesvc): loaded as a hand edit, every entry validated"], r.stderr
 
 
 # ---- process deaths at every step of a commit and a checkpoint -------------------------------------
@@ -196,8 +293,15 @@ def test_a_death_at_any_step_loses_no_commit_and_the_daemon_goes_on(tmp_path: Pa
         assert any(p.name.endswith(".tmp") for p in ds.iterdir())
     if where == "swap":  # the new file is in place, the journal still extends the one before it
         assert read_file(ds)["generating"] == 10 and parse(journal_path(ds).read_bytes()).records
+    raw = journal_path(ds).read_bytes()
     d = start_daemon(ds, *NO_CHECKPOINTS)
     assert not any(p.name.endswith(".tmp") for p in ds.iterdir())
+    kept = [p for p in ds.iterdir() if p.name.startswith("generation_state.journal.torn-")]
+    if where == "append":  # the torn record's bytes are kept, and the log says so
+        assert len(kept) == 1 and kept[0].read_bytes() == raw[parse(raw).good_length:]
+        assert f"cut its torn last record, {len(kept[0].read_bytes())} bytes" in d.output()
+    else:
+        assert not kept
     with client(ds) as c:
         assert c.call("status")["generating"] == want
         c.call("claim", owner="after", n=1)
@@ -278,6 +382,24 @@ def test_a_journal_left_without_its_file_is_moved_aside_by_init(tmp_path: Path) 
     cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
     assert read_state(ds)["total"] == 2
     assert [p.name for p in ds.iterdir() if ".orphaned-" in p.name]
+
+
+def test_commands_that_start_afresh_move_a_damaged_journal_aside(tmp_path: Path) -> None:
+    ds = tmp_path / "ds"
+    _journalled(ds, 3)
+    damaged = b"[" + journal_path(ds).read_bytes()[1:]
+    journal_path(ds).write_bytes(damaged)
+    r = cli("journal", "discard", "--dataset", str(ds), check=True)  # the file alone
+    aside = [p for p in ds.iterdir() if ".discarded-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged and str(aside[0]) in r.stdout
+    assert "discarded 3 commits" in r.stdout  # the whole records after the damaged header count
+    journal_path(ds).write_bytes(damaged)
+    os.unlink(ds / "generation_state.json")
+    texts = tmp_path / "t.txt"
+    texts.write_text("a\nb\n")
+    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)  # a new state: the old journal aside
+    aside = [p for p in ds.iterdir() if ".orphaned-" in p.name]
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged and read_state(ds)["total"] == 2
 
 
 def test_lease_renewals_and_phases_are_journalled_compactly_and_replayed(tmp_path: Path) -> None:
