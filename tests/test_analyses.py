@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from statesvc import analyses
-from statesvc.analyses import Analyses, file_key
+from review import analyses
+from review.analyses import Analyses, file_key
 
 IDS = (1, 2, 5000, 10**12, -3)  # dense ids in columns, far ones aside
 
