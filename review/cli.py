@@ -1,7 +1,8 @@
-"""`statesvc dashboard`: the page's command, added to `statesvc` through the entry-point group
-`statesvc.commands` (pyproject.toml), so that `statesvc` loads it, and the web framework with it,
-only when it is invoked. Importing this module needs the `review` extra: without it, `statesvc`
-says in one line which extra to install and exits 2."""
+"""The page's command, `statesvc dashboard`, which statesvc loads by entry point only when it is invoked.
+
+It is registered in the entry-point group `statesvc.commands` (pyproject.toml), so that importing
+or running statesvc loads no web framework. Importing this module needs the `review` extra:
+without it, `statesvc dashboard` says in one line which extra to install and exits 2."""
 
 from __future__ import annotations
 

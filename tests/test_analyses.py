@@ -58,7 +58,7 @@ def test_a_cache_file_that_cannot_be_used_is_ignored_with_a_reason(tmp_path: Pat
         a, why = Analyses.load(path)
         assert why and "cannot be read" in why and a.of_take(1, "take1") is None
     _filled().save(path)
-    monkeypatch.setattr(analyses, "_FORMAT", "another analysis")  # as when statesvc/takes.py changes
+    monkeypatch.setattr(analyses, "_FORMAT", "another analysis")  # as when review/takes.py changes
     a, why = Analyses.load(path)
     assert why == "it holds another version of the analysis" and a.of_take(1, "take1") is None
     monkeypatch.undo()
