@@ -736,9 +736,11 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
         note = body.get("note")
         if note is not None and not isinstance(note, str):
             raise ActionError(400, "note must be a string")
-        fields: dict = {"key": _filename(body.get("filename")), "review": verdict, "note": note or None}
-        if isinstance(body.get("take"), str) and body["take"]:
-            fields["take"] = body["take"]
+        take = body.get("take")
+        if not isinstance(take, str) or not take:  # the page always sends the take it shows: fenced by it
+            raise ActionError(400, "take must be the token of the take heard (the entry's take)")
+        fields: dict = {"key": _filename(body.get("filename")), "review": verdict, "note": note or None,
+                        "take": take}
         reply = await hub.daemon.call("review", **fields)
         return {"filename": fields["key"], "review": reply["review"]}
 

@@ -413,12 +413,16 @@ def edit(dataset: Path, key: str, text: str) -> None:
 @click.argument("key", type=TEXT)
 @click.argument("verdict", type=click.Choice(["approved", "rejected", "none"]), metavar="VERDICT")
 @click.option("--note", type=TEXT, default=None, help="Why (kept with the verdict).")
-def review(dataset: Path, key: str, verdict: str, note: str | None) -> None:
+@click.option("--take", type=TEXT, default=None,
+              help="The token of the take heard (show --json: take); refused if the entry has another take by now.")
+def review(dataset: Path, key: str, verdict: str, note: str | None, take: str | None) -> None:
     """Record a verdict on an entry's current take (KEY: filename, id or #id); none withdraws it.
 
-    A verdict holds for the take it was given on: a new take of the entry ends it."""
+    A verdict holds for the take it was given on: a new take of the entry ends it. With --take,
+    it is given only if that take is still the entry's."""
     need_dataset(dataset)
-    body = ds.write(dataset, "review", key=key, review=None if verdict == "none" else verdict, note=note)
+    body = ds.write(dataset, "review", key=key, review=None if verdict == "none" else verdict, note=note,
+                    **({"take": take} if take is not None else {}))
     click.echo(f"entry {body['reviewed']}: " + (body["review"]["verdict"] if body["review"] else "no verdict"))
 
 

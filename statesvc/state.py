@@ -37,6 +37,18 @@ DURATION_TOLERANCE = 0.002  # seconds: the one tolerance between a duration reco
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 10.0
 ANSWERS_KEPT = 256  # answers to add/edit kept (and saved) for resends: a client resends within seconds
+ADOPTED = "adopted-"  # a take token the daemon gives a wav made by another tool: ADOPTED + 16 hex digits
+
+
+def adopted_token() -> str:
+    """A token of its own for a take the daemon adopts (a wav that records no take): reviews and
+    checks are fenced by it like any take's."""
+    return ADOPTED + secrets.token_hex(8)
+
+
+def is_adopted(token: str | None) -> bool:
+    """The token names an adopted take: its wav records no take (made by another tool)."""
+    return token is not None and token.startswith(ADOPTED)
 
 
 class Status(enum.StrEnum):
@@ -91,8 +103,9 @@ class Verdict(enum.StrEnum):
 
 
 class Review(msgspec.Struct, gc=False, omit_defaults=True):
-    """A verdict on one take (``take``: its token, or None for a take made by another tool).
-    A new take, or the entry leaving completed, ends it."""
+    """A verdict on one take (``take``: its token; an adopted take has one too, see
+    ``adopted_token``; None only in files written before adopted takes had one). A new take, or
+    the entry leaving completed, ends it."""
 
     verdict: Verdict
     take: str | None
@@ -149,7 +162,10 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
     updated_at: str | None
     text_hash: str
     rev: int                 # bumped by requeue and edit: takes of an older revision never count
-    take: str | None         # the token of the take under the entry's name, when it is ours
+    # The token of the take under the entry's name: its lease's, or ADOPTED... for a wav made by
+    # another tool. Never None when completed (files written before adopted tokens are given one
+    # at the daemon's start: ``repair``).
+    take: str | None
     lease: Lease | None = None
     # In flight when its generator died, not charged: synthesized alone next time, its generator's
     # working notice acknowledged first, so a text that kills its generator is found and charged.
@@ -474,10 +490,16 @@ class State:
 
     def repair(self, now: float) -> list[int]:
         """What a load can safely fix: a generating entry without a lease (a hand edit, an older
-        file) goes back to pending, uncharged."""
+        file) goes back to pending, uncharged; a completed entry without a take token (a file
+        written before adopted takes had one) is given one, so a review is fenced by it."""
         stuck = [e for e in self.entries if e.status == G and e.lease is None]
         for e in stuck:
             self._transition(e, Cause.EXPIRY, P, now)
+        for e in [e for e in self.entries if e.status == C and e.take is None]:
+            e.take = adopted_token()
+            if e.review is not None:
+                e.review.take = e.take  # the verdict was given on this very wav
+            self._touch(e, now)
         return [e.id for e in stuck]
 
     # ---- results ----------------------------------------------------------
@@ -567,7 +589,8 @@ class State:
     def review(self, key: int | str, verdict: Verdict | None, note: str | None, take: str | None,
                now: float) -> dict:
         """A person's verdict on the take they heard (None: withdraw it). ``take``, when given, is
-        the token of the take they heard: a verdict on a take since replaced is refused."""
+        the token of the take they heard (the page always sends it): a verdict on a take since
+        replaced is refused. Without it, the verdict is on the current take."""
         e = self.lookup(key)
         if e.status != C:
             raise Refused(f"entry {e.id} ({e.filename}) is {e.status}: only a completed take can be reviewed")
@@ -658,18 +681,22 @@ class State:
             what = "another text" if take["text_hash"] != e.text_hash else f"revision {take['rev']}"
             return f"moved aside (a take of {what}); {before} -> {e.status}", "stale"
         token = take["token"] if take is not None else None
+        if token is None:  # a wav that records no take: the one adopted before, or a new adoption
+            token = e.take if before == C and is_adopted(e.take) else adopted_token()
         if before in (P, F):
             e.take, e.duration_seconds, e.sample_rate, e.error = token, obs["duration"], obs["sample_rate"], None
             if self.sample_rate is None:
                 self.sample_rate = obs["sample_rate"]
             self._transition(e, Cause.RECONCILE, C, now)
-            how = "a late take of its text" if token else "adopted a wav that records no text (made by another tool)"
+            how = "adopted a wav that records no text (made by another tool)" if is_adopted(token) \
+                else "a late take of its text"
             return f"{before} -> completed ({how})", None
         if e.take != token or not same_duration(e.duration_seconds, obs["duration"]):
             old = e.duration_seconds
             e.take, e.duration_seconds = token, obs["duration"]
             self._transition(e, Cause.RECONCILE, C, now)
-            return f"duration {old} -> {obs['duration']}" + ("" if token else " (a wav that records no text)"), None
+            return f"duration {old} -> {obs['duration']}" + (" (a wav that records no text)" if is_adopted(token)
+                                                             else ""), None
         return None, None
 
     def _unset(self, e: Entry, error: str, now: float) -> None:

@@ -233,7 +233,9 @@ class Lifecycle(RuleBasedStateMachine):
         check_invariants(self.s)
         for e in self.s.entries:
             assert e.attempts == self.ended[e.id], f"entry {e.id}: attempts equal the syntheses that ended"
-            if e.status == Status.COMPLETED and e.take is not None and not e.take.startswith("t"):
+            if e.status == Status.COMPLETED:  # a take token always: a lease's, or an adopted wav's own
+                assert e.take is not None, f"entry {e.id}: completed without a take token"
+            if e.status == Status.COMPLETED and not e.take.startswith(("t", "adopted-")):
                 assert any(c["id"] == e.id and c["token"] == e.take and c["rev"] == e.rev for c in self.handed)
         again = parse_state(render_bytes(self.s))
         assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in self.s.entries]
