@@ -98,12 +98,13 @@ def plugins() -> dict[str, EntryPoint]:
 
 
 def load_plugin(ep: EntryPoint) -> click.Command:
-    """The command an entry point names. When its module cannot be imported (the extra that carries
-    its dependencies is not installed), a stand-in that says in one line which extra to install
-    and exits 2, whatever the arguments (and `statesvc --help` still lists it, saying so)."""
+    """The command an entry point names. When a module it needs is not installed (the extra that
+    carries its dependencies), a stand-in that says in one line which extra to install and exits 2,
+    whatever the arguments (and `statesvc --help` still lists it, saying so). Any other error in
+    loading it is a bug of that package, and raises."""
     try:
         command = ep.load()
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         dist = ep.dist.name if ep.dist is not None else DISTRIBUTION
         extra = f"[{','.join(ep.extras)}]" if ep.extras else ""
         return _cannot(ep.name, f"`statesvc {ep.name}` needs the {'extra ' + extra if extra else 'package'} "
