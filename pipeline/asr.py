@@ -7,6 +7,12 @@ a mí ..."): a transcript longer than any speech of the clip's duration could be
 repeats a phrase over and over, is decoded again with ``no_repeat_ngram_size=3``, and every
 decode is capped in tokens by the clip's duration, so one take never stalls a checker.
 
+``hear`` transcribes and scores a take against its text. A take that scores worse than
+SECOND_HEARING is heard a second way (Whisper's timestamped decoding, a different search) and the
+closer of the two transcripts is kept: a recognizer that mishears a robotic voice should not call
+a good take wrong, and a second hearing cannot bring a take that says another sentence, or half
+of its text, near its text. It costs only the takes that already look wrong.
+
 A model is a local CTranslate2 folder (``packaged_model`` builds one from the model packages of
 the test extra) or a faster-whisper model name, downloaded by faster-whisper: the user's choice
 on a connected box, never a test's.
@@ -19,9 +25,12 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .cer import Score, score
 
 SAMPLE_RATE = 16_000  # what Whisper hears
 WINDOW_SECONDS = 30.0  # Whisper decodes 30-s windows; longer clips are cut into several
@@ -33,6 +42,9 @@ MAX_TOKENS_PER_SECOND = 10.0
 TOKENS_SLACK = 16  # for the shortest clips: a two-word take still has room
 MAX_TOKENS_PER_WINDOW = 440  # Whisper's 448-token context minus the prompt
 REPEATS = 4
+# A cost knob, not a judgement: above it a take is heard twice. Low enough to cover any sane
+# threshold a dataset judges by (the daemon's floor is higher), so only takes that look wrong pay.
+SECOND_HEARING = 0.25
 DECODE = dict(beam_size=5, temperature=0.0, no_speech_threshold=None, log_prob_threshold=None,
               compression_ratio_threshold=None, condition_on_previous_text=False, vad_filter=False,
               without_timestamps=True)
@@ -48,6 +60,15 @@ MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
 class AsrError(Exception):
     """The recognizer cannot be built or failed on a take; one line says why."""
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What a take was heard to say, and how far that is from its text."""
+
+    transcript: str
+    score: Score
+    hearings: int  # 1, or 2 when the first hearing scored over SECOND_HEARING
 
 
 class Recognizer:
@@ -102,18 +123,34 @@ class Recognizer:
 
     def transcribe(self, samples: np.ndarray, sample_rate: int) -> str:
         """The text heard in a mono take. Any failure of the model is an AsrError."""
+        return self._transcribe(resample(_as_float(samples), sample_rate))
+
+    def hear(self, samples: np.ndarray, sample_rate: int, text: str) -> Heard:
+        """The take transcribed and scored against ``text`` (in the recognizer's language), heard a
+        second way when the first hearing scores over SECOND_HEARING; the closer transcript wins."""
         audio = resample(_as_float(samples), sample_rate)
+        heard = self._transcribe(audio)
+        first = score(text, heard, self.language)
+        if first.cer <= SECOND_HEARING:
+            return Heard(heard, first, 1)
+        again = self._transcribe(audio, without_timestamps=False)
+        second = score(text, again, self.language)
+        if (second.cer, second.wer) < (first.cer, first.wer):
+            return Heard(again, second, 2)
+        return Heard(heard, first, 2)
+
+    def _transcribe(self, audio: np.ndarray, **options: object) -> str:
         seconds = audio.size / SAMPLE_RATE
         window = min(seconds, WINDOW_SECONDS)
         cap = min(MAX_TOKENS_PER_WINDOW, math.ceil(window * MAX_TOKENS_PER_SECOND) + TOKENS_SLACK)
-        text = self._decode(audio, max_new_tokens=cap)
+        text = self._decode(audio, max_new_tokens=cap, **options)
         if _runaway(text, seconds):
-            text = self._decode(audio, max_new_tokens=cap, no_repeat_ngram_size=3)
+            text = self._decode(audio, max_new_tokens=cap, no_repeat_ngram_size=3, **options)
         return text
 
     def _decode(self, audio: np.ndarray, **options: object) -> str:
         try:
-            segments, _info = self._model.transcribe(audio, language=self.language, **DECODE, **options)
+            segments, _info = self._model.transcribe(audio, language=self.language, **{**DECODE, **options})
             return " ".join(s.text.strip() for s in segments).strip()
         except Exception as exc:
             raise AsrError(f"ASR model {self.name} failed: {_one_line(exc)}")

@@ -39,10 +39,12 @@ def silence(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return (rng.standard_normal(len(audio)) * 10 ** (-70 / 20)).astype(np.float32)
 
 
-def repeated_tail(audio: np.ndarray, fraction: float = 0.5) -> np.ndarray:
-    """The take, then its last ``fraction`` once more: the voice looped on its last phrase."""
+def repeated_tail(audio: np.ndarray, fraction: float = 0.4, times: int = 2) -> np.ndarray:
+    """The take, then its last ``fraction`` ``times`` more: the voice looped on its last phrase
+    (a single repeat of a short phrase hides in a duration's scatter; only the recognizer can
+    hear it, and tiny.en does where base on espeak does not)."""
     a = np.asarray(audio)
-    return np.concatenate([a, a[len(a) - int(len(a) * fraction):]])
+    return np.concatenate([a] + [a[len(a) - int(len(a) * fraction):]] * times)
 
 
 def plant(kind: str, audio: np.ndarray, sample_rate: int, other_audio: np.ndarray | None = None) -> np.ndarray:

@@ -44,6 +44,16 @@ def test_piper_take_transcribed(tiny: Recognizer, piper: object) -> None:
     assert tiny.name == "whisper-tiny.en" and tiny.language == "en"
 
 
+def test_hear_scores_and_hears_twice_only_what_looks_wrong(tiny: Recognizer, piper: object) -> None:
+    text, other = "Please close the window before you leave.", "The cat sleeps quietly next to the fireplace."
+    good = tiny.hear(piper.synthesize(text), piper.sample_rate, text)
+    assert good.hearings == 1 and good.score.cer < 0.1
+    assert good.score == score(text, good.transcript, "en")
+    wrong = tiny.hear(piper.synthesize(other), piper.sample_rate, text)
+    assert wrong.hearings == 2 and wrong.score.cer > 0.5, wrong
+    assert wrong.score == score(text, wrong.transcript, "en")
+
+
 def test_int16_and_other_rates(tiny: Recognizer, piper: object) -> None:
     text = "Please close the window before you leave."
     audio = piper.synthesize(text)
