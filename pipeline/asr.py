@@ -36,7 +36,7 @@ SAMPLE_RATE = 16_000  # what Whisper hears
 WINDOW_SECONDS = 30.0  # Whisper decodes 30-s windows; longer clips are cut into several
 # Speech bounds used to tell a runaway decode from a transcript. They describe speech, not the
 # examples: no one speaks more than ~25 characters (~8 tokens) a second, and a phrase said four
-# times in a row is rare in a dataset's text (where it is, the text says so: see _runaway).
+# times in a row is rare in a dataset's text (where it is, the text says so: see runaway).
 MAX_CHARS_PER_SECOND = 25.0
 MAX_TOKENS_PER_SECOND = 10.0
 TOKENS_SLACK = 16  # for the shortest clips: a two-word take still has room
@@ -144,7 +144,7 @@ class Recognizer:
         window = min(seconds, WINDOW_SECONDS)
         cap = min(MAX_TOKENS_PER_WINDOW, math.ceil(window * MAX_TOKENS_PER_SECOND) + TOKENS_SLACK)
         text = self._decode(audio, max_new_tokens=cap, **options)
-        if _runaway(text, seconds):
+        if runaway(text, seconds):
             text = self._decode(audio, max_new_tokens=cap, no_repeat_ngram_size=3, **options)
         return text
 
@@ -199,7 +199,7 @@ def resample(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 _WORDS = re.compile(r"\w+")
 
 
-def _runaway(text: str, seconds: float) -> bool:
+def runaway(text: str, seconds: float) -> bool:
     """A decode that ran away: more characters than speech of ``seconds`` could hold, or a phrase
     of one to four words said REPEATS or more times in a row."""
     if len(text) > MAX_CHARS_PER_SECOND * max(seconds, 1.0):

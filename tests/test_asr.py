@@ -16,9 +16,9 @@ from pipeline.asr import (
     TOKENS_SLACK,
     AsrError,
     Recognizer,
-    _runaway,
     packaged_model,
     resample,
+    runaway,
 )
 from pipeline.cer import score
 from pipeline.synth import build, to_pcm16
@@ -111,10 +111,10 @@ def test_bad_audio_is_an_asr_error(tiny: Recognizer) -> None:
 
 
 def test_runaway_rule() -> None:
-    assert _runaway("a mí a mí a mí a mí", 3.0)  # a phrase four times in a row
-    assert _runaway("x" * int(MAX_CHARS_PER_SECOND * 3 + 1), 3.0)  # more than 3 s of speech could say
-    assert not _runaway("no, no, no, dijo él", 3.0)  # three times is speech
-    assert not _runaway("nadie sabía dónde había dejado las llaves del coche", 3.0)
+    assert runaway("a mí a mí a mí a mí", 3.0)  # a phrase four times in a row
+    assert runaway("x" * int(MAX_CHARS_PER_SECOND * 3 + 1), 3.0)  # more than 3 s of speech could say
+    assert not runaway("no, no, no, dijo él", 3.0)  # three times is speech
+    assert not runaway("nadie sabía dónde había dejado las llaves del coche", 3.0)
 
 
 def test_runaway_decode_is_bounded(asr_models: dict[str, Path]) -> None:
@@ -127,9 +127,9 @@ def test_runaway_decode_is_bounded(asr_models: dict[str, Path]) -> None:
     seconds = pcm.size / rate
     cap = math.ceil(seconds * MAX_TOKENS_PER_SECOND) + TOKENS_SLACK
     first = base._decode(resample(pcm, rate), max_new_tokens=cap)
-    assert _runaway(first, seconds), first  # the premise: this take makes the model loop
+    assert runaway(first, seconds), first  # the premise: this take makes the model loop
     heard = base.transcribe(pcm, rate)
-    assert not _runaway(heard, seconds), heard
+    assert not runaway(heard, seconds), heard
     assert score("Nadie sabía dónde había dejado las llaves del coche.", heard, "es").cer < 1.0, heard
 
 
