@@ -13,6 +13,8 @@ With --lengths it also measures length-aware batches against claim order: the pa
 declared (`batch_cost = "longest"`) or not, same texts, batch 16; whole-job texts per second.
 
     .venv/bin/python bench/gpu_busy.py --entries 800 --runs 1
+    git archive 89f37d6 | tar -x -C /var/tmp/before   # the code before issue 20, as a baseline
+    .venv/bin/python bench/gpu_busy.py --entries 800 --runs 1 --baseline /var/tmp/before
     .venv/bin/python bench/gpu_busy.py --lengths-only --entries 1600 --runs 3
 """
 
@@ -46,15 +48,15 @@ SHAPES = {  # name: (plugin, options, texts)
 
 
 def run(plugin: str, opts: dict[str, str], texts: list[str], workers: int, batch: int,
-        root: Path) -> tuple[float, list[float]]:
-    """One bin/run-pipeline run: its wall time and each generator's busy fraction."""
+        root: Path, code: Path = ROOT) -> tuple[float, list[float]]:
+    """One bin/run-pipeline run of the code in ``code``: its wall time and each generator's busy fraction."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-busy-", dir=root))
     try:
         tf, log = tmp / "t.txt", tmp / "calls.log"
         tf.write_text("\n".join(texts) + "\n", encoding="utf-8")
         env = {**os.environ, "PIPELINE_PYTHON": sys.executable,
-               "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT)])}
-        argv = [str(ROOT / "bin" / "run-pipeline"), "--dataset", str(tmp / "ds"), "--texts", str(tf),
+               "PYTHONPATH": os.pathsep.join([str(code), str(ROOT / "bench")])}
+        argv = [str(code / "bin" / "run-pipeline"), "--dataset", str(tmp / "ds"), "--texts", str(tf),
                 "--workers", str(workers), "--batch", str(batch), "--synth", plugin,
                 "--synth-opt", f"log={log}"]
         for k, v in opts.items():
@@ -84,24 +86,29 @@ def busy(log: Path) -> list[float]:
 
 
 def busy_table(a: argparse.Namespace, root: Path) -> str:
+    codes = [("this code", ROOT)] + ([("before", Path(a.baseline))] if a.baseline else [])
     rows, worst = [], 1.0
     for name, (plugin, opts, kind) in SHAPES.items():
         texts = make_texts(a.entries) if kind == "plain" else corpus_texts(a.entries)
         for workers in (1, 2):
             for batch in (1, 16):
                 n = texts if batch > 1 else texts[: max(200, a.entries // 4)]  # batch 1 is slower: fewer texts
-                fractions = []
-                for _ in range(a.runs):
-                    _, f = run(plugin, opts, n, workers, batch, root)
-                    fractions.extend(f)
-                m = statistics.median(fractions)
+                fractions: dict[str, list[float]] = {c: [] for c, _ in codes}
+                for _ in range(a.runs):  # interleaved with the baseline's
+                    for c, path in codes:
+                        fractions[c].extend(run(plugin, opts, n, workers, batch, root, path)[1])
+                m = statistics.median(fractions["this code"])
                 worst = min(worst, m)
+                before = (f" {statistics.median(fractions['before']):.3f} |" if a.baseline else "")
                 print(f"  {name:>55} workers {workers} batch {batch:>2}: busy {m:.3f} "
-                      f"({', '.join(f'{x:.3f}' for x in fractions)})", file=sys.stderr, flush=True)
+                      f"({', '.join(f'{x:.3f}' for x in fractions['this code'])}){before}", file=sys.stderr, flush=True)
                 rows.append(f"| {name} | {workers} | {batch} | {len(n)} | **{m:.3f}** | "
-                            f"{', '.join(f'{x:.3f}' for x in fractions)} |")
-    return ("| model shape | generators | batch | texts | busy (median) | each generator, each run |\n"
-            "|---|---:|---:|---:|---:|---|\n" + "\n".join(rows) + f"\n\nLowest median: **{worst:.3f}** (goal 0.97).")
+                            f"{', '.join(f'{x:.3f}' for x in fractions['this code'])} |{before}")
+    head = "| model shape | generators | batch | texts | busy (median) | each generator, each run |"
+    return (head + (" before (median) |" if a.baseline else "") + "\n|---|---:|---:|---:|---:|---|"
+            + ("---:|" if a.baseline else "") + "\n" + "\n".join(rows)
+            + f"\n\nLowest median: **{worst:.3f}** (goal 0.97)."
+            + (f" Before: the code at `{a.baseline}`, run interleaved with this code's." if a.baseline else ""))
 
 
 def lengths_table(a: argparse.Namespace, root: Path) -> str:
@@ -130,6 +137,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--dir", default=os.environ.get("BENCH_DIR", "/var/tmp"),
                     help="Where the datasets go (a disk filesystem, never a tmpfs).")
+    ap.add_argument("--baseline", default=None, help="Another checkout's code to measure interleaved (before).")
     ap.add_argument("--lengths", action="store_true", help="Also length-aware batches against claim order.")
     ap.add_argument("--lengths-only", action="store_true")
     ap.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/BENCHMARKS.md.")
