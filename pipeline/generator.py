@@ -482,7 +482,8 @@ class Generator:
         left = sum(len(p.fields.get("items", [p])) for p in self.unacked.values() if p.op.startswith("result"))
         why = f" on {self.stopped_by}" if self.stopped_by else " (done)" if self.finished else ""
         log.info("generator %s stopping%s: %d written, %d failed, %d results unacknowledged, "
-                 "%.1f s waiting for work", self.owner, why, self.done, self.failed, left, self.starved)
+                 "%.1f s waiting for work, %d batches split for memory", self.owner, why, self.done, self.failed,
+                 left, self.starved, self.oom_splits)
         return 0
 
 

@@ -90,7 +90,10 @@ class Writer(threading.Thread):
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, then end the thread."""
         if self.is_alive():
-            self.jobs.put(None)
+            try:
+                self.jobs.put(None, timeout=timeout)
+            except queue.Full:
+                return  # stuck on a disk that does not answer: a daemon thread, it ends with the process
             self.join(timeout)
 
     def run(self) -> None:
