@@ -317,7 +317,13 @@ def asr_model(package: str, cache: Path | None) -> None:
 @click.option("--prefix", type=TEXT, default=None,
               help="Filename prefix for .txt texts (default: the dataset folder's name).")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Generator processes to run.")
+              help="Generator processes to run (on a GPU box, --gpus instead).")
+@click.option("--gpus", type=TEXT, default=None, metavar="LIST|all",
+              help="One generator per GPU, each with CUDA_VISIBLE_DEVICES set to its GPU: comma-separated "
+                   "indexes or UUIDs as nvidia-smi -L prints them, or all (CUDA_VISIBLE_DEVICES, else "
+                   "NVIDIA_VISIBLE_DEVICES, else nvidia-smi -L). Replaces --workers.")
+@click.option("--per-gpu", type=click.IntRange(1, 64), default=None,
+              help="Generators per GPU with --gpus (default 1).")
 @synth_opt
 @synth_opts_opt
 @batch_opt
@@ -336,7 +342,9 @@ def asr_model(package: str, cache: Path | None) -> None:
               help="The generators' free-space floor in wavs/ (MB): under it they pause, uncharged, and the "
                    "progress line says so (default: 1 GiB or 5 % of the filesystem, whichever is smaller, at "
                    "least the state file's size; 0: no guard).")
-def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, synth: str,
+@click.pass_context
+def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | None, workers: int,
+        gpus: str | None, per_gpu: int | None, synth: str,
         synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
         max_attempts: int | None, heartbeat_seconds: float | None, dashboard_port: int | None,
         min_free_mb: int | None) -> None:
@@ -350,6 +358,7 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
 
     from .supervisor import CannotStart, PipelineError, Run, install_signals, plan
     parse_opts(synth_opts)  # a malformed option is a usage error before anything starts
+    gpu_list = gpus_for(ctx, gpus, per_gpu)
     try:
         new_state = plan(dataset, texts, prefix, synth)
     except (DatasetError, TextsError, PluginError, PipelineError, DamagedState) as exc:
@@ -368,7 +377,8 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         serve_args += ["--lease-seconds", str(lease_seconds)]
     if max_attempts:
         serve_args += ["--max-attempts", str(max_attempts)]
-    r = Run(dataset, workers, gen_args, reconcile_interval, serve_args, dashboard_port=dashboard_port)
+    r = Run(dataset, len(gpu_list) if gpu_list else workers, gen_args, reconcile_interval, serve_args,
+            dashboard_port=dashboard_port, gpus=gpu_list)
     install_signals(r)
     try:
         if new_state is not None:
@@ -392,3 +402,19 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         r.stop_children()
         fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {dataset / 'logs' / 'run-pipeline.log'})")
     sys.exit(code)
+
+
+def gpus_for(ctx: click.Context, gpus: str | None, per_gpu: int | None) -> list[str] | None:
+    """The GPU of each generator (--gpus, --per-gpu), or None to run --workers generators."""
+    from .gpus import NoGpus, assignments, resolve
+    if gpus is None:
+        if per_gpu is not None:
+            fail("--per-gpu needs --gpus", USAGE)
+        return None
+    if ctx.get_parameter_source("workers") is not click.core.ParameterSource.DEFAULT:
+        fail("--gpus replaces --workers (one generator per GPU, --per-gpu K for more): give one of them", USAGE)
+    try:
+        return assignments(resolve(gpus), per_gpu or 1)
+    except NoGpus as exc:
+        fail(str(exc), USAGE)
+        raise  # not reached
