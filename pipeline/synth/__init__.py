@@ -38,6 +38,7 @@ def is_deterministic(synth: object) -> bool:
     """Whether ``synth`` says the same text always gives the same audio (False unless it says so)."""
     return getattr(synth, "deterministic", False) is True
 
+
 BATCH_COSTS = ("sum", "longest")
 
 
