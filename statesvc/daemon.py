@@ -174,7 +174,7 @@ class Daemon:
         disk = self.disk()
         if now - self.stats_at >= STATS_EVERY:  # summing every duration is O(entries): not per poll
             self.stats_cache, self.stats_at = s.stats(), now
-        return {**self.stats_cache, **s.counters(), "sample_rate": s.sample_rate,
+        return {**self.stats_cache, **s.counters(), **s.check_counters(), "sample_rate": s.sample_rate,
                 "daemon": True, "pid": os.getpid(), "uptime": round(now - self.started, 1),
                 "progress": round(done / total, 4) if total else 1.0, "rate_per_second": rate,
                 "eta_seconds": round(remaining / rate, 1) if rate else None,

@@ -103,14 +103,14 @@ def entries(dataset: Path, status_filter: str | None = None) -> list[dict]:
     reply = ask(dataset, "list", status=status_filter)
     if reply is not None:
         return reply["entries"]
-    return [e.to_dict() for e in load(dataset).entries if status_filter in (None, e.status)]
+    return [e.public() for e in load(dataset).entries if status_filter in (None, e.status)]
 
 
 def show(dataset: Path, key: int | str) -> dict:
     reply = ask(dataset, "show", key=key)
     if reply is not None:
         return reply["entry"]
-    return load(dataset).lookup(key).to_dict()
+    return load(dataset).lookup(key).public()
 
 
 def write(dataset: Path, op: str, **fields: Any) -> dict:
