@@ -117,8 +117,10 @@ class Handlers:
     def on_check_claim(self, a: dict, now: float) -> dict:
         return self.state.check_claim(a["owner"], a["n"], a["lease_seconds"], now)
 
-    def on_check_result(self, a: dict, now: float) -> dict:
+    def on_check_result(self, a: protocol.CheckReport, now: float) -> dict:
         body, effects = self.state.check_result(a, now)
+        if body["applied"]:  # one line per check accepted (at debug): what a test counts
+            log.debug("check accepted: entry %s take %s by %s: %s", a.id, a.take, a.owner, body["stage"])
         self.after_save.extend(effects)
         return body
 

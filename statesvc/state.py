@@ -756,6 +756,7 @@ class State:
         e.take = None
         e.duration_seconds = None
         e.deterministic = False
+        e.attempts = 0  # a retake is not a failed attempt: the new take has the whole --max-attempts budget
         self._transition(e, Cause.RETAKE, P, now, stage=NONE_)
         return ({"applied": True, "stage": e.stage, "wrong": True, "reason": check.reason, "retake": True},
                 [Effect("set_aside", e.filename, dest=dest)])

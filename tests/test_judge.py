@@ -87,7 +87,7 @@ def test_a_wrong_take_is_retaken_and_the_best_take_is_kept_flagged_when_all_are_
     first = s.by_id[1].take
     body, effects = report(s, 1, 0.8, 2.0)
     e = s.by_id[1]
-    assert body["retake"] and e.status == Status.PENDING and e.rev == 0 and e.attempts == 1
+    assert body["retake"] and e.status == Status.PENDING and e.rev == 0 and e.attempts == 0
     assert effects[0].kind == "set_aside" and effects[0].dest.startswith("requeued/utt_0001.")
     assert e.earlier[0].take == first and e.earlier[0].check.cer == 0.8
     second = regenerate(s, 1, 3.0)

@@ -213,6 +213,7 @@ class Lifecycle(RuleBasedStateMachine):
             "a check counts only for the current take under its live check lease"
         if body["applied"] and body.get("retake"):
             assert e.status == Status.PENDING and takes < self.s.max_takes and not error
+            self.ended[e.id] = 0  # a retake is not a failed attempt: the new take's budget is whole
             assert e.earlier[-1].take == c["take"] and e.earlier[-1].check.cer == cer
 
     # ---- people -----------------------------------------------------------------
