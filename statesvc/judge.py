@@ -13,11 +13,12 @@ A take is wrong when any of these holds:
   robotic voice that a recognizer hears badly (espeak: good takes 0.06-0.45) then keeps its good
   takes; a voice it hears well still has a floor that only a take reading half its characters
   wrong crosses;
-* its seconds per character are far off the voice's own (the same rule as the page's duration
-  fit, ``statesvc.takes``: ``SPREAD_SIGMAS`` robust deviations, never tighter than
-  ``MIN_DURATION_RATIO`` either way; only with ``MIN_CHECKS`` takes and texts of at least
-  ``MIN_RATE_CHARS`` characters): a recognizer papers over a repeated tail or a cut that a
-  duration shows.
+* its seconds per character are far off the voice's own over every take of the dataset (checked
+  or not: generators run ahead of checkers, so the fit is there before the first check; the
+  same rule as the page's duration fit, ``statesvc.takes``: ``SPREAD_SIGMAS`` robust deviations,
+  never tighter than ``MIN_DURATION_RATIO`` either way; only with ``MIN_CHECKS`` takes and texts
+  of at least ``MIN_RATE_CHARS`` characters): a recognizer papers over a repeated tail or a cut
+  that a duration shows.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class Judge:
 
     # ---- what it learns: one call per check that counts (and its undoing when a take leaves) ----
     def learn(self, cer: float | None, seconds: float | None, chars: int, sign: int = 1) -> None:
+        """``cer``: a check (of a current take); ``seconds``/``chars``: a take of the dataset."""
         if cer is not None:
             self.cers.add(cer, sign)
         if seconds and chars >= MIN_RATE_CHARS:

@@ -326,6 +326,7 @@ class State:
     stages: dict[Stage, int] = field(default_factory=dict)      # entries per check stage
     check_leases: dict[str, int] = field(default_factory=dict)  # check lease token -> entry id
     _waiting: collections.deque = field(default_factory=collections.deque)  # ids that were WAITING
+    _rate_of: dict[int, tuple[float, int]] = field(default_factory=dict)  # (seconds, chars) the judge learnt
     seq: int = 0
     counts: dict[Status, int] = field(default_factory=dict)
     by_id: dict[int, Entry] = field(default_factory=dict)
@@ -369,6 +370,7 @@ class State:
                 self.check_leases[e.check_lease.token] = e.id
             if e.check is not None and e.stage in (CHECKED, FLAGGED):
                 self._learn(e, 1)
+            self._learn_take(e)
         self.stages[Stage.NONE] = len(entries) - len(checked)
 
     @property
@@ -462,6 +464,7 @@ class State:
             e.stage = stage
             if stage == WAITING:
                 self._waiting.append(e.id)
+            self._learn_take(e)
 
     @staticmethod
     def _next_stage(e: Entry, cause: Cause, to: Status, stage: Stage | None, check_lease: Lease | None) -> Stage:
@@ -507,9 +510,19 @@ class State:
         return effects
 
     def _learn(self, e: Entry, sign: int) -> None:
+        """The judge learns (or forgets) the CER of a current take's check."""
         c = e.check
         if c.error is None:
-            self.judge.learn(c.cer, c.seconds, c.chars, sign)
+            self.judge.learn(c.cer, None, 0, sign)
+
+    def _learn_take(self, e: Entry) -> None:
+        """The judge's seconds-per-character fit follows the current takes of the dataset."""
+        old = self._rate_of.pop(e.id, None)
+        if old is not None:
+            self.judge.learn(None, old[0], old[1], -1)
+        if e.stage != NONE_ and e.duration_seconds:
+            self._rate_of[e.id] = (e.duration_seconds, len(e.text))
+            self.judge.learn(None, e.duration_seconds, len(e.text))
 
     # ---- leases -----------------------------------------------------------
     def claim(self, owner: str, n: int, lease_seconds: float | None, now: float, batch: int = 1) -> dict:
@@ -776,6 +789,7 @@ class State:
         e.take, e.duration_seconds, e.check = best.take, best.duration, best.check
         e.review = None  # on the take that left
         self.wav_sig.pop(e.id, None)
+        self._learn_take(e)
         return [Effect("restore", e.filename, token=best.take, dest=dest, source=best.file)]
 
     # ---- results ----------------------------------------------------------

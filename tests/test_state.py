@@ -11,6 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from statesvc.protocol import CheckReport
 from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, Stage, State, Status, text_hash
 from statesvc.store import parse_state, render_bytes
+from statesvc.takes import MIN_RATE_CHARS
 from tests.conftest import take
 
 SR = 22050
@@ -55,6 +56,12 @@ def check_invariants(s: State) -> None:
     leased = [e for e in s.entries if e.check_lease is not None]
     assert s.check_leases == {e.check_lease.token: e.id for e in leased}
     assert s.stages == {st: sum(e.stage == st for e in s.entries) for st in Stage}, "stage counters derived"
+    # the judge's figures, kept incrementally, equal a rescan: the CER of current takes' checks, and
+    # seconds per character of current takes
+    assert s.judge.cers.n == sum(e.check is not None and e.check.error is None and e.check.cer is not None
+                                 for e in s.entries)
+    assert s.judge.rates.n == sum(e.stage != Stage.NONE and bool(e.duration_seconds) and len(e.text) >= MIN_RATE_CHARS
+                                  for e in s.entries)
 
 
 OWNERS = st.sampled_from(["g1", "g2", "g3"])
@@ -228,7 +235,7 @@ class Lifecycle(RuleBasedStateMachine):
             self.ended[i] = 0
             assert self.s.by_id[i].attempts == 0
 
-    @rule(eid=st.integers(1, 5), text=st.sampled_from(["otra cosa", "text 1", "nueva"]))
+    @rule(eid=st.integers(1, 5), text=st.sampled_from(["otra cosa", "text 1", "nueva", "una frase más larga"]))
     def edit(self, eid: int, text: str) -> None:
         e = self.s.by_id[eid]
         rev = e.rev
