@@ -201,7 +201,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
                 key, _, value = line.partition("=")
                 keys.setdefault(key, []).append(value)
         units[name] = keys
-    assert len(units) == 4
+    assert len(units) == 5  # the daemon, generators, checkers, the reconciler, the page
     paths = [str(tmp_path / name) for name in units]
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", *paths], capture_output=True, text=True,
                        cwd=tmp_path)
