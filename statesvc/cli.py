@@ -243,6 +243,10 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
               help="How long a generator's lease lasts without a heartbeat (default 10).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=None,
               help="Syntheses an entry may fail before it is marked failed (default 3).")
+@click.option("--max-cer", type=click.FloatRange(0, None), default=None,
+              help="A checked take whose CER is over this is wrong (default: adaptive, see README).")
+@click.option("--max-takes", type=click.IntRange(1, 100), default=None,
+              help="Takes of one text a check may ask for before the best one is kept, flagged (default 3).")
 @click.option("--curve-secret", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="STATESVC_CURVE_SECRET", show_envvar=True,
               help="The daemon's .key_secret file (required on tcp).")
@@ -259,8 +263,9 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
 @click.option("--metrics-host", type=TEXT, default="127.0.0.1", show_default=True, envvar="STATESVC_METRICS_HOST",
               show_envvar=True, help="Address for the metrics (loopback by default).")
 def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds: float | None,
-          max_attempts: int | None, curve_secret: Path | None, allow: Path | None, checkpoint_bytes: int | None,
-          checkpoint_idle: float, log_level: str, metrics_port: int | None, metrics_host: str) -> None:
+          max_attempts: int | None, max_cer: float | None, max_takes: int | None, curve_secret: Path | None,
+          allow: Path | None, checkpoint_bytes: int | None, checkpoint_idle: float, log_level: str,
+          metrics_port: int | None, metrics_host: str) -> None:
     """Run the daemon: the only writer of generation_state.json and its journal.
 
     SIGTERM or Ctrl-C: it answers what arrived, writes a checkpoint and exits 0."""
@@ -273,7 +278,8 @@ def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds
     curve = (curve_secret, allow) if curve_secret and allow else None
     try:
         code = serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts, curve, checkpoint_bytes,
-                            checkpoint_idle, None if metrics_port is None else (metrics_host, metrics_port))
+                            checkpoint_idle, None if metrics_port is None else (metrics_host, metrics_port),
+                            max_cer, max_takes)
     except KeyboardInterrupt:  # a stop while it loads, before it serves: nothing was answered
         logging.getLogger("statesvc").info("stopped before serving")
         code = OK
@@ -457,10 +463,13 @@ def verify(dataset: Path) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: stdout).")
 @click.option("--approved-only", is_flag=True, help="Only the takes a reviewer approved.")
-def export(dataset: Path, fmt: str, out: Path | None, approved_only: bool) -> None:
+@click.option("--max-cer", type=click.FloatRange(0, None), default=None,
+              help="Only checked takes whose CER is at most this (unchecked ones are left out).")
+def export(dataset: Path, fmt: str, out: Path | None, approved_only: bool, max_cer: float | None) -> None:
     """Write a training manifest of the completed entries (never a rejected take)."""
     need_dataset(dataset)
-    rows = "".join(f"{line}\n" for line in lines(dataset, ds.entries(dataset, "completed"), fmt, approved_only))
+    rows = "".join(f"{line}\n" for line in lines(dataset, ds.entries(dataset, "completed"), fmt, approved_only,
+                                                 max_cer))
     if out is None:
         sys.stdout.write(rows)
     else:
