@@ -1,11 +1,14 @@
 """The page's command, `statesvc dashboard`, which statesvc loads by entry point only when it is invoked.
 
 It is registered in the entry-point group `statesvc.commands` (pyproject.toml), so that importing
-or running statesvc loads no web framework. Importing this module needs the `review` extra:
-without it, `statesvc dashboard` says in one line which extra to install and exits 2."""
+or running statesvc loads no web framework. This module loads only where the `review` extra is
+installed: without it, `statesvc dashboard` says in one line which extra to install and exits 2
+(statesvc.cli.load_plugin). The web framework itself is imported when the command runs, so that
+`statesvc --help`, which lists this command, stays as quick as the daemon's own commands."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +19,11 @@ from statesvc.cli import dataset_opt, need_dataset
 from statesvc.conventions import LOG_LEVELS, TEXT
 from statesvc.notify import log_format
 
-from .dashboard import Settings, loopback, read_token, serve
+WEB = ("fastapi", "uvicorn", "sse_starlette")  # what the `review` extra installs (pyproject.toml)
+
+for _module in WEB:  # looked up, not imported (a few ms against the framework's second)
+    if importlib.util.find_spec(_module) is None:
+        raise ModuleNotFoundError(f"No module named {_module!r}", name=_module)
 
 
 @click.command()
@@ -39,6 +46,7 @@ def dashboard(dataset: Path, host: str, port: int, token_file: Path | None, no_a
     stops it (exit 0)."""
     need_dataset(dataset, remote_ok=False)
     try:
+        from .dashboard import Settings, loopback, read_token, serve
         if not loopback(host) and token_file is None:
             raise click.UsageError(f"--host {host} is not loopback: give --token-file so only who holds the token "
                                    "gets in")

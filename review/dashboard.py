@@ -36,7 +36,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pipeline.reconciler import Reconciler  # the sync: the same pass as the reconciler's, a layer below
 from statesvc import protocol
+from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.curve import CurveError, secure_client
 from statesvc.endpoints import connectable, defaults, running
 from statesvc.handlers import SET_ASIDE
@@ -929,8 +931,6 @@ def _audio_path(dataset: Path, folder: str, name: str) -> Path:
 
 def _reconcile(dataset: Path, dry_run: bool) -> list[dict]:
     """A reconcile pass, as the reconciler process makes one; with dry_run, what it would change."""
-    from pipeline.reconciler import Reconciler
-    from statesvc.client import Client, ServiceError, Unavailable
     rec = running(dataset)
     if rec is None or not rec.get("endpoint"):
         raise ActionError(503, "the daemon is not running: start it (statesvc serve) and try again")

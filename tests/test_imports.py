@@ -171,36 +171,56 @@ def _fresh(code: str, cwd: Path, env: dict | None = None) -> subprocess.Complete
 
 def test_the_daemon_and_its_cli_load_no_web_framework(tmp_path: Path) -> None:
     """On a daemon host: importing the daemon and the CLI, and running a command of its own (here
-    `statesvc status`), loads neither a web framework nor the higher packages."""
+    `statesvc status`), loads neither a web framework nor the higher packages; `statesvc --help`,
+    which lists the page's command, loads no web framework either."""
     ds = make_dataset(tmp_path, ["uno", "dos"])
+    loaded = ("print('loaded:', ' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+              f"{(*WEB, 'review', 'pipeline')!r})))\n")
     code = ("import sys\n"
             "import statesvc.daemon, statesvc.cli\n"
             f"statesvc.cli.main(['status', '--dataset', {str(ds)!r}], standalone_mode=False)\n"
-            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-            f"{(*WEB, 'review', 'pipeline')!r})))\n")
+            f"{loaded}"
+            "statesvc.cli.main(['--help'], standalone_mode=False)\n"
+            f"{loaded}")
     r = _fresh(code, tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "pending" in r.stdout and r.stdout.splitlines()[-1] == "", r.stdout
+    after_status, after_help = [line for line in r.stdout.splitlines() if line.startswith("loaded:")]
+    assert "pending" in r.stdout and after_status == "loaded: ", r.stdout
+    assert "dashboard" in r.stdout and after_help == "loaded: review review.cli", r.stdout
+
+
+# Stands in for a host where a module was never installed: looking it up or importing it fails as
+# for an absent one (a finder ahead of the others; sitecustomize runs at every start).
+ABSENT = """import sys
+
+
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+
+sys.meta_path.insert(0, Absent())
+"""
 
 
 def test_without_the_review_extra_the_dashboard_says_which_to_install(tmp_path: Path) -> None:
-    """With the web framework not importable (a shim on PYTHONPATH stands in for a host where the
-    extra was never installed): `statesvc dashboard` says in one line which extra to install and
-    exits 2; the help still lists it, and the daemon's own commands work as before."""
+    """With a module of the extra absent (each in turn, as on a host where the extra was never
+    installed): `statesvc dashboard` says in one line which extra to install and exits 2, whatever
+    its arguments; the help still lists it, and the daemon's own commands work as before."""
     ds = make_dataset(tmp_path, ["uno", "dos"])
-    shim = tmp_path / "shim"
-    for module in WEB:
-        (shim / module).mkdir(parents=True)
-        (shim / module / "__init__.py").write_text(
-            f"raise ModuleNotFoundError(\"No module named '{module}'\", name={module!r})\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
-    for argv in (["dashboard", "--dataset", str(ds)], ["dashboard", "--help"], ["dashboard"]):
-        r = cli(*argv, env=env)
-        assert r.returncode == 2 and r.stdout == "", (argv, r.returncode, r.stdout)
-        assert len(r.stderr.splitlines()) == 1, r.stderr
-        assert r.stderr.startswith("statesvc: error: `statesvc dashboard` needs the extra [review]"), r.stderr
-        assert r.stderr.rstrip().endswith("pip install 'tts-dataset-pipeline[review]'"), r.stderr
-        assert "Traceback" not in r.stderr
+    for module in ("fastapi", "uvicorn", "sse_starlette"):  # what the extra installs
+        shim = tmp_path / f"without-{module}"
+        shim.mkdir(exist_ok=True)
+        (shim / "sitecustomize.py").write_text(ABSENT.format(module=module))
+        env = {"PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
+        for argv in (["dashboard", "--dataset", str(ds)], ["dashboard", "--help"], ["dashboard"]):
+            r = cli(*argv, env=env)
+            assert r.returncode == 2 and r.stdout == "", (module, argv, r.returncode, r.stdout)
+            assert len(r.stderr.splitlines()) == 1, r.stderr
+            assert r.stderr.startswith("statesvc: error: `statesvc dashboard` needs the extra [review] "
+                                       f"installed (No module named '{module}')"), r.stderr
+            assert r.stderr.rstrip().endswith("pip install 'tts-dataset-pipeline[review]'"), r.stderr
     r = cli("--help", env=env)
     assert r.returncode == 0 and "dashboard" in r.stdout and "needs the extra" in r.stdout, r.stdout
     r = cli("status", "--dataset", str(ds), env=env)
