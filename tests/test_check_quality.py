@@ -2,7 +2,7 @@
 40 %, silence, a repeated tail) among good takes of two voices, each heard by a real packaged
 model: espeak Spanish with base, Piper English with tiny.en. One rule for both, no per-voice
 constant: a take is wrong when it is silent, or its CER is over MAX_CER, or its seconds per
-character are far off the voice's own (the page's duration fit over the same takes). Slow: about
+character are far off the voice's own (the page's duration fit over the good takes). Slow: about
 80 takes heard. Run with -s to see the figures."""
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ def heard(synth_name: str, options: dict, texts: list[str], model: Path, languag
 
 
 def judge(rows: list[dict]) -> None:
-    f = fit(np.array([r["chars"] for r in rows]), np.array([r["seconds"] for r in rows]))
+    # The voice's own seconds per character, as a daemon learns them from a dataset's takes, which
+    # are mostly good; half of these are planted, more than a robust fit is built to shrug off.
+    good = [r for r in rows if r["kind"] == "good"]
+    f = fit(np.array([r["chars"] for r in good]), np.array([r["seconds"] for r in good]))
     assert f is not None
     off = f.flags(np.array([r["chars"] for r in rows]), np.array([r["seconds"] for r in rows]))
     for r, bits in zip(rows, off, strict=True):
