@@ -64,6 +64,12 @@ def report(name: str, rows: list[dict]) -> str:
                      f"s/char {spc[0]:.3f}-{spc[-1]:.3f}  flagged {sum(r['wrong'] for r in rs)}  "
                      f"by CER {sum(r['cer'] > MAX_CER for r in rs)}, silence {sum(r['silent'] for r in rs)}, "
                      f"duration {sum(r['duration_off'] for r in rs)}; heard twice {sum(r['hearings'] > 1 for r in rs)}")
+    from statesvc.judge import Judge
+    for label, subset in (("the good takes", [r for r in rows if r["kind"] == "good"]), ("all these takes", rows)):
+        j = Judge()
+        for r in subset:
+            j.learn(r["cer"], r["seconds"], r["chars"])
+        lines.append(f"  the daemon's default CER threshold after learning {label}: {j.threshold():.2f}")
     return "\n".join(lines)
 
 
