@@ -55,6 +55,10 @@ def check(asr: object, texts: list[str], audio: list[np.ndarray], rate: int) -> 
     return len(texts) / spent, spent / seconds, cers
 
 
+def _num(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
@@ -90,8 +94,8 @@ def main() -> None:
              "| generators one checker keeps up with | checkers one generator needs | good takes' CER (median, max) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, device, g, c, f, lo, hi, cers, _chars in results:
-        lines.append(f"| {name} | {device} | {g:.2f} | {c:.2f} ({lo:.2f}-{hi:.2f}) | {f:.2f} | {c / g:.3g} "
-                     f"| {g / c:.3g} | {statistics.median(cers):.2f}, {max(cers):.2f} |")
+        lines.append(f"| {name} | {device} | {g:.2f} | {c:.2f} ({lo:.2f}-{hi:.2f}) | {f:.2f} | {_num(c / g)} "
+                     f"| {_num(g / c)} | {statistics.median(cers):.2f}, {max(cers):.2f} |")
     table = "\n".join(lines)
     print(table)
     if not a.no_doc:
