@@ -120,6 +120,7 @@ class Generator:
     batch_limit: int = 0   # the batch size memory allows now (0: --batch); cut on out-of-memory, grown back
     fitted: int = 0        # batches that fitted since the last cut or growth
     oom_splits: int = 0
+    said_synthesizing: bool = False  # the daemon was told we synthesize something, and not told since that it ended
 
     # ---- talking to the daemon -------------------------------------------
     def send(self, op: str, **fields: object) -> int:
@@ -261,6 +262,7 @@ class Generator:
         is lost, the daemon finds the previous text's take on disk and charges nobody, and the
         entries we held come back as suspects. Returns the entries whose leases we still hold."""
         rid = self.send("working", owner=self.owner, tokens=[e["token"] for e in entries])
+        self.said_synthesizing = bool(entries)
         if not any(e.get("suspect") for e in entries):
             return entries
         self.await_reply(rid)
@@ -328,8 +330,16 @@ class Generator:
             self.take_outcomes(Writer(self.dataset, self.synth.sample_rate).write(entries, audios))
             return
         while not self.writer.submit(entries, audios, timeout=HANDOVER_STEP):
+            self.say_not_synthesizing()  # a death while we wait on the disk is not these texts' doing
             self.collect()
             self.pump(0)
+
+    def say_not_synthesizing(self) -> None:
+        """Tell the daemon nothing is under synthesis any more (an empty working notice), so a
+        death while we wait (for work, or for the writer) charges nobody."""
+        if self.said_synthesizing:
+            self.send("working", owner=self.owner, tokens=[])
+            self.said_synthesizing = False
 
     def collect(self) -> None:
         """What the writer finished: takes to report, failures to charge, a disk to wait for."""
@@ -448,6 +458,7 @@ class Generator:
             self.flush_written()
             self.pump(0)
         else:
+            self.say_not_synthesizing()
             self.drain_writer(IDLE_POLL)  # nothing to synthesize: report what is written at once
             self.flush_written(force=True)
             t = time.monotonic()
