@@ -114,6 +114,7 @@ class Generator:
     failed: int = 0
     starved: float = 0.0
     disk_backoff: float = 0.0
+    disk_pause_until: float = 0.0  # monotonic end of the pause the last refused write began
     written: list = field(default_factory=list)
     first_written: float = 0.0
     writer: Writer | None = None  # started by run(); without it takes are written in this thread
@@ -369,13 +370,15 @@ class Generator:
     def pause_for_disk(self, exc: OSError, unwritten: list[dict]) -> None:
         """The disk, not the text, failed: give back what is not written and the queue, and wait
         before claiming again. No attempt is charged."""
-        if time.monotonic() >= self.idle_until:  # one pause per refusal, not one per batch in the writer
+        now = time.monotonic()
+        if now >= self.disk_pause_until:  # one pause per refusal, not one per batch behind it in the writer
             self.disk_backoff = min(DISK_BACKOFF_MAX, max(1.0, 2 * self.disk_backoff))
+            self.disk_pause_until = now + self.disk_backoff
             log.warning("cannot write wavs (%s); pausing %.0f s", exc.strerror, self.disk_backoff)
         back = unwritten + list(self.queue)
         self.queue.clear()
         self.send("release", owner=self.owner, tokens=[e["token"] for e in back])
-        self.idle_until = time.monotonic() + self.disk_backoff
+        self.idle_until = max(self.idle_until, self.disk_pause_until)
 
     def flush_written(self, force: bool = False) -> None:
         """Report the takes written so far in one message. Each take was fsynced; the daemon
