@@ -37,7 +37,7 @@ from statesvc.dataset import state_path
 from statesvc.health import min_free_bytes
 
 from .batches import next_batch
-from .synth import Synthesizer, batch_cost, is_out_of_memory
+from .synth import Synthesizer, batch_cost, is_deterministic, is_out_of_memory
 from .writer import DiskTrouble, Failed, Writer, Written
 
 log = logging.getLogger("pipeline.generate")
@@ -389,7 +389,7 @@ class Generator:
             return
         items = [{"id": e["id"], "token": e["token"], "status": "completed", "duration_seconds": round(sec, 6),
                   "sample_rate": self.synth.sample_rate, "text_hash": e["text_hash"], "rev": e["rev"],
-                  "wav": sig} for e, sec, sig in self.written]
+                  "wav": sig, "deterministic": is_deterministic(self.synth)} for e, sec, sig in self.written]
         self.done += len(items)
         # one message for the whole flush; nobody waits on its reply unless we are stopping
         self.send("results", items=items, **({"wait": True} if self.stopping else {}))

@@ -175,6 +175,8 @@ class Run:
     stopping: int = 0
     started: float = field(default_factory=time.monotonic)
     dashboard_port: int | None = None  # serve the review dashboard too; the run then lasts until Ctrl-C
+    check_args: list[str] | None = None  # --check: checkers run beside the generators with these arguments
+    checkers: int = 1
     log_max_bytes: int = LOG_MAX_BYTES
     log_keep: int = LOG_KEEP
     next_rotation: float = 0.0
@@ -204,6 +206,8 @@ class Run:
         # not compete with the generators loading their models.
         self.spawn("reconcile", [*command("pipeline"), "reconcile", "--dataset", ds,
                                  "--interval", str(self.reconcile_interval)])
+        for i in range(self.checkers if self.check_args is not None else 0):  # leases: told dead like generators
+            self.spawn(f"check-{i}", [*command("pipeline"), "check", "--dataset", ds, *self.check_args], leases=True)
         if self.dashboard_port is not None:
             self.spawn("dashboard", [*command("statesvc"), "dashboard", "--dataset", ds,
                                      "--port", str(self.dashboard_port)])
@@ -384,6 +388,8 @@ class Run:
                 f"{(rate or 0):.1f}/s  ETA {fmt_seconds(eta) if eta is not None else '-'}")
         if self.gpus:
             text += f"  GPUs {','.join(dict.fromkeys(self.gpus))}"
+        if self.check_args is not None:
+            text += f"  checked {st.get('checked', 0)}  flagged {st.get('mismatched', 0)}"
         paused = paused_line(st)  # the generators' disk guard, as they told the daemon
         if paused:
             text += f"  {paused}"
@@ -412,14 +418,14 @@ class Run:
             self.supervise()
             st = self.status() or st
             if st is not None:
-                done = st["pending"] == 0 and st["generating"] == 0
+                done = self.done(st)
                 if not reviewing:
                     self.progress(st)
                 if done and not reviewing:
                     for line in self.final_reconcile()[:-1]:
                         self.say(f"final reconcile: {line}")
                     st = self.status() or st
-                    if st["pending"] == 0 and st["generating"] == 0:
+                    if self.done(st):
                         if self.dashboard_port is None:
                             break
                         self.clear_bar()
@@ -441,6 +447,12 @@ class Run:
         self.remove_dead_temps()
         return self.summary(interrupted)
 
+    def done(self, st: dict) -> bool:
+        """Nothing pending or generating; with --check, every take checked too (a check may send
+        an entry back for a retake)."""
+        return st["pending"] == 0 and st["generating"] == 0 and \
+            (self.check_args is None or st.get("check_waiting", 0) == 0)
+
     def remove_dead_temps(self) -> None:
         """A generator killed mid-write leaves its temp wav (named with its pid); once every child of
         ours has stopped, those are garbage. Temp files of other writers wait for the reconciler's
@@ -461,6 +473,9 @@ class Run:
         self.say(f"{'interrupted' if interrupted else 'finished'}: completed {st['completed']}/{st['total']}, "
                  f"failed {st['failed']}, pending {st['pending']}, audio {fmt_seconds(st['audio_seconds'])}, "
                  f"wall time {fmt_seconds(wall)}")
+        if self.check_args is not None:
+            self.say(f"checked {st.get('checked', 0)}, flagged {st.get('mismatched', 0)} "
+                     f"(statesvc list --json: check; they stay for the curator)")
         if interrupted:
             self.say("state is consistent; run the same command again to resume")
             return EXIT_INTERRUPTED

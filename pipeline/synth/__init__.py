@@ -3,7 +3,11 @@
 The contract a plugin meets: the constructor takes the --synth-opt values as
 string keyword arguments; the instance has ``sample_rate: int`` and
 ``synthesize(text) -> numpy.ndarray`` (mono, float32 in [-1, 1] or int16), and
-optionally ``synthesize_batch(texts) -> list[numpy.ndarray]``, and optionally the class
+optionally ``synthesize_batch(texts) -> list[numpy.ndarray]``. It may declare
+``deterministic: bool`` (a class attribute, or an instance attribute when it depends on the
+options): True when the same text always gives the same audio, so a wrong take is flagged
+rather than retaken (``is_deterministic`` reads it; absent means False).
+It may also declare the class
 attribute ``batch_cost = "longest"``: a batch costs what its longest text costs (padding), so the
 generator groups texts of similar length into a batch (see ``pipeline.batches``); the default,
 ``"sum"``, keeps claim order. A model that runs out of GPU memory raises ``OutOfMemory`` (or lets
@@ -20,13 +24,19 @@ if TYPE_CHECKING:
     import numpy as np
 
 GROUP = "pipeline.synthesizers"
-BUILTIN = {"espeak": "pipeline.synth.espeak:Espeak", "tone": "pipeline.synth.tone:Tone"}
+BUILTIN = {"espeak": "pipeline.synth.espeak:Espeak", "piper": "pipeline.synth.piper:Piper",
+           "tone": "pipeline.synth.tone:Tone"}
 
 
 class Synthesizer(Protocol):
     sample_rate: int
 
     def synthesize(self, text: str) -> np.ndarray: ...
+
+
+def is_deterministic(synth: object) -> bool:
+    """Whether ``synth`` says the same text always gives the same audio (False unless it says so)."""
+    return getattr(synth, "deterministic", False) is True
 
 
 BATCH_COSTS = ("sum", "longest")

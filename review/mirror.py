@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from .state import STATUSES, Entry, Lease, Review, Status, Verdict
-from .store import Loaded
+from statesvc.state import STATUSES, Entry, Lease, Review, Status, Verdict
+from statesvc.store import Loaded
+
 from .takes import BIT, Fit, Flag, fit
 
 STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
