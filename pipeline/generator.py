@@ -341,6 +341,7 @@ class Generator:
         if self.said_synthesizing:
             self.send("working", owner=self.owner, tokens=[])
             self.said_synthesizing = False
+            log.debug("told the daemon nothing is under synthesis")
 
     def collect(self) -> None:
         """What the writer finished: takes to report, failures to charge, a disk to wait for."""
