@@ -16,7 +16,7 @@ A take is wrong when any of these holds:
 * its seconds per character are far off the voice's own over every take of the dataset (checked
   or not: generators run ahead of checkers, so the fit is there before the first check; the
   same rule as the page's duration fit, ``statesvc.takes``: ``SPREAD_SIGMAS`` robust deviations,
-  never tighter than ``MIN_DURATION_RATIO`` either way; only with ``MIN_CHECKS`` takes and texts
+  never tighter than ``MIN_RATE_RATIO`` either way; only with ``MIN_CHECKS`` takes and texts
   of at least ``MIN_RATE_CHARS`` characters): a recognizer papers over a repeated tail or a cut
   that a duration shows.
 """
@@ -28,13 +28,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .takes import MAD_SCALE, MIN_DURATION_RATIO, MIN_RATE_CHARS, SPREAD_SIGMAS
+from .takes import MAD_SCALE, MIN_RATE_CHARS, SPREAD_SIGMAS
 
 __all__ = ["FLOOR_CER", "K", "MIN_CHECKS", "Judge", "Judgement"]
 
 FLOOR_CER = 0.5   # half the characters wrong: no good take of any voice we measured comes near
 K = SPREAD_SIGMAS  # "far above": as many robust deviations as the duration fit allows
 MIN_CHECKS = 20    # fewer checks and the median says little: the floor alone
+# A take this far off its voice's seconds per character (either way) is off however consistent the
+# voice is: a phrase said again, or a cut, moves a take by more than a quarter; natural variation of
+# one voice over texts of 10+ characters stays within (the page's gentler 1.5x only flags).
+MIN_RATE_RATIO = 1.25
 CER_BIN = 0.005    # histogram resolution: a threshold within half a percent
 CER_BINS = 800     # CER 0..4 (a runaway transcript scores more: counted in the last bin)
 RATE_BIN = 0.02    # of log(seconds per character)
@@ -110,7 +114,7 @@ class Judge:
             return Judgement(True, f"CER {cer:.2f} over {limit:.2f}", limit)
         if seconds and chars >= MIN_RATE_CHARS and self.rates.n >= MIN_CHECKS:
             med, mad = self.rates.median_mad()
-            spread = max(SPREAD_SIGMAS * MAD_SCALE * mad, math.log(MIN_DURATION_RATIO))
+            spread = max(SPREAD_SIGMAS * MAD_SCALE * mad, math.log(MIN_RATE_RATIO))
             off = math.log(seconds / chars) - med
             if abs(off) > spread:
                 return Judgement(True, f"{seconds / chars:.3f} s per character, the voice's is "
