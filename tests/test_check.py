@@ -188,3 +188,28 @@ def test_piper_takes_say_their_texts(tmp_path: Path, asr_models: dict) -> None:
     mean = sum(e["check"]["cer"] for e in es) / len(es)
     print(f"\nPiper en + tiny.en: mean CER {mean:.3f}, max {max(e['check']['cer'] for e in es):.3f}")
     assert mean < 0.05, [(e["text"], e["check"]["transcript"], e["check"]["cer"]) for e in es]
+
+
+@pytest.mark.slow  # ~30 s: two takes of each text heard by tiny.en
+def test_the_best_take_comes_back_under_its_name_when_every_take_is_wrong(tmp_path: Path, asr_models: dict,
+                                                                          start_daemon) -> None:
+    """Every take wrong, the first least: after --max-takes 2 the entry is on its first take again
+    (the daemon moved it back from requeued/, fenced like any take), flagged; verify and a
+    reconcile pass accept it."""
+    texts = EN_TEXTS[:3]
+    ds = run_checked(tmp_path, texts, ["--synth", "tests.plugins:Worsening", "--synth-opt", f"count={tmp_path / 'n'}",
+                                       "--synth-opt", "voice=en-us"],
+                     ["--asr-model", str(asr_models["tiny.en"])], "--max-takes", "2")
+    from statesvc.audio import read_provenance
+    for e in entries(ds):
+        shown = orjson.loads(cli("show", "--dataset", str(ds), e["filename"], "--json", check=True).stdout)
+        [later] = shown["earlier_takes"]
+        assert e["status"] == "completed" and e["stage"] == "flagged" and e["take_count"] == 2, e
+        assert e["check"]["take"] == e["take"] and e["check"]["cer"] < later["cer"] == 1.0, (e["check"], later)
+        assert read_provenance(ds / "wavs" / f"{e['filename']}.wav").token == e["take"]
+        assert read_provenance(ds / later["file"]).token != e["take"]
+    assert cli("verify", "--dataset", str(ds)).returncode == 0
+    before = {e["filename"]: (e["take"], e["stage"]) for e in entries(ds)}
+    start_daemon(ds)
+    cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
+    assert {e["filename"]: (e["take"], e["stage"]) for e in entries(ds)} == before, "the reconciler changed a take"
