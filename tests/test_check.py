@@ -213,3 +213,34 @@ def test_the_best_take_comes_back_under_its_name_when_every_take_is_wrong(tmp_pa
     start_daemon(ds)
     cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
     assert {e["filename"]: (e["take"], e["stage"]) for e in entries(ds)} == before, "the reconciler changed a take"
+
+
+def test_the_json_contract_and_export_by_cer(tmp_path: Path, start_daemon) -> None:
+    """What scripts rely on: show/list --json always carry check and take_count, show its
+    earlier_takes, status the check counters; export --max-cer leaves unchecked takes out."""
+    ds = make_dataset(tmp_path, ["uno dos tres", "cuatro cinco", "seis siete"])
+    start_daemon(ds, "--max-cer", "0.3", "--max-takes", "1")
+    with Client(running(ds)["endpoint"]) as cl:
+        for c in cl.call("claim", owner="g", n=3)["entries"]:
+            cl.call("result", id=c["id"], token=c["token"], status="completed", duration_seconds=1.0,
+                    sample_rate=22050, text_hash=c["text_hash"], rev=c["rev"], take_file=False)
+        items = cl.call("check_claim", owner="k", n=2)["entries"]
+        for item, cer in zip(items, (0.1, 0.6), strict=True):
+            body = cl.call("check_result", id=item["id"], owner="k", token=item["token"], take=item["take"], cer=cer,
+                           wer=cer, transcript=f"oído {cer}", model="base", error=None, silent=False)
+            assert body["applied"] and body["stage"] == ("checked" if cer < 0.3 else "flagged"), body
+    listed = entries(ds)
+    assert all("check" in e and "take_count" in e for e in listed)
+    assert [e["check"] and e["check"]["cer"] for e in listed] == [0.1, 0.6, None]
+    shown = orjson.loads(cli("show", "--dataset", str(ds), "#2", "--json", check=True).stdout)
+    assert shown["check"] == {"cer": 0.6, "wer": 0.6, "transcript": "oído 0.6", "model": "base",
+                              "take": shown["take"], "error": None, "wrong": True, "reason": "CER 0.60 over 0.30",
+                              "threshold": 0.3}
+    assert shown["take_count"] == 1 and shown["earlier_takes"] == []
+    st = status(ds)
+    assert (st["checked"], st["mismatched"], st["check_waiting"]) == (2, 1, 1)
+    rows = [orjson.loads(x) for x in cli("export", "--dataset", str(ds), "--format", "jsonl", "--max-cer", "0.5",
+                                         check=True).stdout.splitlines()]
+    assert [(r["cer"], r["transcript"]) for r in rows] == [(0.1, "oído 0.1")]
+    plain = cli("export", "--dataset", str(ds), "--format", "jsonl", check=True).stdout.splitlines()
+    assert [orjson.loads(x)["cer"] for x in plain] == [0.1, 0.6, None]
