@@ -244,3 +244,21 @@ def test_the_json_contract_and_export_by_cer(tmp_path: Path, start_daemon) -> No
     assert [(r["cer"], r["transcript"]) for r in rows] == [(0.1, "oído 0.1")]
     plain = cli("export", "--dataset", str(ds), "--format", "jsonl", check=True).stdout.splitlines()
     assert [orjson.loads(x)["cer"] for x in plain] == [0.1, 0.6, None]
+
+
+@pytest.mark.slow  # ~15 s: a model load and a few decodes
+def test_sigterm_stops_a_checker_cleanly_and_gives_back_what_it_holds(tmp_path: Path, start_daemon,
+                                                                       asr_models: dict) -> None:
+    ds = make_dataset(tmp_path, EN_TEXTS[:6])
+    d = start_daemon(ds, "--log-level", "DEBUG")
+    gen = popen(["generate", "--dataset", str(ds), "--synth", "espeak", "--synth-opt", "voice=en-us", "--until-done"],
+                tmp_path / "gen.log")
+    assert gen.wait(60) == 0
+    checker = popen(["check", "--dataset", str(ds), "--asr-model", str(asr_models["tiny.en"])], tmp_path / "check.log")
+    wait_for(lambda: sum(accepted(d.log).values()) >= 1, 60, "a check accepted")
+    checker.send_signal(signal.SIGTERM)
+    assert checker.wait(30) == 0, (tmp_path / "check.log").read_text()
+    st = status(ds)
+    assert st["checked"] + st["check_waiting"] == 6 and st["checked"] == sum(accepted(d.log).values())
+    assert all(e["stage"] != "leased" for e in entries(ds)), "a stopped checker holds nothing"
+    assert "checker" in (tmp_path / "check.log").read_text().splitlines()[-1]  # its summary line
