@@ -8,10 +8,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from statesvc.judge import MIN_RATE_CHARS
 from statesvc.protocol import CheckReport
 from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, Stage, State, Status, text_hash
 from statesvc.store import parse_state, render_bytes
-from statesvc.takes import MIN_RATE_CHARS
 from tests.conftest import take
 
 SR = 22050
