@@ -910,6 +910,7 @@ class State:
             self.by_id[e.id] = e
             self.by_name[e.filename] = e
             self.counts[P] += 1
+            self.stages[NONE_] += 1
             heapq.heappush(self._pending_heap, e.id)
             self._touch(e, now)
         return {"added": len(new), "first_id": next_id if new else None}
