@@ -1,0 +1,355 @@
+"""The same TTS job with bin/run-pipeline and with the tools a user would pick instead, side by side.
+
+The job: N texts, W workers (one process per GPU, the model loaded once per process), batches of
+B texts, the synthesizer bench/peers_synth.py:Logged (a GPU model's cost shape: ``per_call +
+per_text * n`` seconds a batch; it logs each call), each wav written through a temp file, fsync,
+rename (and, for the peers, fsync of the folder), and counted only once it is on disk. Systems:
+
+- ``run-pipeline``: ``bin/run-pipeline --workers W --batch B`` (daemon, reconciler, generators).
+- ``huey``: ``SqliteHuey(fsync=True)``, ``huey_consumer -w W -k process`` (bench/peers_huey.py).
+- ``celery``: Redis (Debian's redis-server on a private port, ``appendfsync always``), ``acks_late``,
+  prefetch 1, ``celery worker -c W``; once with Celery's default on a lost worker and once with
+  ``task_reject_on_worker_lost`` (bench/peers_celery.py).
+- ``ray``: Ray Data ``map_batches`` with a pool of W actors, where Ray installs (bench/peers_ray.py).
+
+Each system runs the job twice: clean (whole-job time, busy fraction: synthesis time summed over
+the workers / (W x first-to-last synthesis span)), then with the worker process that is
+synthesizing SIGKILLed once 40 % of the texts are synthesized (a CUDA crash), after which its
+books are read: **lost** (counted done with no valid wav, or dropped: failed for good or in no
+queue and no result, nobody will make it), **duplicated** (a text whose synthesis completed more
+than once: work and wavs done twice; the batch under synthesis at the kill, redone, is not a
+duplicate), **stuck** (held in flight or queued when the job gave up: nothing more came for
+``--grace`` seconds), and whether the job finished by itself. A peer's books are its result store
+as its user reads it (see each runner's docstring for its settings and why).
+
+The peers run in their own venv, ``.venv-peers`` (made here from bench/requirements-peers.txt and
+bench/requirements-peers-ray.txt, plus this project, editable), never in the project's. Run:
+
+    .venv/bin/python bench/peers.py                 # 400 texts, 2 workers, batch 4: ~10 min
+    .venv/bin/python bench/peers.py --systems run-pipeline --no-doc     # ours alone, printed
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+PEERS = ROOT / ".venv-peers"
+REQS = [BENCH / "requirements-peers.txt", BENCH / "requirements-peers-ray.txt"]
+RUNNERS = {"huey": ("peers_huey.py", {}), "celery": ("peers_celery.py", {"reject_on_worker_lost": False}),
+           "celery+reject": ("peers_celery.py", {"reject_on_worker_lost": True}), "ray": ("peers_ray.py", {})}
+SYSTEMS = ["run-pipeline", *RUNNERS]
+LABELS = {"run-pipeline": "`bin/run-pipeline` (ours)", "huey": "huey, SQLite (`fsync=True`)",
+          "celery": "Celery + Redis, `acks_late`", "celery+reject": "Celery + Redis, `acks_late` + "
+          "`task_reject_on_worker_lost`", "ray": "Ray Data, `map_batches` actor pool"}
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{BENCH}", "PIPELINE_PYTHON": sys.executable}
+
+WORDS = ("el sol brilla sobre la montaña nevada mientras los niños juegan en el parque y la música "
+         "suena por la ventana abierta de la biblioteca donde mi abuela lee un libro antiguo").split()
+
+
+def make_texts(n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        words = [WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(6 + i % 9)]
+        out.append(" ".join(words).capitalize() + f", número {i}.")
+    return out
+
+
+def ensure_peers() -> str:
+    """Make or update .venv-peers; return why Ray is missing ("" when it installed)."""
+    py = PEERS / "bin" / "python"
+    stamp = PEERS / ".bench-peers-stamp"
+    want = "\n".join(r.read_text() for r in REQS)
+    if not py.exists():
+        print(f"making {PEERS.name} (the peers' own venv; once)", file=sys.stderr, flush=True)
+        subprocess.run(["python3", "-m", "venv", str(PEERS)], check=True)
+    if not stamp.exists() or stamp.read_text() != want:
+        pip = [str(py), "-m", "pip", "install", "-q"]
+        p = subprocess.run([*pip, "-r", str(REQS[0]), "-e", str(ROOT)], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise SystemExit(f"cannot install the peers: {p.stderr.strip().splitlines()[-1:]}")
+        p = subprocess.run([*pip, "-r", str(REQS[1])], capture_output=True, text=True)
+        if p.returncode != 0:
+            (PEERS / ".ray-missing").write_text(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "pip failed")
+        else:
+            (PEERS / ".ray-missing").unlink(missing_ok=True)
+        stamp.write_text(want)
+    missing = PEERS / ".ray-missing"
+    return f"Ray did not install: {missing.read_text().strip()}" if missing.exists() else ""
+
+
+@dataclasses.dataclass
+class Outcome:
+    seconds: float                 # whole job: start to the last result counted (ours: to its exit)
+    busy: float                    # synthesis time / (workers x first-to-last synthesis span)
+    done: int                      # counted done with a valid wav
+    lost_counted: int = 0          # counted done, no valid wav
+    lost_dropped: int = 0          # failed for good, or in no queue and with no result
+    duplicated: int = 0            # texts whose synthesis completed more than once
+    stuck: int = 0                 # held in flight or queued when the job ended
+    finished: bool = True          # the job ended by itself (not by the --grace cut)
+    killed: str = ""               # what was killed, when
+    note: str = ""
+
+
+class Killer(threading.Thread):
+    """SIGKILLs the process that is synthesizing once ``at`` texts have been synthesized."""
+
+    def __init__(self, log: Path, at: int):
+        super().__init__(daemon=True)
+        self.log, self.at, self.what, self.stop = log, at, "", threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            records = read_log(self.log)
+            if sum(len(r["texts"]) for r in records if "t1" in r) < self.at:
+                continue
+            ended = {(r["pid"], r["t0"]) for r in records if "t1" in r}
+            open_ = [r for r in records if "t1" not in r and (r["pid"], r["t0"]) not in ended]
+            if open_:
+                pid = open_[-1]["pid"]
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                self.what = f"pid {pid} at {time.time() - open_[-1]['t0']:.2f} s into a batch"
+                return
+
+
+def read_log(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def synthesis(log: Path, workers: int) -> tuple[float, Counter]:
+    """Busy fraction and how many times each text's synthesis completed."""
+    done = [r for r in read_log(log) if "t1" in r]
+    if not done:
+        return 0.0, Counter()
+    span = max(r["t1"] for r in done) - min(r["t0"] for r in done)
+    busy = sum(r["t1"] - r["t0"] for r in done) / (workers * span) if span > 0 else 0.0
+    return busy, Counter(t for r in done for t in r["texts"])
+
+
+def wav_ok(path: Path) -> bool:
+    from statesvc.audio import inspect
+    return inspect(path).valid
+
+
+def run_ours(work: Path, texts: list[str], a: argparse.Namespace, opts: dict) -> tuple[float, dict, dict]:
+    """bin/run-pipeline; books from its state: {text: state}, {text: wav path}."""
+    tf = work / "texts.txt"
+    tf.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    ds = work / "ds"
+    cmd = [str(ROOT / "bin" / "run-pipeline"), "--dataset", str(ds), "--texts", str(tf), "--workers",
+           str(a.workers), "--batch", str(a.batch), "--synth", "peers_synth:Logged"]
+    for k, v in opts.items():
+        cmd += ["--synth-opt", f"{k}={v}"]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=a.timeout)
+    seconds = time.time() - t0
+    if p.returncode not in (0, 3):
+        raise SystemExit(f"run-pipeline failed ({p.returncode}): {p.stderr[-1500:]}")
+    q = subprocess.run([str(Path(sys.executable).parent / "statesvc"), "list", "--json", "--dataset", str(ds)],
+                       capture_output=True, env=ENV, check=True)
+    state = {"completed": "done", "failed": "failed", "pending": "queued", "generating": "held"}
+    books, wavs = {}, {}
+    for e in json.loads(q.stdout):
+        books[e["text"]] = state[e["status"]]
+        wavs[e["text"]] = ds / "wavs" / f"{e['filename']}.wav"
+    return seconds, books, wavs
+
+
+def run_peer(system: str, work: Path, texts: list[str], a: argparse.Namespace,
+             opts: dict) -> tuple[float, dict, dict, str]:
+    script, extra = RUNNERS[system]
+    folder = work / "wavs"
+    folder.mkdir()
+    items = [[f"t{i:05d}", t] for i, t in enumerate(texts)]
+    job = {"work": str(work), "folder": str(folder), "items": items, "batch": a.batch, "workers": a.workers,
+           "opts": opts, "grace": a.grace, **extra}
+    (work / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    t0 = time.time()
+    p = subprocess.run([str(PEERS / "bin" / "python"), str(BENCH / script), str(work / "job.json")],
+                       capture_output=True, text=True, env=ENV, cwd=work, timeout=a.timeout)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        raise SystemExit(f"{system} runner failed ({p.returncode}): {p.stderr[-1500:]}")
+    answer = json.loads(lines[-1])
+    name_text = dict(items)
+    books = {name_text[n]: s for n, s in answer["books"].items()}
+    wavs = {t: folder / f"{n}.wav" for n, t in items}
+    seconds = (answer["t_last"] or time.time()) - t0
+    return seconds, books, wavs, answer.get("error", "")
+
+
+def run(system: str, texts: list[str], a: argparse.Namespace, kill: bool) -> Outcome:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-peers-{system}-", dir=os.environ.get("BENCH_DIR")))
+    log = work / "synth.log"
+    opts = {"log": str(log), "per_call": str(a.per_call), "per_text": str(a.per_text)}
+    killer = Killer(log, int(len(texts) * a.kill_at)) if kill else None
+    if killer:
+        killer.start()
+    try:
+        note = ""
+        if system == "run-pipeline":
+            seconds, books, wavs = run_ours(work, texts, a, opts)
+        else:
+            seconds, books, wavs, note = run_peer(system, work, texts, a, opts)
+        if killer:
+            killer.stop.set()
+            killer.join()
+        busy, count = synthesis(log, a.workers)
+        states = Counter(books.get(t, "gone") for t in texts)
+        done_ok = sum(1 for t in texts if books.get(t) == "done" and wav_ok(wavs[t]))
+        return Outcome(seconds=seconds, busy=busy, done=done_ok,
+                       lost_counted=states["done"] - done_ok,
+                       lost_dropped=states["failed"] + states["gone"],
+                       duplicated=sum(1 for t in texts if count[t] > 1),
+                       stuck=states["held"] + states["queued"],
+                       finished=states["done"] + states["failed"] + states["gone"] == len(texts)
+                       and (system == "run-pipeline" or states["gone"] == 0),
+                       killed=killer.what if killer else "", note=note)
+    finally:
+        if killer:
+            killer.stop.set()
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def table(results: dict[str, tuple[Outcome, Outcome]], n: int) -> str:
+    rows = ["| system | whole job (clean) | busy (clean) | after one SIGKILL: done | lost | duplicated | "
+            "stuck | finished by itself |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for system, (clean, kill) in results.items():
+        lost = kill.lost_counted + kill.lost_dropped
+        detail = f" ({kill.lost_counted} counted without a wav)" if kill.lost_counted else ""
+        rows.append(f"| {LABELS[system]} | {clean.seconds:.1f} s | {clean.busy:.3f} | {kill.done}/{n} | "
+                    f"{lost}{detail} | {kill.duplicated} | {kill.stuck} | {'yes' if kill.finished else 'no'} |")
+    return "\n".join(rows)
+
+
+def replace_block(path: Path, name: str, body: str) -> None:
+    text = path.read_text()
+    pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
+    if pattern.search(text):
+        path.write_text(pattern.sub(lambda _: f"<!-- {name}:start -->\n{body.rstrip()}\n<!-- {name}:end -->", text))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--texts", type=int, default=400)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--per-call", type=float, default=0.3, help="seconds of synthesis per batch")
+    ap.add_argument("--per-text", type=float, default=0.05, help="seconds of synthesis per text in a batch")
+    ap.add_argument("--kill-at", type=float, default=0.4, help="fraction of the texts synthesized at the kill")
+    ap.add_argument("--grace", type=float, default=30.0,
+                    help="a peer's job is over when nothing more came for this long (seconds)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take at most")
+    ap.add_argument("--systems", nargs="+", choices=SYSTEMS, default=SYSTEMS)
+    ap.add_argument("--keep", action="store_true", help="keep each run's folder (printed) to look at")
+    ap.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/BENCHMARKS.md and the README table.")
+    a = ap.parse_args()
+    skipped: dict[str, str] = {}
+    if any(s != "run-pipeline" for s in a.systems):
+        why = ensure_peers()
+        if why and "ray" in a.systems:
+            skipped["ray"] = why
+            print(f"skipping ray: {why}", file=sys.stderr)
+    if not shutil.which("redis-server") and any(s.startswith("celery") for s in a.systems):
+        for s in ("celery", "celery+reject"):
+            skipped[s] = "redis-server is not installed (Debian: apt-get install redis-server)"
+        print("skipping celery: redis-server is not installed (apt-get install redis-server)", file=sys.stderr)
+    texts = make_texts(a.texts)
+    results: dict[str, tuple[Outcome, Outcome]] = {}
+    for system in [s for s in a.systems if s not in skipped]:
+        pair = []
+        for kill in (False, True):
+            o = run(system, texts, a, kill)
+            pair.append(o)
+            print(f"  {system:>13} {'kill' if kill else 'clean':>5}: {o.seconds:6.1f} s busy {o.busy:.3f} "
+                  f"done {o.done} lost {o.lost_counted}+{o.lost_dropped} dup {o.duplicated} stuck {o.stuck}"
+                  f" finished={o.finished} {o.killed} {o.note}", file=sys.stderr, flush=True)
+        results[system] = (pair[0], pair[1])
+    shape = (f"{a.texts} texts, {a.workers} workers, batches of {a.batch}, a model of {a.per_call * 1000:.0f} ms "
+             f"a call + {a.per_text * 1000:.0f} ms a text")
+    out = table(results, a.texts)
+    print(f"{shape}\n{out}")
+    for s, why in skipped.items():
+        print(f"{s}: skipped, {why}")
+    if a.no_doc:
+        return
+    from report import update
+    notes = "".join(f"\n- {LABELS[s]}: skipped, {why}." for s, why in skipped.items())
+    kills = "".join(f"\n- {LABELS[s]}: killed {k.killed}{'; ' + k.note if k.note else ''}."
+                    for s, (_, k) in results.items())
+    update("peers", f"The peers side by side: {shape}", DOC.format(table=out, grace=a.grace, kill_at=a.kill_at)
+           + f"\n\nWhat was killed in each run:{kills}{notes}")
+    replace_block(ROOT / "README.md", "peers", f"{shape}, one worker SIGKILLed mid-batch "
+                  f"(`bench/peers.py`, details in docs/BENCHMARKS.md):\n\n{out}")
+
+
+DOC = """The same job through each system: the same texts, the same plugin (`bench/peers_synth.py`, a
+GPU model's cost shape that logs its calls), the same wav bytes written through a temp file and
+fsync before a result counts, the same number of worker processes (the model loaded once in
+each). Each system runs it twice. **Clean**: the whole job's time (start-up of the broker,
+daemon or Ray included, to the last result counted; for ours, to its exit) and the busy
+fraction (synthesis time summed over the workers / (workers x first-to-last synthesis span)).
+**SIGKILL**: once {kill_at:.0%} of the texts are synthesized, the worker process that is
+synthesizing is SIGKILLed (a CUDA crash), and the books are read when the job ends, or when
+nothing more came for {grace:.0f} s: **lost** = counted done without a valid wav, or dropped
+(failed for good, or in no queue and with no result: nobody will make it unless a person finds
+it), **duplicated** = texts whose synthesis completed more than once (the batch under synthesis
+at the kill is redone by those that retry; that is not counted), **stuck** = still held in flight
+or queued at the end, **finished by itself** = every text reached a final state without the cut.
+
+{table}
+
+Settings, as each tool's documentation recommends for long tasks that must not be lost:
+- huey: `SqliteHuey(fsync=True)` (SQLite `synchronous=FULL`), `huey_consumer -w W -k process`, one
+  task per batch, done = a result in huey's store. huey takes a task off the queue when a worker
+  starts it and records nothing of it while it runs: a dead worker's task is in no queue and
+  never gets a result (the consumer restarts the worker; huey's issues #728, #733).
+- Celery: Redis with `appendfsync always` on a private port, `task_acks_late=True`,
+  `worker_prefetch_multiplier=1`, a Redis result backend, `celery worker -c W` (prefork). By
+  default a task whose pool process dies is acknowledged anyway and recorded FAILURE
+  (WorkerLostError), never retried, as Celery's task guide warns; with
+  `task_reject_on_worker_lost=True` it is requeued at once (its docs warn of a task that kills
+  its worker every time: it is then requeued forever, where ours ends `failed` after
+  `--max-attempts`). A message a worker took and never acknowledged waits for the visibility
+  timeout (1 h) before anyone gets it again.
+- Ray Data: `map_batches` with a class (an actor pool of W, `concurrency=W`, `num_cpus=1`), its
+  defaults (dead actors restarted, their tasks retried); the driver appends each output batch's
+  names to a manifest, fsynced, before counting them: Ray keeps no books of its own once the
+  job ends.
+- Ours: `bin/run-pipeline --workers W --batch B` as the README runs it (daemon, reconciler,
+  supervisor), `--max-attempts` 3.
+
+Caveats: a 2-core machine shared with other work, so the times are of one run each, not medians;
+the peers' worker processes start once per job, as ours do. The run builds `.venv-peers` (the
+peers and this project, never the other way round) on first use; Redis is Debian's
+`redis-server`."""
+
+
+if __name__ == "__main__":
+    main()

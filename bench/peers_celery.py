@@ -1,0 +1,113 @@
+"""Celery with Redis as a user would run the TTS job: one task per batch, results in Redis.
+
+Settings and why (Celery's docs on long tasks and on worker loss): ``task_acks_late=True`` (a
+message is acknowledged after the task, so a worker lost mid-task does not lose it),
+``worker_prefetch_multiplier=1`` (long tasks: a worker reserves one message per process),
+``task_reject_on_worker_lost`` as the job says (``PEERS_CELERY_REJECT=1``: a task whose pool
+process died is requeued; off, Celery's default, it is acknowledged and recorded as failed with
+WorkerLostError, as the docs warn), a Redis result backend. Redis is Debian's ``redis-server``,
+started here on a private port with ``appendonly yes`` and ``appendfsync always``: queue and
+results are fsynced before Redis answers. ``celery worker -c W`` (prefork: one process per GPU,
+the model loaded once per process). A task is counted done when its result is SUCCESS in Redis.
+A message taken but never acknowledged waits in Redis's ``unacked`` set for the visibility
+timeout (1 hour by default) before it is delivered again.
+
+    .venv-peers/bin/python bench/peers_celery.py JOB.json     (bench/peers.py writes JOB.json)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from celery import Celery
+from peers_work import do_batch, load_job, report
+
+PORT = int(os.environ.get("PEERS_REDIS_PORT", "6379"))
+app = Celery("peers_celery", broker=f"redis://127.0.0.1:{PORT}/0", backend=f"redis://127.0.0.1:{PORT}/1")
+app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1,
+                task_reject_on_worker_lost=os.environ.get("PEERS_CELERY_REJECT") == "1",
+                broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+
+
+@app.task(name="peers.synth_batch")
+def synth_batch(folder: str, items: list[list[str]], opts: dict[str, str]) -> list[str]:
+    return do_batch(folder, items, opts)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_redis(port: int, deadline: float) -> None:
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"redis-server did not listen on {port}")
+
+
+def main(job_path: str) -> None:
+    job = load_job(job_path)
+    port = free_port()
+    os.environ["PEERS_REDIS_PORT"] = str(port)
+    os.environ["PEERS_CELERY_REJECT"] = "1" if job.get("reject_on_worker_lost") else "0"
+    import peers_celery as tasks  # by its module name, with the port set: the worker's view
+
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", job["work"],
+                              "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    worker = None
+    try:
+        wait_redis(port, time.time() + 10)
+        log = open(os.path.join(job["work"], "celery-worker.log"), "wb")
+        worker = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "celery"), "-A", "peers_celery",
+                                   "worker", "-c", str(job["workers"]), "--pool", "prefork", "-l", "INFO",
+                                   "--without-gossip", "--without-mingle", "--without-heartbeat"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, cwd=job["work"])
+        batches = [job["items"][i:i + job["batch"]] for i in range(0, len(job["items"]), job["batch"])]
+        results = [(b, tasks.synth_batch.delay(job["folder"], b, job["opts"])) for b in batches]
+        books: dict[str, str] = {}
+        t_last, last_change = None, time.time()
+        while len(books) < len(job["items"]) and time.time() - last_change < job["grace"]:
+            for batch, res in results:
+                if batch[0][0] in books:
+                    continue
+                state = res.state
+                if state in ("SUCCESS", "FAILURE"):
+                    books.update({name: "done" if state == "SUCCESS" else "failed" for name, _ in batch})
+                    t_last = last_change = time.time()
+            time.sleep(0.05)
+        client = tasks.app.connection().default_channel.client
+        unacked = {v for v in client.hvals("unacked")} if client.exists("unacked") else set()
+        queued = set(client.lrange("celery", 0, -1))
+        for batch, res in results:
+            held = any(res.id.encode() in m for m in unacked)
+            waiting = any(res.id.encode() in m for m in queued)
+            for name, _ in batch:
+                books.setdefault(name, "held" if held else "queued" if waiting else "gone")
+        report(books, t_last)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGQUIT)  # cold stop: the books are read, nothing to drain
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        redis.terminate()
+        redis.wait(15)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
