@@ -32,16 +32,15 @@ bench/requirements-peers-ray.txt, plus this project, editable), never in the pro
 from __future__ import annotations
 
 import argparse
+import calendar
 import dataclasses
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -97,40 +96,17 @@ def ensure_peers() -> str:
 
 @dataclasses.dataclass
 class Outcome:
-    seconds: float                 # whole job: start to the last result counted (ours: to its exit)
+    seconds: float                 # whole job: start to the last result counted
     busy: float                    # synthesis time / (workers x first-to-last synthesis span)
     done: int                      # counted done with a valid wav
     lost_counted: int = 0          # counted done, no valid wav
     lost_dropped: int = 0          # failed for good, or in no queue and with no result
-    duplicated: int = 0            # texts whose synthesis completed more than once
+    twice: int = 0                 # complete wavs written again for a text that had one
+    resynthesized: int = 0         # texts whose synthesis completed more than once
     stuck: int = 0                 # held in flight or queued when the job ended
     finished: bool = True          # the job ended by itself (not by the --grace cut)
     killed: str = ""               # what was killed, when
     note: str = ""
-
-
-class Killer(threading.Thread):
-    """SIGKILLs the process that is synthesizing once ``at`` texts have been synthesized."""
-
-    def __init__(self, log: Path, at: int):
-        super().__init__(daemon=True)
-        self.log, self.at, self.what, self.stop = log, at, "", threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.02):
-            records = read_log(self.log)
-            if sum(len(r["texts"]) for r in records if "t1" in r) < self.at:
-                continue
-            ended = {(r["pid"], r["t0"]) for r in records if "t1" in r}
-            open_ = [r for r in records if "t1" not in r and (r["pid"], r["t0"]) not in ended]
-            if open_:
-                pid = open_[-1]["pid"]
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-                self.what = f"pid {pid} at {time.time() - open_[-1]['t0']:.2f} s into a batch"
-                return
 
 
 def read_log(path: Path) -> list[dict]:
@@ -141,14 +117,18 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.endswith("}")]
 
 
-def synthesis(log: Path, workers: int) -> tuple[float, Counter]:
-    """Busy fraction and how many times each text's synthesis completed."""
-    done = [r for r in read_log(log) if "t1" in r]
+def synthesis(log: Path, workers: int) -> tuple[float, Counter, Counter, str]:
+    """Busy fraction, how many times each text's synthesis completed, how many times each name's
+    wav was written (the peers' tasks log it), and what was killed."""
+    records = read_log(log)
+    done = [r for r in records if "t1" in r]
+    killed = "".join(f"pid {r['pid']} during its {r['killed']}" for r in records if "killed" in r)
+    written = Counter(r["wrote"] for r in records if "wrote" in r)
     if not done:
-        return 0.0, Counter()
+        return 0.0, Counter(), written, killed
     span = max(r["t1"] for r in done) - min(r["t0"] for r in done)
     busy = sum(r["t1"] - r["t0"] for r in done) / (workers * span) if span > 0 else 0.0
-    return busy, Counter(t for r in done for t in r["texts"])
+    return busy, Counter(t for r in done for t in r["texts"]), written, killed
 
 
 def wav_ok(path: Path) -> bool:
@@ -156,8 +136,11 @@ def wav_ok(path: Path) -> bool:
     return inspect(path).valid
 
 
-def run_ours(work: Path, texts: list[str], a: argparse.Namespace, opts: dict) -> tuple[float, dict, dict]:
-    """bin/run-pipeline; books from its state: {text: state}, {text: wav path}."""
+def run_ours(work: Path, texts: list[str], a: argparse.Namespace,
+             opts: dict) -> tuple[float, dict, dict, int, str]:
+    """bin/run-pipeline; start to the last completion the state records, books from the state:
+    {text: state}, {text: wav path}, whole takes written twice, and when it exited (its clean stop:
+    last reconcile, checkpoint)."""
     tf = work / "texts.txt"
     tf.write_text("\n".join(texts) + "\n", encoding="utf-8")
     ds = work / "ds"
@@ -173,15 +156,24 @@ def run_ours(work: Path, texts: list[str], a: argparse.Namespace, opts: dict) ->
     q = subprocess.run([str(Path(sys.executable).parent / "statesvc"), "list", "--json", "--dataset", str(ds)],
                        capture_output=True, env=ENV, check=True)
     state = {"completed": "done", "failed": "failed", "pending": "queued", "generating": "held"}
-    books, wavs = {}, {}
+    books, wavs, last = {}, {}, t0
     for e in json.loads(q.stdout):
         books[e["text"]] = state[e["status"]]
         wavs[e["text"]] = ds / "wavs" / f"{e['filename']}.wav"
-    return seconds, books, wavs
+        if e["status"] == "completed" and e["updated_at"]:
+            last = max(last, epoch(e["updated_at"]))
+    # a second whole take of an entry never replaces the one that counts: it goes to stale/
+    twice = sum(1 for f in (ds / "stale").glob("*.wav") if wav_ok(f)) if (ds / "stale").is_dir() else 0
+    return last - t0, books, wavs, twice, f"exited after {seconds:.1f} s"
+
+
+def epoch(iso: str) -> float:
+    """statesvc's ``2026-12-03T06:01:53.123Z`` as seconds since the epoch."""
+    return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S")) + int(iso[20:23]) / 1000
 
 
 def run_peer(system: str, work: Path, texts: list[str], a: argparse.Namespace,
-             opts: dict) -> tuple[float, dict, dict, str]:
+             opts: dict) -> tuple[float, dict, dict, int, str]:
     script, extra = RUNNERS[system]
     folder = work / "wavs"
     folder.mkdir()
@@ -200,52 +192,64 @@ def run_peer(system: str, work: Path, texts: list[str], a: argparse.Namespace,
     books = {name_text[n]: s for n, s in answer["books"].items()}
     wavs = {t: folder / f"{n}.wav" for n, t in items}
     seconds = (answer["t_last"] or time.time()) - t0
-    return seconds, books, wavs, answer.get("error", "")
+    _, _, written, _ = synthesis(work / "synth.log", a.workers)
+    return seconds, books, wavs, sum(1 for c in written.values() if c > 1), answer.get("error", "")
 
 
-def run(system: str, texts: list[str], a: argparse.Namespace, kill: bool) -> Outcome:
+def run(system: str, texts: list[str], a: argparse.Namespace, kill: str) -> Outcome:
+    """One job; ``kill``: "" (clean), "synthesis" or "write" (where the worker dies)."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-peers-{system}-", dir=os.environ.get("BENCH_DIR")))
     log = work / "synth.log"
     opts = {"log": str(log), "per_call": str(a.per_call), "per_text": str(a.per_text)}
-    killer = Killer(log, int(len(texts) * a.kill_at)) if kill else None
-    if killer:
-        killer.start()
+    if kill:
+        opts.update(die_at=str(int(len(texts) * a.kill_at)), die_in=kill, marker=str(work / "died"))
     try:
-        note = ""
         if system == "run-pipeline":
-            seconds, books, wavs = run_ours(work, texts, a, opts)
+            seconds, books, wavs, twice, note = run_ours(work, texts, a, opts)
         else:
-            seconds, books, wavs, note = run_peer(system, work, texts, a, opts)
-        if killer:
-            killer.stop.set()
-            killer.join()
-        busy, count = synthesis(log, a.workers)
+            seconds, books, wavs, twice, note = run_peer(system, work, texts, a, opts)
+        busy, count, _, killed = synthesis(log, a.workers)
+        if kill and not killed:
+            raise SystemExit(f"{system}: nothing was killed (--kill-at too late?)")
         states = Counter(books.get(t, "gone") for t in texts)
         done_ok = sum(1 for t in texts if books.get(t) == "done" and wav_ok(wavs[t]))
+        final = states["done"] + states["failed"] + states["gone"] == len(texts)
         return Outcome(seconds=seconds, busy=busy, done=done_ok,
                        lost_counted=states["done"] - done_ok,
                        lost_dropped=states["failed"] + states["gone"],
-                       duplicated=sum(1 for t in texts if count[t] > 1),
+                       twice=twice, resynthesized=sum(1 for t in texts if count[t] > 1),
                        stuck=states["held"] + states["queued"],
-                       finished=states["done"] + states["failed"] + states["gone"] == len(texts)
-                       and (system == "run-pipeline" or states["gone"] == 0),
-                       killed=killer.what if killer else "", note=note)
+                       finished=final and (system == "run-pipeline" or states["gone"] == 0),
+                       killed=killed, note=note)
     finally:
-        if killer:
-            killer.stop.set()
-        if not a.keep:
+        if a.keep:
+            print(f"  kept {work}", file=sys.stderr)
+        else:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def table(results: dict[str, tuple[Outcome, Outcome]], n: int) -> str:
-    rows = ["| system | whole job (clean) | busy (clean) | after one SIGKILL: done | lost | duplicated | "
-            "stuck | finished by itself |", "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for system, (clean, kill) in results.items():
-        lost = kill.lost_counted + kill.lost_dropped
-        detail = f" ({kill.lost_counted} counted without a wav)" if kill.lost_counted else ""
-        rows.append(f"| {LABELS[system]} | {clean.seconds:.1f} s | {clean.busy:.3f} | {kill.done}/{n} | "
-                    f"{lost}{detail} | {kill.duplicated} | {kill.stuck} | {'yes' if kill.finished else 'no'} |")
-    return "\n".join(rows)
+KILLS = {"synthesis": "during synthesis", "write": "during its wav writes"}
+
+
+def tables(results: dict[str, dict[str, Outcome]], n: int) -> tuple[str, str]:
+    """The full table (docs) and the short one (README)."""
+    full = ["| system | whole job (clean) | busy (clean) | worker killed | done | lost | written twice | "
+            "re-synthesized | stuck | finished by itself |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    short = ["| system | whole job | busy | after a SIGKILL during synthesis / during writes: lost, written "
+             "twice, stuck |", "|---|---:|---:|---|"]
+    for system, runs in results.items():
+        clean = runs[""]
+        cells = []
+        for kill, label in KILLS.items():
+            k = runs[kill]
+            lost = k.lost_counted + k.lost_dropped
+            detail = f" ({k.lost_counted} counted without a wav)" if k.lost_counted else ""
+            full.append(f"| {LABELS[system]} | {clean.seconds:.1f} s | {clean.busy:.3f} | {label} | {k.done}/{n} | "
+                        f"{lost}{detail} | {k.twice} | {k.resynthesized} | {k.stuck} | "
+                        f"{'yes' if k.finished else 'no'} |")
+            cells.append(f"{lost}, {k.twice}, {k.stuck}")
+        short.append(f"| {LABELS[system]} | {clean.seconds:.1f} s | {clean.busy:.3f} | {' / '.join(cells)} |")
+    return "\n".join(full), "\n".join(short)
 
 
 def replace_block(path: Path, name: str, body: str) -> None:
@@ -281,39 +285,39 @@ def main() -> None:
             skipped[s] = "redis-server is not installed (Debian: apt-get install redis-server)"
         print("skipping celery: redis-server is not installed (apt-get install redis-server)", file=sys.stderr)
     texts = make_texts(a.texts)
-    results: dict[str, tuple[Outcome, Outcome]] = {}
+    results: dict[str, dict[str, Outcome]] = {}
     for system in [s for s in a.systems if s not in skipped]:
-        pair = []
-        for kill in (False, True):
-            o = run(system, texts, a, kill)
-            pair.append(o)
-            print(f"  {system:>13} {'kill' if kill else 'clean':>5}: {o.seconds:6.1f} s busy {o.busy:.3f} "
-                  f"done {o.done} lost {o.lost_counted}+{o.lost_dropped} dup {o.duplicated} stuck {o.stuck}"
-                  f" finished={o.finished} {o.killed} {o.note}", file=sys.stderr, flush=True)
-        results[system] = (pair[0], pair[1])
+        results[system] = {}
+        for kill in ("", *KILLS):
+            o = results[system][kill] = run(system, texts, a, kill)
+            print(f"  {system:>13} {kill or 'clean':>9}: {o.seconds:6.1f} s busy {o.busy:.3f} done {o.done} "
+                  f"lost {o.lost_counted}+{o.lost_dropped} twice {o.twice} resynth {o.resynthesized} "
+                  f"stuck {o.stuck} finished={o.finished} {o.killed} {o.note}", file=sys.stderr, flush=True)
     shape = (f"{a.texts} texts, {a.workers} workers, batches of {a.batch}, a model of {a.per_call * 1000:.0f} ms "
              f"a call + {a.per_text * 1000:.0f} ms a text")
-    out = table(results, a.texts)
-    print(f"{shape}\n{out}")
+    full, short = tables(results, a.texts)
+    print(f"{shape}\n{full}")
     for s, why in skipped.items():
         print(f"{s}: skipped, {why}")
     if a.no_doc:
         return
     from report import update
     notes = "".join(f"\n- {LABELS[s]}: skipped, {why}." for s, why in skipped.items())
-    kills = "".join(f"\n- {LABELS[s]}: killed {k.killed}{'; ' + k.note if k.note else ''}."
-                    for s, (_, k) in results.items())
-    update("peers", f"The peers side by side: {shape}", DOC.format(table=out, grace=a.grace, kill_at=a.kill_at)
-           + f"\n\nWhat was killed in each run:{kills}{notes}")
-    replace_block(ROOT / "README.md", "peers", f"{shape}, one worker SIGKILLed mid-batch "
-                  f"(`bench/peers.py`, details in docs/BENCHMARKS.md):\n\n{out}")
+    runs = "".join(f"\n- {LABELS[s]}: " + "; ".join(
+        f"{kill or 'clean'}: {o.killed + ', ' if o.killed else ''}{o.note or 'no error'}" for kill, o in r.items())
+        for s, r in results.items())
+    update("peers", f"The peers side by side: {shape}", DOC.format(table=full, grace=a.grace, kill_at=a.kill_at)
+           + f"\n\nEach run (what was killed; the job's own end):{runs}{notes}")
+    replace_block(ROOT / "README.md", "peers", f"{shape}; one worker SIGKILLed once "
+                  f"(`.venv/bin/python bench/peers.py`; details in docs/BENCHMARKS.md):\n\n{short}")
 
 
 DOC = """The same job through each system: the same texts, the same plugin (`bench/peers_synth.py`, a
 GPU model's cost shape that logs its calls), the same wav bytes written through a temp file and
 fsync before a result counts, the same number of worker processes (the model loaded once in
 each). Each system runs it twice. **Clean**: the whole job's time (start-up of the broker,
-daemon or Ray included, to the last result counted; for ours, to its exit) and the busy
+daemon or Ray included, to the last result counted, durable; ours then stops cleanly in
+about a second more: last reconcile, checkpoint) and the busy
 fraction (synthesis time summed over the workers / (workers x first-to-last synthesis span)).
 **SIGKILL**: once {kill_at:.0%} of the texts are synthesized, the worker process that is
 synthesizing is SIGKILLed (a CUDA crash), and the books are read when the job ends, or when
