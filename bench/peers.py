@@ -12,15 +12,17 @@ rename (and, for the peers, fsync of the folder), and counted only once it is on
   ``task_reject_on_worker_lost`` (bench/peers_celery.py).
 - ``ray``: Ray Data ``map_batches`` with a pool of W actors, where Ray installs (bench/peers_ray.py).
 
-Each system runs the job twice: clean (whole-job time, busy fraction: synthesis time summed over
-the workers / (W x first-to-last synthesis span)), then with the worker process that is
-synthesizing SIGKILLed once 40 % of the texts are synthesized (a CUDA crash), after which its
-books are read: **lost** (counted done with no valid wav, or dropped: failed for good or in no
-queue and no result, nobody will make it), **duplicated** (a text whose synthesis completed more
-than once: work and wavs done twice; the batch under synthesis at the kill, redone, is not a
-duplicate), **stuck** (held in flight or queued when the job gave up: nothing more came for
-``--grace`` seconds), and whether the job finished by itself. A peer's books are its result store
-as its user reads it (see each runner's docstring for its settings and why).
+Each system runs the job three times: clean (whole-job time; busy fraction: synthesis time
+summed over the workers / (W x first-to-last synthesis span)), then twice with one worker
+process SIGKILLed once 40 % of the texts are synthesized (a CUDA crash; the plugin does it to its
+own process, once per job): halfway through a batch's synthesis, and just after a batch's
+synthesis, while its wavs are written. Then its books are read: **lost** (counted done with no
+valid wav, or dropped: failed for good, or in no queue and with no result: nobody will make it),
+**written twice** (a whole wav written again for a text that had one), **re-synthesized** (texts
+whose synthesis completed more than once: GPU time spent twice), **stuck** (held in flight or
+queued when the job gave up: nothing more came for ``--grace`` seconds), and whether the job
+finished by itself. A peer's books are its result store as its user reads it (each runner's
+docstring says its settings and why).
 
 The peers run in their own venv, ``.venv-peers`` (made here from bench/requirements-peers.txt and
 bench/requirements-peers-ray.txt, plus this project, editable), never in the project's. Run:
@@ -313,19 +315,22 @@ def main() -> None:
 
 
 DOC = """The same job through each system: the same texts, the same plugin (`bench/peers_synth.py`, a
-GPU model's cost shape that logs its calls), the same wav bytes written through a temp file and
-fsync before a result counts, the same number of worker processes (the model loaded once in
-each). Each system runs it twice. **Clean**: the whole job's time (start-up of the broker,
-daemon or Ray included, to the last result counted, durable; ours then stops cleanly in
-about a second more: last reconcile, checkpoint) and the busy
-fraction (synthesis time summed over the workers / (workers x first-to-last synthesis span)).
-**SIGKILL**: once {kill_at:.0%} of the texts are synthesized, the worker process that is
-synthesizing is SIGKILLed (a CUDA crash), and the books are read when the job ends, or when
-nothing more came for {grace:.0f} s: **lost** = counted done without a valid wav, or dropped
-(failed for good, or in no queue and with no result: nobody will make it unless a person finds
-it), **duplicated** = texts whose synthesis completed more than once (the batch under synthesis
-at the kill is redone by those that retry; that is not counted), **stuck** = still held in flight
-or queued at the end, **finished by itself** = every text reached a final state without the cut.
+GPU model's cost shape that logs its calls), the same wav bytes, each written through a temp file
+and fsync before its result counts, the same number of worker processes (the model loaded once
+in each), batches of the same size. Each system runs it three times. **Clean**: the whole job's
+time (start-up of the broker, daemon or Ray included, to the last result counted, durable; ours
+then stops cleanly, last reconcile and checkpoint, in about a second more) and the busy fraction
+(synthesis time summed over the workers / (workers x first-to-last synthesis span)). **Killed**:
+once {kill_at:.0%} of the texts are synthesized, one worker process is SIGKILLed (a CUDA crash;
+the plugin does it to its own process, once per job), either halfway through a batch's
+synthesis or just after it (5 ms into the writing of its wavs); the books are read when the job
+ends, or when nothing more came for {grace:.0f} s. **Lost**: counted done without a valid wav, or
+dropped (failed for good, or in no queue and with no result: nobody will make it unless a
+person finds it). **Written twice**: a whole wav written again for a text that already had one
+(for ours: a valid take in `stale/`; for the peers: their task logs each write). **Re-synthesized**:
+texts whose synthesis completed more than once (GPU time spent twice; a batch cut short by the
+kill is not counted). **Stuck**: still held in flight or queued at the end. **Finished by
+itself**: every text reached a final state without the cut.
 
 {table}
 

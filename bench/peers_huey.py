@@ -31,6 +31,9 @@ def synth_batch(folder: str, items: list[list[str]], opts: dict[str, str]) -> li
     return do_batch(folder, items, opts)
 
 
+WINDOW = 8  # results looked at per poll: the store is not hammered with a read per task every poll
+
+
 def main(job_path: str) -> None:
     job = load_job(job_path)
     os.environ["PEERS_HUEY_DB"] = os.path.join(job["work"], "huey.db")
@@ -48,9 +51,8 @@ def main(job_path: str) -> None:
         books: dict[str, str] = {}
         t_last, last_change = None, time.time()
         while len(books) < len(job["items"]) and time.time() - last_change < job["grace"]:
-            for batch, res in results:
-                if batch[0][0] in books:
-                    continue
+            # like a user's loop of result.get(): the oldest unfinished first, a few at a time
+            for batch, res in [(b, r) for b, r in results if b[0][0] not in books][:WINDOW]:
                 try:
                     value = res.get(preserve=True)
                 except TaskException:
@@ -60,7 +62,7 @@ def main(job_path: str) -> None:
                 if value is not None:
                     books.update({name: state for name, _ in batch})
                     t_last = last_change = time.time()
-            time.sleep(0.05)
+            time.sleep(0.02)
         queued = {t.id for t in app.huey.pending()}
         for batch, res in results:
             for name, _ in batch:
