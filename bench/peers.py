@@ -9,7 +9,8 @@ rename (and, for the peers, fsync of the folder), and counted only once it is on
 - ``huey``: ``SqliteHuey(fsync=True)``, ``huey_consumer -w W -k process`` (bench/peers_huey.py).
 - ``celery``: Redis (Debian's redis-server on a private port, ``appendfsync always``), ``acks_late``,
   prefetch 1, ``celery worker -c W``; once with Celery's default on a lost worker and once with
-  ``task_reject_on_worker_lost`` (bench/peers_celery.py).
+  ``task_reject_on_worker_lost``, and once as W ``--pool solo`` workers, one per GPU, restarted
+  when they die (bench/peers_celery.py).
 - ``ray``: Ray Data ``map_batches`` with a pool of W actors, where Ray installs (bench/peers_ray.py).
 
 Each system runs the job three times: clean (whole-job time; busy fraction: synthesis time
@@ -27,7 +28,7 @@ docstring says its settings and why).
 The peers run in their own venv, ``.venv-peers`` (made here from bench/requirements-peers.txt and
 bench/requirements-peers-ray.txt, plus this project, editable), never in the project's. Run:
 
-    .venv/bin/python bench/peers.py                 # 400 texts, 2 workers, batch 4: ~10 min
+    .venv/bin/python bench/peers.py                 # 400 texts, 2 workers, batch 4: ~20 min
     .venv/bin/python bench/peers.py --systems run-pipeline --no-doc     # ours alone, printed
 """
 
@@ -54,11 +55,13 @@ sys.path.insert(0, str(BENCH))
 PEERS = ROOT / ".venv-peers"
 REQS = [BENCH / "requirements-peers.txt", BENCH / "requirements-peers-ray.txt"]
 RUNNERS = {"huey": ("peers_huey.py", {}), "celery": ("peers_celery.py", {"reject_on_worker_lost": False}),
-           "celery+reject": ("peers_celery.py", {"reject_on_worker_lost": True}), "ray": ("peers_ray.py", {})}
+           "celery+reject": ("peers_celery.py", {"reject_on_worker_lost": True}),
+           "celery-solo": ("peers_celery.py", {"solo": True}), "ray": ("peers_ray.py", {})}
 SYSTEMS = ["run-pipeline", *RUNNERS]
 LABELS = {"run-pipeline": "`bin/run-pipeline` (ours)", "huey": "huey, SQLite (`fsync=True`)",
           "celery": "Celery + Redis, `acks_late`", "celery+reject": "Celery + Redis, `acks_late` + "
-          "`task_reject_on_worker_lost`", "ray": "Ray Data, `map_batches` actor pool"}
+          "`task_reject_on_worker_lost`", "celery-solo": "Celery + Redis, `acks_late`, a `--pool solo` "
+          "worker per GPU", "ray": "Ray Data, `map_batches` actor pool"}
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{BENCH}", "PIPELINE_PYTHON": sys.executable}
 
 WORDS = ("el sol brilla sobre la montaña nevada mientras los niños juegan en el parque y la música "
@@ -230,14 +233,14 @@ def run(system: str, texts: list[str], a: argparse.Namespace, kill: str) -> Outc
             shutil.rmtree(work, ignore_errors=True)
 
 
-KILLS = {"synthesis": "during synthesis", "write": "during its wav writes"}
+KILLS = {"synthesis": "mid-synthesis", "write": "5 ms after synthesis"}
 
 
 def tables(results: dict[str, dict[str, Outcome]], n: int) -> tuple[str, str]:
     """The full table (docs) and the short one (README)."""
     full = ["| system | whole job (clean) | busy (clean) | worker killed | done | lost | written twice | "
             "re-synthesized | stuck | finished by itself |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
-    short = ["| system | whole job | busy | after a SIGKILL during synthesis / during writes: lost, written "
+    short = ["| system | whole job | busy | SIGKILL mid-synthesis / 5 ms after synthesis: lost, written "
              "twice, stuck |", "|---|---:|---:|---|"]
     for system, runs in results.items():
         clean = runs[""]
@@ -323,7 +326,7 @@ then stops cleanly, last reconcile and checkpoint, in about a second more) and t
 (synthesis time summed over the workers / (workers x first-to-last synthesis span)). **Killed**:
 once {kill_at:.0%} of the texts are synthesized, one worker process is SIGKILLed (a CUDA crash;
 the plugin does it to its own process, once per job), either halfway through a batch's
-synthesis or just after it (5 ms into the writing of its wavs); the books are read when the job
+synthesis or 5 ms after the synthesis returned (while its wavs are written or reported); the books are read when the job
 ends, or when nothing more came for {grace:.0f} s. **Lost**: counted done without a valid wav, or
 dropped (failed for good, or in no queue and with no result: nobody will make it unless a
 person finds it). **Written twice**: a whole wav written again for a text that already had one
@@ -345,8 +348,10 @@ Settings, as each tool's documentation recommends for long tasks that must not b
   (WorkerLostError), never retried, as Celery's task guide warns; with
   `task_reject_on_worker_lost=True` it is requeued at once (its docs warn of a task that kills
   its worker every time: it is then requeued forever, where ours ends `failed` after
-  `--max-attempts`). A message a worker took and never acknowledged waits for the visibility
-  timeout (1 h) before anyone gets it again.
+  `--max-attempts`). With one `--pool solo` worker per GPU (each restarted when it dies, as
+  systemd would), the process that dies is the one holding the message: it stays in Redis's
+  `unacked` set, and nobody gets it again before the visibility timeout (1 h by default; a
+  restarted worker does not take it back earlier).
 - Ray Data: `map_batches` with a class (an actor pool of W, `concurrency=W`, `num_cpus=1`), its
   defaults (dead actors restarted, their tasks retried); the driver appends each output batch's
   names to a manifest, fsynced, before counting them: Ray keeps no books of its own once the
