@@ -260,8 +260,9 @@ def tables(results: dict[str, dict[str, Outcome]], n: int) -> tuple[str, str]:
 def replace_block(path: Path, name: str, body: str) -> None:
     text = path.read_text()
     pattern = re.compile(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", re.S)
-    if pattern.search(text):
-        path.write_text(pattern.sub(lambda _: f"<!-- {name}:start -->\n{body.rstrip()}\n<!-- {name}:end -->", text))
+    if not pattern.search(text):
+        raise SystemExit(f"{path.name} has no <!-- {name}:start --> ... <!-- {name}:end --> block to fill")
+    path.write_text(pattern.sub(lambda _: f"<!-- {name}:start -->\n{body.rstrip()}\n<!-- {name}:end -->", text))
 
 
 def main() -> None:
@@ -317,23 +318,23 @@ def main() -> None:
                   f"(`.venv/bin/python bench/peers.py`; details in docs/BENCHMARKS.md):\n\n{short}")
 
 
-DOC = """The same job through each system: the same texts, the same plugin (`bench/peers_synth.py`, a
-GPU model's cost shape that logs its calls), the same wav bytes, each written through a temp file
-and fsync before its result counts, the same number of worker processes (the model loaded once
-in each), batches of the same size. Each system runs it three times. **Clean**: the whole job's
-time (start-up of the broker, daemon or Ray included, to the last result counted, durable; ours
-then stops cleanly, last reconcile and checkpoint, in about a second more) and the busy fraction
+DOC = """The same job through each system: the same texts, the same plugin (`bench/peers_synth.py`, a GPU
+model's cost shape that logs its calls), the same wav bytes, each written through a temp file and
+fsync before its result counts, the same number of worker processes (the model loaded once in
+each), batches of the same size. Each system runs it three times. **Clean**: the whole job's time
+(start-up of the broker, daemon or Ray included, to the last result counted, durable; ours then
+stops cleanly, last reconcile and checkpoint, in about a second more) and the busy fraction
 (synthesis time summed over the workers / (workers x first-to-last synthesis span)). **Killed**:
 once {kill_at:.0%} of the texts are synthesized, one worker process is SIGKILLed (a CUDA crash;
-the plugin does it to its own process, once per job), either halfway through a batch's
-synthesis or 5 ms after the synthesis returned (while its wavs are written or reported); the books are read when the job
-ends, or when nothing more came for {grace:.0f} s. **Lost**: counted done without a valid wav, or
-dropped (failed for good, or in no queue and with no result: nobody will make it unless a
-person finds it). **Written twice**: a whole wav written again for a text that already had one
-(for ours: a valid take in `stale/`; for the peers: their task logs each write). **Re-synthesized**:
-texts whose synthesis completed more than once (GPU time spent twice; a batch cut short by the
-kill is not counted). **Stuck**: still held in flight or queued at the end. **Finished by
-itself**: every text reached a final state without the cut.
+the plugin does it to its own process, once per job), either halfway through a batch's synthesis
+or 5 ms after the synthesis returned (while its wavs are written or reported); the books are read
+when the job ends, or when nothing more came for {grace:.0f} s. **Lost**: counted done without a
+valid wav, or dropped (failed for good, or in no queue and with no result: nobody will make it
+unless a person finds it). **Written twice**: a whole wav written again for a text that already
+had one (for ours: a valid take in `stale/`; for the peers: their task logs each write). **Re-
+synthesized**: texts whose synthesis completed more than once (GPU time spent twice; a batch cut
+short by the kill is not counted). **Stuck**: still held in flight or queued at the end.
+**Finished by itself**: every text reached a final state without the cut.
 
 {table}
 
