@@ -310,7 +310,8 @@ def main() -> None:
     from report import update
     notes = "".join(f"\n- {LABELS[s]}: skipped, {why}." for s, why in skipped.items())
     runs = "".join(f"\n- {LABELS[s]}: " + "; ".join(
-        f"{kill or 'clean'}: {o.killed + ', ' if o.killed else ''}{o.note or 'no error'}" for kill, o in r.items())
+        f"{kill or 'clean'}: {o.killed + ', ' if o.killed else ''}{o.note or 'no error from the job'}"
+        for kill, o in r.items())
         for s, r in results.items())
     update("peers", f"The peers side by side: {shape}", DOC.format(table=full, grace=a.grace, kill_at=a.kill_at)
            + f"\n\nEach run (what was killed; the job's own end):{runs}{notes}")
@@ -337,6 +338,15 @@ short by the kill is not counted). **Stuck**: still held in flight or queued at 
 **Finished by itself**: every text reached a final state without the cut.
 
 {table}
+
+What a worker's death costs each, as the books show it (the same in every run so far; the
+counts are of one batch of B texts): huey loses the batch the dead worker held, silently (no
+result, in no queue; its user's wait never ends). Celery by default records it FAILURE and never
+retries it, though its wavs may be on disk. With `task_reject_on_worker_lost` it is redone, and
+a batch whose wavs were written before the death is written twice; Ray Data does the same. As
+one `--pool solo` worker per GPU, the batch is stuck for the visibility timeout. Ours charges
+only the text under synthesis, adopts the takes already on disk (none written twice), synthesizes
+again only what was not on disk, and finishes with every entry completed.
 
 Settings, as each tool's documentation recommends for long tasks that must not be lost:
 - huey: `SqliteHuey(fsync=True)` (SQLite `synchronous=FULL`), `huey_consumer -w W -k process`, one
