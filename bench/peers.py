@@ -344,9 +344,10 @@ counts are of one batch of B texts): huey loses the batch the dead worker held, 
 result, in no queue; its user's wait never ends). Celery by default records it FAILURE and never
 retries it, though its wavs may be on disk. With `task_reject_on_worker_lost` it is redone, and
 a batch whose wavs were written before the death is written twice; Ray Data does the same. As
-one `--pool solo` worker per GPU, the batch is stuck for the visibility timeout. Ours charges
-only the text under synthesis, adopts the takes already on disk (none written twice), synthesizes
-again only what was not on disk, and finishes with every entry completed.
+one `--pool solo` worker per GPU, the batch is stuck for the visibility timeout. Ours puts the
+dead generator's texts back at once (the supervisor tells the daemon), adopts the takes already
+on disk (none written twice), synthesizes again only what was not on disk, and finishes with
+every entry completed.
 
 Settings, as each tool's documentation recommends for long tasks that must not be lost:
 - huey: `SqliteHuey(fsync=True)` (SQLite `synchronous=FULL`), `huey_consumer -w W -k process`, one
