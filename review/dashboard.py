@@ -52,6 +52,7 @@ from . import pages
 from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
 from .mirror import STATUS_CODE, Mirror, Query, QueryError, ViewEntry
 from .takes import analyze_file, bits
+from .words import word_diff
 
 log = logging.getLogger("statesvc.dashboard")
 
@@ -890,6 +891,11 @@ async def _entry(hub: Hub, mirror: Callable[[], Mirror], filename: str) -> dict:
     if data is None:
         raise ActionError(404, f"no entry {name!r}")
     takes = await hub.files.run(_takes, hub.dataset, hub.earlier, name, data["status"] == "completed")
+    checks = data.pop("earlier_checks")
+    for t in takes:  # an earlier take a check set aside carries that check (its CER)
+        t["check"] = None if t["current"] else checks.get(f"{SET_ASIDE}/{t['name']}")
+    if data["check"] is not None:
+        data["diff"] = word_diff(data["text"], data["check"]["transcript"]).to_dict()
     return {**data, "takes": takes}
 
 

@@ -21,14 +21,16 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from statesvc.state import STATUSES, Check, Entry, Lease, Review, Stage, Status, Verdict
+from statesvc.state import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
 from statesvc.store import Loaded
 
 from .takes import BIT, Fit, Flag, fit
 
 STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 VERDICT_CODE = {None: 0, Verdict.APPROVED: 1, Verdict.REJECTED: 2}
-SORTS = ("id", "-id", "duration", "-duration", "cps", "-cps", "updated", "-updated")
+STAGE_CODE = {s: i for i, s in enumerate(Stage)}
+SORTS = ("id", "-id", "duration", "-duration", "cps", "-cps", "updated", "-updated", "cer", "-cer")
+MISMATCH = "mismatch"  # the flag filter's value for a take the judge found saying something else
 MAX_LIMIT = 500
 SEARCHES_KEPT = 8      # needles whose hits are kept
 FIT_EVERY = 5.0        # seconds between refits of seconds against characters (a run changes it slowly)
@@ -58,6 +60,7 @@ class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     take_count: int = 0
     stage: Stage = Stage.NONE
     check: Check | None = None
+    earlier: list[Earlier] | None = None  # None, not an empty list per entry, when it has none
 
 
 class QueryError(ValueError):
@@ -77,8 +80,8 @@ class Query:
     def check(self) -> Query:
         if self.status is not None and self.status not in STATUSES:
             raise QueryError(f"status must be one of {', '.join(STATUSES)}")
-        if self.flag is not None and self.flag not in ("any", "none", *Flag.__members__.values()):
-            raise QueryError(f"flag must be any, none or one of {', '.join(Flag.__members__.values())}")
+        if self.flag is not None and self.flag not in ("any", "none", MISMATCH, *Flag.__members__.values()):
+            raise QueryError(f"flag must be any, none, {MISMATCH} or one of {', '.join(Flag.__members__.values())}")
         if self.review is not None and self.review not in ("approved", "rejected", "unreviewed"):
             raise QueryError("review must be approved, rejected or unreviewed")
         if self.sort not in SORTS:
@@ -114,6 +117,9 @@ class Mirror:
             _slim_columns(e, known)  # now in the columns
         self.verdict = np.fromiter((VERDICT_CODE[e.review.verdict if e.review else None] for e in self.entries),
                                    np.int8, n)
+        self.stage = np.fromiter((STAGE_CODE[e.stage] for e in self.entries), np.int8, n)
+        self.cer = np.fromiter((_cer(e.check) for e in self.entries), np.float32, n)  # NaN: not checked
+        self.checks: collections.deque[float] = collections.deque()  # when checks were reported (the rate)
         self.audio_bits = np.zeros(n, np.uint8)    # from the takes' analysis, filled in as it comes
         self.fit_bits = np.zeros(n, np.uint8)      # from the dataset's fit of seconds against characters
         self.fit: Fit | None = None
@@ -163,6 +169,10 @@ class Mirror:
         self.updated[i] = _stamp(e.updated_at)
         _slim_columns(e, not np.isnan(self.updated[i]))
         self.verdict[i] = VERDICT_CODE[e.review.verdict if e.review else None]
+        self.stage[i] = STAGE_CODE[e.stage]
+        self.cer[i] = _cer(e.check)
+        if _checked(old, e):
+            self.checks.append(time.monotonic())
         if new_take:
             self.audio_bits[i] = 0  # another take: its analysis is to come
         if e.status == Status.GENERATING:
@@ -175,10 +185,10 @@ class Mirror:
 
     def _append(self, e: Entry) -> int:
         i = len(self.entries)
-        for name in ("status", "duration", "chars", "updated", "verdict", "audio_bits", "fit_bits"):
+        for name in ("status", "duration", "chars", "updated", "verdict", "audio_bits", "fit_bits", "stage", "cer"):
             col = getattr(self, name)  # first: a query in a worker thread never sees a row without columns
             if i >= len(col):
-                setattr(self, name, grown(col, max(16, 2 * len(col))))
+                setattr(self, name, grown(col, max(16, 2 * len(col)), np.nan if name == "cer" else 0))
         with self._swap:
             self.entries.append(e)
             self._text_changed(i, "", e)
@@ -228,11 +238,17 @@ class Mirror:
         n = len(self.entries)
         counts = np.bincount(self.status[:n], minlength=len(STATUSES))
         done = self.status[:n] == STATUS_CODE[Status.COMPLETED]
+        stages = np.bincount(self.stage[:n], minlength=len(STAGE_CODE))
+        mismatched = int(stages[STAGE_CODE[Stage.FLAGGED]])
         return {"total": n, **{s: int(counts[i]) for i, s in enumerate(STATUSES)},
                 "audio_seconds": round(float(np.nansum(self.duration[:n][done])), 3),
                 "approved": int(np.count_nonzero(self.verdict[:n] == 1)),
                 "rejected": int(np.count_nonzero(self.verdict[:n] == 2)),
-                "flagged": int(np.count_nonzero(done & (self.bits()[:n] != 0)))}
+                "flagged": int(np.count_nonzero(done & ((self.bits()[:n] != 0)
+                                                        | (self.stage[:n] == STAGE_CODE[Stage.FLAGGED])))),
+                "checked": int(stages[STAGE_CODE[Stage.CHECKED]]) + mismatched, "mismatched": mismatched,
+                "check_waiting": int(stages[STAGE_CODE[Stage.WAITING]]),
+                "checking": int(stages[STAGE_CODE[Stage.LEASED]])}
 
     def bits(self) -> np.ndarray:
         return self.audio_bits | self.fit_bits
@@ -246,11 +262,20 @@ class Mirror:
         span = max(now_mono - self.completions[0][0], 5.0)
         return len(self.completions) / span
 
+    def check_rate(self, now_mono: float) -> float:
+        """Checks reported per minute over the last minute."""
+        while self.checks and self.checks[0] < now_mono - RATE_WINDOW:
+            self.checks.popleft()
+        if not self.checks:
+            return 0.0
+        return len(self.checks) * 60.0 / max(now_mono - self.checks[0], 5.0)
+
     def overview(self, now_mono: float) -> dict:
         c = self.counters()
         rate = self.rate(now_mono)
         left = c["pending"] + c["generating"]
         return {**c, "rate": round(rate, 2), "eta_seconds": round(left / rate) if rate > 0 and left else None,
+                "check_rate": round(self.check_rate(now_mono), 1),
                 "generators": self.generators(), "failures": [self.row(self.pos[i]) for i in reversed(self.failures)
                                                               if i in self.pos and
                                                               self.entries[self.pos[i]].status == Status.FAILED]}
@@ -277,10 +302,13 @@ class Mirror:
             mask &= self.status[:n] == STATUS_CODE[q.status]
         if q.flag is not None:
             bits = self.bits()[:n]
+            mismatch = self.stage[:n] == STAGE_CODE[Stage.FLAGGED]
             if q.flag == "any":
-                mask &= bits != 0
+                mask &= (bits != 0) | mismatch
             elif q.flag == "none":
-                mask &= bits == 0
+                mask &= (bits == 0) & ~mismatch
+            elif q.flag == MISMATCH:
+                mask &= mismatch
             else:
                 mask &= (bits & BIT[Flag(q.flag)]) != 0
         if q.review is not None:
@@ -388,6 +416,8 @@ class Mirror:
         elif key == "cps":
             with np.errstate(divide="ignore", invalid="ignore"):
                 values = self.chars[idx] / self.duration[idx]
+        elif key == "cer":
+            values = self.cer[idx].astype(np.float64)
         else:
             values = self.updated[idx]
         values = np.where(np.isnan(values), np.inf if not desc else -np.inf, values)  # unknown last
@@ -416,6 +446,7 @@ class Mirror:
         row = self.row(i)
         if self.fit is not None:
             row["expected_seconds"] = round(self.fit.predicted(len(self.entries[i].text)), 2)
+        row["earlier_checks"] = {x.file: x.check.to_dict() for x in self.entries[i].earlier or () if x.check}
         return row
 
     def histograms(self, bins: int = 30) -> dict:
@@ -425,7 +456,9 @@ class Mirror:
         with np.errstate(divide="ignore", invalid="ignore"):
             cps = self.chars[:n][done] / dur
         cps = cps[np.isfinite(cps)]
-        return {"duration": _hist(dur, bins), "cps": _hist(cps, bins)}
+        cer = self.cer[:n][done]
+        return {"duration": _hist(dur, bins), "cps": _hist(cps, bins),
+                "cer": _hist(cer[np.isfinite(cer)].astype(np.float64), bins)}
 
     def coverage(self, alphabet: str = "ñáéíóúü¿¡") -> dict:
         """How many texts hold each character of ``alphabet`` (Spanish by default), and every
@@ -524,6 +557,17 @@ class Haystack:
         return hits[:n]
 
 
+def _cer(check: Check | None) -> float:
+    return np.nan if check is None or check.cer is None else check.cer
+
+
+def _checked(old: Entry | ViewEntry, new: Entry | ViewEntry) -> bool:
+    """Whether this change is a check reported: a leased take judged (kept, or set aside for a retake)."""
+    if old.stage != Stage.LEASED:
+        return False
+    return new.stage in (Stage.CHECKED, Stage.FLAGGED) or len(new.earlier or ()) > len(old.earlier or ())
+
+
 def _first(keys: np.ndarray, idx: np.ndarray) -> int | None:
     """The position that comes first in (key, id) order."""
     if len(idx) == 0:
@@ -608,7 +652,7 @@ class Positions:
         self.array[eid] = i
 
 
-def grown(col: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+def grown(col: np.ndarray, size: int, fill: float = 0) -> np.ndarray:
     """A column of ``size`` rows holding ``col``'s, the new ones ``fill``."""
     out = np.full(size, fill, col.dtype)
     out[:len(col)] = col

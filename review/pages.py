@@ -11,7 +11,7 @@ import orjson
 
 from statesvc.state import STATUSES
 
-from .mirror import SORTS, Query
+from .mirror import MISMATCH, SORTS, Query
 from .takes import FLAG_LABELS, Flag
 
 KEYS = [("j / →", "next entry"), ("k / ←", "previous entry"), ("space", "play / pause"),
@@ -57,6 +57,52 @@ def _review(r: dict | None) -> str:
            f'title="{esc(r.get("note") or "")}">{esc(r["verdict"])}</span>'
 
 
+def _check_badge(stage: str) -> str:
+    """The judge's word on the current take, when it found it saying something else."""
+    if stage != "flagged":
+        return ""
+    return '<span class="badge flag mismatch" data-flag="mismatch">says something else</span>'
+
+
+def _cer(check: dict | None) -> str:
+    if not check:
+        return ""
+    return "error" if check.get("cer") is None else f"{check['cer']:.2f}"
+
+
+def _diff(diff: dict) -> str:
+    """The transcript word by word against the text: missing words struck, extra words marked."""
+    tags = {"same": "span", "missing": "del", "extra": "ins"}
+    words = " ".join(f'<{tags[k]} data-word="{k}">{esc(w)}</{tags[k]}>' for k, w in diff["words"])
+    cut = f' <span class="muted" data-cut>… {diff["cut"]} more words heard</span>' if diff["cut"] else ""
+    return words + cut
+
+
+def _heard(e: dict) -> str:
+    """Under the text: what the recognizer heard, word by word against it."""
+    if e.get("check") is None:
+        return ""
+    return (f'<p class="transcript" data-transcript><span class="muted">heard:</span> {_diff(e["diff"])}</p>'
+            '<p class="legend muted"><del>struck</del>: in the text, not heard · <ins>marked</ins>: heard, '
+            'not in the text</p>')
+
+
+def _check_facts(e: dict) -> str:
+    c = e.get("check")
+    if c is None:
+        waiting = {"waiting": "waiting for a checker", "leased": "a checker is at it"}.get(e.get("stage", ""), "—")
+        return f'<dt>check</dt><dd data-field="check">{esc(waiting)}</dd>'
+    cer = "—" if c["cer"] is None else f'{c["cer"]:.3f}'
+    wer = "—" if c["wer"] is None else f'{c["wer"]:.3f}'
+    threshold = "" if c.get("threshold") is None else f' (threshold {c["threshold"]:.2f})'
+    verdict = (f'wrong: {esc(c.get("reason") or c.get("error") or "judged wrong")}' if c.get("wrong")
+               else "says its text")
+    return (f'<dt>CER / WER</dt><dd data-field="cer">{cer} / {wer}{esc(threshold)}</dd>'
+            f'<dt>judged</dt><dd data-field="judged">{verdict}</dd>'
+            f'<dt>recognizer</dt><dd data-field="model">{esc(c["model"])}'
+            f'{" · error: " + esc(c["error"]) if c.get("error") else ""}</dd>')
+
+
 def _secs(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds:.2f} s"
 
@@ -94,7 +140,8 @@ def row(r: dict, view: str) -> str:
             f'<td class="text">{esc(r["text"])}</td><td><span class="status {esc(r["status"])}">'
             f'{esc(r["status"])}</span></td><td class="num">{dur}</td>'
             f'<td class="num">{"" if r["cps"] is None else r["cps"]}</td>'
-            f'<td>{_flags(r["flags"])}{_review(r["review"])}</td></tr>')
+            f'<td class="num" data-cer>{_cer(r["check"])}</td>'
+            f'<td>{_flags(r["flags"])}{_check_badge(r["stage"])}{_review(r["review"])}</td></tr>')
 
 
 def overview(ov: dict, rows: list[dict], total: int, q: Query, csrf: str) -> str:
@@ -102,11 +149,12 @@ def overview(ov: dict, rows: list[dict], total: int, q: Query, csrf: str) -> str
                      for s in STATUSES)
     view = _view(q)
     statuses = [("", "any status"), *((s, s) for s in STATUSES)]
-    flags = [("", "any flags"), ("any", "flagged"), ("none", "not flagged"),
+    flags = [("", "any flags"), ("any", "flagged"), ("none", "not flagged"), (MISMATCH, "says something else"),
              *((f.value, FLAG_LABELS[f]) for f in Flag)]
     reviews = [("", "any review"), ("unreviewed", "unreviewed"), ("approved", "approved"), ("rejected", "rejected")]
     sorts = [(s, {"id": "id ↑", "-id": "id ↓", "duration": "duration ↑", "-duration": "duration ↓",
-                  "cps": "chars/s ↑", "-cps": "chars/s ↓", "updated": "updated ↑", "-updated": "updated ↓"}[s])
+                  "cps": "chars/s ↑", "-cps": "chars/s ↓", "updated": "updated ↑", "-updated": "updated ↓",
+                  "cer": "CER ↑", "-cer": "CER ↓"}[s])
              for s in SORTS]
     prev = _view(q, offset=max(0, q.offset - q.limit)) if q.offset else None
     nxt = _view(q, offset=q.offset + q.limit) if q.offset + q.limit < total else None
@@ -119,6 +167,9 @@ def overview(ov: dict, rows: list[dict], total: int, q: Query, csrf: str) -> str
  <p class="stats">rate <b data-stat="rate">{ov.get("rate", 0)}</b>/s · ETA <b data-stat="eta">{_hms(ov.get("eta_seconds"))}</b>
  · audio <b data-stat="audio">{_hms(ov.get("audio_seconds"))}</b> · approved <b data-stat="approved">{ov.get("approved", 0)}</b>
  · rejected <b data-stat="rejected">{ov.get("rejected", 0)}</b> · flagged <b data-stat="flagged">{ov.get("flagged", 0)}</b></p>
+ <p class="stats">checks: waiting <b data-stat="check_waiting">{ov.get("check_waiting", 0)}</b>
+ · checking <b data-stat="checking">{ov.get("checking", 0)}</b> · rate <b data-stat="check_rate">{ov.get("check_rate", 0)}</b>/min
+ · checked <b data-stat="checked">{ov.get("checked", 0)}</b> · says something else <b data-stat="mismatched">{ov.get("mismatched", 0)}</b></p>
  <div class="cols"><div><h3>Generators at work</h3><ul data-generators></ul></div>
  <div><h3>Recent failures</h3><ul data-failures></ul></div></div>
  <script type="application/json" data-initial>{_json(ov)}</script>
@@ -143,7 +194,7 @@ def overview(ov: dict, rows: list[dict], total: int, q: Query, csrf: str) -> str
  {f'<a data-page-link="prev" href="/?{esc(prev)}">← previous</a>' if prev is not None else ""}
  {f'<a data-page-link="next" href="/?{esc(nxt)}">next →</a>' if nxt is not None else ""}</p>
 <table class="entries" data-entries data-view="{esc(view)}"><thead><tr><th></th><th>id</th><th>file</th><th>text</th>
-<th>status</th><th>s</th><th>chars/s</th><th>flags</th></tr></thead>
+<th>status</th><th>s</th><th>chars/s</th><th>CER</th><th>flags</th></tr></thead>
 <tbody>{"".join(row(r, view) for r in rows)}</tbody></table>
 </main>{_help(TABLE_KEYS)}"""
     return _layout("statesvc dashboard", "overview", csrf, body)
@@ -176,7 +227,9 @@ def entry(e: dict, csrf: str, view: str, prev: str | None, nxt: str | None) -> s
               f'<canvas data-waveform width="800" height="80" data-peaks="{esc(_json(current["peaks"]))}"></canvas>'
               if current else '<p class="none">No take yet.</p>')
     olds = "".join(f'<li data-take-name="{esc(t["name"])}"><span>{esc(t["name"])}</span>'
-                   f'<span class="num">{_secs(t["duration"])}</span> {_flags(t["flags"])}'
+                   f'<span class="num">{_secs(t["duration"])}</span>'
+                   f'<span class="num" data-take-cer title="{esc((t.get("check") or {}).get("transcript") or "")}">'
+                   f'{"CER " + _cer(t.get("check")) if t.get("check") else "not checked"}</span> {_flags(t["flags"])}'
                    f'<audio controls preload="none" src="{esc(t["url"])}"></audio>'
                    f'<canvas width="400" height="40" data-peaks="{esc(_json(t["peaks"]))}"></canvas></li>'
                    for t in earlier) or "<li class=none>none</li>"
@@ -184,15 +237,19 @@ def entry(e: dict, csrf: str, view: str, prev: str | None, nxt: str | None) -> s
     review = e.get("review") or {}
     body = f"""
 <main data-entry data-filename="{esc(e["filename"])}" data-status="{esc(e["status"])}" data-take="{esc(e.get("take"))}"
+ data-stage="{esc(e.get("stage"))}"
  data-view="{esc(view)}" data-review-json="{esc(_json(e.get("review")))}">
 <p class="entrynav">{nav}</p>
 <h1>{esc(e["filename"])} <span class="status {esc(e["status"])}" data-field="status">{esc(e["status"])}</span>
- {_flags(e["flags"])} {_review(e.get("review"))}</h1>
+ {_flags(e["flags"])} {_check_badge(e.get("stage", ""))} {_review(e.get("review"))}</h1>
 <p class="text" data-text>{esc(e["text"])}</p>
+{_heard(e)}
 <div class="player">{player}
  <label>speed <select data-speed>{_options([(v, v + "×") for v in ("0.75", "1", "1.25", "1.5")], "1")}</select></label>
  <label><input type="checkbox" data-autoplay> autoplay the next take</label></div>
 <dl class="facts">
+ {_check_facts(e)}
+ <dt>takes</dt><dd data-field="take_count">{e.get("take_count", 0)}</dd>
  <dt>duration</dt><dd data-field="duration">{"—" if dur is None else f"{dur:.3f} s"}</dd>
  <dt>expected</dt><dd data-field="expected" title="what the text's length predicts for this voice">{
   f'{e["expected_seconds"]:.2f} s' if e.get("expected_seconds") is not None else "— (too few takes yet)"}</dd>
@@ -226,6 +283,8 @@ def health(hists: dict, coverage: dict, counts: dict, csrf: str) -> str:
  data-values="{esc(_json(hists["duration"]))}"></canvas></div>
 <div><h2>Characters per second</h2><canvas data-hist width="480" height="160"
  data-values="{esc(_json(hists["cps"]))}"></canvas></div></div>
+<div class="cols"><div><h2>CER of the checked takes</h2><canvas data-hist="cer" width="480" height="160"
+ data-values="{esc(_json(hists["cer"]))}"></canvas></div><div></div></div>
 <h2>Character coverage</h2><p>Texts holding each character to watch:</p>
 <table class="coverage" data-coverage>{watched}</table><p class="chars">{chars}</p>
 </main>"""

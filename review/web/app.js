@@ -56,7 +56,7 @@ function drawHist(canvas) {
   const {edges, counts} = JSON.parse(canvas.dataset.values);
   const ctx = canvas.getContext("2d");
   const {width: w, height: h} = canvas;
-  if (!counts.length) { ctx.fillText("no completed takes yet", 10, 20); return; }
+  if (!counts.length) { ctx.fillText(canvas.dataset.hist === "cer" ? "no checked takes yet" : "no completed takes yet", 10, 20); return; }
   const top = Math.max(...counts);
   const bw = w / counts.length;
   ctx.fillStyle = "#2b6cb0";
@@ -80,7 +80,9 @@ function showOverview(ov) {
   if (ov.loading) return;
   for (const el of $$("[data-count]")) el.textContent = ov[el.dataset.count] ?? 0;
   const stats = {total: ov.total, rate: ov.rate, eta: hms(ov.eta_seconds), audio: hms(ov.audio_seconds),
-                 approved: ov.approved, rejected: ov.rejected, flagged: ov.flagged};
+                 approved: ov.approved, rejected: ov.rejected, flagged: ov.flagged,
+                 check_waiting: ov.check_waiting, checking: ov.checking, check_rate: ov.check_rate,
+                 checked: ov.checked, mismatched: ov.mismatched};
   for (const el of $$("[data-stat]")) el.textContent = stats[el.dataset.stat];
   const bar = $("[data-progress]");
   if (bar) { bar.max = Math.max(1, ov.total); bar.value = ov.completed; }
@@ -159,6 +161,7 @@ async function refreshEntry(known = null) {
   // the verdict as embedded (its JSON escaped for the page) against the verdict now: as values
   const review = JSON.stringify(JSON.parse(main.dataset.reviewJson));
   const changed = e.status !== main.dataset.status || (e.take || "") !== main.dataset.take ||
+    (e.stage || "") !== main.dataset.stage ||
     JSON.stringify(e.review) !== review || e.text !== $("[data-text]").textContent;
   const typing = document.activeElement && main.contains(document.activeElement) &&
     document.activeElement.matches("input, textarea");
