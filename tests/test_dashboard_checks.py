@@ -191,3 +191,22 @@ def test_the_real_checker_s_transcripts_reach_the_page(tmp_path: Path, asr_model
     page.click("[data-entries] tbody tr a")
     words = page.locator("[data-transcript] [data-word]").all_inner_texts()
     assert words and page.locator("[data-field=model]").inner_text().strip()
+
+
+def test_the_check_backlog_and_rate_follow_the_checks_live(checked, start_dashboard, page) -> None:
+    ds, _ = checked
+    dash = start_dashboard(ds, "--no-analysis")
+    page.goto(dash.url + "/")
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+    def stat(name: str) -> str:
+        return page.locator(f"[data-stat={name}]").inner_text()
+    wait_for(lambda: stat("check_waiting") == "1" and stat("checking") == "0", 15, "the backlog")
+    assert float(stat("check_rate")) == 0
+    with Client(running(ds)["endpoint"]) as cl:
+        [item] = cl.call("check_claim", owner="checker-t", n=1)["entries"]
+        wait_for(lambda: stat("checking") == "1" and stat("check_waiting") == "0", 15, "a checker at work")
+        assert report(cl, item, 0.1, TEXTS[5])["stage"] == "checked"
+    wait_for(lambda: stat("checked") == "6" and stat("checking") == "0", 15, "the check in the counters")
+    assert float(stat("check_rate")) > 0, "checks per minute over the last minute"
+    assert page.evaluate("window.__sameDocument") is True, "updated in place, over the events"
