@@ -26,6 +26,7 @@ temporary dataset, ``--dataset DIR`` builds it there the first time and reuses i
 
     .venv/bin/python bench/dashboard.py --entries 1000000 --repeat 20
     .venv/bin/python bench/dashboard.py --entries 1000000 --dataset /tmp/dash1m   # build once, reuse
+    .venv/bin/python bench/dashboard.py --entries 1000000 --checked   # every completed take checked
 """
 
 from __future__ import annotations
@@ -92,8 +93,23 @@ def sentence(rng: random.Random) -> str:
     return (s + rng.choice(".,;?!…"))[:200] if len(s) >= 19 else (s + " y la tarde pasó.")[:200]
 
 
-def make_dataset(folder: Path, n: int, seed: int = 1) -> dict:
-    """Write a state of ``n`` entries into ``folder`` (no wavs); return what it holds, by status."""
+def check_of(e: object, rng: random.Random) -> None:
+    """A check of the completed take of ``e``, as a run with --check leaves it: a transcript (the text
+    lowercased, a word dropped now and then), its CER, 3 % judged wrong and kept (flagged)."""
+    from statesvc.state import Check, Stage
+    words = e.text.lower().split()
+    if len(words) > 2 and rng.random() < 0.3:
+        del words[rng.randrange(len(words))]
+    wrong = rng.random() < 0.03
+    cer = round(rng.uniform(0.5, 1.2) if wrong else rng.uniform(0.0, 0.3), 3)
+    e.check = Check(e.take, cer, cer, " ".join(words), "base", None, wrong,
+                    f"CER {cer:.2f} over 0.50" if wrong else None, 0.5, e.duration_seconds, len(e.text))
+    e.stage = Stage.FLAGGED if wrong else Stage.CHECKED
+
+
+def make_dataset(folder: Path, n: int, seed: int = 1, checked: bool = False) -> dict:
+    """Write a state of ``n`` entries into ``folder`` (no wavs); return what it holds, by status.
+    With ``checked``, every completed take carries a check (``check_of``)."""
     from statesvc.state import Entry, Lease, Phase, Review, State, Status, Verdict
     from statesvc.store import create
     rng = random.Random(seed)
@@ -125,6 +141,8 @@ def make_dataset(folder: Path, n: int, seed: int = 1) -> dict:
             if v < 0.03:
                 e.review = Review(Verdict.APPROVED if v < 0.025 else Verdict.REJECTED, e.take, iso(t + 3600),
                                   None if v < 0.027 else "se corta al final")
+            if checked:
+                check_of(e, rng)
         elif r < 0.73:
             t = t_end - span * (1 - i / n)
             e = Entry.make(i, name, text, Status.FAILED, None, None, 3, rng.choice(ERRORS), iso(t))
@@ -242,6 +260,8 @@ def main() -> None:
                     help="Use this folder: built there if it holds no state, else reused as it is.")
     ap.add_argument("--keep", action="store_true", help="Keep the dataset built in a temporary folder.")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--checked", action="store_true",
+                    help="Every completed take checked, with a transcript (as after a run with --check).")
     a = ap.parse_args()
 
     from statesvc.store import state_path
@@ -257,7 +277,7 @@ def main() -> None:
             print(f"  reusing {folder}", file=sys.stderr, flush=True)
         else:
             t = time.perf_counter()
-            counts = make_dataset(folder, a.entries, a.seed)
+            counts = make_dataset(folder, a.entries, a.seed, a.checked)
             print(f"  built {folder} in {time.perf_counter() - t:.0f} s: {counts}, "
                   f"{state_path(folder).stat().st_size / 2**20:.0f} MiB", file=sys.stderr, flush=True)
         port = free_port()
@@ -290,6 +310,8 @@ def main() -> None:
             ("`?status=completed&sort=-duration`", "/api/entries?status=completed&sort=-duration"),
             ("`?sort=cps`", "/api/entries?sort=cps"),
             ("`?flag=any`", "/api/entries?flag=any"),
+            ("`?sort=-cer`", "/api/entries?sort=-cer"),
+            ("`?flag=mismatch` (says something else)", "/api/entries?flag=mismatch"),
             ("`?q=montaña` (in some texts)", "/api/entries?q=" + urllib.parse.quote("montaña")),
             ("`?q=zzzz` (in none)", "/api/entries?q=zzzz"),
             ("`?q=<another word each time>`", [f"/api/entries?q={urllib.parse.quote(w)}" for w in fresh]),
