@@ -61,6 +61,8 @@ class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     stage: Stage = Stage.NONE
     check: Check | None = None
     earlier: list[Earlier] | None = None  # None, not an empty list per entry, when it has none
+    check_lease: Lease | None = None  # read by the state's load (State.__post_init__), not shown
+    deterministic: bool = False
 
 
 class QueryError(ValueError):

@@ -14,7 +14,7 @@ from review.words import MAX_WORDS, word_diff
 from statesvc.client import Client
 from statesvc.endpoints import running
 from tests import test_dashboard as td
-from tests.conftest import BIN, make_dataset, read_state, wait_for
+from tests.conftest import BIN, cli, make_dataset, read_state, wait_for
 from tests.test_dashboard import ENV, get, start_generator
 
 # the page's fixtures: a dashboard process, generators, Chromium and a page in it
@@ -99,6 +99,7 @@ def checked(tmp_path: Path, start_daemon, generators) -> tuple[Path, dict[str, f
             cer, heard = RETAKES[i]
             assert report(cl, item, cer, heard)["stage"] == "flagged", "wrong, but the best of its takes"
             cers[names[i]] = cer
+    cli("checkpoint", "--dataset", str(ds), check=True)  # the checks in the file, as a page loads them at rest
     return ds, cers
 
 
