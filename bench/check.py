@@ -55,6 +55,10 @@ def check(asr: object, texts: list[str], audio: list[np.ndarray], rate: int) -> 
     return len(texts) / spent, spent / seconds, cers
 
 
+def _num(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:,.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
@@ -83,15 +87,15 @@ def main() -> None:
                 cers += cs
                 print(f"  {name} {device} run {r}: generator {g:.2f} takes/s, checker {c:.2f} takes/s "
                       f"(RTF {f:.2f})", file=sys.stderr, flush=True)
-            seconds = sum(len(t) for t in texts)  # for the table: characters per take
+            chars = sum(len(t) for t in texts) / len(texts)
             results.append((name, device, statistics.median(gen), statistics.median(chk), statistics.median(rtf),
-                            min(chk), max(chk), cers, seconds / len(texts)))
+                            min(chk), max(chk), cers, chars))
     lines = ["| voice + model | device | generator takes/s | checker takes/s (min-max) | checker RTF "
-             "| generators one checker keeps up with | good takes' CER (median, max) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| generators one checker keeps up with | checkers one generator needs | good takes' CER (median, max) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, device, g, c, f, lo, hi, cers, _chars in results:
-        lines.append(f"| {name} | {device} | {g:.2f} | {c:.2f} ({lo:.2f}-{hi:.2f}) | {f:.2f} | {c / g:.2f} "
-                     f"| {statistics.median(cers):.2f}, {max(cers):.2f} |")
+        lines.append(f"| {name} | {device} | {g:.2f} | {c:.2f} ({lo:.2f}-{hi:.2f}) | {f:.2f} | {_num(c / g)} "
+                     f"| {_num(g / c)} | {statistics.median(cers):.2f}, {max(cers):.2f} |")
     table = "\n".join(lines)
     print(table)
     if not a.no_doc:
@@ -102,8 +106,10 @@ def main() -> None:
                "(a second hearing for takes that score over 0.25). RTF: checker seconds per second of audio; "
                "Whisper pads every clip to 30 s, so a short take costs about as much as a long one.\n\n"
                f"{table}\n\n"
-               "On this CPU a checker is much slower than a generator: each generator needs 1/ratio checkers "
-               "(or a GPU for the recognizer) to keep its takes checked as they come.")
+               "The machine is shared (other benchmarks ran beside this one): the figures are a floor. A "
+               "checker is much slower than a generator on a CPU, espeak above all (it synthesizes in "
+               "milliseconds, the recognizer pads every take to 30 s): checking keeps up only with several "
+               "checkers per generator, or a GPU for the recognizer.")
 
 
 if __name__ == "__main__":

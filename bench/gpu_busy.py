@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true", help="Do not rewrite docs/BENCHMARKS.md.")
     a = ap.parse_args()
     root = Path(a.dir)
-    fs = subprocess.run(["stat", "-f", "-c", "%T", str(root)], capture_output=True, text=True).stdout.strip()
+    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(root)], capture_output=True,
+                        text=True).stdout.strip() or "an unknown filesystem"
     if fs == "tmpfs":
         raise SystemExit(f"{root} is a tmpfs: it would hide the fsyncs; give --dir on a disk")
     from report import update

@@ -108,6 +108,13 @@ class Recognizer:
             raise AsrError(f"cannot load ASR model {model}: {_one_line(exc)}")
         self.multilingual = bool(self._model.model.is_multilingual)
         self.language = self._language(language)
+        if device == "cuda":
+            # CUDA libraries that are missing (cuBLAS, cuDNN) fail at the first decode, not the
+            # load: find out now, in one line, rather than record every take as a recognizer error
+            try:
+                self._decode(np.zeros(SAMPLE_RATE, np.float32), max_new_tokens=4)
+            except AsrError as exc:
+                raise AsrError(f"device cuda does not work: {exc}")
 
     def _language(self, language: str | None) -> str:
         if language is None:

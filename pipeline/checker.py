@@ -104,8 +104,9 @@ class Checker:
                 "silent": quiet}
 
     def report(self, item: dict, heard: dict | None) -> None:
-        if heard is None:
+        if heard is None:  # the wav is not (yet) the take claimed: another checker's turn, later ours
             self.client.call("check_release", owner=self.owner, tokens=[item["token"]])
+            self._sleep(IDLE_POLL)
             return
         reply = self.client.call("check_result", id=item["id"], owner=self.owner, token=item["token"],
                                  take=item["take"], model=self.recognizer.name, **heard)

@@ -114,12 +114,14 @@ class Generator:
     failed: int = 0
     starved: float = 0.0
     disk_backoff: float = 0.0
+    disk_pause_until: float = 0.0  # monotonic end of the pause the last refused write began
     written: list = field(default_factory=list)
     first_written: float = 0.0
     writer: Writer | None = None  # started by run(); without it takes are written in this thread
     batch_limit: int = 0   # the batch size memory allows now (0: --batch); cut on out-of-memory, grown back
     fitted: int = 0        # batches that fitted since the last cut or growth
     oom_splits: int = 0
+    said_synthesizing: bool = False  # the daemon was told we synthesize something, and not told since that it ended
 
     # ---- talking to the daemon -------------------------------------------
     def send(self, op: str, **fields: object) -> int:
@@ -261,6 +263,7 @@ class Generator:
         is lost, the daemon finds the previous text's take on disk and charges nobody, and the
         entries we held come back as suspects. Returns the entries whose leases we still hold."""
         rid = self.send("working", owner=self.owner, tokens=[e["token"] for e in entries])
+        self.said_synthesizing = bool(entries)
         if not any(e.get("suspect") for e in entries):
             return entries
         self.await_reply(rid)
@@ -328,8 +331,17 @@ class Generator:
             self.take_outcomes(Writer(self.dataset, self.synth.sample_rate).write(entries, audios))
             return
         while not self.writer.submit(entries, audios, timeout=HANDOVER_STEP):
+            self.say_not_synthesizing()  # a death while we wait on the disk is not these texts' doing
             self.collect()
             self.pump(0)
+
+    def say_not_synthesizing(self) -> None:
+        """Tell the daemon nothing is under synthesis any more (an empty working notice), so a
+        death while we wait (for work, or for the writer) charges nobody."""
+        if self.said_synthesizing:
+            self.send("working", owner=self.owner, tokens=[])
+            self.said_synthesizing = False
+            log.debug("told the daemon nothing is under synthesis")
 
     def collect(self) -> None:
         """What the writer finished: takes to report, failures to charge, a disk to wait for."""
@@ -359,13 +371,15 @@ class Generator:
     def pause_for_disk(self, exc: OSError, unwritten: list[dict]) -> None:
         """The disk, not the text, failed: give back what is not written and the queue, and wait
         before claiming again. No attempt is charged."""
-        if time.monotonic() >= self.idle_until:  # one pause per refusal, not one per batch in the writer
+        now = time.monotonic()
+        if now >= self.disk_pause_until:  # one pause per refusal, not one per batch behind it in the writer
             self.disk_backoff = min(DISK_BACKOFF_MAX, max(1.0, 2 * self.disk_backoff))
+            self.disk_pause_until = now + self.disk_backoff
             log.warning("cannot write wavs (%s); pausing %.0f s", exc.strerror, self.disk_backoff)
         back = unwritten + list(self.queue)
         self.queue.clear()
         self.send("release", owner=self.owner, tokens=[e["token"] for e in back])
-        self.idle_until = time.monotonic() + self.disk_backoff
+        self.idle_until = max(self.idle_until, self.disk_pause_until)
 
     def flush_written(self, force: bool = False) -> None:
         """Report the takes written so far in one message. Each take was fsynced; the daemon
@@ -448,6 +462,7 @@ class Generator:
             self.flush_written()
             self.pump(0)
         else:
+            self.say_not_synthesizing()
             self.drain_writer(IDLE_POLL)  # nothing to synthesize: report what is written at once
             self.flush_written(force=True)
             t = time.monotonic()

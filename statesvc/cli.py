@@ -339,6 +339,8 @@ def status(dataset: Path, as_json: bool) -> None:
     click.echo(" ".join(f"{k}={st[k]}" for k in ("total", "pending", "generating", "completed", "failed")))
     done = 100 * (st["completed"] + st["failed"]) / total
     click.echo(f"audio: {st['audio_seconds'] / 3600:.2f} h   done: {done:.1f}%")
+    if st.get("checked") or st.get("check_waiting"):
+        click.echo(f"checks: checked={st['checked']} flagged={st['mismatched']} waiting={st['check_waiting']}")
     if st.get("daemon"):
         rate, eta = st.get("rate_per_second"), st.get("eta_seconds")
         click.echo(f"daemon pid {st['pid']}, up {st['uptime']:.0f} s, leases {st['leases']}, "

@@ -15,29 +15,30 @@ A take is wrong when any of these holds:
   wrong crosses;
 * its seconds per character are far off the voice's own over every take of the dataset (checked
   or not: generators run ahead of checkers, so the fit is there before the first check; the
-  same rule as the page's duration fit, whose constants live here: ``SPREAD_SIGMAS`` robust deviations,
-  never tighter than ``MIN_DURATION_RATIO`` either way; only with ``MIN_CHECKS`` takes and texts
+  same rule as the page's duration fit, ``review.takes``: ``K`` robust deviations,
+  never tighter than ``MIN_RATE_RATIO`` either way; only with ``MIN_CHECKS`` takes and texts
   of at least ``MIN_RATE_CHARS`` characters): a recognizer papers over a repeated tail or a cut
   that a duration shows.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
-MAD_SCALE = 1.4826            # makes the MAD a consistent estimate of a normal standard deviation
-SPREAD_SIGMAS = 4.0           # outliers are judged in units of the dataset's own typical scatter ...
-MIN_DURATION_RATIO = 1.5      # ... but never tighter than 1.5x either way, so a very consistent voice is not nagged
-MIN_RATE_CHARS = 10           # below this the fixed start/end overhead dominates and chars/second is mostly noise
-
 __all__ = ["FLOOR_CER", "K", "MIN_CHECKS", "Judge", "Judgement"]
 
+# No numpy here: every statesvc command imports the state, and so this module.
+MAD_SCALE = 1.4826  # makes the MAD a consistent estimate of a normal standard deviation
 FLOOR_CER = 0.5   # half the characters wrong: no good take of any voice we measured comes near
-K = SPREAD_SIGMAS  # "far above": as many robust deviations as the duration fit allows
+K = 4.0            # "far above": as many robust deviations as the page's duration fit (takes.SPREAD_SIGMAS)
+MIN_RATE_CHARS = 10  # shorter texts: the fixed start/end overhead dominates (takes.MIN_RATE_CHARS)
 MIN_CHECKS = 20    # fewer checks and the median says little: the floor alone
+# A take this far off its voice's seconds per character (either way) is off however consistent the
+# voice is: a phrase said again, or a cut, moves a take by more than a quarter; natural variation of
+# one voice over texts of 10+ characters stays within (the page's gentler 1.5x only flags).
+MIN_RATE_RATIO = 1.25
 CER_BIN = 0.005    # histogram resolution: a threshold within half a percent
 CER_BINS = 800     # CER 0..4 (a runaway transcript scores more: counted in the last bin)
 RATE_BIN = 0.02    # of log(seconds per character)
@@ -55,7 +56,7 @@ class _Histogram:
     """Counts of values in fixed bins: median and median absolute deviation in O(bins)."""
 
     def __init__(self, lo: float, width: float, bins: int):
-        self.lo, self.width, self.counts, self.n = lo, width, np.zeros(bins, np.int64), 0
+        self.lo, self.width, self.counts, self.n = lo, width, [0] * bins, 0
 
     def _bin(self, v: float) -> int:
         return min(max(int((v - self.lo) / self.width), 0), len(self.counts) - 1)
@@ -64,16 +65,19 @@ class _Histogram:
         self.counts[self._bin(v)] += sign
         self.n += sign
 
-    def _quantile_of(self, counts: np.ndarray, n: int, centre: np.ndarray) -> float:
-        i = int(np.searchsorted(np.cumsum(counts), (n + 1) // 2))
-        return float(centre[min(i, len(centre) - 1)])
+    @staticmethod
+    def _median(pairs: list[tuple[float, int]], n: int) -> float:
+        """The value at the middle of ``n`` counted values, ``pairs`` of (value, count) in order."""
+        half = (n + 1) // 2
+        for value, total in zip((v for v, _ in pairs), itertools.accumulate(c for _, c in pairs), strict=True):
+            if total >= half:
+                return value
+        return pairs[-1][0]
 
     def median_mad(self) -> tuple[float, float]:
-        centres = self.lo + (np.arange(len(self.counts)) + 0.5) * self.width
-        med = self._quantile_of(self.counts, self.n, centres)
-        dev = np.abs(centres - med)
-        order = np.argsort(dev, kind="stable")
-        mad = self._quantile_of(self.counts[order], self.n, dev[order])
+        pairs = [(self.lo + (i + 0.5) * self.width, c) for i, c in enumerate(self.counts) if c]
+        med = self._median(pairs, self.n)
+        mad = self._median(sorted((abs(v - med), c) for v, c in pairs), self.n)
         return med, max(mad, self.width / 2)
 
 
@@ -113,7 +117,7 @@ class Judge:
             return Judgement(True, f"CER {cer:.2f} over {limit:.2f}", limit)
         if seconds and chars >= MIN_RATE_CHARS and self.rates.n >= MIN_CHECKS:
             med, mad = self.rates.median_mad()
-            spread = max(SPREAD_SIGMAS * MAD_SCALE * mad, math.log(MIN_DURATION_RATIO))
+            spread = max(K * MAD_SCALE * mad, math.log(MIN_RATE_RATIO))
             off = math.log(seconds / chars) - med
             if abs(off) > spread:
                 return Judgement(True, f"{seconds / chars:.3f} s per character, the voice's is "

@@ -212,3 +212,31 @@ class HeldWriter(Tone):
 
     def synthesize(self, text: str) -> np.ndarray:
         return self.synthesize_batch([text])[0]
+
+class Worsening:
+    """A real voice (``inner``, default espeak; other options go to it) whose takes get worse: the
+    first take of each text is cut to its first 40 %, every later one is silence. Takes are
+    counted per text across processes in ``count=DIR`` (a marker file per take)."""
+
+    deterministic = False
+
+    def __init__(self, count: str, inner: str = "espeak", **options: str):
+        from pipeline.synth import build
+        self._inner = build(inner, options)
+        self.sample_rate = self._inner.sample_rate
+        self._count = count
+
+    def synthesize(self, text: str) -> np.ndarray:
+        import hashlib
+        from pathlib import Path
+        folder = Path(self._count) / hashlib.sha1(text.encode()).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while True:
+            try:
+                os.close(os.open(folder / str(n), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                n += 1
+        good = np.asarray(self._inner.synthesize(text), dtype=np.float32)
+        return good[: int(len(good) * 0.4)] if n == 0 else np.zeros(len(good), dtype=np.float32)

@@ -188,3 +188,77 @@ def test_piper_takes_say_their_texts(tmp_path: Path, asr_models: dict) -> None:
     mean = sum(e["check"]["cer"] for e in es) / len(es)
     print(f"\nPiper en + tiny.en: mean CER {mean:.3f}, max {max(e['check']['cer'] for e in es):.3f}")
     assert mean < 0.05, [(e["text"], e["check"]["transcript"], e["check"]["cer"]) for e in es]
+
+
+@pytest.mark.slow  # ~30 s: two takes of each text heard by tiny.en
+def test_the_best_take_comes_back_under_its_name_when_every_take_is_wrong(tmp_path: Path, asr_models: dict,
+                                                                          start_daemon) -> None:
+    """Every take wrong, the first least: after --max-takes 2 the entry is on its first take again
+    (the daemon moved it back from requeued/, fenced like any take), flagged; verify and a
+    reconcile pass accept it."""
+    texts = EN_TEXTS[:3]
+    ds = run_checked(tmp_path, texts, ["--synth", "tests.plugins:Worsening", "--synth-opt", f"count={tmp_path / 'n'}",
+                                       "--synth-opt", "voice=en-us"],
+                     ["--asr-model", str(asr_models["tiny.en"])], "--max-takes", "2")
+    from statesvc.audio import read_provenance
+    for e in entries(ds):
+        shown = orjson.loads(cli("show", "--dataset", str(ds), e["filename"], "--json", check=True).stdout)
+        [later] = shown["earlier_takes"]
+        assert e["status"] == "completed" and e["stage"] == "flagged" and e["take_count"] == 2, e
+        assert e["check"]["take"] == e["take"] and e["check"]["cer"] < later["cer"] == 1.0, (e["check"], later)
+        assert read_provenance(ds / "wavs" / f"{e['filename']}.wav").token == e["take"]
+        assert read_provenance(ds / later["file"]).token != e["take"]
+    assert cli("verify", "--dataset", str(ds)).returncode == 0
+    before = {e["filename"]: (e["take"], e["stage"]) for e in entries(ds)}
+    start_daemon(ds)
+    cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
+    assert {e["filename"]: (e["take"], e["stage"]) for e in entries(ds)} == before, "the reconciler changed a take"
+
+
+def test_the_json_contract_and_export_by_cer(tmp_path: Path, start_daemon) -> None:
+    """What scripts rely on: show/list --json always carry check and take_count, show its
+    earlier_takes, status the check counters; export --max-cer leaves unchecked takes out."""
+    ds = make_dataset(tmp_path, ["uno dos tres", "cuatro cinco", "seis siete"])
+    start_daemon(ds, "--max-cer", "0.3", "--max-takes", "1")
+    with Client(running(ds)["endpoint"]) as cl:
+        for c in cl.call("claim", owner="g", n=3)["entries"]:
+            cl.call("result", id=c["id"], token=c["token"], status="completed", duration_seconds=1.0,
+                    sample_rate=22050, text_hash=c["text_hash"], rev=c["rev"], take_file=False)
+        items = cl.call("check_claim", owner="k", n=2)["entries"]
+        for item, cer in zip(items, (0.1, 0.6), strict=True):
+            body = cl.call("check_result", id=item["id"], owner="k", token=item["token"], take=item["take"], cer=cer,
+                           wer=cer, transcript=f"oído {cer}", model="base", error=None, silent=False)
+            assert body["applied"] and body["stage"] == ("checked" if cer < 0.3 else "flagged"), body
+    listed = entries(ds)
+    assert all("check" in e and "take_count" in e for e in listed)
+    assert [e["check"] and e["check"]["cer"] for e in listed] == [0.1, 0.6, None]
+    shown = orjson.loads(cli("show", "--dataset", str(ds), "#2", "--json", check=True).stdout)
+    assert shown["check"] == {"cer": 0.6, "wer": 0.6, "transcript": "oído 0.6", "model": "base",
+                              "take": shown["take"], "error": None, "wrong": True, "reason": "CER 0.60 over 0.30",
+                              "threshold": 0.3}
+    assert shown["take_count"] == 1 and shown["earlier_takes"] == []
+    st = status(ds)
+    assert (st["checked"], st["mismatched"], st["check_waiting"]) == (2, 1, 1)
+    rows = [orjson.loads(x) for x in cli("export", "--dataset", str(ds), "--format", "jsonl", "--max-cer", "0.5",
+                                         check=True).stdout.splitlines()]
+    assert [(r["cer"], r["transcript"]) for r in rows] == [(0.1, "oído 0.1")]
+    plain = cli("export", "--dataset", str(ds), "--format", "jsonl", check=True).stdout.splitlines()
+    assert [orjson.loads(x)["cer"] for x in plain] == [0.1, 0.6, None]
+
+
+@pytest.mark.slow  # ~15 s: a model load and a few decodes
+def test_sigterm_stops_a_checker_cleanly_and_gives_back_what_it_holds(tmp_path: Path, start_daemon,
+                                                                       asr_models: dict) -> None:
+    ds = make_dataset(tmp_path, EN_TEXTS[:6])
+    d = start_daemon(ds, "--log-level", "DEBUG")
+    gen = popen(["generate", "--dataset", str(ds), "--synth", "espeak", "--synth-opt", "voice=en-us", "--until-done"],
+                tmp_path / "gen.log")
+    assert gen.wait(60) == 0
+    checker = popen(["check", "--dataset", str(ds), "--asr-model", str(asr_models["tiny.en"])], tmp_path / "check.log")
+    wait_for(lambda: sum(accepted(d.log).values()) >= 1, 60, "a check accepted")
+    checker.send_signal(signal.SIGTERM)
+    assert checker.wait(30) == 0, (tmp_path / "check.log").read_text()
+    st = status(ds)
+    assert st["checked"] + st["check_waiting"] == 6 and st["checked"] == sum(accepted(d.log).values())
+    assert all(e["stage"] != "leased" for e in entries(ds)), "a stopped checker holds nothing"
+    assert "checker" in (tmp_path / "check.log").read_text().splitlines()[-1]  # its summary line

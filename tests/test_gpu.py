@@ -75,6 +75,36 @@ def test_sigkill_while_writing_and_synthesizing_charges_only_the_text_under_synt
     assert cli("verify", "--dataset", str(ds)).stdout.strip().endswith("0 sync errors")
 
 
+def test_a_death_while_only_writing_charges_nobody(tmp_path: Path, start_daemon) -> None:
+    """Synthesis over, its take held mid-write, nothing next: the generator has told the daemon
+    nothing is under synthesis, so its death charges no attempt."""
+    from statesvc.client import Client
+    from statesvc.endpoints import running
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    gate.touch()
+    marks.mkdir()
+    ds = make_dataset(tmp_path, ["texto uno WRITEHOLD"])
+    start_daemon(ds)
+    log = tmp_path / "generate.log"
+    with open(log, "wb") as out:
+        gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--owner", "gen-a",
+                                "--synth", "tests.plugins:HeldWriter", "--synth-opt", f"gate={gate}",
+                                "--synth-opt", f"marks={marks}", "--log-level", "DEBUG"],
+                               stdout=out, stderr=subprocess.STDOUT, env=ENV)
+    try:
+        wait_for(lambda: (marks / "writing").exists()
+                 and "told the daemon nothing is under synthesis" in log.read_text(), 30, "the take held mid-write")
+        gen.kill()
+        gen.wait(10)
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+    with Client(running(ds)["endpoint"], timeout=5.0) as c:
+        reply = c.call("died", owner="gen-a")
+    assert reply["charged"] == [] and reply["returned"] == [1], reply
+    assert read_state(ds)["entries"][0]["attempts"] == 0
+
+
 # ---- --gpus ---------------------------------------------------------------------------------------
 
 def gpus_seen(log: Path) -> list[str]:

@@ -56,7 +56,19 @@ def test_seconds_per_character_far_off_the_voices_own_is_wrong() -> None:
     j2 = Judge()
     j2.learn(0.3, 3.0, 50)
     j2.learn(0.3, 3.0, 50, -1)
-    assert j2.cers.n == 0 and j2.rates.n == 0 and not j2.cers.counts.any()
+    assert j2.cers.n == 0 and j2.rates.n == 0 and not any(j2.cers.counts)
+
+
+def test_the_judge_counts_deviations_as_the_pages_fit_does() -> None:
+    from review import takes
+    from statesvc import judge
+    assert (judge.K, judge.MAD_SCALE, judge.MIN_RATE_CHARS) == \
+        (takes.SPREAD_SIGMAS, takes.MAD_SCALE, takes.MIN_RATE_CHARS)
+    h = judge._Histogram(0.0, 0.01, 100)
+    for v in (0.105, 0.205, 0.305, 0.405, 0.905):
+        h.add(v)
+    med, mad = h.median_mad()
+    assert abs(med - 0.305) < 1e-9 and abs(mad - 0.1) < 1e-9
 
 
 # ---- what a check does to an entry -----------------------------------------------------------------

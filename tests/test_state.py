@@ -501,6 +501,7 @@ def test_add_refuses_duplicates_without_changing_anything() -> None:
     assert len(s.entries) == 2 and s.counts[Status.PENDING] == 2
     s.add([(None, "x")], "utt", 0)
     assert s.entries[-1].filename == "utt_0003"
+    check_invariants(s)  # the check stage counters too
 
 
 def test_the_last_entries_are_shared_among_the_owners_holding_work() -> None:

@@ -10,9 +10,9 @@ otherwise), ``deterministic=1`` (both noises zero: the same text gives bit-ident
 intra-op threads; default 1, one generator per core).
 
 One text at a time, no ``synthesize_batch``: the graph takes padded batches but returns no
-lengths, and on this CPU a padded batch of 8 was no faster per text than one by one
-(``bench/piper_batch.py``; see docs/BENCHMARKS.md), so batching would cost trimming guesses for
-nothing.
+lengths, and on a CPU padded batches of 8 ran at 0.85x the one-by-one rate (median of 7
+interleaved runs, untrimmed: ``bench/piper_batch.py``, docs/BENCHMARKS.md), so batching would
+cost trimming guesses for nothing. (On a GPU it may pay; measure there before adding it.)
 """
 
 from __future__ import annotations
