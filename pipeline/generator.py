@@ -8,12 +8,18 @@ the entry's name only if it counts. Results are sent without waiting for their
 acknowledgement and resent until the daemon confirms them. A thread heartbeats the
 leases held, during synthesis too, so a long batch keeps its leases and a dead
 process loses them within a lease (seconds).
+
+Synthesis and writing overlap: a writer thread (``pipeline.writer``) encodes, writes and fsyncs
+the last batch while the synthesizer works on the next, and the queue between them is bounded.
+The working notice of the next batch tells the daemon the last one is no longer under way: a
+death then charges only the texts under synthesis; the last batch's takes are adopted when they
+reached the disk, and its other texts go back uncharged. A batch that runs out of GPU memory is
+split and retried, uncharged, and the batch grows back after successes.
 """
 
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import os
 import secrets
@@ -26,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from statesvc import protocol
-from statesvc.audio import Provenance
 from statesvc.client import Client, Unavailable
 from statesvc.dataset import state_path
 from statesvc.health import min_free_bytes
 
-from .synth import Synthesizer, to_pcm16
-from .wavs import write_take
+from .batches import next_batch
+from .synth import Synthesizer, batch_cost, is_deterministic, is_out_of_memory
+from .writer import DiskTrouble, Failed, Writer, Written
 
 log = logging.getLogger("pipeline.generate")
 
@@ -43,12 +49,13 @@ IDLE_POLL = 0.05  # short: SIGTERM (the end of a run) is noticed within it
 SILENCE_RECONNECT = 6.0
 PREFETCH_MIN, PREFETCH_MAX = 8, 1024   # bounds of the queue of claimed texts
 PREFETCH_SECONDS = 0.5                # of synthesis held in the queue
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 DISK_BACKOFF_MAX = 60.0
 DISK_CHECK_EVERY = 2.0  # seconds between looks at the free space of wavs/
 FLUSH_EVERY, FLUSH_COUNT = 0.2, 256  # results wait at most this long (s) / this many for one message
 FLUSH_SECONDS = 10.0
 WORKING_WAIT = 2.0  # seconds to wait for the daemon to hear what we start on (then start anyway)
+HANDOVER_STEP = 0.02  # seconds between looks at the daemon's replies while the writer's queue is full
+GROW_AFTER = 4  # batches that fit in memory before the batch size, cut by an out-of-memory error, doubles
 
 
 MAX_CLAIM = 1000  # the protocol's limit on one claim
@@ -107,8 +114,14 @@ class Generator:
     failed: int = 0
     starved: float = 0.0
     disk_backoff: float = 0.0
+    disk_pause_until: float = 0.0  # monotonic end of the pause the last refused write began
     written: list = field(default_factory=list)
     first_written: float = 0.0
+    writer: Writer | None = None  # started by run(); without it takes are written in this thread
+    batch_limit: int = 0   # the batch size memory allows now (0: --batch); cut on out-of-memory, grown back
+    fitted: int = 0        # batches that fitted since the last cut or growth
+    oom_splits: int = 0
+    said_synthesizing: bool = False  # the daemon was told we synthesize something, and not told since that it ended
 
     # ---- talking to the daemon -------------------------------------------
     def send(self, op: str, **fields: object) -> int:
@@ -197,6 +210,7 @@ class Generator:
         """Nothing of ours in hand or in flight: no text queued, no take unreported, no result or
         claim unacknowledged (an unacknowledged result is still `generating` in the daemon's books)."""
         return (not self.queue and not self.written and self.claim_rid is None
+                and not (self.writer is not None and self.writer.in_flight())
                 and not any(p.op in ("result", "results", "release", "status") for p in self.unacked.values()))
 
     def ask_if_done(self) -> None:
@@ -249,6 +263,7 @@ class Generator:
         is lost, the daemon finds the previous text's take on disk and charges nobody, and the
         entries we held come back as suspects. Returns the entries whose leases we still hold."""
         rid = self.send("working", owner=self.owner, tokens=[e["token"] for e in entries])
+        self.said_synthesizing = bool(entries)
         if not any(e.get("suspect") for e in entries):
             return entries
         self.await_reply(rid)
@@ -258,29 +273,26 @@ class Generator:
         return [e for e in entries if e["token"] in held]
 
     def next_unit(self) -> list[dict]:
-        """What is synthesized together: a batch for a plugin with synthesize_batch, else one text.
-        A ``suspect`` entry (in flight when a generator died) is synthesized by itself, so a text
-        that kills the process is found and charged, not its batch-mates."""
-        if not self.queue:
-            return []
-        first = self.queue.popleft()
-        unit = [first]
-        if self.batch > 1 and hasattr(self.synth, "synthesize_batch") and not first.get("suspect"):
-            while self.queue and len(unit) < self.batch and not self.queue[0].get("suspect"):
-                unit.append(self.queue.popleft())
-        return unit
+        """What is synthesized together: a batch for a plugin with synthesize_batch (at most what
+        memory allowed lately), else one text. Grouped by length for a model whose batch costs its
+        longest text; a ``suspect`` entry goes alone (see ``pipeline.batches``)."""
+        size = min(self.batch, self.batch_limit or self.batch) if hasattr(self.synth, "synthesize_batch") else 1
+        return next_batch(self.queue, size, batch_cost(self.synth) == "longest")
 
     def work(self, entries: list[dict]) -> None:
         started = time.monotonic()
         self.synthesizing_since = started
         try:
-            self._work(entries)
+            self.synthesize(entries)
         finally:
             self.synthesizing_since = None
             per_text = (time.monotonic() - started) / len(entries)
             self.text_seconds = per_text if not self.text_seconds else 0.8 * self.text_seconds + 0.2 * per_text
 
-    def _work(self, entries: list[dict]) -> None:
+    def synthesize(self, entries: list[dict]) -> None:
+        """Synthesize ``entries`` together and hand the audio to the writer. Out of memory: split in
+        two and go on with each half (told to the daemon first, as any unit), nothing charged; a
+        text out of memory alone is a failure of that text."""
         try:
             if len(entries) > 1:
                 audios = list(self.synth.synthesize_batch([e["text"] for e in entries]))
@@ -289,36 +301,85 @@ class Generator:
             else:
                 audios = [self.synth.synthesize(entries[0]["text"])]
         except Exception as exc:
+            if len(entries) > 1 and is_out_of_memory(exc):
+                self.split_for_memory(entries, exc)
+                return
             for e in entries:
                 self.report_failure(e, exc)
             return
-        for i, (e, audio) in enumerate(zip(entries, audios, strict=True)):
-            try:
-                seconds, sig = write_take(self.dataset, e["filename"], to_pcm16(audio), self.synth.sample_rate,
-                                          Provenance(e["text_hash"], e["rev"], e["token"]))
-            except OSError as exc:
-                if exc.errno in DISK_ERRORS:  # the disk, not the text: nothing charged, all given back
-                    self.pause_for_disk(exc, entries[i:])
-                    return
-                self.report_failure(e, exc)
-                continue
-            except Exception as exc:
-                self.report_failure(e, exc)
-                continue
-            self.disk_backoff = 0.0
-            if not self.written:
-                self.first_written = time.monotonic()
-            self.written.append((e, seconds, sig))
+        self.fitted += 1
+        if self.batch_limit and self.fitted >= GROW_AFTER and len(entries) >= self.batch_limit:
+            self.batch_limit = min(self.batch, 2 * self.batch_limit)
+            self.fitted = 0
+            log.info("batch size back to %d after %d batches that fitted in memory", self.batch_limit, GROW_AFTER)
+        self.write(entries, audios)
+
+    def split_for_memory(self, entries: list[dict], exc: BaseException) -> None:
+        half = len(entries) // 2
+        self.oom_splits += 1
+        self.batch_limit, self.fitted = max(1, half), 0
+        log.warning("out of memory on a batch of %d (%s: %s); retrying as %d and %d, uncharged",
+                    len(entries), type(exc).__name__, str(exc)[:200], half, len(entries) - half)
+        for part in (entries[:half], entries[half:]):
+            part = self.tell_working(part)
+            if part:
+                self.synthesize(part)
+
+    def write(self, entries: list[dict], audios: list) -> None:
+        """Hand a synthesized batch to the writer thread; while its queue is full, handle replies."""
+        if self.writer is None:  # not running (a test stepping run_once): write here
+            self.take_outcomes(Writer(self.dataset, self.synth.sample_rate).write(entries, audios))
+            return
+        while not self.writer.submit(entries, audios, timeout=HANDOVER_STEP):
+            self.say_not_synthesizing()  # a death while we wait on the disk is not these texts' doing
+            self.collect()
+            self.pump(0)
+
+    def say_not_synthesizing(self) -> None:
+        """Tell the daemon nothing is under synthesis any more (an empty working notice), so a
+        death while we wait (for work, or for the writer) charges nobody."""
+        if self.said_synthesizing:
+            self.send("working", owner=self.owner, tokens=[])
+            self.said_synthesizing = False
+            log.debug("told the daemon nothing is under synthesis")
+
+    def collect(self) -> None:
+        """What the writer finished: takes to report, failures to charge, a disk to wait for."""
+        if self.writer is not None:
+            self.take_outcomes(self.writer.outcomes())
+
+    def take_outcomes(self, outcomes: list) -> None:
+        for out in outcomes:
+            if isinstance(out, Written):
+                self.disk_backoff = 0.0
+                if not self.written:
+                    self.first_written = time.monotonic()
+                self.written.append((out.entry, out.seconds, out.sig))
+            elif isinstance(out, Failed):
+                self.report_failure(out.entry, out.error)
+            elif isinstance(out, DiskTrouble):
+                self.pause_for_disk(out.error, out.unwritten)
+
+    def drain_writer(self, timeout: float) -> None:
+        """Wait (handling replies) until the writer has written everything handed to it."""
+        deadline = time.monotonic() + timeout
+        while self.writer is not None and self.writer.in_flight() and time.monotonic() < deadline:
+            self.collect()
+            self.pump(HANDOVER_STEP)
+        self.collect()
 
     def pause_for_disk(self, exc: OSError, unwritten: list[dict]) -> None:
         """The disk, not the text, failed: give back what is not written and the queue, and wait
         before claiming again. No attempt is charged."""
-        self.disk_backoff = min(DISK_BACKOFF_MAX, max(1.0, 2 * self.disk_backoff))
-        log.warning("cannot write wavs (%s); pausing %.0f s", exc.strerror, self.disk_backoff)
+        now = time.monotonic()
+        if now >= self.disk_pause_until:  # one pause per refusal, not one per batch behind it in the writer
+            self.disk_backoff = min(DISK_BACKOFF_MAX, max(1.0, 2 * self.disk_backoff))
+            self.disk_pause_until = now + self.disk_backoff
+            log.warning("cannot write wavs (%s); pausing %.0f s", exc.strerror, self.disk_backoff)
         back = unwritten + list(self.queue)
         self.queue.clear()
         self.send("release", owner=self.owner, tokens=[e["token"] for e in back])
-        self.idle_until = time.monotonic() + self.disk_backoff
+        self.idle_until = max(self.idle_until, self.disk_pause_until)
 
     def flush_written(self, force: bool = False) -> None:
         """Report the takes written so far in one message. Each take was fsynced; the daemon
@@ -329,7 +390,7 @@ class Generator:
             return
         items = [{"id": e["id"], "token": e["token"], "status": "completed", "duration_seconds": round(sec, 6),
                   "sample_rate": self.synth.sample_rate, "text_hash": e["text_hash"], "rev": e["rev"],
-                  "wav": sig} for e, sec, sig in self.written]
+                  "wav": sig, "deterministic": is_deterministic(self.synth)} for e, sec, sig in self.written]
         self.done += len(items)
         # one message for the whole flush; nobody waits on its reply unless we are stopping
         self.send("results", items=items, **({"wait": True} if self.stopping else {}))
@@ -388,6 +449,7 @@ class Generator:
 
     def run_once(self) -> None:
         self.drop_lost()
+        self.collect()
         if self.short_of_disk():
             self.flush_written(force=True)
             self.pump(IDLE_POLL)
@@ -400,6 +462,8 @@ class Generator:
             self.flush_written()
             self.pump(0)
         else:
+            self.say_not_synthesizing()
+            self.drain_writer(IDLE_POLL)  # nothing to synthesize: report what is written at once
             self.flush_written(force=True)
             t = time.monotonic()
             self.pump(IDLE_POLL)
@@ -408,15 +472,19 @@ class Generator:
     def run(self) -> int:
         beat = Heartbeat(self)
         beat.start()
+        self.writer = Writer(self.dataset, self.synth.sample_rate)
+        self.writer.start()
         try:
             while not self.stopping and not self.finished:
                 self.run_once()
             return self.shutdown()
         finally:
+            self.writer.close()
             beat.stop()
 
     def shutdown(self) -> int:
-        """Give back what was not started, flush results for a bounded time."""
+        """Write what was synthesized, give back what was not started, flush results for a bounded time."""
+        self.drain_writer(FLUSH_SECONDS)
         self.flush_written(force=True)
         deadline = time.monotonic() + FLUSH_SECONDS
         while time.monotonic() < deadline:
@@ -429,7 +497,8 @@ class Generator:
         left = sum(len(p.fields.get("items", [p])) for p in self.unacked.values() if p.op.startswith("result"))
         why = f" on {self.stopped_by}" if self.stopped_by else " (done)" if self.finished else ""
         log.info("generator %s stopping%s: %d written, %d failed, %d results unacknowledged, "
-                 "%.1f s waiting for work", self.owner, why, self.done, self.failed, left, self.starved)
+                 "%.1f s waiting for work, %d batches split for memory", self.owner, why, self.done, self.failed,
+                 left, self.starved, self.oom_splits)
         return 0
 
 

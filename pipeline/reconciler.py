@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statesvc.audio import TAKE_PREFIX, TMP_PREFIX, Observation, Provenance, inspect, not_its_take
+from statesvc.audio import TAKE_PREFIX, TMP_PREFIX, Observation, Provenance, inspect, is_adopted, not_its_take
 from statesvc.client import Client
 
 log = logging.getLogger("pipeline.reconcile")
@@ -78,7 +78,7 @@ class Reconciler:
                 if hit is not None and hit[0] == key:
                     obs = hit[1]
                 elif (info := (known or {}).get(name[:-4])) and info[5] == [st.st_size, st.st_mtime_ns, st.st_ino] \
-                        and info[0] == "completed" and info[4] and stat.S_ISREG(st.st_mode):
+                        and info[0] == "completed" and info[4] and not is_adopted(info[4]) and stat.S_ISREG(st.st_mode):
                     # written by a generator and unchanged since: what it reported still holds
                     obs = Observation(True, "", info[1], sample_rate or 0, 1, Provenance(info[2], info[3], info[4]))
                     cache[name] = (key, obs)

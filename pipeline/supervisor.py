@@ -85,6 +85,7 @@ class Child:
     argv: list[str]
     log: Path
     leases: bool = False    # a generator: takes leases under a fresh owner id at each start
+    gpu: str | None = None  # the GPU a generator is given (CUDA_VISIBLE_DEVICES), shown in its owner name
     state: ChildState = ChildState.STOPPED
     why: str = "not started yet"  # the reason for the last change of state
     proc: subprocess.Popen | None = None
@@ -108,15 +109,22 @@ class Child:
         if self.leases:
             # Unique per process start: the daemon can tell this process's leases from those of
             # the one before it, and give back exactly the dead one's.
-            self.owner = f"{socket.gethostname()}:{self.name}:{secrets.token_hex(4)}"
+            self.owner = f"{socket.gethostname()}:{self.label()}:{secrets.token_hex(4)}"
             argv = [*argv, "--owner", self.owner]
+        env = None if self.gpu is None else {**os.environ, "CUDA_VISIBLE_DEVICES": self.gpu}
         self.log.parent.mkdir(exist_ok=True)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
                                          preexec_fn=_die_with_parent)
         self.pids.append(self.proc.pid)
         self.started = time.monotonic()
+
+    def label(self) -> str:
+        """The name, with its GPU when it has one: what the owner name, the page and our lines show."""
+        if self.gpu is None:
+            return self.name
+        return f"{self.name}-gpu{self.gpu}" if self.gpu.isdigit() else f"{self.name}-{self.gpu}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -167,17 +175,20 @@ class Run:
     stopping: int = 0
     started: float = field(default_factory=time.monotonic)
     dashboard_port: int | None = None  # serve the review dashboard too; the run then lasts until Ctrl-C
+    check_args: list[str] | None = None  # --check: checkers run beside the generators with these arguments
+    checkers: int = 1
     log_max_bytes: int = LOG_MAX_BYTES
     log_keep: int = LOG_KEEP
     next_rotation: float = 0.0
+    gpus: list[str] | None = None  # one GPU per generator (--gpus, --per-gpu): workers is its length
 
     def say(self, text: str) -> None:
         self.clear_bar()
         print(text, file=self.out, flush=True)
 
     # ---- children --------------------------------------------------------
-    def spawn(self, name: str, argv: list[str], leases: bool = False) -> Child:
-        c = Child(name, argv, self.dataset / "logs" / f"{name}.log", leases=leases)
+    def spawn(self, name: str, argv: list[str], leases: bool = False, gpu: str | None = None) -> Child:
+        c = Child(name, argv, self.dataset / "logs" / f"{name}.log", leases=leases, gpu=gpu)
         c.start("first start")
         self.children.append(c)
         return c
@@ -195,6 +206,8 @@ class Run:
         # not compete with the generators loading their models.
         self.spawn("reconcile", [*command("pipeline"), "reconcile", "--dataset", ds,
                                  "--interval", str(self.reconcile_interval)])
+        for i in range(self.checkers if self.check_args is not None else 0):  # leases: told dead like generators
+            self.spawn(f"check-{i}", [*command("pipeline"), "check", "--dataset", ds, *self.check_args], leases=True)
         if self.dashboard_port is not None:
             self.spawn("dashboard", [*command("statesvc"), "dashboard", "--dataset", ds,
                                      "--port", str(self.dashboard_port)])
@@ -215,9 +228,13 @@ class Run:
         the lock file when it is up."""
         if any(c.name.startswith("generate-") for c in self.children):
             return
-        for i in range(self.workers):
+        gpus = self.gpus or [None] * self.workers
+        for i, gpu in enumerate(gpus):
             self.spawn(f"generate-{i}", [*command("pipeline"), "generate", "--dataset", str(self.dataset),
-                                         *self.gen_args], leases=True)
+                                         *self.gen_args], leases=True, gpu=gpu)
+        if self.gpus:
+            self.say("generators: " + ", ".join(f"{c.name} on GPU {c.gpu} (pid {c.proc.pid})"
+                                                for c in self.children if c.gpu is not None))
 
     def wait_daemon(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -253,7 +270,7 @@ class Run:
             elif c.state is ChildState.BACKING_OFF and now >= c.restart_at:
                 c.restarts += 1
                 c.start(f"restart #{c.restarts}")
-                self.say(f"{c.name} restarted (restart #{c.restarts}, pid {c.proc.pid})")
+                self.say(f"{c.label()} restarted (restart #{c.restarts}, pid {c.proc.pid})")
 
     def exited(self, c: Child, now: float) -> None:
         """A child died without being asked to: back off and restart it, or give up on a crash loop."""
@@ -271,7 +288,7 @@ class Run:
         delay = min(BACKOFF_MAX, 0.25 * 2 ** c.quick_exits)
         c.restart_at = now + delay
         c.change(ChildState.BACKING_OFF, f"exited with {describe_code(code)}")
-        self.say(f"{c.name} (pid {c.proc.pid}) exited with {describe_code(code)}; restarting in {delay:.1f} s")
+        self.say(f"{c.label()} (pid {c.proc.pid}) exited with {describe_code(code)}; restarting in {delay:.1f} s")
         self.report_death(c, code)
 
     def report_death(self, c: Child, code: int) -> None:
@@ -369,6 +386,10 @@ class Run:
         text = (f"{done}/{st['total']} {100 * done / total:5.1f}%  completed {st['completed']}  "
                 f"failed {st['failed']}  generating {st['generating']}  "
                 f"{(rate or 0):.1f}/s  ETA {fmt_seconds(eta) if eta is not None else '-'}")
+        if self.gpus:
+            text += f"  GPUs {','.join(dict.fromkeys(self.gpus))}"
+        if self.check_args is not None:
+            text += f"  checked {st.get('checked', 0)}  flagged {st.get('mismatched', 0)}"
         paused = paused_line(st)  # the generators' disk guard, as they told the daemon
         if paused:
             text += f"  {paused}"
@@ -397,14 +418,14 @@ class Run:
             self.supervise()
             st = self.status() or st
             if st is not None:
-                done = st["pending"] == 0 and st["generating"] == 0
+                done = self.done(st)
                 if not reviewing:
                     self.progress(st)
                 if done and not reviewing:
                     for line in self.final_reconcile()[:-1]:
                         self.say(f"final reconcile: {line}")
                     st = self.status() or st
-                    if st["pending"] == 0 and st["generating"] == 0:
+                    if self.done(st):
                         if self.dashboard_port is None:
                             break
                         self.clear_bar()
@@ -426,6 +447,12 @@ class Run:
         self.remove_dead_temps()
         return self.summary(interrupted)
 
+    def done(self, st: dict) -> bool:
+        """Nothing pending or generating; with --check, every take checked too (a check may send
+        an entry back for a retake)."""
+        return st["pending"] == 0 and st["generating"] == 0 and \
+            (self.check_args is None or st.get("check_waiting", 0) == 0)
+
     def remove_dead_temps(self) -> None:
         """A generator killed mid-write leaves its temp wav (named with its pid); once every child of
         ours has stopped, those are garbage. Temp files of other writers wait for the reconciler's
@@ -446,6 +473,9 @@ class Run:
         self.say(f"{'interrupted' if interrupted else 'finished'}: completed {st['completed']}/{st['total']}, "
                  f"failed {st['failed']}, pending {st['pending']}, audio {fmt_seconds(st['audio_seconds'])}, "
                  f"wall time {fmt_seconds(wall)}")
+        if self.check_args is not None:
+            self.say(f"checked {st.get('checked', 0)}, flagged {st.get('mismatched', 0)} "
+                     f"(statesvc list --json: check; they stay for the curator)")
         if interrupted:
             self.say("state is consistent; run the same command again to resume")
             return EXIT_INTERRUPTED

@@ -1,3 +1,5 @@
+"""`python -m statesvc`: the statesvc command."""
+
 from statesvc.cli import main
 
 main()

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .state import DURATION_TOLERANCE, same_duration, text_hash  # re-exported: one definition each
+from .state import DURATION_TOLERANCE, is_adopted, same_duration, text_hash  # re-exported: one definition each
 
 __all__ = ["DURATION_TOLERANCE", "HEAD_BYTES", "TMP_PREFIX", "TAKE_PREFIX", "Observation", "Provenance", "encode_wav",
-           "inspect", "not_its_take", "read_provenance", "same_duration", "take_path", "text_hash", "wav_path"]
+           "inspect", "is_adopted", "not_its_take", "read_provenance", "same_duration", "take_path", "text_hash",
+           "wav_path"]
 
 if TYPE_CHECKING:
     import numpy
@@ -260,6 +261,6 @@ def not_its_take(obs: Observation, duration: float | None, text_hash: str | None
         return "the wav is a take of another text"
     if p is not None and p.rev != rev:
         return f"the wav is a take of revision {p.rev}, the entry is at {rev}"
-    if take and (p is None or p.token != take):
-        return "the wav is not the take the state recorded"
+    if take and (p is not None if is_adopted(take) else p is None or p.token != take):
+        return "the wav is not the take the state recorded"  # an adopted take's wav records none
     return None

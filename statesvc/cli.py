@@ -19,11 +19,13 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 import zmq
 
+from . import DISTRIBUTION
 from . import dataset as ds
 from .atomic import SaveFailed
 from .client import NoDaemon, ServiceError, Unavailable
@@ -48,6 +50,9 @@ from .state import STATUSES, Refused
 from .store import DamagedState, Locked, load
 from .texts import TextsError
 from .verify import mismatches, unsafe_texts
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 FINDING = FAILED  # verify's sync errors, health's verdict: the same code as a failure, told apart in words
 
@@ -83,11 +88,56 @@ def one_line(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+PLUGINS = "statesvc.commands"  # entry-point group: commands other packages add (the page's `dashboard`)
+
+
+def plugins() -> dict[str, EntryPoint]:
+    """The commands other installed packages add to `statesvc`, by name, not loaded."""
+    from importlib.metadata import entry_points  # 20 ms: only for a name that is not one of ours
+    return {ep.name: ep for ep in entry_points(group=PLUGINS)}
+
+
+def load_plugin(ep: EntryPoint) -> click.Command:
+    """The command an entry point names. When a module it needs is not installed (the extra that
+    carries its dependencies), a stand-in that says in one line which extra to install and exits 2,
+    whatever the arguments (and `statesvc --help` still lists it, saying so). Any other error in
+    loading it is a bug of that package, and raises."""
+    try:
+        command = ep.load()
+    except ModuleNotFoundError as exc:
+        dist = ep.dist.name if ep.dist is not None else DISTRIBUTION
+        extra = f"[{','.join(ep.extras)}]" if ep.extras else ""
+        return _cannot(ep.name, f"`statesvc {ep.name}` needs the {'extra ' + extra if extra else 'package'} "
+                                f"installed ({exc}): pip install '{dist}{extra}'")
+    if not isinstance(command, click.Command):
+        return _cannot(ep.name, f"`statesvc {ep.name}`: the entry point {ep.value} is not a click command")
+    return command
+
+
+def _cannot(name: str, message: str) -> click.Command:
+    def refuse() -> None:
+        raise click.UsageError(message)
+    return click.Command(name, callback=refuse, help=message, add_help_option=False,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
 class Group(OneLineGroup):
     """The `statesvc` group: beside click's usage errors, the library's expected errors as one line
-    on stderr with the exit codes above, for every command and sub-group, never a traceback."""
+    on stderr with the exit codes above, for every command and sub-group, never a traceback. It
+    also holds the commands other packages register (PLUGINS), each loaded only when invoked (or
+    when the help lists it)."""
 
     prog = "statesvc"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *plugins()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and (ep := plugins().get(name)) is not None:
+            command = load_plugin(ep)
+            self.add_command(command, name)
+        return command
 
     def expected(self, exc: Exception) -> int | None:
         if not isinstance(exc, (CannotCheck, *EXPECTED)):
@@ -193,6 +243,10 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
               help="How long a generator's lease lasts without a heartbeat (default 10).")
 @click.option("--max-attempts", type=click.IntRange(1, 100), default=None,
               help="Syntheses an entry may fail before it is marked failed (default 3).")
+@click.option("--max-cer", type=click.FloatRange(0, None), default=None,
+              help="A checked take whose CER is over this is wrong (default: adaptive, see README).")
+@click.option("--max-takes", type=click.IntRange(1, 100), default=None,
+              help="Takes of one text a check may ask for before the best one is kept, flagged (default 3).")
 @click.option("--curve-secret", type=click.Path(dir_okay=False, path_type=Path), default=None,
               envvar="STATESVC_CURVE_SECRET", show_envvar=True,
               help="The daemon's .key_secret file (required on tcp).")
@@ -209,8 +263,9 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
 @click.option("--metrics-host", type=TEXT, default="127.0.0.1", show_default=True, envvar="STATESVC_METRICS_HOST",
               show_envvar=True, help="Address for the metrics (loopback by default).")
 def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds: float | None,
-          max_attempts: int | None, curve_secret: Path | None, allow: Path | None, checkpoint_bytes: int | None,
-          checkpoint_idle: float, log_level: str, metrics_port: int | None, metrics_host: str) -> None:
+          max_attempts: int | None, max_cer: float | None, max_takes: int | None, curve_secret: Path | None,
+          allow: Path | None, checkpoint_bytes: int | None, checkpoint_idle: float, log_level: str,
+          metrics_port: int | None, metrics_host: str) -> None:
     """Run the daemon: the only writer of generation_state.json and its journal.
 
     SIGTERM or Ctrl-C: it answers what arrived, writes a checkpoint and exits 0."""
@@ -223,7 +278,8 @@ def serve(dataset: Path, endpoint: str | None, events: str | None, lease_seconds
     curve = (curve_secret, allow) if curve_secret and allow else None
     try:
         code = serve_daemon(dataset, endpoint, events, lease_seconds, max_attempts, curve, checkpoint_bytes,
-                            checkpoint_idle, None if metrics_port is None else (metrics_host, metrics_port))
+                            checkpoint_idle, None if metrics_port is None else (metrics_host, metrics_port),
+                            max_cer, max_takes)
     except KeyboardInterrupt:  # a stop while it loads, before it serves: nothing was answered
         logging.getLogger("statesvc").info("stopped before serving")
         code = OK
@@ -283,6 +339,8 @@ def status(dataset: Path, as_json: bool) -> None:
     click.echo(" ".join(f"{k}={st[k]}" for k in ("total", "pending", "generating", "completed", "failed")))
     done = 100 * (st["completed"] + st["failed"]) / total
     click.echo(f"audio: {st['audio_seconds'] / 3600:.2f} h   done: {done:.1f}%")
+    if st.get("checked") or st.get("check_waiting"):
+        click.echo(f"checks: checked={st['checked']} flagged={st['mismatched']} waiting={st['check_waiting']}")
     if st.get("daemon"):
         rate, eta = st.get("rate_per_second"), st.get("eta_seconds")
         click.echo(f"daemon pid {st['pid']}, up {st['uptime']:.0f} s, leases {st['leases']}, "
@@ -364,12 +422,16 @@ def edit(dataset: Path, key: str, text: str) -> None:
 @click.argument("key", type=TEXT)
 @click.argument("verdict", type=click.Choice(["approved", "rejected", "none"]), metavar="VERDICT")
 @click.option("--note", type=TEXT, default=None, help="Why (kept with the verdict).")
-def review(dataset: Path, key: str, verdict: str, note: str | None) -> None:
+@click.option("--take", type=TEXT, default=None,
+              help="The token of the take heard (show --json: take); refused if the entry has another take by now.")
+def review(dataset: Path, key: str, verdict: str, note: str | None, take: str | None) -> None:
     """Record a verdict on an entry's current take (KEY: filename, id or #id); none withdraws it.
 
-    A verdict holds for the take it was given on: a new take of the entry ends it."""
+    A verdict holds for the take it was given on: a new take of the entry ends it. With --take,
+    it is given only if that take is still the entry's."""
     need_dataset(dataset)
-    body = ds.write(dataset, "review", key=key, review=None if verdict == "none" else verdict, note=note)
+    body = ds.write(dataset, "review", key=key, review=None if verdict == "none" else verdict, note=note,
+                    **({"take": take} if take is not None else {}))
     click.echo(f"entry {body['reviewed']}: " + (body["review"]["verdict"] if body["review"] else "no verdict"))
 
 
@@ -403,10 +465,13 @@ def verify(dataset: Path) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output file (default: stdout).")
 @click.option("--approved-only", is_flag=True, help="Only the takes a reviewer approved.")
-def export(dataset: Path, fmt: str, out: Path | None, approved_only: bool) -> None:
+@click.option("--max-cer", type=click.FloatRange(0, None), default=None,
+              help="Only checked takes whose CER is at most this (unchecked ones are left out).")
+def export(dataset: Path, fmt: str, out: Path | None, approved_only: bool, max_cer: float | None) -> None:
     """Write a training manifest of the completed entries (never a rejected take)."""
     need_dataset(dataset)
-    rows = "".join(f"{line}\n" for line in lines(dataset, ds.entries(dataset, "completed"), fmt, approved_only))
+    rows = "".join(f"{line}\n" for line in lines(dataset, ds.entries(dataset, "completed"), fmt, approved_only,
+                                                 max_cer))
     if out is None:
         sys.stdout.write(rows)
     else:
@@ -514,45 +579,3 @@ def journal_discard(dataset: Path) -> None:
         click.echo("no journal: nothing to discard")
     else:
         click.echo(f"discarded {records} commits; the journal was moved to {aside}")
-
-
-@main.command()
-@dataset_opt
-@click.option("--host", type=TEXT, default="127.0.0.1", show_default=True, envvar="STATESVC_DASHBOARD_HOST",
-              show_envvar=True, help="Address to listen on; one that is not loopback needs --token-file.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8321, show_default=True,
-              envvar="STATESVC_DASHBOARD_PORT", show_envvar=True, help="Port to listen on.")
-@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              envvar="STATESVC_DASHBOARD_TOKEN_FILE", show_envvar=True,
-              help="File holding a secret token (16+ characters) every request must carry.")
-@click.option("--no-analysis", is_flag=True, help="Do not read the takes for the audio flags.")
-@click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True, help="Log verbosity.")
-def dashboard(dataset: Path, host: str, port: int, token_file: Path | None, no_analysis: bool,
-              log_level: str) -> None:
-    """Serve the review dashboard: watch the run, listen, flag, review, regenerate, sync.
-
-    It never writes the state: actions go to the daemon, and are shown done once it acknowledged
-    them. It starts with or without a daemon and follows it through restarts. Ctrl-C or SIGTERM
-    stops it (exit 0)."""
-    need_dataset(dataset, remote_ok=False)
-    try:
-        from .dashboard import Settings, loopback, read_token
-        from .dashboard import serve as serve_dashboard
-        if not loopback(host) and token_file is None:
-            raise click.UsageError(f"--host {host} is not loopback: give --token-file so only who holds the token "
-                                   "gets in")
-        try:
-            token = read_token(token_file) if token_file else None
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        logging.basicConfig(level=log_level, stream=sys.stderr,
-                            format=log_format("%(asctime)s %(name)s %(levelname)s %(message)s",
-                                              "%(name)s %(levelname)s %(message)s"))
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
-        click.echo(f"dashboard of {dataset} on {url}", err=True)
-        serve_dashboard(Settings(dataset.resolve(), host, port, token, analyze=not no_analysis))
-    except KeyboardInterrupt:
-        # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again: SIGTERM is
-        # a KeyboardInterrupt here (sigterm_interrupts), which uvicorn.run swallows; one that comes
-        # before it serves ends us here. Either way a stop: exit 0.
-        pass

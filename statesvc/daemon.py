@@ -174,7 +174,7 @@ class Daemon:
         disk = self.disk()
         if now - self.stats_at >= STATS_EVERY:  # summing every duration is O(entries): not per poll
             self.stats_cache, self.stats_at = s.stats(), now
-        return {**self.stats_cache, **s.counters(), "sample_rate": s.sample_rate,
+        return {**self.stats_cache, **s.counters(), **s.check_counters(), "sample_rate": s.sample_rate,
                 "daemon": True, "pid": os.getpid(), "uptime": round(now - self.started, 1),
                 "progress": round(done / total, 4) if total else 1.0, "rate_per_second": rate,
                 "eta_seconds": round(remaining / rate, 1) if rate else None,
@@ -399,6 +399,7 @@ class Daemon:
         except (DamagedState, SaveFailed) as exc:  # the disk lies or fails: restart and load again
             raise OutcomeUnknown(f"cannot roll back: {exc}") from None
         state.lease_seconds, state.max_attempts = self.state.lease_seconds, self.state.max_attempts
+        state.max_takes, state.judge.max_cer = self.state.max_takes, self.state.judge.max_cer
         state.grant_grace(now)
         self.state, self.store = state, store
         self.completed_seen = state.counts[Status.COMPLETED]
@@ -454,7 +455,8 @@ class Daemon:
 def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
           lease_seconds: float | None = None, max_attempts: int | None = None,
           curve: tuple[Path, Path] | None = None, checkpoint_bytes: int | None = None,
-          checkpoint_idle: float = CHECKPOINT_IDLE, metrics: tuple[str, int] | None = None) -> int:
+          checkpoint_idle: float = CHECKPOINT_IDLE, metrics: tuple[str, int] | None = None,
+          max_cer: float | None = None, max_takes: int | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT. Raises Locked or DamagedState before touching anything.
     ``metrics``: (host, port) to serve Prometheus metrics on."""
     control, events = defaults(dataset, endpoint, events)
@@ -471,6 +473,9 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
             state.lease_seconds = lease_seconds
         if max_attempts:
             state.max_attempts = max_attempts
+        if max_takes:
+            state.max_takes = max_takes
+        state.judge.max_cer = max_cer
         now = time.time()
         state.grant_grace(now)
         for eid in state.repair(now):

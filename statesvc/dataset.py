@@ -7,6 +7,8 @@ itself, so there is still exactly one writer.
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -103,14 +105,22 @@ def entries(dataset: Path, status_filter: str | None = None) -> list[dict]:
     reply = ask(dataset, "list", status=status_filter)
     if reply is not None:
         return reply["entries"]
-    return [e.to_dict() for e in load(dataset).entries if status_filter in (None, e.status)]
+    return [e.public() for e in load(dataset).entries if status_filter in (None, e.status)]
 
 
 def show(dataset: Path, key: int | str) -> dict:
+    """One entry (``Entry.public``) and its ``earlier_takes``: its files in requeued/, oldest first,
+    each with the CER its check gave (null when it was not checked: set aside by requeue or edit)."""
     reply = ask(dataset, "show", key=key)
-    if reply is not None:
-        return reply["entry"]
-    return load(dataset).lookup(key).to_dict()
+    e = reply["entry"] if reply is not None else load(dataset).lookup(key).public()
+    cers = {x["file"]: (x.get("check") or {}).get("cer") for x in e.get("earlier", ())}
+    folder = dataset / "requeued"
+    try:
+        mine = re.compile(re.escape(e["filename"]) + r"\.\d{8}T\d{6}(\.[0-9a-f]{1,9})?\.wav")
+        names = sorted(n for n in os.listdir(folder) if mine.fullmatch(n))
+    except FileNotFoundError:
+        names = []
+    return {**e, "earlier_takes": [{"file": f"requeued/{n}", "cer": cers.get(f"requeued/{n}")} for n in names]}
 
 
 def write(dataset: Path, op: str, **fields: Any) -> dict:

@@ -66,13 +66,14 @@ class Handlers:
         count (valid audio is not thrown away), the others go to stale/."""
         self.disk_pauses.pop(a["owner"], None)
         body = self.state.died(a["owner"], now, self.finished(self.state.synthesizing_of(a["owner"])))
-        return {**body, "adopted": self.adopt_orphans(now)}
+        return {**body, "adopted": self.adopt_orphans(now),
+                "checks_returned": self.state.expire_checks(now, a["owner"])}
 
     def expire(self, now: float) -> list[int]:
         """End the leases past their deadline (the daemon's clock); adopt the whole takes they left."""
         expired = self.state.expire(now, self.finished(self.state.expiring(now)))
         self.adopt_orphans(now)
-        return expired
+        return expired + self.state.expire_checks(now)
 
     def finished(self, tokens: list[str]) -> frozenset[str]:
         """Which of these leases under synthesis have their take on disk: they were not under way."""
@@ -112,6 +113,22 @@ class Handlers:
     def on_edit(self, a: dict, now: float) -> dict:
         body, effects = self.state.edit(a["key"], a["text"], now)
         return {**body, "moved": self.later(effects)}
+
+    def on_check_claim(self, a: dict, now: float) -> dict:
+        return self.state.check_claim(a["owner"], a["n"], a["lease_seconds"], now)
+
+    def on_check_result(self, a: protocol.CheckReport, now: float) -> dict:
+        body, effects = self.state.check_result(a, now)
+        if body["applied"]:  # one line per check accepted (at debug): what a test counts
+            log.debug("check accepted: entry %s take %s by %s: %s", a.id, a.take, a.owner, body["stage"])
+        self.after_save.extend(effects)
+        return body
+
+    def on_check_release(self, a: dict, now: float) -> dict:
+        return self.state.check_release(a["owner"], a["tokens"], now)
+
+    def on_check_heartbeat(self, a: dict, now: float) -> dict:
+        return self.state.check_heartbeat(a["owner"], a["tokens"], now)
 
     def on_review(self, a: dict, now: float) -> dict:
         return self.state.review(a["key"], a["verdict"], a["note"], a["take"], now)
@@ -156,10 +173,10 @@ class Handlers:
 
     def on_list(self, a: dict, now: float) -> dict:
         st = a["status"]
-        return {"entries": [e.to_dict() for e in self.state.entries if st is None or e.status == st]}
+        return {"entries": [e.public() for e in self.state.entries if st is None or e.status == st]}
 
     def on_show(self, a: dict, now: float) -> dict:
-        return {"entry": self.state.lookup(a["key"]).to_dict()}
+        return {"entry": self.state.lookup(a["key"]).public()}
 
     def on_snapshot(self, a: dict, now: float) -> dict:
         return self.state.snapshot()
@@ -212,6 +229,14 @@ class Handlers:
         moved = []
         wavs = os.path.join(self.dataset, "wavs")
         for eff in effects:
+            if eff.kind == "restore":
+                moved += self._restore(eff)
+                continue
+            if eff.dest is not None:  # a retake: the name the state recorded
+                src = os.path.join(wavs, f"{eff.filename}.wav")
+                if self._move(src, self.dataset / eff.dest):
+                    moved.append(eff.dest)
+                continue
             if eff.kind == "stale" and eff.token is not None:
                 src = str(take_path(self.dataset, eff.filename, eff.token))
             else:  # a str: a requeue of thousands costs a stat each, not more
@@ -229,6 +254,31 @@ class Handlers:
                 log.error("cannot move %s aside: %s", src, exc)
         return moved
 
+    def _restore(self, eff: Effect) -> list[str]:
+        """An earlier take back under the entry's name (the state records it): the current take to
+        its recorded name under requeued/ first, so nothing is overwritten."""
+        wav = self.dataset / "wavs" / f"{eff.filename}.wav"
+        if not (self.dataset / eff.source).exists():
+            log.error("cannot bring %s back: it is gone (the reconciler will record the take in wavs/)", eff.source)
+            return []
+        if os.path.lexists(wav) and not self._move(str(wav), self.dataset / eff.dest):
+            return []
+        if not self._move(str(self.dataset / eff.source), wav):
+            return [eff.dest]
+        return [eff.dest, f"wavs/{eff.filename}.wav"]
+
+    @staticmethod
+    def _move(src: str, dst: Path) -> bool:
+        try:
+            dst.parent.mkdir(exist_ok=True)
+            os.replace(src, dst)
+            log.info("moved %s to %s", os.path.basename(src), "/".join(dst.parts[-2:]))
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.error("cannot move %s to %s: %s", src, dst, exc)
+            return False
 
 
 assert all(hasattr(Handlers, f"on_{op}") for op in VALIDATORS if op not in STORAGE), "every op has a handler"

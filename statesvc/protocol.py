@@ -60,16 +60,18 @@ MAX_TOKEN = 64
 
 # ops that change the state: their reply is sent only once the change is durable
 WRITES = frozenset({"claim", "result", "results", "requeue", "add", "reconcile", "release", "died", "edit",
-                    "review"})
+                    "review", "check_claim", "check_result", "check_release"})
 # Writes whose sender waits for the reply before it can go on: committed without pacing.
 # A single ``result`` is what a simple client sends and waits on; a generator sends
 # ``results`` batches and goes on without waiting, so those are paced (fewer saves),
 # unless the message says ``"wait": true`` (a generator flushing before it exits).
-URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release", "died", "edit", "review"})
+URGENT_WRITES = frozenset({"claim", "result", "requeue", "add", "reconcile", "release", "died", "edit", "review",
+                           "check_claim", "check_result", "check_release"})
 # Answered at once from memory. ``heartbeat`` and ``working`` change only leases in memory
 # (saved with the next write): a lost one costs at most an attempt charged or not. ``paused``: a
 # generator says it waits for disk space (or no longer), for the status; never saved.
-READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working", "paused"})
+READS = frozenset({"ping", "status", "list", "show", "snapshot", "heartbeat", "working", "paused",
+                   "check_heartbeat"})
 # Writes that are not idempotent: they carry a request id ``req`` and a resend gets the first answer.
 NOT_IDEMPOTENT = frozenset({"add", "edit"})
 # About the files, not the entries: a checkpoint (answered once it is written).
@@ -187,6 +189,10 @@ def _v_result(m: dict) -> dict:
         if not isinstance(take_file, bool):
             raise BadRequest("take_file must be true or false")
         out["take_file"] = take_file
+        deterministic = m.get("deterministic", False)  # the synthesizer gives the same audio for the same text
+        if not isinstance(deterministic, bool):
+            raise BadRequest("deterministic must be true or false")
+        out["deterministic"] = deterministic
         wav = m.get("wav")
         if wav is not None:
             if not (isinstance(wav, list) and len(wav) == 3 and
@@ -240,6 +246,50 @@ def _v_review(m: dict) -> dict:
         raise BadRequest("take must be the token of the take heard: 1 to 64 letters, digits, _ or -")
     return {"key": _key(m.get("key")), "verdict": None if verdict is None else Verdict(verdict),
             "note": note or None, "take": take}
+
+
+MAX_TRANSCRIPT = 20_000
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """A checker's report on one take: fenced by the take's token and the check lease's."""
+
+    id: int | str
+    owner: str
+    token: str      # the check lease
+    take: str       # the take checked
+    cer: float | None
+    wer: float | None
+    transcript: str
+    model: str
+    error: str | None  # the recognizer failed on the take: recorded and flagged, never retried forever
+    silent: bool       # the cheap pre-check found no sound
+
+
+def _v_check_claim(m: dict) -> dict:
+    return {"owner": _str(m, "owner", MAX_OWNER), "n": _int(m, "n", 1, 1000, 1),
+            "lease_seconds": _num(m, "lease_seconds", 1, 86400, required=False)}
+
+
+def _v_check_result(m: dict) -> CheckReport:
+    take = m.get("take")
+    if not isinstance(take, str) or not _TOKEN.fullmatch(take):
+        raise BadRequest("take must be the token of the take checked")
+    error = m.get("error")
+    if error is not None and not isinstance(error, str):
+        raise BadRequest("error must be a string or null")
+    transcript = m.get("transcript", "")
+    if not isinstance(transcript, str):
+        raise BadRequest("transcript must be a string")
+    silent = m.get("silent", False)
+    if not isinstance(silent, bool):
+        raise BadRequest("silent must be true or false")
+    cer = _num(m, "cer", 0.0, 1e6, required=error is None)
+    wer = _num(m, "wer", 0.0, 1e6, required=False)
+    return CheckReport(_key(m.get("id")), _str(m, "owner", MAX_OWNER), _token(m), take, cer, wer,
+                       transcript[:MAX_TRANSCRIPT], _str(m, "model", 200), None if error is None else error[:MAX_ERROR],
+                       silent)
 
 
 def _v_died(m: dict) -> dict:
@@ -329,6 +379,8 @@ VALIDATORS = {
     "claim": _v_claim, "release": _v_heartbeat, "result": _v_result, "results": _v_results, "requeue": _v_requeue,
     "add": _v_add, "reconcile": _v_reconcile, "edit": _v_edit, "review": _v_review, "died": _v_died,
     "working": _v_heartbeat, "paused": _v_paused,
+    "check_claim": _v_check_claim, "check_result": _v_check_result, "check_release": _v_heartbeat,
+    "check_heartbeat": _v_heartbeat,
     "checkpoint": _v_none,
 }
 assert set(VALIDATORS) == WRITES | READS | STORAGE

@@ -29,14 +29,33 @@ import operator
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
+
+from .judge import Judge
+
+if TYPE_CHECKING:
+    from .protocol import CheckReport
 
 SCHEMA_VERSION = 2
 DURATION_TOLERANCE = 0.002  # seconds: the one tolerance between a duration recorded and one measured
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 10.0
+DEFAULT_MAX_TAKES = 3
 ANSWERS_KEPT = 256  # answers to add/edit kept (and saved) for resends: a client resends within seconds
+ADOPTED = "adopted-"  # a take token the daemon gives a wav made by another tool: ADOPTED + 16 hex digits
+
+
+def adopted_token() -> str:
+    """A token of its own for a take the daemon adopts (a wav that records no take): reviews and
+    checks are fenced by it like any take's."""
+    return ADOPTED + secrets.token_hex(8)
+
+
+def is_adopted(token: str | None) -> bool:
+    """The token names an adopted take: its wav records no take (made by another tool)."""
+    return token is not None and token.startswith(ADOPTED)
 
 
 class Status(enum.StrEnum):
@@ -59,6 +78,22 @@ class Cause(enum.StrEnum):
     REQUEUE = "requeue"      # a person asks for a new take
     RECONCILE = "reconcile"  # what the reconciler saw in wavs/
     EDIT = "edit"            # a person changes the text
+    # the check of takes: the status stays, the check stage (``Stage``) changes
+    CHECK_CLAIM = "check_claim"      # a checker takes the current take under a check lease
+    CHECK_RESULT = "check_result"    # a check is in: judged fine, or wrong and kept (flagged)
+    CHECK_EXPIRY = "check_expiry"    # the check lease ended without a check (checker dead, stopped, gave it back)
+    RETAKE = "retake"                # a check judged the take wrong: another take of the same text and revision
+
+
+class Stage(enum.StrEnum):
+    """Where the check of an entry's current take is: one value, changed only by ``_transition``."""
+
+    NONE = "none"        # no take (the entry is not completed)
+    WAITING = "waiting"  # the current take awaits a check
+    LEASED = "leased"    # a checker holds it under a check lease
+    CHECKED = "checked"  # judged: it says its text
+    FLAGGED = "flagged"  # judged wrong and kept: the best of its takes, a deterministic voice, approved,
+    #                      or the recognizer failed on it; for the curator
 
 
 P, G, C, F = Status.PENDING, Status.GENERATING, Status.COMPLETED, Status.FAILED
@@ -72,6 +107,19 @@ LIFECYCLE: dict[Cause, dict[Status, frozenset[Status]]] = {
     Cause.REQUEUE: {P: frozenset({P}), G: frozenset({P}), C: frozenset({P}), F: frozenset({P})},
     Cause.RECONCILE: {P: frozenset({C}), F: frozenset({C}), C: frozenset({P, C})},
     Cause.EDIT: {P: frozenset({P}), C: frozenset({P}), F: frozenset({P})},
+    Cause.CHECK_CLAIM: {C: frozenset({C})},
+    Cause.CHECK_RESULT: {C: frozenset({C})},
+    Cause.CHECK_EXPIRY: {C: frozenset({C})},
+    Cause.RETAKE: {C: frozenset({P})},
+}
+NONE_, WAITING, LEASED, CHECKED, FLAGGED = Stage.NONE, Stage.WAITING, Stage.LEASED, Stage.CHECKED, Stage.FLAGGED
+# The check stage, beside the status, for the check causes: cause -> {from: allowed targets}. Every
+# other cause leaves it at NONE (an entry that is not completed), or WAITING for a take that enters.
+STAGES: dict[Cause, dict[Stage, frozenset[Stage]]] = {
+    Cause.CHECK_CLAIM: {WAITING: frozenset({LEASED})},
+    Cause.CHECK_RESULT: {LEASED: frozenset({CHECKED, FLAGGED})},
+    Cause.CHECK_EXPIRY: {LEASED: frozenset({WAITING})},
+    Cause.RETAKE: {LEASED: frozenset({NONE_})},
 }
 
 
@@ -91,8 +139,9 @@ class Verdict(enum.StrEnum):
 
 
 class Review(msgspec.Struct, gc=False, omit_defaults=True):
-    """A verdict on one take (``take``: its token, or None for a take made by another tool).
-    A new take, or the entry leaving completed, ends it."""
+    """A verdict on one take (``take``: its token; an adopted take has one too, see
+    ``adopted_token``; None only in files written before adopted takes had one). A new take, or
+    the entry leaving completed, ends it."""
 
     verdict: Verdict
     take: str | None
@@ -128,6 +177,38 @@ class Lease(msgspec.Struct, gc=False):
         return {"token": self.token, "owner": self.owner, "deadline": self.deadline, "phase": self.phase}
 
 
+class Check(msgspec.Struct, gc=False):
+    """A check of one take (``take``: its token): what the recognizer heard and the judgement."""
+
+    take: str
+    cer: float | None
+    wer: float | None
+    transcript: str
+    model: str
+    error: str | None
+    wrong: bool = False
+    reason: str | None = None      # why it is wrong, in words
+    threshold: float | None = None  # the CER threshold applied
+    seconds: float | None = None    # the take's duration and its text's length, as the judge learnt them
+    chars: int = 0
+
+    def to_dict(self) -> dict:
+        return {"cer": self.cer, "wer": self.wer, "transcript": self.transcript, "model": self.model,
+                "take": self.take, "error": self.error, "wrong": self.wrong, "reason": self.reason,
+                "threshold": self.threshold}
+
+
+class Earlier(msgspec.Struct, gc=False):
+    """A take of an entry that a check set aside (or that a better one replaced): its file under
+    requeued/, and what is needed to bring it back (the daemon's, fenced like any take)."""
+
+    file: str   # "requeued/NAME.TIMESTAMP.wav"
+    take: str
+    rev: int
+    duration: float | None
+    check: Check | None = None
+
+
 class Entry(msgspec.Struct, gc=False, omit_defaults=True):
     """One text and what is known of its audio.
 
@@ -149,12 +230,28 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
     updated_at: str | None
     text_hash: str
     rev: int                 # bumped by requeue and edit: takes of an older revision never count
-    take: str | None         # the token of the take under the entry's name, when it is ours
+    # The token of the take under the entry's name: its lease's, or ADOPTED... for a wav made by
+    # another tool. Never None when completed (files written before adopted tokens are given one
+    # at the daemon's start: ``repair``).
+    take: str | None
     lease: Lease | None = None
     # In flight when its generator died, not charged: synthesized alone next time, its generator's
     # working notice acknowledged first, so a text that kills its generator is found and charged.
     suspect: bool = False
     review: Review | None = None  # of the take under the entry's name; ended by any other take
+    take_count: int = 0         # takes of this revision made (a retake is not a failed attempt)
+    stage: Stage = Stage.NONE   # the check of the current take
+    check: Check | None = None  # of the current take, once checked
+    check_lease: Lease | None = None  # while a checker holds the current take (stage leased)
+    deterministic: bool = False  # the current take's synthesizer gives the same audio for the same text
+    earlier: list[Earlier] = msgspec.field(default_factory=list)  # takes a check set aside, with their checks
+
+    def public(self) -> dict:
+        """The entry as `show --json` and `list --json` give it (the contract scripts rely on): its
+        line in the file, plus ``check`` (null before the current take is checked), ``take_count``
+        and the check ``stage``, always."""
+        return {**self.to_dict(), "take_count": self.take_count,
+                "check": None if self.check is None else self.check.to_dict(), "stage": self.stage}
 
     @classmethod
     def make(cls, id: int, filename: str, text: str, status: Status = Status.PENDING,  # noqa: A002
@@ -185,6 +282,18 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
             d["suspect"] = True
         if self.review is not None:
             d["review"] = self.review.to_dict()
+        if self.take_count:
+            d["take_count"] = self.take_count
+        if self.check is not None:
+            d["check"] = self.check.to_dict()
+        if self.stage != Stage.NONE:
+            d["stage"] = self.stage
+        if self.check_lease is not None:
+            d["check_lease"] = self.check_lease.to_dict()
+        if self.deterministic:
+            d["deterministic"] = True
+        if self.earlier:
+            d["earlier"] = [msgspec.to_builtins(x) for x in self.earlier]
         return d
 
 
@@ -196,6 +305,8 @@ class Effect:
     kind: str  # "stale" (a take that does not count), "set_aside" (an entry's old take), "quarantine" (a bad file)
     filename: str
     token: str | None = None
+    dest: str | None = None  # set_aside, restore: the name under requeued/ the state records for the take leaving
+    source: str | None = None  # restore: the earlier take brought back under the entry's name
 
 
 @functools.lru_cache(maxsize=1)  # every change applied in one loop turn shares one ``now``
@@ -210,6 +321,12 @@ class State:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     epoch: str = field(default_factory=lambda: secrets.token_hex(4))
+    max_takes: int = DEFAULT_MAX_TAKES
+    judge: Judge = field(default_factory=Judge)
+    stages: dict[Stage, int] = field(default_factory=dict)      # entries per check stage
+    check_leases: dict[str, int] = field(default_factory=dict)  # check lease token -> entry id
+    _waiting: collections.deque = field(default_factory=collections.deque)  # ids that were WAITING
+    _rate_of: dict[int, tuple[float, int]] = field(default_factory=dict)  # (seconds, chars) the judge learnt
     seq: int = 0
     counts: dict[Status, int] = field(default_factory=dict)
     by_id: dict[int, Entry] = field(default_factory=dict)
@@ -243,6 +360,18 @@ class State:
         self.recount()
         self._pending_heap = [e.id for e in entries if e.status == P]
         heapq.heapify(self._pending_heap)
+        checked = [e for e in entries if e.stage != Stage.NONE]  # one pass at load; incremental after
+        self.stages = {st: 0 for st in Stage}
+        for e in checked:
+            self.stages[e.stage] += 1
+            if e.stage == WAITING:
+                self._waiting.append(e.id)
+            elif e.check_lease is not None:
+                self.check_leases[e.check_lease.token] = e.id
+            if e.check is not None and e.stage in (CHECKED, FLAGGED):
+                self._learn(e, 1)
+            self._learn_take(e)
+        self.stages[Stage.NONE] = len(entries) - len(checked)
 
     @property
     def by_name(self) -> dict[str, Entry]:
@@ -259,6 +388,11 @@ class State:
 
     def counters(self) -> dict[str, int]:
         return {"total": len(self.entries), **{s.value: n for s, n in self.counts.items()}}
+
+    def check_counters(self) -> dict[str, int]:
+        """Takes checked (judged, fine or flagged), judged wrong and kept (mismatched), and waiting."""
+        return {"checked": self.stages[CHECKED] + self.stages[FLAGGED], "mismatched": self.stages[FLAGGED],
+                "check_waiting": self.stages[WAITING] + self.stages[LEASED]}
 
     # ---- lookups --------------------------------------------------------
     def lookup(self, key: int | str) -> Entry:
@@ -284,13 +418,17 @@ class State:
         self.claimed.discard(e.id)
         self.unsaved = True
 
-    def _transition(self, e: Entry, cause: Cause, to: Status, now: float, lease: Lease | None = None) -> None:
+    def _transition(self, e: Entry, cause: Cause, to: Status, now: float, lease: Lease | None = None,
+                    stage: Stage | None = None, check_lease: Lease | None = None) -> None:
         """Move ``e`` to ``to`` because of ``cause``, or refuse. The entry holds a lease exactly
-        while it is generating: one is given here on entering, dropped here on leaving."""
+        while it is generating: one is given here on entering, dropped here on leaving; and a
+        check lease exactly while its check stage is leased. The check stage: ``stage`` for the
+        check causes (``STAGES``); any other cause leaves it NONE, or WAITING for a new take."""
         if to not in LIFECYCLE[cause].get(e.status, ()):
             raise Refused(f"entry {e.id} is {e.status}: {cause} cannot make it {to}")
         if (to == G) != (lease is not None):
             raise Refused(f"entry {e.id}: generating needs a lease, and only generating has one")
+        self._set_stage(e, self._next_stage(e, cause, to, stage, check_lease), check_lease)
         if e.lease is not None:
             self._drop_lease(e)
         if lease is not None:
@@ -307,6 +445,39 @@ class State:
             if to == P:
                 heapq.heappush(self._pending_heap, e.id)
         self._touch(e, now)
+
+    def _set_stage(self, e: Entry, stage: Stage, check_lease: Lease | None) -> None:
+        """Part of ``_transition``: the check stage and its lease."""
+        if e.check_lease is not None:
+            self.check_leases.pop(e.check_lease.token, None)
+            e.check_lease = None
+        if check_lease is not None:
+            e.check_lease = check_lease
+            self.check_leases[check_lease.token] = e.id
+        if stage != e.stage or stage == WAITING:
+            if e.stage in (CHECKED, FLAGGED) and e.check is not None:
+                self._learn(e, -1)  # its take leaves, or is judged again: the dataset's figures forget it
+            if stage in (WAITING, NONE_):
+                e.check = None
+            self.stages[e.stage] -= 1
+            self.stages[stage] += 1
+            e.stage = stage
+            if stage == WAITING:
+                self._waiting.append(e.id)
+            self._learn_take(e)
+
+    @staticmethod
+    def _next_stage(e: Entry, cause: Cause, to: Status, stage: Stage | None, check_lease: Lease | None) -> Stage:
+        """The check stage ``_transition`` moves ``e`` to, or refuse."""
+        if cause in STAGES:
+            if stage not in STAGES[cause].get(e.stage, ()):
+                raise Refused(f"entry {e.id}'s take is {e.stage}: {cause} cannot make it {stage}")
+        else:
+            stage = WAITING if to == C and (e.status != C or cause in (Cause.RESULT, Cause.RECONCILE)) else \
+                (e.stage if to == C else NONE_)
+        if (stage == LEASED) != (check_lease is not None):
+            raise Refused(f"entry {e.id}: a check lease exactly while leased")
+        return stage
 
     def _drop_lease(self, e: Entry) -> None:
         lease, e.lease = e.lease, None
@@ -333,8 +504,25 @@ class State:
         e.error = None
         e.duration_seconds = None
         e.take = None
+        e.take_count = 0
+        e.deterministic = False
         self._transition(e, cause, P, now)
         return effects
+
+    def _learn(self, e: Entry, sign: int) -> None:
+        """The judge learns (or forgets) the CER of a current take's check."""
+        c = e.check
+        if c.error is None:
+            self.judge.learn(c.cer, None, 0, sign)
+
+    def _learn_take(self, e: Entry) -> None:
+        """The judge's seconds-per-character fit follows the current takes of the dataset."""
+        old = self._rate_of.pop(e.id, None)
+        if old is not None:
+            self.judge.learn(None, old[0], old[1], -1)
+        if e.stage != NONE_ and e.duration_seconds:
+            self._rate_of[e.id] = (e.duration_seconds, len(e.text))
+            self.judge.learn(None, e.duration_seconds, len(e.text))
 
     # ---- leases -----------------------------------------------------------
     def claim(self, owner: str, n: int, lease_seconds: float | None, now: float, batch: int = 1) -> dict:
@@ -467,18 +655,142 @@ class State:
         return [t for t in self.synthesizing.get(owner, ()) if t in self.leases]
 
     def grant_grace(self, now: float) -> None:
-        """After a restart, live leases get a full lease from now: generators kept working."""
+        """After a restart, live leases get a full lease from now: generators and checkers kept working."""
         for eid in self.leases.values():
             lease = self.by_id[eid].lease
+            lease.deadline = max(lease.deadline, now + self.lease_seconds)
+        for eid in self.check_leases.values():
+            lease = self.by_id[eid].check_lease
             lease.deadline = max(lease.deadline, now + self.lease_seconds)
 
     def repair(self, now: float) -> list[int]:
         """What a load can safely fix: a generating entry without a lease (a hand edit, an older
-        file) goes back to pending, uncharged."""
+        file) goes back to pending, uncharged; a completed entry without a take token (a file
+        written before adopted takes had one) is given one, so a review is fenced by it."""
         stuck = [e for e in self.entries if e.status == G and e.lease is None]
         for e in stuck:
             self._transition(e, Cause.EXPIRY, P, now)
+        for e in [e for e in self.entries if e.stage == LEASED and e.check_lease is None]:
+            self._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING, check_lease=None)
+        for e in [e for e in self.entries if e.status == C and e.take is None]:
+            e.take = adopted_token()
+            if e.review is not None:
+                e.review.take = e.take  # the verdict was given on this very wav
+            self._touch(e, now)
         return [e.id for e in stuck]
+
+    # ---- checks: the current take of completed entries, handed out like generation work ----------
+    def check_claim(self, owner: str, n: int, lease_seconds: float | None, now: float) -> dict:
+        """Hand out up to ``n`` takes awaiting a check, each under an exclusive check lease."""
+        seconds = lease_seconds or self.lease_seconds
+        out = []
+        while self._waiting and len(out) < n:
+            e = self.by_id.get(self._waiting.popleft())
+            if e is None or e.stage != WAITING:
+                continue  # moved on since it was queued
+            token = secrets.token_hex(8)
+            self._transition(e, Cause.CHECK_CLAIM, C, now, stage=LEASED, check_lease=Lease(token, owner, now + seconds))
+            out.append({"id": e.id, "filename": e.filename, "text": e.text, "take": e.take, "token": token,
+                        "duration_seconds": e.duration_seconds})
+        return {"entries": out, "lease_seconds": seconds, "waiting": self.stages[WAITING]}
+
+    def _check_held(self, owner: str, token: str) -> Entry | None:
+        eid = self.check_leases.get(token)
+        e = self.by_id.get(eid) if eid is not None else None
+        return e if e is not None and e.check_lease is not None and e.check_lease.owner == owner else None
+
+    def check_heartbeat(self, owner: str, tokens: list[str], now: float) -> dict:
+        lost = []
+        for token in tokens:
+            e = self._check_held(owner, token)
+            if e is None:
+                lost.append(token)
+            else:
+                e.check_lease.deadline = max(e.check_lease.deadline, now + self.lease_seconds)
+                self.lease_dirty.add(e.id)
+        return {"lost": lost}
+
+    def check_release(self, owner: str, tokens: list[str], now: float) -> dict:
+        released = []
+        for token in tokens:
+            e = self._check_held(owner, token)
+            if e is not None:
+                self._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING)
+                released.append(e.id)
+        return {"released": released}
+
+    def expire_checks(self, now: float, owner: str | None = None) -> list[int]:
+        """End the check leases past their deadline (or all of ``owner``'s: it died): the takes
+        wait for another checker; nothing is lost."""
+        leases = [(eid, self.by_id[eid].check_lease) for eid in self.check_leases.values()]
+        ended = [eid for eid, lease in leases if (lease.owner == owner if owner is not None else lease.deadline <= now)]
+        for eid in ended:
+            self._transition(self.by_id[eid], Cause.CHECK_EXPIRY, C, now, stage=WAITING)
+        return ended
+
+    def check_result(self, msg: CheckReport, now: float) -> tuple[dict, list[Effect]]:
+        """A check of a take, fenced by the take's token AND the check lease: a check of a take
+        that is no longer current, or not under this live lease, is refused and discarded. The
+        judgement is the daemon's: fine; wrong and retaken (back to pending, the take to
+        requeued/ with its check); or wrong and kept (flagged), on the best take by CER."""
+        e = self.lookup(msg.id)
+        if e.status != C or e.take != msg.take:
+            return {"applied": False, "reason": "the take is no longer the entry's current take"}, []
+        if e.check_lease is None or e.check_lease.token != msg.token or e.check_lease.owner != msg.owner:
+            return {"applied": False, "reason": "no live check lease of this take under that token"}, []
+        j = self.judge.judge(msg.cer, msg.error, msg.silent, e.duration_seconds, len(e.text))
+        check = Check(e.take, msg.cer, msg.wer, msg.transcript, msg.model, msg.error, j.wrong,
+                      j.reason, j.threshold, e.duration_seconds, len(e.text))
+        approved = e.review is not None and e.review.verdict == Verdict.APPROVED
+        if j.wrong and msg.error is None and not e.deterministic and not approved and \
+                e.take_count < self.max_takes:
+            return self._retake(e, check, now)
+        effects: list[Effect] = []
+        if j.wrong and msg.error is None and not approved:
+            best = self._best_earlier(e, check)
+            if best is not None:
+                effects = self._restore(e, check, best, now)
+                check = e.check
+                j2 = self.judge.judge(check.cer, None, False, check.seconds, check.chars)
+                check.wrong, check.reason, check.threshold = j2.wrong, j2.reason, j2.threshold
+        self._transition(e, Cause.CHECK_RESULT, C, now, stage=FLAGGED if check.wrong else CHECKED)
+        e.check = check
+        self._learn(e, 1)
+        return {"applied": True, "stage": e.stage, "wrong": check.wrong, "reason": check.reason}, effects
+
+    def _aside_name(self, e: Entry, now: float) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+        return f"requeued/{e.filename}.{stamp}.{e.take[-9:]}.wav"
+
+    def _retake(self, e: Entry, check: Check, now: float) -> tuple[dict, list[Effect]]:
+        """Another take of the same text and revision: the wrong one to requeued/, with its check."""
+        dest = self._aside_name(e, now)
+        e.earlier.append(Earlier(dest, e.take, e.rev, e.duration_seconds, check))
+        e.take = None
+        e.duration_seconds = None
+        e.deterministic = False
+        e.attempts = 0  # a retake is not a failed attempt: the new take has the whole --max-attempts budget
+        self._transition(e, Cause.RETAKE, P, now, stage=NONE_)
+        return ({"applied": True, "stage": e.stage, "wrong": True, "reason": check.reason, "retake": True},
+                [Effect("set_aside", e.filename, dest=dest)])
+
+    def _best_earlier(self, e: Entry, check: Check) -> Earlier | None:
+        """An earlier take of this revision with a lower CER than the current one, the lowest."""
+        mine = [x for x in e.earlier if x.rev == e.rev and x.check is not None and x.check.cer is not None
+                and x.check.error is None]
+        best = min(mine, key=lambda x: x.check.cer, default=None)
+        return best if best is not None and (check.cer is None or best.check.cer < check.cer) else None
+
+    def _restore(self, e: Entry, check: Check, best: Earlier, now: float) -> list[Effect]:
+        """Bring ``best`` back under the entry's name; the current take goes to requeued/ with its check."""
+        dest = self._aside_name(e, now)
+        e.earlier.remove(best)
+        e.earlier.append(Earlier(dest, e.take, e.rev, e.duration_seconds, check))
+        e.take, e.duration_seconds, e.check = best.take, best.duration, best.check
+        e.review = None  # on the take that left
+        self.wav_sig.pop(e.id, None)
+        self._learn_take(e)
+        return [Effect("restore", e.filename, token=best.take, dest=dest, source=best.file)]
 
     # ---- results ----------------------------------------------------------
     def result(self, msg: dict, now: float, take_ready: bool = True) -> tuple[dict, list[Effect]]:
@@ -505,6 +817,8 @@ class State:
         e.sample_rate = sr
         e.error = None
         e.take = token
+        e.take_count += 1
+        e.deterministic = msg.get("deterministic") is True
         if self.sample_rate is None:
             self.sample_rate = sr
         self._transition(e, Cause.RESULT, C, now)
@@ -567,7 +881,8 @@ class State:
     def review(self, key: int | str, verdict: Verdict | None, note: str | None, take: str | None,
                now: float) -> dict:
         """A person's verdict on the take they heard (None: withdraw it). ``take``, when given, is
-        the token of the take they heard: a verdict on a take since replaced is refused."""
+        the token of the take they heard (the page always sends it): a verdict on a take since
+        replaced is refused. Without it, the verdict is on the current take."""
         e = self.lookup(key)
         if e.status != C:
             raise Refused(f"entry {e.id} ({e.filename}) is {e.status}: only a completed take can be reviewed")
@@ -595,6 +910,7 @@ class State:
             self.by_id[e.id] = e
             self.by_name[e.filename] = e
             self.counts[P] += 1
+            self.stages[NONE_] += 1
             heapq.heappush(self._pending_heap, e.id)
             self._touch(e, now)
         return {"added": len(new), "first_id": next_id if new else None}
@@ -658,18 +974,24 @@ class State:
             what = "another text" if take["text_hash"] != e.text_hash else f"revision {take['rev']}"
             return f"moved aside (a take of {what}); {before} -> {e.status}", "stale"
         token = take["token"] if take is not None else None
+        if token is None:  # a wav that records no take: the one adopted before (same length), or a new adoption
+            same = before == C and is_adopted(e.take) and same_duration(e.duration_seconds, obs["duration"])
+            token = e.take if same else adopted_token()  # another wav under the name: a verdict on the old one ends
         if before in (P, F):
             e.take, e.duration_seconds, e.sample_rate, e.error = token, obs["duration"], obs["sample_rate"], None
+            e.take_count += 1
             if self.sample_rate is None:
                 self.sample_rate = obs["sample_rate"]
             self._transition(e, Cause.RECONCILE, C, now)
-            how = "a late take of its text" if token else "adopted a wav that records no text (made by another tool)"
+            how = "adopted a wav that records no text (made by another tool)" if is_adopted(token) \
+                else "a late take of its text"
             return f"{before} -> completed ({how})", None
         if e.take != token or not same_duration(e.duration_seconds, obs["duration"]):
             old = e.duration_seconds
             e.take, e.duration_seconds = token, obs["duration"]
             self._transition(e, Cause.RECONCILE, C, now)
-            return f"duration {old} -> {obs['duration']}" + ("" if token else " (a wav that records no text)"), None
+            return f"duration {old} -> {obs['duration']}" + (" (a wav that records no text)" if is_adopted(token)
+                                                             else ""), None
         return None, None
 
     def _unset(self, e: Entry, error: str, now: float) -> None:
@@ -703,6 +1025,6 @@ class State:
         }
 
     def stats(self) -> dict:
-        return {**self.counters(), "sample_rate": self.sample_rate,
+        return {**self.counters(), **self.check_counters(), "sample_rate": self.sample_rate,
                 "audio_seconds": round(sum(e.duration_seconds or 0.0 for e in self.entries
                                            if e.status == C), 3)}

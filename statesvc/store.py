@@ -41,7 +41,21 @@ import orjson
 from . import journal
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir, write_all, write_atomic
 from .journal import JOURNAL_FILE, Contents, Record, journal_path
-from .state import SCHEMA_VERSION, STATUS_OF, STATUSES, Entry, Lease, Phase, Review, State, Status, Verdict
+from .state import (
+    SCHEMA_VERSION,
+    STATUS_OF,
+    STATUSES,
+    Check,
+    Earlier,
+    Entry,
+    Lease,
+    Phase,
+    Review,
+    Stage,
+    State,
+    Status,
+    Verdict,
+)
 from .texts import check_filename
 
 STATE_FILE = "generation_state.json"
@@ -121,7 +135,26 @@ def _entry_from(obj: object, n: int) -> Entry:
                         Phase(phase) if phase in Phase.__members__.values() else Phase.QUEUED)
     e.suspect = obj.get("suspect") is True
     e.review = _review_from(obj.get("review"), eid) if status == "completed" else None
+    _checks_from(e, obj)
     return e
+
+
+def _checks_from(e: Entry, obj: dict) -> None:
+    """The check fields of an entry read with full validation (a hand-edited file)."""
+    try:
+        tc = obj.get("take_count", 0)
+        e.take_count = tc if isinstance(tc, int) and not isinstance(tc, bool) and tc >= 0 else 0
+        e.deterministic = obj.get("deterministic") is True
+        e.earlier = msgspec.convert(obj.get("earlier") or [], list[Earlier])
+        if e.status == Status.COMPLETED:
+            e.stage = Stage(obj.get("stage", "waiting"))
+            e.check = None if obj.get("check") is None else msgspec.convert(obj["check"], Check)
+            lease = obj.get("check_lease")
+            e.check_lease = msgspec.convert(lease, Lease) if e.stage == Stage.LEASED and lease is not None else None
+            if e.stage in (Stage.CHECKED, Stage.FLAGGED) and (e.check is None or e.check.take != e.take):
+                e.stage, e.check = Stage.WAITING, None  # a check of another take does not hold: checked again
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise DamagedState(f"entry {e.id}: its check fields: {exc}") from None
 
 
 def _review_from(obj: object, eid: int) -> Review | None:

@@ -161,3 +161,13 @@ def fill(folder: Path) -> Path:
         except OSError:
             pass
     return junk
+
+
+@pytest.fixture(scope="session")
+def asr_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The packaged Whisper models as folders, {"base": PATH, "tiny.en": PATH}: what a user passes
+    as ``--asr-model PATH`` after ``pipeline asr-model --from-package NAME``. Built once a session
+    in a temp cache (not the user's ~/.cache)."""
+    from pipeline.asr import packaged_model
+    cache = tmp_path_factory.mktemp("asr-cache")
+    return {name: packaged_model(name, cache) for name in ("base", "tiny.en")}

@@ -105,3 +105,138 @@ class BadTakes(Slow):
         if "MUDO" in text:
             return audio * 0.001
         return audio
+
+
+class GpuSeen(Tone):
+    """Records, at load, which GPU its process was given: one line "pid CUDA_VISIBLE_DEVICES" in
+    ``log``. Synthesizes nothing before ``expect`` processes have recorded theirs (up to 60 s), so a
+    run lasts until every generator has loaded."""
+
+    def __init__(self, log: str, expect: str = "1", **kw: str):
+        super().__init__(**kw)
+        self.log, self.expect = log, int(expect)
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\n")
+
+    def synthesize(self, text: str) -> np.ndarray:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with open(self.log) as f:
+                if len(f.readlines()) >= self.expect:
+                    break
+            time.sleep(0.01)
+        return super().synthesize(text)
+
+
+class OomAbove(Tone):
+    """A GPU model that runs out of memory on batches above ``limit`` texts during its first
+    ``refuse`` calls, and on any batch holding a HUGE text (in torch's words, as a RuntimeError).
+    Logs each call: "size ok|oom"."""
+
+    def __init__(self, log: str, limit: str = "4", refuse: str = "10", **kw: str):
+        super().__init__(**kw)
+        self.log, self.limit, self.refuse, self.calls = log, int(limit), int(refuse), 0
+
+    def synthesize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        from pipeline.synth import OutOfMemory
+        self.calls += 1
+        huge = any("HUGE" in t for t in texts)
+        over = len(texts) > self.limit and self.calls <= self.refuse
+        with open(self.log, "a") as f:
+            f.write(f"{len(texts)} {'oom' if huge or over else 'ok'}\n")
+        if huge:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total capacity)")
+        if over:
+            raise OutOfMemory(f"{len(texts)} texts do not fit")
+        return [Tone.synthesize(self, t) for t in texts]
+
+    def synthesize(self, text: str) -> np.ndarray:
+        return self.synthesize_batch([text])[0]
+
+
+class Padded(Tone):
+    """A model that pads a batch to its longest text (``batch_cost = "longest"``); logs each batch's
+    texts, one batch a line, joined by "|"."""
+
+    batch_cost = "longest"
+
+    def __init__(self, log: str, per_call: str = "0.01", **kw: str):
+        super().__init__(**kw)
+        self.log, self.per_call = log, float(per_call)
+
+    def synthesize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        time.sleep(self.per_call)
+        with open(self.log, "a") as f:
+            f.write("|".join(texts) + "\n")
+        return [Tone.synthesize(self, t) for t in texts]
+
+    def synthesize(self, text: str) -> np.ndarray:
+        return self.synthesize_batch([text])[0]
+
+
+class _HeldAudio:
+    """Audio whose conversion (in the generator's writer thread) waits while ``gate`` exists, after
+    saying so in ``mark``: a take held mid-write."""
+
+    def __init__(self, audio: np.ndarray, gate: str, mark: str):
+        self.audio, self.gate, self.mark = audio, gate, mark
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        with open(self.mark, "w") as f:
+            f.write(str(os.getpid()))
+        while os.path.exists(self.gate):
+            time.sleep(0.01)
+        return self.audio
+
+
+class HeldWriter(Tone):
+    """While the file ``gate`` exists: the take of a text holding WRITEHOLD is held mid-write (its
+    writer waits), and a batch holding SYNTHHOLD waits in synthesis; each says so first in
+    ``DIR/writing`` and ``DIR/synthesizing`` (the pid)."""
+
+    def __init__(self, gate: str, marks: str, **kw: str):
+        super().__init__(**kw)
+        self.gate, self.marks = gate, marks
+
+    def synthesize_batch(self, texts: list[str]) -> list[np.ndarray]:
+        if any("SYNTHHOLD" in t for t in texts) and os.path.exists(self.gate):
+            with open(os.path.join(self.marks, "synthesizing"), "w") as f:
+                f.write(str(os.getpid()))
+            while os.path.exists(self.gate):
+                time.sleep(0.01)
+        out: list = [Tone.synthesize(self, t) for t in texts]
+        if os.path.exists(self.gate):
+            out = [_HeldAudio(a, self.gate, os.path.join(self.marks, "writing")) if "WRITEHOLD" in t else a
+                   for t, a in zip(texts, out, strict=True)]
+        return out
+
+    def synthesize(self, text: str) -> np.ndarray:
+        return self.synthesize_batch([text])[0]
+
+class Worsening:
+    """A real voice (``inner``, default espeak; other options go to it) whose takes get worse: the
+    first take of each text is cut to its first 40 %, every later one is silence. Takes are
+    counted per text across processes in ``count=DIR`` (a marker file per take)."""
+
+    deterministic = False
+
+    def __init__(self, count: str, inner: str = "espeak", **options: str):
+        from pipeline.synth import build
+        self._inner = build(inner, options)
+        self.sample_rate = self._inner.sample_rate
+        self._count = count
+
+    def synthesize(self, text: str) -> np.ndarray:
+        import hashlib
+        from pathlib import Path
+        folder = Path(self._count) / hashlib.sha1(text.encode()).hexdigest()
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while True:
+            try:
+                os.close(os.open(folder / str(n), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                n += 1
+        good = np.asarray(self._inner.synthesize(text), dtype=np.float32)
+        return good[: int(len(good) * 0.4)] if n == 0 else np.zeros(len(good), dtype=np.float32)

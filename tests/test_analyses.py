@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from statesvc import analyses
-from statesvc.analyses import Analyses, file_key
+from review import analyses
+from review.analyses import Analyses, file_key
 
 IDS = (1, 2, 5000, 10**12, -3)  # dense ids in columns, far ones aside
 
@@ -58,7 +58,7 @@ def test_a_cache_file_that_cannot_be_used_is_ignored_with_a_reason(tmp_path: Pat
         a, why = Analyses.load(path)
         assert why and "cannot be read" in why and a.of_take(1, "take1") is None
     _filled().save(path)
-    monkeypatch.setattr(analyses, "_FORMAT", "another analysis")  # as when statesvc/takes.py changes
+    monkeypatch.setattr(analyses, "_FORMAT", "another analysis")  # as when review/takes.py changes
     a, why = Analyses.load(path)
     assert why == "it holds another version of the analysis" and a.of_take(1, "take1") is None
     monkeypatch.undo()

@@ -177,7 +177,10 @@ def test_version(tool: str) -> None:
 
 def _commands(group: click.Group, path: str) -> list[tuple[str, click.Command]]:
     out: list[tuple[str, click.Command]] = [(path, group)]
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group, info_name=path)
+    for name in group.list_commands(ctx):  # the commands other packages register (the page's) too
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, f"{path} {name}"
         if isinstance(cmd, click.Group):
             out += _commands(cmd, f"{path} {name}")
         else:

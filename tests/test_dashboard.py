@@ -18,9 +18,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy
 import orjson
 import pytest
 
+from statesvc.audio import encode_wav
 from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -397,6 +399,41 @@ def test_a_failed_or_overtaken_load_leaves_the_curator_where_they_are(
     page.wait_for_selector("[data-message][data-kind=error]")
     page.wait_for_function("() => window.__inflight === 0")
     assert shown_entry(page) == [names[3], f"/entries/{names[3]}"]
+
+
+def test_an_approval_from_a_page_showing_an_adopted_take_since_replaced_is_refused(
+        tmp_path: Path, start_daemon, start_dashboard, generators, page) -> None:
+    """Issue 17.4: a wav made by another tool, adopted by the reconciler, has a take token of its
+    own; the page sends the take it shows, so an approval given on it after a requeue and a new
+    take is refused (409, said on the page) and `export --approved-only` does not ship the new take."""
+    ds, _, _ = generated(tmp_path, TEXTS[:3], start_daemon, generators, stop=True)
+    name = read_state(ds)["entries"][1]["filename"]
+    cli("requeue", "--dataset", str(ds), name, check=True)
+    tone = (0.3 * numpy.sin(numpy.arange(22050) * 2 * numpy.pi * 220 / 22050) * 32767).astype(numpy.int16)
+    (ds / "wavs" / f"{name}.wav").write_bytes(encode_wav(tone, 22050))  # another tool's: it records no take
+    cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
+    adopted = entry_of(ds, name)
+    assert adopted["status"] == "completed" and adopted["take"].startswith("adopted-"), adopted
+    assert cli("verify", "--dataset", str(ds)).returncode == 0  # the adopted token matches a wav that records none
+    dash = start_dashboard(ds)
+    page.route("**/api/events", lambda route: route.abort())  # the page hears of no change (a lid closed)
+    page.goto(f"{dash.url}/entries/{name}")
+    page.wait_for_selector(f"[data-entry][data-take='{adopted['take']}']")
+    cli("requeue", "--dataset", str(ds), name, check=True)
+    start_generator(ds, generators)
+    new = wait_for(lambda: (e := entry_of(ds, name))["status"] == "completed" and e, 60, "the new take")
+    assert new["take"] != adopted["take"]
+    page.keyboard.press("a")  # approve, from the page still showing the adopted take
+    page.wait_for_selector("[data-message][data-kind=error]")
+    assert "new take" in page.locator("[data-message]").inner_text()
+    assert "review" not in entry_of(ds, name)
+    approved = cli("export", "--dataset", str(ds), "--approved-only", check=True).stdout
+    assert name not in approved
+    # the same through the CLI: one line, exit non-zero; without --take it judges the current take
+    r = cli("review", "--dataset", str(ds), name, "approved", "--take", adopted["take"])
+    assert r.returncode != 0 and "new take" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    cli("review", "--dataset", str(ds), name, "approved", "--take", new["take"], check=True)
+    assert entry_of(ds, name)["review"]["take"] == new["take"]
 
 
 def test_sync_dry_run_shows_a_deleted_wav_then_applying_regenerates_it(
@@ -880,7 +917,7 @@ def test_an_entry_view_stuck_on_a_file_leaves_the_dashboard_answering_and_stoppi
 
 
 def test_earlier_takes_are_found_by_name_in_a_listing_kept_until_the_folder_changes(tmp_path: Path) -> None:
-    from statesvc.dashboard import EARLIER_TAKES, EarlierTakes
+    from review.dashboard import EARLIER_TAKES, EarlierTakes
     folder = tmp_path / "requeued"
     earlier = EarlierTakes(folder)
     assert earlier.of("ds_0001") == []  # no folder yet

@@ -9,8 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-import statesvc.mirror as mirror_module
-from statesvc.mirror import Haystack, Mirror, Query, QueryError, ViewEntry
+import review.mirror as mirror_module
+from review.mirror import Haystack, Mirror, Query, QueryError, ViewEntry
 from statesvc.state import Entry, Review, State, Status, Verdict
 from statesvc.store import create, read
 

@@ -201,7 +201,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
                 key, _, value = line.partition("=")
                 keys.setdefault(key, []).append(value)
         units[name] = keys
-    assert len(units) == 4
+    assert len(units) == 5
     paths = [str(tmp_path / name) for name in units]
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", *paths], capture_output=True, text=True,
                        cwd=tmp_path)
@@ -218,15 +218,16 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         # systemd expands no variables in ReadWritePaths=: it must name a real absolute folder.
         rw = keys.get("ReadWritePaths", [])
         assert rw and all(v.startswith("/") for v in rw), f"{name}: ReadWritePaths={rw}"
-    # GPUs: the generator needs /dev/nvidia* and W+X memory (CUDA/PyTorch JIT); the others need neither.
-    generator = units["tts-generate@0.service"]
-    assert "PrivateDevices" not in generator and "MemoryDenyWriteExecute" not in generator, "GPUs need both off"
+    # GPUs: the generator and the checker need /dev/nvidia* and W+X memory (CUDA's JIT); the others neither.
+    gpu = ("tts-generate@0.service", "tts-check@0.service")
+    for name in gpu:
+        assert "PrivateDevices" not in units[name] and "MemoryDenyWriteExecute" not in units[name], name
     for name, keys in units.items():
-        if name != "tts-generate@0.service":
+        if name not in gpu:
             assert keys.get("PrivateDevices") == ["yes"] and keys.get("MemoryDenyWriteExecute") == ["yes"], name
     # Exposure (systemd-analyze security, 0 safe .. 10 unsafe), measured with systemd 252: 1.2 for
     # each unit but the generator's 1.7 (9.6 each before hardening). --offline needs systemd 250+.
-    limits = {"tts-generate@0.service": 2.0}
+    limits = dict.fromkeys(gpu, 2.0)
     for name, path in zip(units, paths, strict=True):
         r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", path],
                            capture_output=True, text=True, cwd=tmp_path)

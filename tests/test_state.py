@@ -8,7 +8,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, State, Status, text_hash
+from statesvc.judge import MIN_RATE_CHARS
+from statesvc.protocol import CheckReport
+from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, Stage, State, Status, text_hash
 from statesvc.store import parse_state, render_bytes
 from tests.conftest import take
 
@@ -45,6 +47,21 @@ def check_invariants(s: State) -> None:
         assert e.text_hash == text_hash(e.text)
         if e.status == Status.COMPLETED:
             assert e.duration_seconds is not None and e.error is None
+            assert e.take_count >= 1, f"entry {e.id}: completed, so at least one take was made"
+        assert (e.stage == Stage.NONE) == (e.status != Status.COMPLETED), "a check stage exactly while completed"
+        assert (e.stage == Stage.LEASED) == (e.check_lease is not None), "a check lease exactly while leased"
+        assert (e.check is not None) == (e.stage in (Stage.CHECKED, Stage.FLAGGED)), "a check exactly once judged"
+        if e.check is not None:
+            assert e.check.take == e.take, f"entry {e.id}: its check is of its current take"
+    leased = [e for e in s.entries if e.check_lease is not None]
+    assert s.check_leases == {e.check_lease.token: e.id for e in leased}
+    assert s.stages == {st: sum(e.stage == st for e in s.entries) for st in Stage}, "stage counters derived"
+    # the judge's figures, kept incrementally, equal a rescan: the CER of current takes' checks, and
+    # seconds per character of current takes
+    assert s.judge.cers.n == sum(e.check is not None and e.check.error is None and e.check.cer is not None
+                                 for e in s.entries)
+    assert s.judge.rates.n == sum(e.stage != Stage.NONE and bool(e.duration_seconds) and len(e.text) >= MIN_RATE_CHARS
+                                  for e in s.entries)
 
 
 OWNERS = st.sampled_from(["g1", "g2", "g3"])
@@ -64,6 +81,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.ended: dict[int, int] = dict.fromkeys(self.s.by_id, 0)  # syntheses that ended, per entry
         self.unit: dict[str, list[str]] = {}    # owner -> the tokens it said it synthesizes together
         self.owner_of: dict[str, str] = {}
+        self.checks_out: list[dict] = []        # every check item ever handed out (with its owner)
         self.disk = render_bytes(self.s)
         self.disk_model = self._model()
 
@@ -159,19 +177,51 @@ class Lifecycle(RuleBasedStateMachine):
         self.now += seconds
         before, units = dict(self.s.leases), self._units()
         self.s.expire(self.now)
+        self.s.expire_checks(self.now)
         assert all(self.s.by_id[eid].lease.deadline > self.now for eid in self.s.leases.values())
+        assert all(self.s.by_id[eid].check_lease.deadline > self.now for eid in self.s.check_leases.values())
         self._end_leases(before, units)
 
     @rule(owner=OWNERS)
     def died(self, owner: str) -> None:
         before, units = dict(self.s.leases), self._units()
         body = self.s.died(owner, self.now)
+        self.s.expire_checks(self.now, owner)
         assert owner not in self.s.owner_tokens
         assert set(body["charged"]) == self._end_leases(before, units)
 
     @rule(owner=OWNERS, k=st.integers(0, 3))
     def release(self, owner: str, k: int) -> None:
         self.s.release(owner, list(self.s.owner_tokens.get(owner, {}))[:k], self.now)
+
+    # ---- checkers -------------------------------------------------------------------
+    @rule(owner=OWNERS, n=st.integers(1, 3))
+    def check_claim(self, owner: str, n: int) -> None:
+        items = self.s.check_claim(owner, n, None, self.now)["entries"]
+        assert len({c["id"] for c in items}) == len(items)
+        for c in items:
+            assert c["id"] not in {h["id"] for h in self.checks_out if self.s.check_leases.get(h["token"]) == h["id"]
+                                   and h["token"] != c["token"]}, "a take is handed to one checker at a time"
+            self.checks_out.append({**c, "owner": owner})
+
+    @rule(i=st.integers(0, 50), cer=st.sampled_from([0.0, 0.1, 0.4, 0.9, 2.0]), error=st.booleans(),
+          stale_take=st.booleans())
+    def check_result(self, i: int, cer: float, error: bool, stale_take: bool) -> None:
+        if not self.checks_out:
+            return
+        c = self.checks_out[i % len(self.checks_out)]
+        e = self.s.by_id[c["id"]]
+        take_now, status, takes = e.take, e.status, e.take_count
+        live = e.check_lease is not None and e.check_lease.token == c["token"] and e.check_lease.owner == c["owner"]
+        report = CheckReport(c["id"], c["owner"], c["token"], "0" * 16 if stale_take else c["take"],
+                             None if error else cer, None, "x", "m", "boom" if error else None, False)
+        body, _ = self.s.check_result(report, self.now)
+        assert body["applied"] == (live and not stale_take and status == Status.COMPLETED and take_now == c["take"]), \
+            "a check counts only for the current take under its live check lease"
+        if body["applied"] and body.get("retake"):
+            assert e.status == Status.PENDING and takes < self.s.max_takes and not error
+            self.ended[e.id] = 0  # a retake is not a failed attempt: the new take's budget is whole
+            assert e.earlier[-1].take == c["take"] and e.earlier[-1].check.cer == cer
 
     # ---- people -----------------------------------------------------------------
     @rule(eid=st.integers(1, 6), failed=st.booleans())
@@ -185,7 +235,7 @@ class Lifecycle(RuleBasedStateMachine):
             self.ended[i] = 0
             assert self.s.by_id[i].attempts == 0
 
-    @rule(eid=st.integers(1, 5), text=st.sampled_from(["otra cosa", "text 1", "nueva"]))
+    @rule(eid=st.integers(1, 5), text=st.sampled_from(["otra cosa", "text 1", "nueva", "una frase más larga"]))
     def edit(self, eid: int, text: str) -> None:
         e = self.s.by_id[eid]
         rev = e.rev
@@ -233,7 +283,9 @@ class Lifecycle(RuleBasedStateMachine):
         check_invariants(self.s)
         for e in self.s.entries:
             assert e.attempts == self.ended[e.id], f"entry {e.id}: attempts equal the syntheses that ended"
-            if e.status == Status.COMPLETED and e.take is not None and not e.take.startswith("t"):
+            if e.status == Status.COMPLETED:  # a take token always: a lease's, or an adopted wav's own
+                assert e.take is not None, f"entry {e.id}: completed without a take token"
+            if e.status == Status.COMPLETED and not e.take.startswith(("t", "adopted-")):
                 assert any(c["id"] == e.id and c["token"] == e.take and c["rev"] == e.rev for c in self.handed)
         again = parse_state(render_bytes(self.s))
         assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in self.s.entries]
@@ -449,6 +501,7 @@ def test_add_refuses_duplicates_without_changing_anything() -> None:
     assert len(s.entries) == 2 and s.counts[Status.PENDING] == 2
     s.add([(None, "x")], "utt", 0)
     assert s.entries[-1].filename == "utt_0003"
+    check_invariants(s)  # the check stage counters too
 
 
 def test_the_last_entries_are_shared_among_the_owners_holding_work() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from statesvc.takes import (
+from review.takes import (
     BIT,
     FLAG_LABELS,
     Analysis,

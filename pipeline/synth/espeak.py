@@ -27,6 +27,9 @@ class SynthError(RuntimeError):
 class Espeak:
     """espeak-ng voice; options ``voice`` (default es), ``rate`` (words/min), ``pitch`` (0-99)."""
 
+    # The same text says the same words: a wrong take is flagged, not retaken. Not bit-identical,
+    # though: two takes of a text in one process differ by a few samples in length.
+    deterministic = True
     _lib: ctypes.CDLL | None = None
     _sample_rate = 0
 

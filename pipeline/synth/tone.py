@@ -10,6 +10,8 @@ import numpy as np
 class Tone:
     """Options: ``sample_rate`` (default 22050), ``seconds_per_char`` (default 0.01)."""
 
+    deterministic = True
+
     def __init__(self, sample_rate: str = "22050", seconds_per_char: str = "0.01"):
         self.sample_rate = int(sample_rate)
         self.seconds_per_char = float(seconds_per_char)

@@ -325,8 +325,8 @@ async function entryAction(a) {
   if (a === "approve" || a === "reject") {
     const verdict = a === "approve" ? "approved" : "rejected";
     ok = await act(`${verdict[0].toUpperCase()}${verdict.slice(1)} ${filename}`, "/api/review",
-                   {filename, review: verdict, note, take: main.dataset.take || null});
-    if (!ok) return;
+                   {filename, review: verdict, note, take: main.dataset.take});
+    if (!ok) return;  // a take replaced since the page showed it: refused (409), said in the status line
     await loadEntry(entryUrl, false, false);  // (a live refresh of this entry may show it instead)
     // on to the next only from the entry judged: not if the curator moved on meanwhile
     if (entryName(entryUrl) === filename && $("[data-entry]").dataset.filename === filename) return advance();

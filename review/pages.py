@@ -9,8 +9,9 @@ from urllib.parse import urlencode
 
 import orjson
 
+from statesvc.state import STATUSES
+
 from .mirror import SORTS, Query
-from .state import STATUSES
 from .takes import FLAG_LABELS, Flag
 
 KEYS = [("j / →", "next entry"), ("k / ←", "previous entry"), ("space", "play / pause"),

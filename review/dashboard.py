@@ -36,18 +36,22 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import pages, protocol
+from pipeline.reconciler import Reconciler  # the sync: the same pass as the reconciler's, a layer below
+from statesvc import protocol
+from statesvc.client import Client, ServiceError, Unavailable
+from statesvc.curve import CurveError, secure_client
+from statesvc.endpoints import connectable, defaults, running
+from statesvc.handlers import SET_ASIDE
+from statesvc.health import paused_line
+from statesvc.journal import JOURNAL_FILE
+from statesvc.state import Status
+from statesvc.store import DamagedState, read, state_path
+from statesvc.texts import check_filename, check_text
+
+from . import pages
 from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
-from .curve import CurveError, secure_client
-from .endpoints import connectable, defaults, running
-from .handlers import SET_ASIDE
-from .health import paused_line
-from .journal import JOURNAL_FILE
 from .mirror import STATUS_CODE, Mirror, Query, QueryError, ViewEntry
-from .state import Status
-from .store import DamagedState, read, state_path
 from .takes import analyze_file, bits
-from .texts import check_filename, check_text
 
 log = logging.getLogger("statesvc.dashboard")
 
@@ -734,9 +738,11 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
         note = body.get("note")
         if note is not None and not isinstance(note, str):
             raise ActionError(400, "note must be a string")
-        fields: dict = {"key": _filename(body.get("filename")), "review": verdict, "note": note or None}
-        if isinstance(body.get("take"), str) and body["take"]:
-            fields["take"] = body["take"]
+        take = body.get("take")
+        if not isinstance(take, str) or not take:  # the page always sends the take it shows: fenced by it
+            raise ActionError(400, "take must be the token of the take heard (the entry's take)")
+        fields: dict = {"key": _filename(body.get("filename")), "review": verdict, "note": note or None,
+                        "take": take}
         reply = await hub.daemon.call("review", **fields)
         return {"filename": fields["key"], "review": reply["review"]}
 
@@ -925,9 +931,6 @@ def _audio_path(dataset: Path, folder: str, name: str) -> Path:
 
 def _reconcile(dataset: Path, dry_run: bool) -> list[dict]:
     """A reconcile pass, as the reconciler process makes one; with dry_run, what it would change."""
-    from pipeline.reconciler import Reconciler
-
-    from .client import Client, ServiceError, Unavailable
     rec = running(dataset)
     if rec is None or not rec.get("endpoint"):
         raise ActionError(503, "the daemon is not running: start it (statesvc serve) and try again")

@@ -1,10 +1,10 @@
-"""What the analysis of the takes found (statesvc.takes' audio flags), for the review dashboard:
+"""What the analysis of the takes found (review.takes' audio flags), for the review dashboard:
 kept by entry id across reloads of the state, and across restarts in a cache file beside the
 dataset, so each take is read once, not once per start (19 minutes of a core at 700,000 takes).
 
 By entry id, a 64-bit key of the wav's signature (size, mtime, inode) and of the take, and the
 flags' bits, in numpy columns: 17 bytes an entry. The keys are stable from one process to the next.
-The cache file names the analysis it holds (a hash of statesvc/takes.py): when the analysis
+The cache file names the analysis it holds (a hash of review/takes.py): when the analysis
 changes, its flags are found again. A cache file that cannot be read is ignored; it is never the
 state, only a saving of time.
 """

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from .state import STATUSES, Entry, Lease, Review, Status, Verdict
-from .store import Loaded
+from statesvc.state import STATUSES, Check, Entry, Lease, Review, Stage, Status, Verdict
+from statesvc.store import Loaded
+
 from .takes import BIT, Fit, Flag, fit
 
 STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
@@ -54,6 +55,9 @@ class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     take: str | None
     lease: Lease | None = None
     review: Review | None = None
+    take_count: int = 0
+    stage: Stage = Stage.NONE
+    check: Check | None = None
 
 
 class QueryError(ValueError):
@@ -401,6 +405,7 @@ class Mirror:
                 "cps": round(len(e.text) / dur, 2) if dur else None, "attempts": e.attempts, "error": e.error,
                 "updated_at": e.updated_at or _iso(float(self.updated[i])), "take": e.take, "rev": e.rev,
                 "review": e.review.to_dict() if e.review else None,
+                "take_count": e.take_count, "stage": e.stage, "check": e.check.to_dict() if e.check else None,
                 "owner": e.lease.owner if e.lease else None,
                 "flags": [f.value for f in Flag if bits & BIT[f]]}
 

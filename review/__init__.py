@@ -1,0 +1,1 @@
+"""review: the review dashboard, a web page over a dataset and its daemon (the page's service)."""
