@@ -339,15 +339,15 @@ short by the kill is not counted). **Stuck**: still held in flight or queued at 
 
 {table}
 
-What a worker's death costs each, as the books show it (the same in every run so far; the
-counts are of one batch of B texts): huey loses the batch the dead worker held, silently (no
-result, in no queue; its user's wait never ends). Celery by default records it FAILURE and never
-retries it, though its wavs may be on disk. With `task_reject_on_worker_lost` it is redone, and
-a batch whose wavs were written before the death is written twice; Ray Data does the same. As
-one `--pool solo` worker per GPU, the batch is stuck for the visibility timeout. Ours puts the
-dead generator's texts back at once (the supervisor tells the daemon), adopts the takes already
-on disk (none written twice), synthesizes again only what was not on disk, and finishes with
-every entry completed.
+What a worker's death costs each, as the books show it (the same in every run so far; the counts
+are of the one batch the dead worker held, B texts, and how many of its wavs are written twice
+depends on how many were on disk at the death): huey loses the batch, silently (no result, in no
+queue; its user's wait never ends). Celery by default records it FAILURE and never retries it,
+though its wavs may be on disk. With `task_reject_on_worker_lost` it is redone, and the wavs
+written before the death are written twice; Ray Data does the same. As one `--pool solo` worker
+per GPU, the batch is stuck for the visibility timeout. Ours puts the dead generator's texts back
+at once (the supervisor tells the daemon), adopts the takes already on disk (none written twice),
+synthesizes again only what was not on disk, and finishes with every entry completed.
 
 Settings, as each tool's documentation recommends for long tasks that must not be lost:
 - huey: `SqliteHuey(fsync=True)` (SQLite `synchronous=FULL`), `huey_consumer -w W -k process`, one

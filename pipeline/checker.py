@@ -19,9 +19,13 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from statesvc.audio import is_adopted, read_provenance, wav_path
 from statesvc.client import Client, ServiceError, Unavailable
+
+if TYPE_CHECKING:
+    from .asr import Recognizer  # faster-whisper is loaded only by a checker that runs
 
 log = logging.getLogger("pipeline.checker")
 
@@ -33,10 +37,9 @@ def default_owner() -> str:
 
 
 class Checker:
-    def __init__(self, client: Client, recognizer: object, dataset: Path, *, language: str | None,
+    def __init__(self, client: Client, recognizer: Recognizer, dataset: Path, *,
                  owner: str | None = None, until_done: bool = False, heartbeat_seconds: float = 2.0):
         self.client, self.recognizer, self.dataset = client, recognizer, dataset
-        self.language = language or getattr(recognizer, "language", None)
         self.owner = owner or default_owner()
         self.until_done = until_done
         self.heartbeat_seconds = heartbeat_seconds
@@ -96,10 +99,15 @@ class Checker:
         mono = samples.mean(axis=1)
         quiet = silent(mono, rate)
         try:
-            transcript = "" if quiet else self.recognizer.transcribe(mono, rate)
+            # hear: scored in the recognizer's own language (an English-only model's is "en", so
+            # "twenty" meets "20"), heard a second way when the first hearing looks wrong
+            if quiet:
+                transcript, s = "", score(item["text"], "", self.recognizer.language)
+            else:
+                heard = self.recognizer.hear(mono, rate, item["text"])
+                transcript, s = heard.transcript, heard.score
         except AsrError as exc:
             return {"cer": None, "wer": None, "transcript": "", "error": str(exc), "silent": quiet}
-        s = score(item["text"], transcript, self.language)
         return {"cer": round(s.cer, 4), "wer": round(s.wer, 4), "transcript": transcript, "error": None,
                 "silent": quiet}
 

@@ -330,7 +330,7 @@ def check(dataset: Path, endpoint: str | None, asr_model: str, language: str | N
             ep = endpoint_for(dataset, endpoint, wait)
         except NoDaemon as exc:
             fail(str(exc), USAGE)
-        checker = Checker(client_for(ep, timeout=10.0), recognizer, dataset, language=language, owner=owner,
+        checker = Checker(client_for(ep, timeout=10.0), recognizer, dataset, owner=owner,
                           until_done=until_done, heartbeat_seconds=heartbeat_seconds or 2.0)
     except KeyboardInterrupt:
         log.info("checker stopping before it started")
@@ -345,7 +345,7 @@ def check(dataset: Path, endpoint: str | None, asr_model: str, language: str | N
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("checker %s: model %s, language %s, daemon %s", checker.owner, recognizer.name, checker.language, ep)
+    log.info("checker %s: model %s, language %s, daemon %s", checker.owner, recognizer.name, recognizer.language, ep)
     try:
         sys.exit(checker.run())
     except (Unavailable, ServiceError) as exc:

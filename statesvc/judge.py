@@ -9,7 +9,10 @@ A take is wrong when any of these holds:
 
 * the checker found it silent (``silent``: no window of sound, cheap, before ASR);
 * its CER is over the threshold: ``--max-cer`` when given, else ``max(FLOOR_CER, median + K *
-  robust deviation)`` of the dataset's checks so far (the floor alone until ``MIN_CHECKS``). A
+  robust deviation)`` of the dataset's checks so far (the floor alone until ``MIN_CHECKS``), never
+  over ``CEILING_CER``: a take reading another sentence gets most of its characters wrong (0.69
+  and up measured with both voices and models), and a dataset with many wrong takes must not lift
+  the threshold over them (half the takes wrong lifted median + 4 deviations past 2). A
   robotic voice that a recognizer hears badly (espeak: good takes 0.06-0.45) then keeps its good
   takes; a voice it hears well still has a floor that only a take reading half its characters
   wrong crosses;
@@ -27,11 +30,12 @@ import itertools
 import math
 from dataclasses import dataclass
 
-__all__ = ["FLOOR_CER", "K", "MIN_CHECKS", "Judge", "Judgement"]
+__all__ = ["CEILING_CER", "FLOOR_CER", "K", "MIN_CHECKS", "Judge", "Judgement"]
 
 # No numpy here: every statesvc command imports the state, and so this module.
 MAD_SCALE = 1.4826  # makes the MAD a consistent estimate of a normal standard deviation
 FLOOR_CER = 0.5   # half the characters wrong: no good take of any voice we measured comes near
+CEILING_CER = 0.65  # under what another sentence scores: the adaptive threshold stops here
 K = 4.0            # "far above": as many robust deviations as the page's duration fit (takes.SPREAD_SIGMAS)
 MIN_RATE_CHARS = 10  # shorter texts: the fixed start/end overhead dominates (takes.MIN_RATE_CHARS)
 MIN_CHECKS = 20    # fewer checks and the median says little: the floor alone
@@ -103,7 +107,7 @@ class Judge:
         if self.cers.n < MIN_CHECKS:
             return FLOOR_CER
         med, mad = self.cers.median_mad()
-        return round(max(FLOOR_CER, med + K * MAD_SCALE * mad), 4)
+        return round(min(CEILING_CER, max(FLOOR_CER, med + K * MAD_SCALE * mad)), 4)
 
     def judge(self, cer: float | None, error: str | None, silent: bool, seconds: float | None,
               chars: int) -> Judgement:

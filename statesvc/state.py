@@ -974,8 +974,9 @@ class State:
             what = "another text" if take["text_hash"] != e.text_hash else f"revision {take['rev']}"
             return f"moved aside (a take of {what}); {before} -> {e.status}", "stale"
         token = take["token"] if take is not None else None
-        if token is None:  # a wav that records no take: the one adopted before, or a new adoption
-            token = e.take if before == C and is_adopted(e.take) else adopted_token()
+        if token is None:  # a wav that records no take: the one adopted before (same length), or a new adoption
+            same = before == C and is_adopted(e.take) and same_duration(e.duration_seconds, obs["duration"])
+            token = e.take if same else adopted_token()  # another wav under the name: a verdict on the old one ends
         if before in (P, F):
             e.take, e.duration_seconds, e.sample_rate, e.error = token, obs["duration"], obs["sample_rate"], None
             e.take_count += 1

@@ -948,3 +948,31 @@ def test_earlier_takes_are_found_by_name_in_a_listing_kept_until_the_folder_chan
     assert earlier.of("ds_0003") == before == []
     os.utime(folder)
     assert earlier.of("ds_0003") == ["ds_0003.20260101T120000.000000001.wav"]
+
+
+def test_a_background_refresh_whose_server_is_gone_is_no_page_error(tmp_path: Path, start_daemon, start_dashboard,
+                                                                    page) -> None:
+    """The overview refreshes its rows a moment after an event names one of them; when the server
+    is gone by then (the run ended, a restart), the failed fetch is quiet: the page raises nothing
+    (the fixture fails the test on any page error; CI once saw 'Failed to fetch' here)."""
+    ds = make_dataset(tmp_path, TEXTS[:3])
+    start_daemon(ds)
+    dash = start_dashboard(ds)
+    page.goto(f"{dash.url}/")
+    page.wait_for_selector("[data-entries] tbody tr")
+    tried: list[str] = []
+
+    def gone(route) -> None:
+        tried.append(route.request.url)
+        route.abort()  # as a server that went away: fetch rejects with "Failed to fetch"
+
+    page.route(lambda url: urllib.parse.urlparse(url).path == "/", gone)
+    name = read_state(ds)["entries"][0]["filename"]
+    edits = iter(range(1000))
+
+    def edit_then_look() -> list[str]:  # until the page's event stream is up and it refreshes
+        cli("edit", "--dataset", str(ds), name, "--text", f"otra frase número {next(edits)}", check=True)
+        page.wait_for_timeout(100)  # Playwright's sync API runs the route handler only inside its own calls
+        return tried
+    wait_for(edit_then_look, 30, "the overview's refresh of its rows")
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => setTimeout(r, 0)))")  # its rejection handled

@@ -28,10 +28,10 @@ class Import:
     names: tuple[str, ...]  # the names taken from it (`from m import a, b`), empty for `import m`
     line: int
     typing_only: bool  # under `if TYPE_CHECKING:`: a dependency, but never executed (no cycle at run time)
+    path: str  # the importer's file, from the repository's root
 
     def __str__(self) -> str:
-        path = self.importer.replace(".", "/") + ".py"
-        return f"{path}:{self.line}: {self.importer} imports {self.imported}"
+        return f"{self.path}:{self.line}: {self.importer} imports {self.imported}"
 
 
 def modules(root: Path = ROOT) -> dict[str, Path]:
@@ -63,11 +63,12 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> Iterator[Import
     """Every import in a module's code, wherever it stands (functions, TYPE_CHECKING blocks), of our
     packages' modules, resolved as Python would: `from pkg import mod` loads pkg.mod."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    where = "/".join(path.parts[-len(name.split(".")) - (path.name == "__init__.py"):])
     for node, typing_only in _statements(ast.parse(path.read_bytes(), str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] in LAYERS:
-                    yield Import(name, alias.name, (), node.lineno, typing_only)
+                    yield Import(name, alias.name, (), node.lineno, typing_only, where)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -79,10 +80,10 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> Iterator[Import
             names = tuple(a.name for a in node.names)
             submodules = [n for n in names if f"{source}.{n}" in known]
             for n in submodules:  # `from . import pages`: the module pages
-                yield Import(name, f"{source}.{n}", (), node.lineno, typing_only)
+                yield Import(name, f"{source}.{n}", (), node.lineno, typing_only, where)
             if len(submodules) < len(names):
                 yield Import(name, source, tuple(n for n in names if n not in submodules), node.lineno,
-                             typing_only)
+                             typing_only, where)
 
 
 def graph(root: Path = ROOT) -> list[Import]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from statesvc.judge import FLOOR_CER, MIN_CHECKS, Judge
+from statesvc.judge import CEILING_CER, FLOOR_CER, MIN_CHECKS, Judge
 from statesvc.protocol import CheckReport
 from statesvc.state import Entry, Stage, State, Status, Verdict
 from tests.conftest import take
@@ -30,6 +30,18 @@ def test_the_floor_holds_until_enough_checks_then_the_threshold_follows_the_data
         k.learn(0.02, None, 0)
     assert k.threshold() == FLOOR_CER
     assert k.judge(0.58, None, False, None, 0).wrong
+
+
+def test_many_wrong_takes_never_lift_the_threshold_over_another_sentence() -> None:
+    """Half the takes read another sentence (CER 0.7-1.2): median + 4 deviations would pass them
+    all; the ceiling keeps them wrong while the good takes (up to 0.45) stay right."""
+    j = Judge()
+    rng = random.Random(2)
+    for _ in range(100):
+        j.learn(rng.uniform(0.06, 0.45), None, 0)
+        j.learn(rng.uniform(0.7, 1.2), None, 0)
+    assert FLOOR_CER < j.threshold() == CEILING_CER
+    assert j.judge(0.69, None, False, None, 0).wrong and not j.judge(0.45, None, False, None, 0).wrong
 
 
 def test_a_fixed_max_cer_wins_and_silence_or_a_recognizer_error_is_wrong() -> None:

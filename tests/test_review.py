@@ -104,3 +104,35 @@ def test_a_completed_entry_without_a_take_token_in_an_older_file_is_given_one_at
     cli("review", "--dataset", str(ds), a, "approved", "--take", shown[a]["take"], check=True)
     cli("review", "--dataset", str(ds), b, "rejected", check=True)  # without --take: the current take
     assert _entry(ds, b)["review"] == {**_entry(ds, b)["review"], "verdict": "rejected", "take": shown[b]["take"]}
+
+
+def test_another_tools_wav_replaced_under_an_adopted_take_gets_a_new_token(tmp_path: Path, start_daemon) -> None:
+    """An adopted take's token names that wav: another tool's wav of another length put in its
+    place is a new take (a new token), so a verdict given on the first one does not pass to it."""
+    import numpy
+
+    from statesvc.audio import encode_wav
+
+    def tone(seconds: float) -> bytes:
+        n = int(22050 * seconds)
+        return encode_wav((0.3 * numpy.sin(numpy.arange(n) * 0.06) * 32767).astype(numpy.int16), 22050)
+
+    ds = make_dataset(tmp_path, ["uno"])
+    start_daemon(ds)
+    name = read_state(ds)["entries"][0]["filename"]
+    wav = ds / "wavs" / f"{name}.wav"
+    wav.parent.mkdir(exist_ok=True)
+    wav.write_bytes(tone(1.0))
+    cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
+    first = _entry(ds, name)["take"]
+    assert first.startswith("adopted-")
+    cli("review", "--dataset", str(ds), name, "approved", "--take", first, check=True)
+    cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
+    assert _entry(ds, name)["take"] == first  # the same wav seen again keeps its token and its verdict
+    wav.write_bytes(tone(2.0))
+    cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
+    now = _entry(ds, name)
+    assert now["take"].startswith("adopted-") and now["take"] != first, now
+    r = cli("review", "--dataset", str(ds), name, "approved", "--take", first)
+    assert r.returncode != 0 and "new take" in r.stderr, r.stderr
+    assert name not in cli("export", "--dataset", str(ds), "--approved-only", check=True).stdout

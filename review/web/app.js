@@ -112,11 +112,21 @@ function showOverview(ov) {
   }
 }
 
+// A background refresh whose server went away (the run ended, a restart) is no error of the page:
+// null, and the next event or the reconnecting event stream brings the page up to date.
+async function quietFetch(url) {
+  try {
+    return await fetch(url, {credentials: "same-origin"});
+  } catch (err) {
+    return null;
+  }
+}
+
 async function refreshTable() {
   const table = $("[data-entries]");
   if (!table) return;
-  const resp = await fetch(`/?${location.search.slice(1)}`, {credentials: "same-origin"});
-  if (!resp.ok) return;
+  const resp = await quietFetch(`/?${location.search.slice(1)}`);
+  if (!resp?.ok) return;
   const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
   const checked = new Set($$("[data-select]:checked").map(c => c.closest("tr").dataset.filename));
   const cursor = $("tr.cursor")?.dataset.filename;
@@ -154,8 +164,8 @@ async function refreshEntry(known = null) {
   }
   let e = known;
   if (!e) {
-    const resp = await fetch(`/api/entries/${encodeURIComponent(main.dataset.filename)}`, {credentials: "same-origin"});
-    if (!resp.ok) return;
+    const resp = await quietFetch(`/api/entries/${encodeURIComponent(main.dataset.filename)}`);
+    if (!resp?.ok) return;
     e = await resp.json();
   }
   // the verdict as embedded (its JSON escaped for the page) against the verdict now: as values
@@ -173,8 +183,8 @@ function listen() {
   es.addEventListener("overview", ev => showOverview(JSON.parse(ev.data)));
   es.addEventListener("entries", ev => onEntries(JSON.parse(ev.data)));
   es.addEventListener("snapshot", async () => {
-    const resp = await fetch("/api/status", {credentials: "same-origin"});
-    if (resp.ok) showOverview(await resp.json());
+    const resp = await quietFetch("/api/status");
+    if (resp?.ok) showOverview(await resp.json());
     if (page === "overview") refreshTable();
     if (page === "entry") refreshEntry();
   });
