@@ -4,7 +4,8 @@ Each generator is given one GPU through ``CUDA_VISIBLE_DEVICES``, so a model tha
 (``cuda:0``) uses its own. ``LIST`` is taken as given (indexes or UUIDs as ``nvidia-smi -L``
 prints them); ``all`` is what this process may use: ``CUDA_VISIBLE_DEVICES`` when set (a Slurm
 allocation sets it), else ``NVIDIA_VISIBLE_DEVICES`` as the NVIDIA container runtime means it
-(``all``, ``none``, ``void``), else what ``nvidia-smi -L`` lists.
+(``all``, ``none``, ``void``; its host indexes renumbered from 0, as CUDA numbers them inside the
+container), else what ``nvidia-smi -L`` lists.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ def discover(env: dict[str, str] | None = None) -> tuple[list[str], str]:
         return _visible(cuda, "CUDA_VISIBLE_DEVICES"), "CUDA_VISIBLE_DEVICES"
     nvidia = env.get("NVIDIA_VISIBLE_DEVICES")
     if nvidia is not None and nvidia.strip() != "all":
-        return _visible(nvidia, "NVIDIA_VISIBLE_DEVICES"), "NVIDIA_VISIBLE_DEVICES"
+        host = _visible(nvidia, "NVIDIA_VISIBLE_DEVICES")
+        # The runtime names the HOST's GPUs; inside the container CUDA numbers the ones it shows
+        # from 0 (UUIDs stay valid as they are), so host indexes 2,3 are CUDA's 0,1 here.
+        inside = [str(i) if g.isdigit() else g for i, g in enumerate(host)]
+        return inside, "NVIDIA_VISIBLE_DEVICES"
     # unset, or "all": the container runtime shows every GPU of the host; nvidia-smi lists them
     return from_nvidia_smi(env), "nvidia-smi -L"
 

@@ -167,6 +167,8 @@ def test_discover_follows_the_container_runtime() -> None:
     assert discover({"CUDA_VISIBLE_DEVICES": "2,3", "NVIDIA_VISIBLE_DEVICES": "all"}) == (["2", "3"],
                                                                                          "CUDA_VISIBLE_DEVICES")
     assert discover({"NVIDIA_VISIBLE_DEVICES": "GPU-aa,GPU-bb", "PATH": ""})[0] == ["GPU-aa", "GPU-bb"]
+    # a container given the host's GPUs 2 and 3: CUDA inside it calls them 0 and 1
+    assert discover({"NVIDIA_VISIBLE_DEVICES": "2,3", "PATH": ""}) == (["0", "1"], "NVIDIA_VISIBLE_DEVICES")
     for none in ("none", "void", ""):
         assert discover({"NVIDIA_VISIBLE_DEVICES": none, "PATH": ""})[0] == []
     assert discover({"NVIDIA_VISIBLE_DEVICES": "all", "PATH": ""}) == ([], "nvidia-smi -L")
