@@ -993,7 +993,8 @@ class State:
         token = take["token"] if take is not None else None
         if token is not None and token != e.take and any(x.take == token and x.rev == e.rev for x in e.earlier):
             # a take a check set aside, still under the name (a crash before its move): back to its
-            # file under requeued/ (the daemon's move), never adopted as a late take
+            # file under requeued/ (the daemon's move, after the commit this touch makes), never adopted
+            self._touch(e, now)
             return "a take a check set aside: back to its file in requeued/", "settle"
         if token is None:  # a wav that records no take: the one adopted before (same length), or a new adoption
             same = before == C and is_adopted(e.take) and same_duration(e.duration_seconds, obs["duration"])
