@@ -403,15 +403,18 @@ def test_a_resent_result_in_the_commit_of_the_check_that_retakes_its_take_is_ref
     """A generator resends the result of a take while a check retakes that take, both in one group
     commit: the take set aside never becomes current again (completed with no wav)."""
     ds = make_dataset(tmp_path, ["uno dos tres cuatro cinco"])
-    start_daemon(ds)
+    d = start_daemon(ds)
     with Client(running(ds)["endpoint"]) as cl:
         [name] = new_takes(cl, ds)
         e = cl.call("show", key=name)["entry"]
         [item] = cl.call("check_claim", owner="k", n=10)["entries"]
+        d.proc.send_signal(signal.SIGSTOP)  # both wait in its socket: one drain, one group commit
         r1 = cl.send("check_result", id=item["id"], owner="k", token=item["token"], take=item["take"], cer=0.9,
                      wer=0.9, transcript="otra", model="m", error=None, silent=False)
         r2 = cl.send("result", id=e["id"], token=e["take"], status="completed", duration_seconds=1.0,
                      sample_rate=22050, text_hash=e["text_hash"], rev=e["rev"], take_file=True)
+        assert not cl.replies(0.05)  # a stopped daemon answers nothing (the poll lets both messages leave)
+        d.proc.send_signal(signal.SIGCONT)
         got: dict = {}
         wait_for(lambda: got.update({m["rid"]: m for m in cl.replies(0.2)}) or len(got) == 2, 10, "both replies")
         assert got[r1]["retake"] and got[r2]["applied"] is False, got
