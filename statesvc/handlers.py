@@ -203,7 +203,7 @@ class Handlers:
         e = self.state.lookup(a["id"])
         if take_path(self.dataset, e.filename, a["token"]).exists():
             return True
-        if any(x.filename == e.filename and x.token is None for x in self.after_save):
+        if any(x.filename == e.filename and (x.token is None or x.kind == "restore") for x in self.after_save):
             return False  # the wav under the name is on its way out (set aside, restored, stale)
         prov = read_provenance(self.dataset / "wavs" / f"{e.filename}.wav")
         return prov is not None and prov.token == a["token"]
