@@ -116,6 +116,14 @@ class Lifecycle(RuleBasedStateMachine):
             self.phase[c["token"]] = Phase.QUEUED
             self.owner_of[c["token"]] = owner
 
+    @rule(owner=OWNERS)
+    def generate_at_once(self, owner: str) -> None:
+        """A generator that claims one entry and reports its take at once: takes are made (and
+        retaken) often."""
+        if self.s.counts[Status.PENDING]:
+            self.claim(owner, 1)
+            self.complete(len(self.handed) - 1, True, False)
+
     @rule(owner=OWNERS, k=st.integers(0, 2))
     def working(self, owner: str, k: int) -> None:
         mine = list(self.s.owner_tokens.get(owner, {}))
