@@ -485,6 +485,7 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
                      f"; cut its torn last record, {store.torn} bytes (a crash mid-append: never acknowledged), "
                      f"kept in {store.torn_kept}" if store.torn else "")
         daemon = Daemon(dataset, state, control, events, curve=curve, store=store)
+        daemon.handlers.settle_all()  # the moves a retake or restore committed before a crash implies
         daemon.checkpoint_bytes, daemon.checkpoint_idle = checkpoint_bytes, checkpoint_idle
         if metrics is not None:
             from .metrics import Metrics  # here: prometheus_client costs every other start its import

@@ -12,16 +12,17 @@ import time
 from pathlib import Path
 
 from . import protocol
+from .atomic import fsync_dir
 from .audio import inspect, read_provenance, take_path
 from .protocol import STORAGE, VALIDATORS, WRITES, ErrorKind
-from .state import Effect, Refused, State
+from .state import Effect, Entry, Refused, State, Status, is_adopted
 
 log = logging.getLogger("statesvc")
 
 QUARANTINE = "quarantine"   # files that are not valid audio
 SET_ASIDE = "requeued"      # an entry's earlier takes (requeue, edit)
 STALE = "stale"             # takes that do not count: late, of another text or revision, over another's lease
-FOLDERS = {"quarantine": QUARANTINE, "set_aside": SET_ASIDE, "stale": STALE}
+FOLDERS = {"quarantine": QUARANTINE, "set_aside": SET_ASIDE, "stale": STALE, "settle": SET_ASIDE}
 PAUSE_TTL = 10.0  # seconds a generator's disk pause holds unless said again (it says it every 2 s)
 
 
@@ -36,6 +37,7 @@ class Handlers:
         self.state = state
         self.after_save: list[Effect] = []
         self.disk_pauses: dict[str, tuple[int, int, float]] = {}  # owner: (free, floor, when said)
+        self._moved_in: set[str] = set()  # folders a move touched since the last fsync of them
 
     def apply(self, op: str, a: dict, now: float) -> tuple[dict, bool]:
         """Apply one validated message; returns (reply body, whether it is a write)."""
@@ -118,7 +120,9 @@ class Handlers:
         return self.state.check_claim(a["owner"], a["n"], a["lease_seconds"], now)
 
     def on_check_result(self, a: protocol.CheckReport, now: float) -> dict:
-        body, effects = self.state.check_result(a, now)
+        e = self.state.lookup(a.id)  # only an earlier take whose file is there may come back (as promote checks)
+        present = frozenset(x.file for x in e.earlier if x.rev == e.rev and (self.dataset / x.file).exists())
+        body, effects = self.state.check_result(a, now, present)
         if body["applied"]:  # one line per check accepted (at debug): what a test counts
             log.debug("check accepted: entry %s take %s by %s: %s", a.id, a.take, a.owner, body["stage"])
         self.after_save.extend(effects)
@@ -199,6 +203,8 @@ class Handlers:
         e = self.state.lookup(a["id"])
         if take_path(self.dataset, e.filename, a["token"]).exists():
             return True
+        if any(x.filename == e.filename and (x.token is None or x.kind == "restore") for x in self.after_save):
+            return False  # the wav under the name is on its way out (set aside, restored, stale)
         prov = read_provenance(self.dataset / "wavs" / f"{e.filename}.wav")
         return prov is not None and prov.token == a["token"]
 
@@ -232,6 +238,10 @@ class Handlers:
             if eff.kind == "restore":
                 moved += self._restore(eff)
                 continue
+            if eff.kind == "settle":
+                e = self.state.by_name.get(eff.filename)
+                moved += self.settle(e, self._aside_listing()) if e is not None else []
+                continue
             if eff.dest is not None:  # a retake: the name the state recorded
                 src = os.path.join(wavs, f"{eff.filename}.wav")
                 if self._move(src, self.dataset / eff.dest):
@@ -248,10 +258,64 @@ class Handlers:
             try:
                 folder.mkdir(exist_ok=True)
                 shutil.move(src, dst)
+                self._moved_in.update((os.path.dirname(src), str(folder)))
                 moved.append(str(dst.relative_to(self.dataset)))
                 log.info("moved %s to %s", os.path.basename(src), dst.relative_to(self.dataset))
             except OSError as exc:
                 log.error("cannot move %s aside: %s", src, exc)
+        self.sync_moves()
+        return moved
+
+    def sync_moves(self) -> None:
+        """fsync the folders files moved in and out of: the moves a commit implies are durable."""
+        folders, self._moved_in = self._moved_in, set()
+        for folder in sorted(folders):
+            try:
+                fsync_dir(Path(folder))
+            except OSError as exc:
+                log.error("cannot fsync %s: %s", folder, exc)
+
+    def _aside_listing(self) -> list[str]:
+        try:
+            return os.listdir(self.dataset / SET_ASIDE)
+        except OSError:
+            return []
+
+    def settle_all(self) -> list[str]:
+        """At the daemon's start: redo the moves committed retakes and restores imply (see ``settle``)."""
+        mine = [e for e in self.state.entries if e.earlier]
+        listing = self._aside_listing() if mine else []
+        moved = [m for e in mine for m in self.settle(e, listing)]
+        self.sync_moves()
+        return moved
+
+    def settle(self, e: Entry, listing: list[str]) -> list[str]:
+        """The files of ``e`` as its state says, when a crash (or a failed move) came between the
+        commit of a retake or restore and its moves: a take a check set aside that sits under the
+        entry's name goes to its file under requeued/; the current take, found under requeued/ (its
+        token ends the file's name) while nothing is under the entry's name, comes back."""
+        wav = self.dataset / "wavs" / f"{e.filename}.wav"
+        moved: list[str] = []
+        prov = read_provenance(wav)
+        aside = None if prov is None or prov.token == e.take else \
+            next((x for x in e.earlier if x.take == prov.token), None)
+        if aside is not None:
+            dest = self.dataset / aside.file
+            if os.path.lexists(dest):  # already there (a copy): this one must not pass for the current take
+                dest = self.dataset / STALE / f"{e.filename}.{time.strftime('%Y%m%dT%H%M%S')}.{prov.token[-9:]}.wav"
+            if self._move(str(wav), dest):
+                moved.append("/".join(dest.parts[-2:]))
+        if e.status == Status.COMPLETED and e.take is not None and not os.path.lexists(wav):
+            ending = f".{e.take[-9:]}.wav"
+            for n in sorted(n for n in listing if n.startswith(f"{e.filename}.") and n.endswith(ending)):
+                src = self.dataset / SET_ASIDE / n
+                p = read_provenance(src)
+                if (p is not None and p.token == e.take) or (p is None and is_adopted(e.take)):
+                    if self._move(str(src), wav):
+                        moved.append(f"wavs/{e.filename}.wav")
+                    break
+        if moved:
+            log.warning("%s: redid the moves its retake or restore implies: %s", e.filename, ", ".join(moved))
         return moved
 
     def _restore(self, eff: Effect) -> list[str]:
@@ -267,11 +331,11 @@ class Handlers:
             return [eff.dest]
         return [eff.dest, f"wavs/{eff.filename}.wav"]
 
-    @staticmethod
-    def _move(src: str, dst: Path) -> bool:
+    def _move(self, src: str, dst: Path) -> bool:
         try:
             dst.parent.mkdir(exist_ok=True)
             os.replace(src, dst)
+            self._moved_in.update((os.path.dirname(src), str(dst.parent)))
             log.info("moved %s to %s", os.path.basename(src), "/".join(dst.parts[-2:]))
             return True
         except FileNotFoundError:

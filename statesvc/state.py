@@ -498,6 +498,7 @@ class State:
     def _reset(self, e: Entry, cause: Cause, now: float) -> list[Effect]:
         """A new revision of ``e`` (requeue, edit): no take of an older one will count."""
         effects = [Effect("set_aside", e.filename)] if e.status == C else []
+        self._prune_earlier(e)
         e.rev += 1
         e.suspect = False
         e.attempts = 0
@@ -508,6 +509,15 @@ class State:
         e.deterministic = False
         self._transition(e, cause, P, now)
         return effects
+
+    @staticmethod
+    def _prune_earlier(e: Entry) -> None:
+        """A new revision: earlier takes can no longer come back, so their records keep only what
+        is shown (file and CER), not the transcript: the state does not grow by one per take."""
+        for x in e.earlier:
+            c = x.check
+            if c is not None and (c.transcript or c.model or c.reason is not None or c.seconds is not None):
+                x.check = Check(c.take, c.cer, None, "", "", c.error, c.wrong)
 
     def _learn(self, e: Entry, sign: int) -> None:
         """The judge learns (or forgets) the CER of a current take's check."""
@@ -728,11 +738,15 @@ class State:
             self._transition(self.by_id[eid], Cause.CHECK_EXPIRY, C, now, stage=WAITING)
         return ended
 
-    def check_result(self, msg: CheckReport, now: float) -> tuple[dict, list[Effect]]:
+    def check_result(self, msg: CheckReport, now: float, present: frozenset[str] | None = None
+                     ) -> tuple[dict, list[Effect]]:
         """A check of a take, fenced by the take's token AND the check lease: a check of a take
         that is no longer current, or not under this live lease, is refused and discarded. The
         judgement is the daemon's: fine; wrong and retaken (back to pending, the take to
-        requeued/ with its check); or wrong and kept (flagged), on the best take by CER."""
+        requeued/ with its check); or kept (checked, or flagged when wrong), on the best take of
+        its revision by CER, whatever the threshold was when the others were judged. ``present``:
+        the files of the entry's earlier takes that are on disk (None: all), the only ones that
+        may come back."""
         e = self.lookup(msg.id)
         if e.status != C or e.take != msg.take:
             return {"applied": False, "reason": "the take is no longer the entry's current take"}, []
@@ -746,8 +760,8 @@ class State:
                 e.take_count < self.max_takes:
             return self._retake(e, check, now)
         effects: list[Effect] = []
-        if j.wrong and msg.error is None and not approved:
-            best = self._best_earlier(e, check)
+        if msg.error is None and not approved:  # the final judgement: the best take of this revision by CER
+            best = self._best_earlier(e, check, present)
             if best is not None:
                 effects = self._restore(e, check, best, now)
                 check = e.check
@@ -774,10 +788,11 @@ class State:
         return ({"applied": True, "stage": e.stage, "wrong": True, "reason": check.reason, "retake": True},
                 [Effect("set_aside", e.filename, dest=dest)])
 
-    def _best_earlier(self, e: Entry, check: Check) -> Earlier | None:
+    @staticmethod
+    def _best_earlier(e: Entry, check: Check, present: frozenset[str] | None) -> Earlier | None:
         """An earlier take of this revision with a lower CER than the current one, the lowest."""
         mine = [x for x in e.earlier if x.rev == e.rev and x.check is not None and x.check.cer is not None
-                and x.check.error is None]
+                and x.check.error is None and (present is None or x.file in present)]
         best = min(mine, key=lambda x: x.check.cer, default=None)
         return best if best is not None and (check.cer is None or best.check.cer < check.cer) else None
 
@@ -838,6 +853,8 @@ class State:
         token = msg["token"]
         if e.status == C and e.take == token:
             return "duplicate"  # a resend of a result already applied
+        if any(x.take == token for x in e.earlier):
+            return "a check set this take aside"  # never current again through a result (a resend)
         held = e.lease is not None and e.lease.token == token
         if e.status == G and not held:
             return "another generator holds the entry"
@@ -974,6 +991,11 @@ class State:
             what = "another text" if take["text_hash"] != e.text_hash else f"revision {take['rev']}"
             return f"moved aside (a take of {what}); {before} -> {e.status}", "stale"
         token = take["token"] if take is not None else None
+        if token is not None and token != e.take and any(x.take == token and x.rev == e.rev for x in e.earlier):
+            # a take a check set aside, still under the name (a crash before its move): back to its
+            # file under requeued/ (the daemon's move, after the commit this touch makes), never adopted
+            self._touch(e, now)
+            return "a take a check set aside: back to its file in requeued/", "settle"
         if token is None:  # a wav that records no take: the one adopted before (same length), or a new adoption
             same = before == C and is_adopted(e.take) and same_duration(e.duration_seconds, obs["duration"])
             token = e.take if same else adopted_token()  # another wav under the name: a verdict on the old one ends

@@ -279,3 +279,145 @@ def test_a_wrong_model_or_language_stops_run_pipeline_check_before_anything_star
                             *args], capture_output=True, text=True, timeout=120, env=ENV)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         assert "Traceback" not in r.stderr and not ds.exists(), (args, r.stderr)
+
+
+# ---- retakes and restores cut off by a crash, through the daemon's socket and real files ----------------
+def new_takes(cl: Client, ds: Path) -> dict[str, str]:
+    """A take of every pending entry, as a generator makes it: a wav that records its provenance at
+    the take path, then its result. Filename -> the take's token."""
+    import numpy as np
+
+    from statesvc.audio import Provenance, encode_wav, take_path
+    out = {}
+    for c in cl.call("claim", owner="g", n=100)["entries"]:
+        pcm = (np.sin(np.arange(22050) * 2 * np.pi * (200 + c["id"]) / 22050) * 8000).astype(np.int16)
+        take_path(ds, c["filename"], c["token"]).write_bytes(
+            encode_wav(pcm, 22050, Provenance(c["text_hash"], c["rev"], c["token"])))
+        body = cl.call("result", id=c["id"], token=c["token"], status="completed", duration_seconds=1.0,
+                       sample_rate=22050, text_hash=c["text_hash"], rev=c["rev"], take_file=True)
+        assert body["applied"], body
+        out[c["filename"]] = c["token"]
+    return out
+
+
+def judged(cl: Client, name: str, cer: float) -> dict:
+    """A checker's report of ``name``'s current take (the others given back)."""
+    items = cl.call("check_claim", owner="k", n=100)["entries"]
+    cl.call("check_release", owner="k", tokens=[i["token"] for i in items if i["filename"] != name])
+    it = next(i for i in items if i["filename"] == name)
+    return cl.call("check_result", id=it["id"], owner="k", token=it["token"], take=it["take"], cer=cer, wer=cer,
+                   transcript="otra frase", model="m", error=None, silent=False)
+
+
+def token_of(path: Path) -> str | None:
+    from statesvc.audio import read_provenance
+    p = read_provenance(path)
+    return None if p is None else p.token
+
+
+def test_a_retake_cut_off_by_a_crash_before_its_move_is_settled_at_the_start(tmp_path: Path, start_daemon) -> None:
+    """The retake is committed, the daemon is SIGKILLed before the take moves to requeued/ (the disk
+    is left as such a crash leaves it): at its start the daemon moves it there, so the next take
+    does not overwrite it and the books and the files agree."""
+    ds = make_dataset(tmp_path, ["uno dos tres", "cuatro cinco"])
+    d = start_daemon(ds)
+    with Client(running(ds)["endpoint"]) as cl:
+        first = new_takes(cl, ds)
+        name = min(first)
+        assert judged(cl, name, 0.9)["retake"]
+        [aside] = [x["file"] for x in cl.call("show", key=name)["entry"]["earlier"]]
+    wav = ds / "wavs" / f"{name}.wav"
+    os.replace(ds / aside, wav)  # the move the crash prevented
+    d.kill()
+    start_daemon(ds)
+    assert token_of(ds / aside) == first[name] and not wav.exists()
+    with Client(running(ds)["endpoint"]) as cl:
+        second = new_takes(cl, ds)
+        e = cl.call("show", key=name)["entry"]
+    assert e["status"] == "completed" and e["take"] == second[name] == token_of(wav) and e["take_count"] == 2
+    assert token_of(ds / aside) == first[name], "the first take was overwritten by the retake"
+    assert cli("verify", "--dataset", str(ds)).returncode == 0
+
+
+def test_the_reconciler_puts_a_take_a_check_set_aside_back_in_requeued_instead_of_adopting_it(
+        tmp_path: Path, start_daemon) -> None:
+    """A set-aside take still under the entry's name (its move failed) is no late take."""
+    ds = make_dataset(tmp_path, ["uno dos tres"])
+    start_daemon(ds)
+    with Client(running(ds)["endpoint"]) as cl:
+        [(name, first)] = new_takes(cl, ds).items()
+        assert judged(cl, name, 0.9)["retake"]
+        [aside] = [x["file"] for x in cl.call("show", key=name)["entry"]["earlier"]]
+        os.replace(ds / aside, ds / "wavs" / f"{name}.wav")
+        cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
+        e = cl.call("show", key=name)["entry"]
+    assert e["status"] == "pending" and e["take"] is None and e["take_count"] == 1, e
+    assert token_of(ds / aside) == first and not (ds / "wavs" / f"{name}.wav").exists()
+
+
+def test_a_restore_cut_off_by_a_crash_before_its_moves_is_settled_at_the_start(tmp_path: Path, start_daemon) -> None:
+    """Take 1 (CER 0.6) retaken, take 2 worse (0.9): take 1 is restored in the books, the daemon is
+    SIGKILLed before both moves: at its start take 1 is back under the name, take 2 in requeued/,
+    and the reconciler leaves the books alone."""
+    ds = make_dataset(tmp_path, ["uno dos tres"])
+    d = start_daemon(ds, "--max-takes", "2")
+    with Client(running(ds)["endpoint"]) as cl:
+        [(name, first)] = new_takes(cl, ds).items()
+        assert judged(cl, name, 0.6)["retake"]
+        [f1] = [x["file"] for x in cl.call("show", key=name)["entry"]["earlier"]]
+        second = new_takes(cl, ds)[name]
+        assert judged(cl, name, 0.9)["stage"] == "flagged"
+        e = cl.call("show", key=name)["entry"]
+        [f2] = [x["file"] for x in e["earlier"]]
+    wav = ds / "wavs" / f"{name}.wav"
+    assert e["take"] == first == token_of(wav) and token_of(ds / f2) == second
+    os.replace(wav, ds / f1)  # both moves undone: the disk as the crash left it
+    os.replace(ds / f2, wav)
+    d.kill()
+    start_daemon(ds, "--max-takes", "2")
+    assert token_of(wav) == first and token_of(ds / f2) == second and not (ds / f1).exists()
+    cli("reconcile", "--dataset", str(ds), "--once", tool="pipeline", check=True)
+    [after] = entries(ds)
+    assert (after["take"], after["check"]["cer"], after["stage"]) == (first, 0.6, "flagged"), after
+    assert cli("verify", "--dataset", str(ds)).returncode == 0
+
+
+def test_an_earlier_take_whose_file_is_gone_is_not_restored(tmp_path: Path, start_daemon) -> None:
+    """The best earlier take's file was removed from requeued/: the current take stays, flagged."""
+    ds = make_dataset(tmp_path, ["uno dos tres"])
+    start_daemon(ds, "--max-takes", "2")
+    with Client(running(ds)["endpoint"]) as cl:
+        [name] = new_takes(cl, ds)
+        assert judged(cl, name, 0.6)["retake"]
+        [f1] = [x["file"] for x in cl.call("show", key=name)["entry"]["earlier"]]
+        os.replace(ds / f1, tmp_path / "removed.wav")
+        second = new_takes(cl, ds)[name]
+        assert judged(cl, name, 0.9)["stage"] == "flagged"
+        e = cl.call("show", key=name)["entry"]
+    assert e["take"] == second == token_of(ds / "wavs" / f"{name}.wav") and e["check"]["cer"] == 0.9
+    assert cli("verify", "--dataset", str(ds)).returncode == 0
+
+
+def test_a_resent_result_in_the_commit_of_the_check_that_retakes_its_take_is_refused(
+        tmp_path: Path, start_daemon) -> None:
+    """A generator resends the result of a take while a check retakes that take, both in one group
+    commit: the take set aside never becomes current again (completed with no wav)."""
+    ds = make_dataset(tmp_path, ["uno dos tres cuatro cinco"])
+    d = start_daemon(ds)
+    with Client(running(ds)["endpoint"]) as cl:
+        [name] = new_takes(cl, ds)
+        e = cl.call("show", key=name)["entry"]
+        [item] = cl.call("check_claim", owner="k", n=10)["entries"]
+        d.proc.send_signal(signal.SIGSTOP)  # both wait in its socket: one drain, one group commit
+        r1 = cl.send("check_result", id=item["id"], owner="k", token=item["token"], take=item["take"], cer=0.9,
+                     wer=0.9, transcript="otra", model="m", error=None, silent=False)
+        r2 = cl.send("result", id=e["id"], token=e["take"], status="completed", duration_seconds=1.0,
+                     sample_rate=22050, text_hash=e["text_hash"], rev=e["rev"], take_file=True)
+        assert not cl.replies(0.05)  # a stopped daemon answers nothing (the poll lets both messages leave)
+        d.proc.send_signal(signal.SIGCONT)
+        got: dict = {}
+        wait_for(lambda: got.update({m["rid"]: m for m in cl.replies(0.2)}) or len(got) == 2, 10, "both replies")
+        assert got[r1]["retake"] and got[r2]["applied"] is False, got
+        after = cl.call("show", key=name)["entry"]
+    assert after["status"] == "pending" and after["take"] is None, after
+    assert cli("verify", "--dataset", str(ds)).returncode == 0

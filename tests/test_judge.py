@@ -99,7 +99,7 @@ def regenerate(s: State, eid: int, now: float) -> str:
 
 
 def report(s: State, eid: int, cer: float | None, now: float, error: str | None = None) -> dict:
-    items = s.check_claim("k", 10, None, now)["entries"]
+    items = s.check_claim("k", 1000, None, now)["entries"]
     s.check_release("k", [c["token"] for c in items if c["id"] != eid], now)  # the others wait on
     c = next(c for c in items if c["id"] == eid)
     return s.check_result(CheckReport(eid, "k", c["token"], c["take"], cer, cer, "oído", "base", error, False),
@@ -166,3 +166,64 @@ def test_a_check_of_a_replaced_take_or_under_a_lost_lease_is_refused() -> None:
     # a checker that died: its leases come back at once
     s.check_claim("dead", 10, None, 30.0)
     assert s.expire_checks(30.0, "dead") and not s.check_leases
+
+
+def test_the_entry_ends_on_its_best_take_when_the_threshold_rose_between_its_takes() -> None:
+    """Take 1 (CER 0.52) is judged wrong under the floor and retaken; the dataset's checks lift the
+    threshold; take 2 (0.58, worse) passes it: the entry still ends on take 1, judged anew."""
+    s = completed(n=30, max_takes=3)
+    first = s.by_id[1].take
+    assert report(s, 1, 0.52, 2.0)[0]["retake"]
+    rng = random.Random(1)
+    for i in range(2, 30):
+        report(s, i, round(rng.uniform(0.15, 0.45), 3), 3.0)
+    assert s.judge.threshold() > 0.58
+    second = regenerate(s, 1, 4.0)
+    body, effects = report(s, 1, 0.58, 5.0)
+    e = s.by_id[1]
+    assert e.take == first and e.check.cer == 0.52 and e.stage == Stage.CHECKED and not body["wrong"]
+    assert [k.kind for k in effects] == ["restore"] and [(x.take, x.check.cer) for x in e.earlier] == [(second, 0.58)]
+    # an earlier take whose file is gone (``present`` names none) never comes back
+    t = completed(max_takes=2)
+    t.judge.max_cer = 0.2
+    assert report(t, 1, 0.3, 2.0)[0]["retake"]
+    regenerate(t, 1, 3.0)
+    items = t.check_claim("k", 10, None, 4.0)["entries"]
+    c = next(c for c in items if c["id"] == 1)
+    body, effects = t.check_result(CheckReport(1, "k", c["token"], c["take"], 0.5, 0.5, "x", "m", None, False), 4.0,
+                                   frozenset())
+    assert not effects and t.by_id[1].take == c["take"] and t.by_id[1].stage == Stage.FLAGGED
+
+
+def test_a_take_a_check_set_aside_never_comes_back_through_a_result() -> None:
+    """A generator's resend of the result of a take since set aside by a check is refused."""
+    s = completed()
+    e = s.by_id[1]
+    first = e.take
+    report(s, 1, 0.9, 2.0)
+    resent = {"id": 1, "token": first, "status": "completed", "duration_seconds": 2.0, "sample_rate": SR,
+              "text_hash": e.text_hash, "rev": e.rev, "take_file": False}
+    body, _ = s.result(resent, 3.0)
+    assert not body["applied"] and e.status == Status.PENDING and e.take is None and not s.counts_take(resent)
+
+
+def test_earlier_takes_of_older_revisions_keep_their_file_and_cer_only() -> None:
+    """"Regenerate all flagged", again and again: the records of earlier revisions keep what the
+    page and ``show`` use (file, CER), not transcripts: the state does not grow by one per take."""
+    s = completed(n=1, max_takes=3)
+    t = 2.0
+    for _ in range(3):
+        while True:
+            report(s, 1, 0.9, t)
+            t += 1
+            if s.by_id[1].status != Status.PENDING:
+                break
+            regenerate(s, 1, t)
+            t += 1
+        s.requeue([1], False, t)
+        regenerate(s, 1, t + 1)
+        t += 2
+    e = s.by_id[1]
+    old = [x for x in e.earlier if x.rev < e.rev]
+    assert old and all(x.check.cer == 0.9 and x.check.transcript == "" and x.check.model == "" for x in old)
+    assert all(x.file.startswith("requeued/utt_0001.") for x in e.earlier)

@@ -116,6 +116,14 @@ class Lifecycle(RuleBasedStateMachine):
             self.phase[c["token"]] = Phase.QUEUED
             self.owner_of[c["token"]] = owner
 
+    @rule(owner=OWNERS)
+    def generate_at_once(self, owner: str) -> None:
+        """A generator that claims one entry and reports its take at once: takes are made (and
+        retaken) often."""
+        if self.s.counts[Status.PENDING]:
+            self.claim(owner, 1)
+            self.complete(len(self.handed) - 1, True, False)
+
     @rule(owner=OWNERS, k=st.integers(0, 2))
     def working(self, owner: str, k: int) -> None:
         mine = list(self.s.owner_tokens.get(owner, {}))
@@ -146,6 +154,7 @@ class Lifecycle(RuleBasedStateMachine):
         assert body["applied"] == (counts and ready), "a take is moved under the name exactly when it counts"
         if body["applied"]:
             assert held or unheld_current, "a take counts only under its lease, or late over nobody"
+            assert c["token"] not in [x.take for x in e.earlier], "a take set aside never returns"
             assert ready and not stale_hash and e.take == c["token"] and e.rev == c["rev"]
             assert effects == []
             self.ended[e.id] = self.ended[e.id] + 1 if held else max(self.ended[e.id], 1)
@@ -205,11 +214,21 @@ class Lifecycle(RuleBasedStateMachine):
             self.checks_out.append({**c, "owner": owner})
 
     @rule(i=st.integers(0, 50), cer=st.sampled_from([0.0, 0.1, 0.4, 0.9, 2.0]), error=st.booleans(),
-          stale_take=st.booleans())
-    def check_result(self, i: int, cer: float, error: bool, stale_take: bool) -> None:
-        if not self.checks_out:
-            return
-        c = self.checks_out[i % len(self.checks_out)]
+          stale_take=st.booleans(), live_only=st.booleans())
+    def check_result(self, i: int, cer: float, error: bool, stale_take: bool, live_only: bool) -> None:
+        out = [c for c in self.checks_out if self.s.check_leases.get(c["token"]) == c["id"]] if live_only \
+            else self.checks_out  # half the time a report under a live check lease: retakes and restores happen
+        if out:
+            self._report(out[i % len(out)], cer, error, stale_take)
+
+    @rule(owner=OWNERS, cer=st.sampled_from([0.1, 0.4, 0.6, 0.9, 2.0]))
+    def check_at_once(self, owner: str, cer: float) -> None:
+        """A checker that reports at once: takes are judged, retaken and restored often."""
+        for c in self.s.check_claim(owner, 1, None, self.now)["entries"]:
+            self.checks_out.append({**c, "owner": owner})
+            self._report(self.checks_out[-1], cer, False, False)
+
+    def _report(self, c: dict, cer: float, error: bool, stale_take: bool) -> None:
         e = self.s.by_id[c["id"]]
         take_now, status, takes = e.take, e.status, e.take_count
         live = e.check_lease is not None and e.check_lease.token == c["token"] and e.check_lease.owner == c["owner"]
@@ -222,6 +241,8 @@ class Lifecycle(RuleBasedStateMachine):
             assert e.status == Status.PENDING and takes < self.s.max_takes and not error
             self.ended[e.id] = 0  # a retake is not a failed attempt: the new take's budget is whole
             assert e.earlier[-1].take == c["take"] and e.earlier[-1].check.cer == cer
+        elif body["applied"] and not error and e.review is None:  # a final judgement: the best take by CER
+            assert all(e.check.cer <= x.check.cer for x in e.earlier if x.rev == e.rev and x.check.error is None)
 
     # ---- people -----------------------------------------------------------------
     @rule(eid=st.integers(1, 6), failed=st.booleans())
@@ -247,11 +268,21 @@ class Lifecycle(RuleBasedStateMachine):
         assert e.rev == rev + 1 and e.status == Status.PENDING and e.text == text
         self.ended[eid] = 0
 
-    @rule(eid=st.integers(1, 5), seen=st.sampled_from(["current", "old-rev", "foreign", "invalid", "missing"]),
-          i=st.integers(0, 50))
+    @rule(eid=st.integers(1, 5), seen=st.sampled_from(["current", "old-rev", "foreign", "invalid", "missing",
+                                                         "set-aside"]), i=st.integers(0, 50))
     def reconcile(self, eid: int, seen: str, i: int) -> None:
         e = self.s.by_id[eid]
         before = (e.status, e.rev)
+        aside = [x for x in e.earlier if x.rev == e.rev]
+        if seen == "set-aside":  # a take a check set aside, still under the name: moved back, never adopted
+            if aside:
+                was = (e.status, e.take, e.take_count)
+                obs = {"valid": True, "duration": 1.0, "sample_rate": SR,
+                       "take": {"text_hash": e.text_hash, "rev": e.rev, "token": aside[i % len(aside)].take}}
+                _, effects = self.s.reconcile(self.s.seq, self.s.epoch, {e.filename: obs}, [], self.now)
+                settled = [] if was[0] == Status.GENERATING else ["settle"]  # a generating entry is left alone
+                assert (e.status, e.take, e.take_count) == was and [f.kind for f in effects] == settled
+            return
         if seen == "missing":
             self.s.reconcile(self.s.seq, self.s.epoch, {}, [e.filename], self.now)
             return
@@ -285,6 +316,8 @@ class Lifecycle(RuleBasedStateMachine):
             assert e.attempts == self.ended[e.id], f"entry {e.id}: attempts equal the syntheses that ended"
             if e.status == Status.COMPLETED:  # a take token always: a lease's, or an adopted wav's own
                 assert e.take is not None, f"entry {e.id}: completed without a take token"
+            assert all(x.check is None or not x.check.transcript for x in e.earlier if x.rev < e.rev), \
+                "an earlier take of an older revision keeps no transcript"
             if e.status == Status.COMPLETED and not e.take.startswith(("t", "adopted-")):
                 assert any(c["id"] == e.id and c["token"] == e.take and c["rev"] == e.rev for c in self.handed)
         again = parse_state(render_bytes(self.s))
