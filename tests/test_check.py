@@ -279,3 +279,38 @@ def test_a_wrong_model_or_language_stops_run_pipeline_check_before_anything_star
                             *args], capture_output=True, text=True, timeout=120, env=ENV)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         assert "Traceback" not in r.stderr and not ds.exists(), (args, r.stderr)
+
+
+@pytest.mark.slow  # ~20 s: a long espeak take, tiny.en decoding it twice on one thread
+def test_a_check_past_its_deadline_lets_its_lease_go_and_the_checker_exits(tmp_path: Path, start_daemon,
+                                                                          asr_models: dict) -> None:
+    """A decode that runs too long (here: a ~30 s take on one thread under --max-check-seconds 1,
+    a real hang is the same to the heartbeat): the lease is no longer renewed, the checker exits 1
+    (stuck: its supervisor restarts it), the daemon's expiry hands the take to another checker,
+    which checks it; the books show one accepted check."""
+    ds = make_dataset(tmp_path, [" ".join(EN_TEXTS[:6])])
+    d = start_daemon(ds, "--log-level", "DEBUG", "--lease-seconds", "2", "--max-takes", "1")
+    gen = popen(["generate", "--dataset", str(ds), "--synth", "espeak", "--synth-opt", "voice=en-us", "--until-done"],
+                tmp_path / "gen.log")
+    assert gen.wait(60) == 0
+    [e] = entries(ds)
+    assert e["duration_seconds"] > 15, e  # long enough that its decode takes well over a second
+    check = ["check", "--dataset", str(ds), "--asr-model", str(asr_models["tiny.en"]), "--threads", "1",
+             "--heartbeat-seconds", "0.3"]
+    stuck = popen([*check, "--max-check-seconds", "1"], tmp_path / "stuck.log")
+    try:
+        assert stuck.wait(60) == 1, (tmp_path / "stuck.log").read_text()
+    finally:
+        if stuck.poll() is None:
+            stuck.kill()
+    assert "past its deadline" in (tmp_path / "stuck.log").read_text()
+    assert sum(accepted(d.log).values()) == 0, "the stuck check reported nothing"
+    again = popen([*check, "--until-done"], tmp_path / "again.log")
+    try:
+        assert again.wait(120) == 0, (tmp_path / "again.log").read_text()
+    finally:
+        if again.poll() is None:
+            again.kill()
+    [e] = entries(ds)
+    assert e["stage"] == "checked" and e["check"]["take"] == e["take"] and e["check"]["error"] is None, e
+    assert list(accepted(d.log).values()) == [1]
