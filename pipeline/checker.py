@@ -8,6 +8,11 @@ is no longer current, or under a lease that ended, is refused and discarded by t
 recognizer error is reported as a check with its error (the daemon flags it), never retried.
 
 SIGTERM or Ctrl-C: the check under way is finished and reported, the rest given back; exit 0.
+
+A check that runs past its deadline (``--max-check-seconds``, by default max(60 s, 20x the take's
+duration)) is stuck: the heartbeat stops renewing its lease, so the daemon's expiry hands the take
+to another checker, and the process exits 1 (a decode cannot be interrupted from Python; the
+supervisor restarts the checker), as a generator lets go of a stuck synthesis.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from statesvc.audio import is_adopted, read_provenance, wav_path
 from statesvc.client import Client, ServiceError, Unavailable
+from statesvc.conventions import FAILED
 
 if TYPE_CHECKING:
     from .asr import Recognizer  # faster-whisper is loaded only by a checker that runs
@@ -30,6 +37,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("pipeline.checker")
 
 IDLE_POLL = 0.5  # seconds between claims while nothing awaits a check
+MIN_CHECK_SECONDS = 60.0  # a check's deadline: at least this...
+CHECK_SECONDS_PER_AUDIO_SECOND = 20.0  # ...or this many times the take's duration (a slow CPU decodes at ~1x)
+
+
+def check_deadline_seconds(duration: float, max_check_seconds: float | None) -> float:
+    """How long the check of a take of ``duration`` seconds may run before it is stuck."""
+    if max_check_seconds is not None:
+        return max_check_seconds
+    return max(MIN_CHECK_SECONDS, CHECK_SECONDS_PER_AUDIO_SECOND * duration)
+
+
+def _exit_stuck() -> None:
+    logging.shutdown()
+    os._exit(FAILED)
 
 
 def default_owner() -> str:
@@ -38,13 +59,17 @@ def default_owner() -> str:
 
 class Checker:
     def __init__(self, client: Client, recognizer: Recognizer, dataset: Path, *,
-                 owner: str | None = None, until_done: bool = False, heartbeat_seconds: float = 2.0):
+                 owner: str | None = None, until_done: bool = False, heartbeat_seconds: float = 2.0,
+                 max_check_seconds: float | None = None, on_stuck: Callable[[], None] = _exit_stuck):
         self.client, self.recognizer, self.dataset = client, recognizer, dataset
         self.owner = owner or default_owner()
         self.until_done = until_done
         self.heartbeat_seconds = heartbeat_seconds
         self.stopping = False
         self.held: dict[str, dict] = {}  # check lease token -> the item claimed
+        self.deadlines: dict[str, float] = {}  # check lease token -> when its check is stuck (monotonic)
+        self.max_check_seconds = max_check_seconds
+        self.on_stuck = on_stuck  # the process exits: the decode under way cannot be interrupted
         self.lock = threading.Lock()
         self.checked = self.refused = self.errors = 0
 
@@ -78,6 +103,7 @@ class Checker:
             finally:
                 with self.lock:
                     self.held.pop(item["token"], None)
+                    self.deadlines.pop(item["token"], None)
         return True
 
     def hear(self, item: dict) -> dict | None:
@@ -97,6 +123,9 @@ class Checker:
             log.warning("%s: cannot read the take: %s", item["filename"], exc)
             return None
         mono = samples.mean(axis=1)
+        limit = check_deadline_seconds(len(mono) / rate, self.max_check_seconds)
+        with self.lock:
+            self.deadlines[item["token"]] = time.monotonic() + limit
         quiet = silent(mono, rate)
         try:
             # hear: scored in the recognizer's own language (an English-only model's is "en", so
@@ -143,8 +172,16 @@ class Checker:
         with Client(self.client.endpoint, timeout=2.0, retries=1) as c:
             while True:
                 time.sleep(self.heartbeat_seconds)
+                now = time.monotonic()
                 with self.lock:
-                    tokens = list(self.held)
+                    stuck = [t for t, d in self.deadlines.items() if t in self.held and now > d]
+                    tokens = [t for t in self.held if t not in stuck]
+                if stuck:  # not renewed: the daemon's expiry hands the take to another checker
+                    names = ", ".join(self.held[t]["filename"] for t in stuck if t in self.held)
+                    log.error("check of %s running past its deadline (--max-check-seconds): stuck; its lease is "
+                              "no longer renewed, the checker exits", names)
+                    self.on_stuck()
+                    return
                 if tokens:
                     try:
                         c.call("check_heartbeat", owner=self.owner, tokens=tokens)

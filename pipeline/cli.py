@@ -306,13 +306,17 @@ def reconcile(dataset: Path, endpoint: str | None, interval: float, once: bool, 
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
               help="CPU threads of the recognizer.")
 @click.option("--owner", type=TEXT, default=None, help="Check lease owner name (default HOST:check:PID:RANDOM).")
+@click.option("--max-check-seconds", type=click.FloatRange(0.1, 7 * 86400), default=None,
+              help="A check running longer is stuck: its lease is let go (another checker takes the take) "
+                   "and the checker exits 1. [default: max(60, 20x the take's duration)]")
 @heartbeat_opt
 @click.option("--until-done", is_flag=True,
               help="Exit 0 once nothing is pending, generating or awaiting a check.")
 @wait_opt
 @log_level_opt
 def check(dataset: Path, endpoint: str | None, asr_model: str, language: str | None, device: str, threads: int,
-          owner: str | None, heartbeat_seconds: float | None, until_done: bool, wait: float, log_level: str) -> None:
+          owner: str | None, max_check_seconds: float | None, heartbeat_seconds: float | None, until_done: bool,
+          wait: float, log_level: str) -> None:
     """One checker process: hear every current take without a check and report it to the daemon.
 
     SIGTERM or Ctrl-C: the check under way is finished and reported, the rest given back, exit 0."""
@@ -331,7 +335,8 @@ def check(dataset: Path, endpoint: str | None, asr_model: str, language: str | N
         except NoDaemon as exc:
             fail(str(exc), USAGE)
         checker = Checker(client_for(ep, timeout=10.0), recognizer, dataset, owner=owner,
-                          until_done=until_done, heartbeat_seconds=heartbeat_seconds or 2.0)
+                          until_done=until_done, heartbeat_seconds=heartbeat_seconds or 2.0,
+                          max_check_seconds=max_check_seconds)
     except KeyboardInterrupt:
         log.info("checker stopping before it started")
         sys.exit(OK)

@@ -24,6 +24,7 @@ import enum
 import functools
 import hashlib
 import heapq
+import logging
 import numbers
 import operator
 import secrets
@@ -43,8 +44,13 @@ DURATION_TOLERANCE = 0.002  # seconds: the one tolerance between a duration reco
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 10.0
 DEFAULT_MAX_TAKES = 3
+# A take whose check lease expired this many times (its checker hung, or died, on it each time) is
+# recorded as a check with an error and flagged, not handed out for ever.
+MAX_CHECK_EXPIRIES = 3
 ANSWERS_KEPT = 256  # answers to add/edit kept (and saved) for resends: a client resends within seconds
 ADOPTED = "adopted-"  # a take token the daemon gives a wav made by another tool: ADOPTED + 16 hex digits
+
+log = logging.getLogger("statesvc.state")
 
 
 def adopted_token() -> str:
@@ -245,6 +251,7 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
     check_lease: Lease | None = None  # while a checker holds the current take (stage leased)
     deterministic: bool = False  # the current take's synthesizer gives the same audio for the same text
     earlier: list[Earlier] = msgspec.field(default_factory=list)  # takes a check set aside, with their checks
+    check_expiries: int = 0  # check leases of the current take that expired (MAX_CHECK_EXPIRIES)
 
     def public(self) -> dict:
         """The entry as `show --json` and `list --json` give it (the contract scripts rely on): its
@@ -294,6 +301,8 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
             d["deterministic"] = True
         if self.earlier:
             d["earlier"] = [msgspec.to_builtins(x) for x in self.earlier]
+        if self.check_expiries:
+            d["check_expiries"] = self.check_expiries
         return d
 
 
@@ -429,6 +438,8 @@ class State:
         if (to == G) != (lease is not None):
             raise Refused(f"entry {e.id}: generating needs a lease, and only generating has one")
         self._set_stage(e, self._next_stage(e, cause, to, stage, check_lease), check_lease)
+        if cause not in (Cause.CHECK_CLAIM, Cause.CHECK_EXPIRY):
+            e.check_expiries = 0  # a check, or another take: the count starts again
         if e.lease is not None:
             self._drop_lease(e)
         if lease is not None:
@@ -735,8 +746,23 @@ class State:
         leases = [(eid, self.by_id[eid].check_lease) for eid in self.check_leases.values()]
         ended = [eid for eid, lease in leases if (lease.owner == owner if owner is not None else lease.deadline <= now)]
         for eid in ended:
-            self._transition(self.by_id[eid], Cause.CHECK_EXPIRY, C, now, stage=WAITING)
+            e = self.by_id[eid]
+            e.check_expiries += 1
+            if e.check_expiries >= MAX_CHECK_EXPIRIES:  # it hangs or kills its checkers: a failed check
+                self._check_failed(e, f"no checker finished this take: its check lease expired "
+                                      f"{e.check_expiries} times", now)
+            else:
+                self._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING)
         return ended
+
+    def _check_failed(self, e: Entry, error: str, now: float) -> None:
+        """Record a check with ``error`` on the current take, flagged, as a recognizer error is."""
+        j = self.judge.judge(None, error, False, e.duration_seconds, len(e.text))
+        e.check = Check(e.take, None, None, "", "", error, j.wrong, j.reason, j.threshold, e.duration_seconds,
+                        len(e.text))
+        self._transition(e, Cause.CHECK_RESULT, C, now, stage=FLAGGED)
+        self._learn(e, 1)
+        log.warning("entry %d take %s: %s: recorded as a failed check, flagged", e.id, e.take, error)
 
     def check_result(self, msg: CheckReport, now: float, present: frozenset[str] | None = None
                      ) -> tuple[dict, list[Effect]]:

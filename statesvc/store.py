@@ -145,6 +145,8 @@ def _checks_from(e: Entry, obj: dict) -> None:
         tc = obj.get("take_count", 0)
         e.take_count = tc if isinstance(tc, int) and not isinstance(tc, bool) and tc >= 0 else 0
         e.deterministic = obj.get("deterministic") is True
+        ce = obj.get("check_expiries", 0)
+        e.check_expiries = ce if isinstance(ce, int) and not isinstance(ce, bool) and ce >= 0 else 0
         e.earlier = msgspec.convert(obj.get("earlier") or [], list[Earlier])
         if e.status == Status.COMPLETED:
             e.stage = Stage(obj.get("stage", "waiting"))

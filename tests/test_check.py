@@ -421,3 +421,76 @@ def test_a_resent_result_in_the_commit_of_the_check_that_retakes_its_take_is_ref
         after = cl.call("show", key=name)["entry"]
     assert after["status"] == "pending" and after["take"] is None, after
     assert cli("verify", "--dataset", str(ds)).returncode == 0
+
+@pytest.mark.slow  # ~20 s: a long espeak take, tiny.en decoding it twice on one thread
+def test_a_check_past_its_deadline_lets_its_lease_go_and_the_checker_exits(tmp_path: Path, start_daemon,
+                                                                          asr_models: dict) -> None:
+    """A decode that runs too long (here: a ~30 s take on one thread under --max-check-seconds 1,
+    a real hang is the same to the heartbeat): the lease is no longer renewed, the checker exits 1
+    (stuck: its supervisor restarts it), the daemon's expiry hands the take to another checker,
+    which checks it; the books show one accepted check."""
+    ds = make_dataset(tmp_path, [" ".join(EN_TEXTS[:6])])
+    d = start_daemon(ds, "--log-level", "DEBUG", "--lease-seconds", "2", "--max-takes", "1")
+    gen = popen(["generate", "--dataset", str(ds), "--synth", "espeak", "--synth-opt", "voice=en-us", "--until-done"],
+                tmp_path / "gen.log")
+    assert gen.wait(60) == 0
+    [e] = entries(ds)
+    assert e["duration_seconds"] > 15, e  # long enough that its decode takes well over a second
+    check = ["check", "--dataset", str(ds), "--asr-model", str(asr_models["tiny.en"]), "--threads", "1",
+             "--heartbeat-seconds", "0.3"]
+    stuck = popen([*check, "--max-check-seconds", "1"], tmp_path / "stuck.log")
+    try:
+        assert stuck.wait(60) == 1, (tmp_path / "stuck.log").read_text()
+    finally:
+        if stuck.poll() is None:
+            stuck.kill()
+    assert "past its deadline" in (tmp_path / "stuck.log").read_text()
+    assert sum(accepted(d.log).values()) == 0, "the stuck check reported nothing"
+    again = popen([*check, "--until-done"], tmp_path / "again.log")
+    try:
+        assert again.wait(120) == 0, (tmp_path / "again.log").read_text()
+    finally:
+        if again.poll() is None:
+            again.kill()
+    [e] = entries(ds)
+    assert e["stage"] == "checked" and e["check"]["take"] == e["take"] and e["check"]["error"] is None, e
+    assert list(accepted(d.log).values()) == [1]
+
+
+def test_a_take_whose_check_lease_keeps_expiring_is_recorded_as_a_failed_check(tmp_path: Path,
+                                                                               start_daemon) -> None:
+    """A take that hangs or kills every checker that takes it: after MAX_CHECK_EXPIRIES expired
+    check leases it is recorded as a check with an error, flagged, and no longer handed out. A
+    lease given back (a checker stopping) does not count."""
+    from statesvc.state import MAX_CHECK_EXPIRIES
+    ds = make_dataset(tmp_path, ["uno", "dos"])
+    start_daemon(ds, "--lease-seconds", "1")
+    with Client(running(ds)["endpoint"]) as cl:
+        for c in cl.call("claim", owner="g", n=2)["entries"]:
+            cl.call("result", id=c["id"], token=c["token"], status="completed", duration_seconds=1.0,
+                    sample_rate=22050, text_hash=c["text_hash"], rev=c["rev"], take_file=False)
+
+        [uno, dos] = [e["filename"] for e in sorted(cl.call("list", status=None)["entries"], key=lambda e: e["id"])]
+
+        def claim_uno() -> dict:
+            def once() -> dict | None:
+                for x in cl.call("check_claim", owner="k", n=1)["entries"]:
+                    if x["filename"] == uno:
+                        return x
+                    cl.call("check_release", owner="k", tokens=[x["token"]])  # dos: given back at once
+                return None
+            return wait_for(once, 15, "uno handed out again")
+
+        def stage(name: str) -> str:
+            return cl.call("show", key=name)["entry"]["stage"]
+
+        item = claim_uno()
+        cl.call("check_release", owner="k", tokens=[item["token"]])  # given back: not an expiry
+        for _ in range(MAX_CHECK_EXPIRIES):
+            item = claim_uno()  # and never heard of again: the lease expires
+            wait_for(lambda: stage(uno) != "leased", 15, "the check lease expired")
+        e = cl.call("show", key=uno)["entry"]
+        assert e["stage"] == "flagged" and e["check"]["take"] == e["take"], e
+        assert f"expired {MAX_CHECK_EXPIRIES} times" in e["check"]["error"] and e["check"]["wrong"] is True
+        assert [x["filename"] for x in cl.call("check_claim", owner="k", n=2)["entries"]] == [dos], \
+            "uno is no longer handed out; dos, whose leases were only given back, still is"
