@@ -31,6 +31,7 @@ from .takes import BIT, Fit, Flag, fit
 STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 VERDICT_CODE = {None: 0, Verdict.APPROVED: 1, Verdict.REJECTED: 2}
 STAGE_CODE = {s: i for i, s in enumerate(Stage)}
+STAGES = list(Stage)
 SORTS = ("id", "-id", "duration", "-duration", "cps", "-cps", "updated", "-updated", "cer", "-cer")
 MISMATCH = "mismatch"  # the flag filter's value for a take the judge found saying something else
 MAX_LIMIT = 500
@@ -65,6 +66,80 @@ def _check_dict(check: Check | ViewCheck | None, take: str | None) -> dict | Non
             "threshold": check.threshold}
 
 
+def _stage_of(e: Entry | ViewEntry) -> Stage:
+    """An entry's check stage: a ViewEntry keeps it under another name (see ViewEntry)."""
+    return e.check_stage if isinstance(e, ViewEntry) else e.stage
+
+
+def _nan(x: float | None) -> float:
+    return np.nan if x is None else x
+
+
+def _none(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+class Checks:
+    """The checks of the current takes, by position, in columns rather than a struct, three float
+    objects and a string per check (200 MB at 700,000 checks): the figures as float64 (the
+    values written, exactly; NaN for None), whether the judge found it wrong, the model as a code
+    into a few names, the transcripts one after the other in one UTF-8 buffer (where each starts
+    and its length in bytes, -1: no check), and the rare error or reason in a dict. A check
+    replaced appends its transcript: the buffer grows by what the run checks, and a reload
+    starts it afresh."""
+
+    def __init__(self, n: int):
+        self.cer = np.full(n, np.nan)
+        self.wer = np.full(n, np.nan)
+        self.threshold = np.full(n, np.nan)
+        self.wrong = np.zeros(n, bool)
+        self.model = np.zeros(n, np.int16)
+        self.models: list[str] = []
+        self._model_code: dict[str, int] = {}
+        self.start = np.zeros(n, np.int64)
+        self.length = np.full(n, -1, np.int32)
+        self.text = bytearray()
+        self.notes: dict[int, tuple[str | None, str | None]] = {}  # position -> (error, reason)
+
+    def grow(self, size: int) -> None:
+        for name, fill in (("cer", np.nan), ("wer", np.nan), ("threshold", np.nan), ("wrong", False),
+                           ("model", 0), ("start", 0), ("length", -1)):
+            col = getattr(self, name)
+            if size > len(col):
+                setattr(self, name, grown(col, size, fill))
+
+    def set(self, i: int, check: Check | ViewCheck | None) -> None:
+        if check is None:
+            self.length[i] = -1
+            self.notes.pop(i, None)
+            return
+        code = self._model_code.get(check.model)
+        if code is None:
+            code = self._model_code[check.model] = len(self.models)
+            self.models.append(sys.intern(check.model))
+        b = check.transcript.encode()
+        self.cer[i], self.wer[i], self.threshold[i] = _nan(check.cer), _nan(check.wer), _nan(check.threshold)
+        self.wrong[i] = check.wrong
+        self.model[i] = code
+        self.start[i] = len(self.text)
+        self.text += b
+        self.length[i] = len(b)  # last: a reader in a thread sees the check whole or none
+        if check.error is not None or check.reason is not None:
+            self.notes[i] = (check.error, check.reason)
+        else:
+            self.notes.pop(i, None)
+
+    def get(self, i: int) -> ViewCheck | None:
+        n = int(self.length[i])
+        if n < 0:
+            return None
+        at = int(self.start[i])
+        error, reason = self.notes.get(i, (None, None))
+        return ViewCheck(_none(self.cer[i]), _none(self.wer[i]), self.text[at:at + n].decode(),
+                         self.models[int(self.model[i])], error, bool(self.wrong[i]), reason,
+                         _none(self.threshold[i]))
+
+
 class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     """An entry as the page sees it: Entry's fields but those it never shows (the text's hash, the
     sample rate, suspect), so a load decodes the file straight into these and never allocates
@@ -83,11 +158,16 @@ class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     lease: Lease | None = None
     review: Review | None = None
     take_count: int = 0
-    stage: Stage = Stage.NONE
-    check: ViewCheck | None = None
+    # The check stage under another attribute name: the state's load (State.__post_init__) sees
+    # every ViewEntry as unchecked (the class attribute ``stage``), so it builds no judge's index
+    # of them (a tuple per checked take, a hundred megabytes at 700,000 checks, that the page drops).
+    # The page reads the stage from its column (Mirror.stage), never from an entry.
+    check_stage: Stage = msgspec.field(default=Stage.NONE, name="stage")
+    check: ViewCheck | None = None  # moved into the mirror's Checks at the load, then None
     earlier: list[Earlier] | None = None  # None, not an empty list per entry, when it has none
     # What the state's load reads (State.__post_init__) and the page never shows: class attributes,
     # not fields, so no slot per entry (16 MB at a million).
+    stage: ClassVar[Stage] = Stage.NONE
     check_lease: ClassVar[Lease | None] = None
     deterministic: ClassVar[bool] = False
 
@@ -146,8 +226,13 @@ class Mirror:
             _slim_columns(e, known)  # now in the columns
         self.verdict = np.fromiter((VERDICT_CODE[e.review.verdict if e.review else None] for e in self.entries),
                                    np.int8, n)
-        self.stage = np.fromiter((STAGE_CODE[e.stage] for e in self.entries), np.int8, n)
+        self.stage = np.fromiter((STAGE_CODE[_stage_of(e)] for e in self.entries), np.int8, n)
         self.cer = np.fromiter((_cer(e.check) for e in self.entries), np.float32, n)  # NaN: not checked
+        self.check = Checks(n)
+        for i, e in enumerate(self.entries):
+            if e.check is not None:
+                self.check.set(i, e.check)
+                e.check = None  # now in the columns
         self.checks: collections.deque[float] = collections.deque()  # when checks were reported (the rate)
         self.audio_bits = np.zeros(n, np.uint8)    # from the takes' analysis, filled in as it comes
         self.fit_bits = np.zeros(n, np.uint8)      # from the dataset's fit of seconds against characters
@@ -198,9 +283,12 @@ class Mirror:
         self.updated[i] = _stamp(e.updated_at)
         _slim_columns(e, not np.isnan(self.updated[i]))
         self.verdict[i] = VERDICT_CODE[e.review.verdict if e.review else None]
-        self.stage[i] = STAGE_CODE[e.stage]
+        old_stage = STAGES[self.stage[i]]
+        self.stage[i] = STAGE_CODE[_stage_of(e)]
         self.cer[i] = _cer(e.check)
-        if _checked(old, e):
+        self.check.set(i, e.check)
+        e.check = None
+        if _checked(old_stage, old, e):
             self.checks.append(time.monotonic())
         if new_take:
             self.audio_bits[i] = 0  # another take: its analysis is to come
@@ -218,6 +306,7 @@ class Mirror:
             col = getattr(self, name)  # first: a query in a worker thread never sees a row without columns
             if i >= len(col):
                 setattr(self, name, grown(col, max(16, 2 * len(col)), np.nan if name == "cer" else 0))
+        self.check.grow(len(self.cer))
         with self._swap:
             self.entries.append(e)
             self._text_changed(i, "", e)
@@ -464,7 +553,8 @@ class Mirror:
                 "cps": round(len(e.text) / dur, 2) if dur else None, "attempts": e.attempts, "error": e.error,
                 "updated_at": e.updated_at or _iso(float(self.updated[i])), "take": e.take, "rev": e.rev,
                 "review": e.review.to_dict() if e.review else None,
-                "take_count": e.take_count, "stage": e.stage, "check": _check_dict(e.check, e.take),
+                "take_count": e.take_count, "stage": STAGES[self.stage[i]],
+                "check": _check_dict(self.check.get(i), e.take),
                 "owner": e.lease.owner if e.lease else None,
                 "flags": [f.value for f in Flag if bits & BIT[f]]}
 
@@ -590,11 +680,11 @@ def _cer(check: Check | ViewCheck | None) -> float:
     return np.nan if check is None or check.cer is None else check.cer
 
 
-def _checked(old: Entry | ViewEntry, new: Entry | ViewEntry) -> bool:
+def _checked(old_stage: Stage, old: Entry | ViewEntry, new: Entry | ViewEntry) -> bool:
     """Whether this change is a check reported: a leased take judged (kept, or set aside for a retake)."""
-    if old.stage != Stage.LEASED:
+    if old_stage != Stage.LEASED:
         return False
-    return new.stage in (Stage.CHECKED, Stage.FLAGGED) or len(new.earlier or ()) > len(old.earlier or ())
+    return _stage_of(new) in (Stage.CHECKED, Stage.FLAGGED) or len(new.earlier or ()) > len(old.earlier or ())
 
 
 def _first(keys: np.ndarray, idx: np.ndarray) -> int | None:
@@ -612,13 +702,10 @@ def _last(keys: np.ndarray, idx: np.ndarray) -> int | None:
 
 def _slim(e: Entry | ViewEntry) -> Entry | ViewEntry:
     """Drop what the page never shows of an entry (its text's hash, its sample rate): an Entry
-    from the journal or a change event; a ViewEntry never had them. A check's model name is one
-    string for all (a few models, not one string per check)."""
+    from the journal or a change event; a ViewEntry never had them."""
     if isinstance(e, Entry):
         e.text_hash = ""
         e.sample_rate = None
-    if e.check is not None:
-        e.check.model = sys.intern(e.check.model)
     return e
 
 
