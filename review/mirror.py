@@ -12,19 +12,19 @@ from __future__ import annotations
 import calendar
 import collections
 import contextlib
-import sys
 import threading
 import time
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import msgspec
 import numpy as np
 
 from statesvc.state import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
-from statesvc.store import Loaded
+from statesvc.store import Loaded, read
 
 from .takes import BIT, Fit, Flag, fit
 
@@ -80,64 +80,74 @@ def _none(x: float) -> float | None:
 
 
 class Checks:
-    """The checks of the current takes, by position, in columns rather than a struct, three float
-    objects and a string per check (200 MB at 700,000 checks): the figures as float64 (the
-    values written, exactly; NaN for None), whether the judge found it wrong, the model as a code
-    into a few names, the transcripts one after the other in one UTF-8 buffer (where each starts
-    and its length in bytes, -1: no check), and the rare error or reason in a dict. A check
-    replaced appends its transcript: the buffer grows by what the run checks, and a reload
-    starts it afresh."""
+    """The checks of the current takes in columns rather than a struct, three float objects and a
+    string per check (200 MB at 700,000 checks): one row per check, appended, with its figures as
+    float64 (the values written, exactly; NaN for None), whether the judge found it wrong, its
+    model as a code into a few names, its transcript's place in one UTF-8 buffer, and the rare
+    error or reason in a dict; ``row_of`` gives an entry position's row (-1: no check). A check
+    replaced appends a row: they grow by what the run checks, and a reload starts them afresh.
+    A load fills it as the file is decoded (``Mirror.load``), so the checks are never Python
+    objects all at once."""
 
-    def __init__(self, n: int):
-        self.cer = np.full(n, np.nan)
-        self.wer = np.full(n, np.nan)
-        self.threshold = np.full(n, np.nan)
-        self.wrong = np.zeros(n, bool)
-        self.model = np.zeros(n, np.int16)
+    def __init__(self) -> None:
+        self.cer, self.wer, self.threshold = array("d"), array("d"), array("d")
+        self.wrong = array("b")
+        self.model = array("h")
         self.models: list[str] = []
         self._model_code: dict[str, int] = {}
-        self.start = np.zeros(n, np.int64)
-        self.length = np.full(n, -1, np.int32)
+        self.start = array("q")
         self.text = bytearray()
-        self.notes: dict[int, tuple[str | None, str | None]] = {}  # position -> (error, reason)
+        self.notes: dict[int, tuple[str | None, str | None]] = {}  # row -> (error, reason)
+        self.row_of = np.full(0, -1, np.int32)
 
-    def grow(self, size: int) -> None:
-        for name, fill in (("cer", np.nan), ("wer", np.nan), ("threshold", np.nan), ("wrong", False),
-                           ("model", 0), ("start", 0), ("length", -1)):
-            col = getattr(self, name)
-            if size > len(col):
-                setattr(self, name, grown(col, size, fill))
-
-    def set(self, i: int, check: Check | ViewCheck | None) -> None:
-        if check is None:
-            self.length[i] = -1
-            self.notes.pop(i, None)
-            return
+    def add(self, check: Check | ViewCheck) -> int:
         code = self._model_code.get(check.model)
         if code is None:
             code = self._model_code[check.model] = len(self.models)
-            self.models.append(sys.intern(check.model))
-        b = check.transcript.encode()
-        self.cer[i], self.wer[i], self.threshold[i] = _nan(check.cer), _nan(check.wer), _nan(check.threshold)
-        self.wrong[i] = check.wrong
-        self.model[i] = code
-        self.start[i] = len(self.text)
-        self.text += b
-        self.length[i] = len(b)  # last: a reader in a thread sees the check whole or none
+            self.models.append(check.model)
+        r = len(self.start)
         if check.error is not None or check.reason is not None:
-            self.notes[i] = (check.error, check.reason)
-        else:
-            self.notes.pop(i, None)
+            self.notes[r] = (check.error, check.reason)
+        self.cer.append(_nan(check.cer))
+        self.wer.append(_nan(check.wer))
+        self.threshold.append(_nan(check.threshold))
+        self.wrong.append(check.wrong)
+        self.model.append(code)
+        self.text += check.transcript.encode()
+        self.start.append(len(self.text))  # where the next starts: row r spans start[r-1]..start[r]
+        return r
+
+    def set(self, i: int, check: Check | ViewCheck | None) -> None:
+        if i >= len(self.row_of):
+            self.row_of = grown(self.row_of, max(16, i + 1, 2 * len(self.row_of)), -1)
+        self.row_of[i] = -1 if check is None else self.add(check)  # after the row: a reader sees it whole
 
     def get(self, i: int) -> ViewCheck | None:
-        n = int(self.length[i])
-        if n < 0:
+        r = int(self.row_of[i]) if i < len(self.row_of) else -1
+        if r < 0:
             return None
-        at = int(self.start[i])
-        error, reason = self.notes.get(i, (None, None))
-        return ViewCheck(_none(self.cer[i]), _none(self.wer[i]), self.text[at:at + n].decode(),
-                         self.models[int(self.model[i])], error, bool(self.wrong[i]), reason,
-                         _none(self.threshold[i]))
+        error, reason = self.notes.get(r, (None, None))
+        text = self.text[(self.start[r - 1] if r else 0):self.start[r]].decode()
+        return ViewCheck(_none(self.cer[r]), _none(self.wer[r]), text, self.models[self.model[r]], error,
+                         bool(self.wrong[r]), reason, _none(self.threshold[r]))
+
+    def cers(self, n: int) -> np.ndarray:
+        """The CER of each of the first ``n`` positions, float32 (the table's column), NaN: none."""
+        out = np.full(n, np.nan, np.float32)
+        rows = self.row_of[:n]
+        has = rows >= 0
+        out[:len(rows)][has] = np.frombuffer(self.cer, np.float64)[rows[has]]
+        return out
+
+
+class _Loading(threading.local):
+    """Where a load in this thread puts the checks it decodes (``Mirror.load``); None: nowhere."""
+
+    checks: Checks | None = None
+    ids: array | None = None
+
+
+_loading = _Loading()
 
 
 class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
@@ -170,6 +180,14 @@ class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     stage: ClassVar[Stage] = Stage.NONE
     check_lease: ClassVar[Lease | None] = None
     deterministic: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        # Decoded by a Mirror's load: the check goes into its columns at once, so its objects are
+        # freed as each is made (their memory reused by the next) instead of all held to the end.
+        if self.check is not None and (sink := _loading.checks) is not None:
+            sink.add(self.check)
+            _loading.ids.append(self.id)
+            self.check = None
 
 
 class QueryError(ValueError):
@@ -205,7 +223,20 @@ class Query:
 class Mirror:
     """Entries by position, their columns, and what the overview shows."""
 
-    def __init__(self, loaded: Loaded, now: float | None = None):
+    @classmethod
+    def load(cls, dataset: Path, now: float | None = None) -> Mirror:
+        """A dataset's state read as the page shows it: entries decoded into ViewEntry, their
+        checks into columns as they are decoded."""
+        checks, ids = Checks(), array("q")
+        _loading.checks, _loading.ids = checks, ids
+        try:
+            loaded = read(dataset, view=ViewEntry)
+        finally:
+            _loading.checks = _loading.ids = None
+        return cls(loaded, now, (checks, ids))
+
+    def __init__(self, loaded: Loaded, now: float | None = None, decoded: tuple[Checks, array] | None = None):
+        """``decoded``: the checks the load took out of the entries, and the id of each."""
         state = loaded.state
         self.seq = max(loaded.head.seq, loaded.journal.last_seq)  # the last commit it holds
         self.sample_rate = state.sample_rate
@@ -227,12 +258,20 @@ class Mirror:
         self.verdict = np.fromiter((VERDICT_CODE[e.review.verdict if e.review else None] for e in self.entries),
                                    np.int8, n)
         self.stage = np.fromiter((STAGE_CODE[_stage_of(e)] for e in self.entries), np.int8, n)
-        self.cer = np.fromiter((_cer(e.check) for e in self.entries), np.float32, n)  # NaN: not checked
-        self.check = Checks(n)
+        self.check = Checks() if decoded is None else decoded[0]
+        self.check.row_of = np.full(n, -1, np.int32)
+        if decoded is not None:
+            for row, eid in enumerate(decoded[1]):
+                i = self.pos.get(eid)
+                # the file's entry (a journal record replaces it with an Entry, its check its own;
+                # a load tried again decodes it again: the last row is the one kept)
+                if i is not None and isinstance(self.entries[i], ViewEntry):
+                    self.check.row_of[i] = row
         for i, e in enumerate(self.entries):
             if e.check is not None:
                 self.check.set(i, e.check)
                 e.check = None  # now in the columns
+        self.cer = self.check.cers(n)  # NaN: not checked
         self.checks: collections.deque[float] = collections.deque()  # when checks were reported (the rate)
         self.audio_bits = np.zeros(n, np.uint8)    # from the takes' analysis, filled in as it comes
         self.fit_bits = np.zeros(n, np.uint8)      # from the dataset's fit of seconds against characters
@@ -306,7 +345,6 @@ class Mirror:
             col = getattr(self, name)  # first: a query in a worker thread never sees a row without columns
             if i >= len(col):
                 setattr(self, name, grown(col, max(16, 2 * len(col)), np.nan if name == "cer" else 0))
-        self.check.grow(len(self.cer))
         with self._swap:
             self.entries.append(e)
             self._text_changed(i, "", e)

@@ -233,7 +233,7 @@ def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path) -> None:
     entries[4].stage = Stage.FLAGGED
     create(tmp_path, State(entries))
     want = {e.filename: (_check_dict(e.check, e.take), e.stage) for e in read(tmp_path).state.entries}
-    for m in (Mirror(read(tmp_path)), Mirror(read(tmp_path, view=ViewEntry))):
+    for m in (Mirror(read(tmp_path)), Mirror(read(tmp_path, view=ViewEntry)), Mirror.load(tmp_path)):
         for name, (check, stage) in want.items():
             row = m.entry(name)
             assert (row["check"], row["stage"]) == (check, stage), name
