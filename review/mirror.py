@@ -14,6 +14,7 @@ import collections
 import contextlib
 import threading
 import time
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -75,46 +76,42 @@ def _nan(x: float | None) -> float:
     return np.nan if x is None else x
 
 
-def _none(x: float) -> float | None:
-    return None if np.isnan(x) else float(x)
-
-
 class Checks:
-    """The checks of the current takes in columns rather than a struct, three float objects and a
-    string per check (200 MB at 700,000 checks): one row per check, appended, with its figures as
-    float64 (the values written, exactly; NaN for None), whether the judge found it wrong, its
-    model as a code into a few names, its transcript's place in one UTF-8 buffer, and the rare
-    error or reason in a dict; ``row_of`` gives an entry position's row (-1: no check). A check
-    replaced appends a row: they grow by what the run checks, and a reload starts them afresh.
-    A load fills it as the file is decoded (``Mirror.load``), so the checks are never Python
-    objects all at once."""
+    """The checks of the current takes, held compressed rather than as a struct, three float
+    objects and a string each (200 MB at 700,000 checks). One row per check, appended: rows go
+    by BLOCK_ROWS into a block (msgpack, then zlib: a few bytes a figure, transcripts a third of
+    their size), the rows after the last block are kept as they are; ``row_of`` gives an entry
+    position's row (-1: no check) and ``cer`` each row's CER for the table's column. Reading one
+    check decompresses its block (tens of microseconds). A check replaced appends a row: they
+    grow by what the run checks, and a reload starts them afresh. A load fills it as the file is
+    decoded (``Mirror.load``), so the checks are never Python objects all at once."""
+
+    BLOCK_ROWS = 256
+    LEVEL = 1  # zlib's fastest: a load compresses every check of the dataset
 
     def __init__(self) -> None:
-        self.cer, self.wer, self.threshold = array("d"), array("d"), array("d")
-        self.wrong = array("b")
-        self.model = array("h")
-        self.models: list[str] = []
-        self._model_code: dict[str, int] = {}
-        self.start = array("q")
-        self.text = bytearray()
-        self.notes: dict[int, tuple[str | None, str | None]] = {}  # row -> (error, reason)
+        self.blocks: list[bytes] = []
+        self.tail: list[tuple] = []
+        self.cer = array("d")  # each row's CER as written (NaN: none): the table shows it without its block
+        self.rows = 0
+        self._models: dict[str, str] = {}
+        self._lock = threading.Lock()  # a block made and the tail emptied at once, for a reader in a thread
         self.row_of = np.full(0, -1, np.int32)
 
     def add(self, check: Check | ViewCheck) -> int:
-        code = self._model_code.get(check.model)
-        if code is None:
-            code = self._model_code[check.model] = len(self.models)
-            self.models.append(check.model)
-        r = len(self.start)
-        if check.error is not None or check.reason is not None:
-            self.notes[r] = (check.error, check.reason)
+        model = self._models.setdefault(check.model, check.model)
+        row = (check.cer, check.wer, check.threshold, check.wrong, model, check.error, check.reason,
+               check.transcript)
         self.cer.append(_nan(check.cer))
-        self.wer.append(_nan(check.wer))
-        self.threshold.append(_nan(check.threshold))
-        self.wrong.append(check.wrong)
-        self.model.append(code)
-        self.text += check.transcript.encode()
-        self.start.append(len(self.text))  # where the next starts: row r spans start[r-1]..start[r]
+        r = self.rows
+        if len(self.tail) + 1 < self.BLOCK_ROWS:
+            self.tail.append(row)
+        else:
+            block = zlib.compress(_pack([*self.tail, row]), self.LEVEL)
+            with self._lock:
+                self.blocks.append(block)
+                self.tail = []
+        self.rows += 1
         return r
 
     def set(self, i: int, check: Check | ViewCheck | None) -> None:
@@ -126,10 +123,14 @@ class Checks:
         r = int(self.row_of[i]) if i < len(self.row_of) else -1
         if r < 0:
             return None
-        error, reason = self.notes.get(r, (None, None))
-        text = self.text[(self.start[r - 1] if r else 0):self.start[r]].decode()
-        return ViewCheck(_none(self.cer[r]), _none(self.wer[r]), text, self.models[self.model[r]], error,
-                         bool(self.wrong[r]), reason, _none(self.threshold[r]))
+        b, k = divmod(r, self.BLOCK_ROWS)
+        with self._lock:
+            block = self.blocks[b] if b < len(self.blocks) else None
+            row = self.tail[k] if block is None else None
+        if block is not None:
+            row = _unpack(zlib.decompress(block))[k]
+        cer, wer, threshold, wrong, model, error, reason, transcript = row
+        return ViewCheck(cer, wer, transcript, model, error, wrong, reason, threshold)
 
     def cers(self, n: int) -> np.ndarray:
         """The CER of each of the first ``n`` positions, float32 (the table's column), NaN: none."""
@@ -138,6 +139,19 @@ class Checks:
         has = rows >= 0
         out[:len(rows)][has] = np.frombuffer(self.cer, np.float64)[rows[has]]
         return out
+
+    def brief(self, i: int) -> dict | None:
+        """What the table shows of a position's check: its CER (None: the recognizer failed), no block read."""
+        r = int(self.row_of[i]) if i < len(self.row_of) else -1
+        if r < 0:
+            return None
+        cer = self.cer[r]
+        return {"cer": None if np.isnan(cer) else cer}
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[tuple[float | None, float | None, float | None, bool, str, str | None,
+                                             str | None, str]]).decode
 
 
 class _Loading(threading.local):
@@ -244,10 +258,8 @@ class Mirror:
         for e in self.entries:
             _slim(e)
         n = len(self.entries)
-        at = list(range(n))  # one int object per position, shared by both indexes
-        self.pos = Positions([e.id for e in self.entries], at)
-        self.by_name = dict(zip([e.filename for e in self.entries], at, strict=True))
-        del at
+        self.pos = Positions([e.id for e in self.entries], range(n))
+        self.by_name = Names({e.filename: e.id for e in self.entries}, self.pos)
         self.status = np.fromiter((STATUS_CODE[e.status] for e in self.entries), np.int8, n)
         self.duration = np.fromiter((np.nan if e.duration_seconds is None else e.duration_seconds
                                      for e in self.entries), np.float64, n)
@@ -349,7 +361,7 @@ class Mirror:
             self.entries.append(e)
             self._text_changed(i, "", e)
         self.pos[e.id] = i
-        self.by_name[e.filename] = i
+        self.by_name[e.filename] = e.id
         return i
 
     def _text_changed(self, i: int, old: str, e: Entry) -> None:
@@ -592,7 +604,7 @@ class Mirror:
                 "updated_at": e.updated_at or _iso(float(self.updated[i])), "take": e.take, "rev": e.rev,
                 "review": e.review.to_dict() if e.review else None,
                 "take_count": e.take_count, "stage": STAGES[self.stage[i]],
-                "check": _check_dict(self.check.get(i), e.take),
+                "check": self.check.brief(i),  # the table's; the entry's view has all of it
                 "owner": e.lease.owner if e.lease else None,
                 "flags": [f.value for f in Flag if bits & BIT[f]]}
 
@@ -601,6 +613,7 @@ class Mirror:
         if i is None:
             return None
         row = self.row(i)
+        row["check"] = _check_dict(self.check.get(i), self.entries[i].take)
         if self.fit is not None:
             row["expected_seconds"] = round(self.fit.predicted(len(self.entries[i].text)), 2)
         row["earlier_checks"] = {x.file: x.check.to_dict() for x in self.entries[i].earlier or () if x.check}
@@ -769,18 +782,46 @@ def _iso(t: float) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
+class Names:
+    """Filename -> position, through the entry's id: the dict's values are the id objects the
+    entries hold, not an int object per position (28 MB at a million)."""
+
+    def __init__(self, ids: dict[str, int], pos: Positions):
+        self.ids = ids
+        self.pos = pos
+
+    def get(self, name: str, default: int | None = None) -> int | None:
+        eid = self.ids.get(name)
+        return default if eid is None else self.pos.get(eid, default)
+
+    def __getitem__(self, name: str) -> int:
+        i = self.get(name)
+        if i is None:
+            raise KeyError(name)
+        return i
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.ids
+
+    def __setitem__(self, name: str, eid: int) -> None:
+        self.ids[name] = eid
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class Positions:
     """Entry id -> position: an array when ids are dense (as ``add`` makes them), not a dict of a
     million ints (40 MB at a million)."""
 
-    def __init__(self, ids: list[int], at: list[int]):
+    def __init__(self, ids: list[int], at: Iterable[int]):
         top = max(ids, default=0)
         self.sparse: dict[int, int] | None = None  # ids far apart (a hand-made file): a dict after all
         if top > 4 * len(ids) + 100_000:
             self.sparse, self.array = dict(zip(ids, at, strict=True)), np.empty(0, np.int64)
             return
         self.array = np.full(top + 1, -1, np.int64)
-        self.array[np.array(ids, np.int64)] = np.array(at, np.int64)
+        self.array[np.array(ids, np.int64)] = np.fromiter(at, np.int64, len(ids))
 
     def get(self, eid: int, default: int | None = None) -> int | None:
         if self.sparse is not None:

@@ -211,13 +211,15 @@ def test_bad_queries_are_refused_with_a_reason(bad: dict) -> None:
         Query(**bad).check()
 
 
-def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block", [2, 256])
+def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path, monkeypatch, block: int) -> None:
     """The page keeps checks in columns, not per entry: every field of a check (figures exactly as
     written, a transcript in any script, the error, the reason, the threshold, the model) reads back
     as the state holds it, after a load as the dashboard does it (a ViewEntry) and after changes."""
     from review.mirror import _check_dict
     from statesvc.state import Check, Stage
 
+    monkeypatch.setattr(mirror_module.Checks, "BLOCK_ROWS", block)  # compressed blocks, and the rows after them
     entries = []
     for i in range(1, 9):
         e = Entry.make(i, f"utt_{i}", f"texto número {i}")
