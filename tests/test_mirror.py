@@ -254,3 +254,30 @@ def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path, monkeypatch, 
             assert (row["check"], row["stage"]) == (_check_dict(e.check, e.take), e.stage)
         assert m.entry("utt_2")["check"] == want["utt_2"][0]  # the others as they were
         assert m.select(Query(sort="-cer", limit=1))[1][0]["filename"] == "utt_4"
+
+
+def test_a_check_the_journal_replaced_is_not_shown(tmp_path: Path) -> None:
+    """The load takes the checks out of the file's entries as it decodes them; an entry the journal
+    replaced after the checkpoint (retaken: no check yet; or checked again) shows its journal check."""
+    from statesvc import journal
+    from statesvc.state import Check, Stage
+
+    entries = []
+    for i in range(1, 4):
+        e = Entry.make(i, f"utt_{i}", f"texto {i}")
+        e.status, e.take, e.stage = Status.COMPLETED, f"tk{i}", Stage.CHECKED
+        e.check = Check(f"tk{i}", 0.1 * i, 0.1 * i, f"oído {i}", "base", None)
+        entries.append(e)
+    create(tmp_path, State(entries))
+    retaken = msgspec.structs.replace(entries[0], take="tk1b", check=None, stage=Stage.WAITING)
+    again = msgspec.structs.replace(entries[1], check=Check("tk2", 0.9, 0.8, "otra cosa", "tiny", None, True, "r"),
+                                    stage=Stage.FLAGGED)
+    loaded = read(tmp_path)
+    w = journal.Writer(tmp_path, journal.start(tmp_path, loaded.head.checkpoint))
+    w.append(journal.encode(journal.Record(seq=loaded.head.seq + 1, entries=[retaken, again])))
+    w.close()
+    m = Mirror.load(tmp_path)
+    assert (m.entry("utt_1")["check"], m.entry("utt_1")["stage"]) == (None, Stage.WAITING)
+    assert m.entry("utt_2")["check"]["transcript"] == "otra cosa" and m.entry("utt_2")["stage"] == Stage.FLAGGED
+    assert m.entry("utt_3")["check"]["transcript"] == "oído 3"
+    assert (m.counters()["checked"], m.counters()["mismatched"], m.counters()["check_waiting"]) == (2, 1, 1)
