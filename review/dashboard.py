@@ -45,12 +45,12 @@ from statesvc.handlers import SET_ASIDE
 from statesvc.health import paused_line
 from statesvc.journal import JOURNAL_FILE
 from statesvc.state import Status
-from statesvc.store import DamagedState, read, state_path
+from statesvc.store import DamagedState, state_path
 from statesvc.texts import check_filename, check_text
 
 from . import pages
 from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
-from .mirror import STATUS_CODE, Mirror, Query, QueryError, ViewEntry
+from .mirror import STATUS_CODE, Mirror, Query, QueryError
 from .takes import analyze_file, bits
 from .words import word_diff
 
@@ -465,7 +465,7 @@ class Hub:
     def _load(self) -> tuple[Mirror, array]:
         """The state read again, and the ids of its takes to analyse (what an earlier load's
         analysis found still holds for the same takes)."""
-        mirror = Mirror(read(self.dataset, view=ViewEntry))
+        mirror = Mirror.load(self.dataset)
         backlog = array("q")
         if self.settings.analyze:
             done = []

@@ -12,25 +12,27 @@ from __future__ import annotations
 import calendar
 import collections
 import contextlib
-import sys
 import threading
 import time
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import msgspec
 import numpy as np
 
 from statesvc.state import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
-from statesvc.store import Loaded
+from statesvc.store import Loaded, read
 
 from .takes import BIT, Fit, Flag, fit
 
 STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 VERDICT_CODE = {None: 0, Verdict.APPROVED: 1, Verdict.REJECTED: 2}
 STAGE_CODE = {s: i for i, s in enumerate(Stage)}
+STAGES = list(Stage)
 SORTS = ("id", "-id", "duration", "-duration", "cps", "-cps", "updated", "-updated", "cer", "-cer")
 MISMATCH = "mismatch"  # the flag filter's value for a take the judge found saying something else
 MAX_LIMIT = 500
@@ -65,6 +67,103 @@ def _check_dict(check: Check | ViewCheck | None, take: str | None) -> dict | Non
             "threshold": check.threshold}
 
 
+def _stage_of(e: Entry | ViewEntry) -> Stage:
+    """An entry's check stage: a ViewEntry keeps it under another name (see ViewEntry)."""
+    return e.check_stage if isinstance(e, ViewEntry) else e.stage
+
+
+def _nan(x: float | None) -> float:
+    return np.nan if x is None else x
+
+
+class Checks:
+    """The checks of the current takes, held compressed rather than as a struct, three float
+    objects and a string each (200 MB at 700,000 checks). One row per check, appended: rows go
+    by BLOCK_ROWS into a block (msgpack, then zlib: a few bytes a figure, transcripts a third of
+    their size), the rows after the last block are kept as they are; ``row_of`` gives an entry
+    position's row (-1: no check) and ``cer`` each row's CER for the table's column. Reading one
+    check decompresses its block (tens of microseconds). A check replaced appends a row: they
+    grow by what the run checks, and a reload starts them afresh. A load fills it as the file is
+    decoded (``Mirror.load``), so the checks are never Python objects all at once."""
+
+    BLOCK_ROWS = 256
+    LEVEL = 1  # zlib's fastest: a load compresses every check of the dataset
+
+    def __init__(self) -> None:
+        self.blocks: list[bytes] = []
+        self.tail: list[tuple] = []
+        self.cer = array("d")  # each row's CER as written (NaN: none): the table shows it without its block
+        self.rows = 0
+        self._models: dict[str, str] = {}
+        self._lock = threading.Lock()  # a block made and the tail emptied at once, for a reader in a thread
+        self.row_of = np.full(0, -1, np.int32)
+
+    def add(self, check: Check | ViewCheck) -> int:
+        model = self._models.setdefault(check.model, check.model)
+        row = (check.cer, check.wer, check.threshold, check.wrong, model, check.error, check.reason,
+               check.transcript)
+        self.cer.append(_nan(check.cer))
+        r = self.rows
+        if len(self.tail) + 1 < self.BLOCK_ROWS:
+            self.tail.append(row)
+        else:
+            block = zlib.compress(_pack([*self.tail, row]), self.LEVEL)
+            with self._lock:
+                self.blocks.append(block)
+                self.tail = []
+        self.rows += 1
+        return r
+
+    def set(self, i: int, check: Check | ViewCheck | None) -> None:
+        if i >= len(self.row_of):
+            self.row_of = grown(self.row_of, max(16, i + 1, 2 * len(self.row_of)), -1)
+        self.row_of[i] = -1 if check is None else self.add(check)  # after the row: a reader sees it whole
+
+    def get(self, i: int) -> ViewCheck | None:
+        r = int(self.row_of[i]) if i < len(self.row_of) else -1
+        if r < 0:
+            return None
+        b, k = divmod(r, self.BLOCK_ROWS)
+        with self._lock:
+            block = self.blocks[b] if b < len(self.blocks) else None
+            row = self.tail[k] if block is None else None
+        if block is not None:
+            row = _unpack(zlib.decompress(block))[k]
+        cer, wer, threshold, wrong, model, error, reason, transcript = row
+        return ViewCheck(cer, wer, transcript, model, error, wrong, reason, threshold)
+
+    def cers(self, n: int) -> np.ndarray:
+        """The CER of each of the first ``n`` positions, float32 (the table's column), NaN: none."""
+        out = np.full(n, np.nan, np.float32)
+        rows = self.row_of[:n]
+        has = rows >= 0
+        out[:len(rows)][has] = np.frombuffer(self.cer, np.float64)[rows[has]]
+        return out
+
+    def brief(self, i: int) -> dict | None:
+        """What the table shows of a position's check: its CER (None: the recognizer failed), no block read."""
+        r = int(self.row_of[i]) if i < len(self.row_of) else -1
+        if r < 0:
+            return None
+        cer = self.cer[r]
+        return {"cer": None if np.isnan(cer) else cer}
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[tuple[float | None, float | None, float | None, bool, str, str | None,
+                                             str | None, str]]).decode
+
+
+class _Loading(threading.local):
+    """Where a load in this thread puts the checks it decodes (``Mirror.load``); None: nowhere."""
+
+    checks: Checks | None = None
+    ids: array | None = None
+
+
+_loading = _Loading()
+
+
 class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     """An entry as the page sees it: Entry's fields but those it never shows (the text's hash, the
     sample rate, suspect), so a load decodes the file straight into these and never allocates
@@ -83,13 +182,26 @@ class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     lease: Lease | None = None
     review: Review | None = None
     take_count: int = 0
-    stage: Stage = Stage.NONE
-    check: ViewCheck | None = None
+    # The check stage under another attribute name: the state's load (State.__post_init__) sees
+    # every ViewEntry as unchecked (the class attribute ``stage``), so it builds no judge's index
+    # of them (a tuple per checked take, a hundred megabytes at 700,000 checks, that the page drops).
+    # The page reads the stage from its column (Mirror.stage), never from an entry.
+    check_stage: Stage = msgspec.field(default=Stage.NONE, name="stage")
+    check: ViewCheck | None = None  # moved into the mirror's Checks at the load, then None
     earlier: list[Earlier] | None = None  # None, not an empty list per entry, when it has none
     # What the state's load reads (State.__post_init__) and the page never shows: class attributes,
     # not fields, so no slot per entry (16 MB at a million).
+    stage: ClassVar[Stage] = Stage.NONE
     check_lease: ClassVar[Lease | None] = None
     deterministic: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        # Decoded by a Mirror's load: the check goes into its columns at once, so its objects are
+        # freed as each is made (their memory reused by the next) instead of all held to the end.
+        if self.check is not None and (sink := _loading.checks) is not None:
+            sink.add(self.check)
+            _loading.ids.append(self.id)
+            self.check = None
 
 
 class QueryError(ValueError):
@@ -125,7 +237,20 @@ class Query:
 class Mirror:
     """Entries by position, their columns, and what the overview shows."""
 
-    def __init__(self, loaded: Loaded, now: float | None = None):
+    @classmethod
+    def load(cls, dataset: Path, now: float | None = None) -> Mirror:
+        """A dataset's state read as the page shows it: entries decoded into ViewEntry, their
+        checks into columns as they are decoded."""
+        checks, ids = Checks(), array("q")
+        _loading.checks, _loading.ids = checks, ids
+        try:
+            loaded = read(dataset, view=ViewEntry)
+        finally:
+            _loading.checks = _loading.ids = None
+        return cls(loaded, now, (checks, ids))
+
+    def __init__(self, loaded: Loaded, now: float | None = None, decoded: tuple[Checks, array] | None = None):
+        """``decoded``: the checks the load took out of the entries, and the id of each."""
         state = loaded.state
         self.seq = max(loaded.head.seq, loaded.journal.last_seq)  # the last commit it holds
         self.sample_rate = state.sample_rate
@@ -133,10 +258,8 @@ class Mirror:
         for e in self.entries:
             _slim(e)
         n = len(self.entries)
-        at = list(range(n))  # one int object per position, shared by both indexes
-        self.pos = Positions([e.id for e in self.entries], at)
-        self.by_name = dict(zip([e.filename for e in self.entries], at, strict=True))
-        del at
+        self.pos = Positions([e.id for e in self.entries], range(n))
+        self.by_name = Names({e.filename: e.id for e in self.entries}, self.pos)
         self.status = np.fromiter((STATUS_CODE[e.status] for e in self.entries), np.int8, n)
         self.duration = np.fromiter((np.nan if e.duration_seconds is None else e.duration_seconds
                                      for e in self.entries), np.float64, n)
@@ -146,8 +269,21 @@ class Mirror:
             _slim_columns(e, known)  # now in the columns
         self.verdict = np.fromiter((VERDICT_CODE[e.review.verdict if e.review else None] for e in self.entries),
                                    np.int8, n)
-        self.stage = np.fromiter((STAGE_CODE[e.stage] for e in self.entries), np.int8, n)
-        self.cer = np.fromiter((_cer(e.check) for e in self.entries), np.float32, n)  # NaN: not checked
+        self.stage = np.fromiter((STAGE_CODE[_stage_of(e)] for e in self.entries), np.int8, n)
+        self.check = Checks() if decoded is None else decoded[0]
+        self.check.row_of = np.full(n, -1, np.int32)
+        if decoded is not None:
+            for row, eid in enumerate(decoded[1]):
+                i = self.pos.get(eid)
+                # the file's entry (a journal record replaces it with an Entry, its check its own;
+                # a load tried again decodes it again: the last row is the one kept)
+                if i is not None and isinstance(self.entries[i], ViewEntry):
+                    self.check.row_of[i] = row
+        for i, e in enumerate(self.entries):
+            if e.check is not None:
+                self.check.set(i, e.check)
+                e.check = None  # now in the columns
+        self.cer = self.check.cers(n)  # NaN: not checked
         self.checks: collections.deque[float] = collections.deque()  # when checks were reported (the rate)
         self.audio_bits = np.zeros(n, np.uint8)    # from the takes' analysis, filled in as it comes
         self.fit_bits = np.zeros(n, np.uint8)      # from the dataset's fit of seconds against characters
@@ -198,9 +334,12 @@ class Mirror:
         self.updated[i] = _stamp(e.updated_at)
         _slim_columns(e, not np.isnan(self.updated[i]))
         self.verdict[i] = VERDICT_CODE[e.review.verdict if e.review else None]
-        self.stage[i] = STAGE_CODE[e.stage]
+        old_stage = STAGES[self.stage[i]]
+        self.stage[i] = STAGE_CODE[_stage_of(e)]
         self.cer[i] = _cer(e.check)
-        if _checked(old, e):
+        self.check.set(i, e.check)
+        e.check = None
+        if _checked(old_stage, old, e):
             self.checks.append(time.monotonic())
         if new_take:
             self.audio_bits[i] = 0  # another take: its analysis is to come
@@ -222,7 +361,7 @@ class Mirror:
             self.entries.append(e)
             self._text_changed(i, "", e)
         self.pos[e.id] = i
-        self.by_name[e.filename] = i
+        self.by_name[e.filename] = e.id
         return i
 
     def _text_changed(self, i: int, old: str, e: Entry) -> None:
@@ -464,7 +603,8 @@ class Mirror:
                 "cps": round(len(e.text) / dur, 2) if dur else None, "attempts": e.attempts, "error": e.error,
                 "updated_at": e.updated_at or _iso(float(self.updated[i])), "take": e.take, "rev": e.rev,
                 "review": e.review.to_dict() if e.review else None,
-                "take_count": e.take_count, "stage": e.stage, "check": _check_dict(e.check, e.take),
+                "take_count": e.take_count, "stage": STAGES[self.stage[i]],
+                "check": self.check.brief(i),  # the table's; the entry's view has all of it
                 "owner": e.lease.owner if e.lease else None,
                 "flags": [f.value for f in Flag if bits & BIT[f]]}
 
@@ -473,6 +613,7 @@ class Mirror:
         if i is None:
             return None
         row = self.row(i)
+        row["check"] = _check_dict(self.check.get(i), self.entries[i].take)
         if self.fit is not None:
             row["expected_seconds"] = round(self.fit.predicted(len(self.entries[i].text)), 2)
         row["earlier_checks"] = {x.file: x.check.to_dict() for x in self.entries[i].earlier or () if x.check}
@@ -590,11 +731,11 @@ def _cer(check: Check | ViewCheck | None) -> float:
     return np.nan if check is None or check.cer is None else check.cer
 
 
-def _checked(old: Entry | ViewEntry, new: Entry | ViewEntry) -> bool:
+def _checked(old_stage: Stage, old: Entry | ViewEntry, new: Entry | ViewEntry) -> bool:
     """Whether this change is a check reported: a leased take judged (kept, or set aside for a retake)."""
-    if old.stage != Stage.LEASED:
+    if old_stage != Stage.LEASED:
         return False
-    return new.stage in (Stage.CHECKED, Stage.FLAGGED) or len(new.earlier or ()) > len(old.earlier or ())
+    return _stage_of(new) in (Stage.CHECKED, Stage.FLAGGED) or len(new.earlier or ()) > len(old.earlier or ())
 
 
 def _first(keys: np.ndarray, idx: np.ndarray) -> int | None:
@@ -612,13 +753,10 @@ def _last(keys: np.ndarray, idx: np.ndarray) -> int | None:
 
 def _slim(e: Entry | ViewEntry) -> Entry | ViewEntry:
     """Drop what the page never shows of an entry (its text's hash, its sample rate): an Entry
-    from the journal or a change event; a ViewEntry never had them. A check's model name is one
-    string for all (a few models, not one string per check)."""
+    from the journal or a change event; a ViewEntry never had them."""
     if isinstance(e, Entry):
         e.text_hash = ""
         e.sample_rate = None
-    if e.check is not None:
-        e.check.model = sys.intern(e.check.model)
     return e
 
 
@@ -644,18 +782,46 @@ def _iso(t: float) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
+class Names:
+    """Filename -> position, through the entry's id: the dict's values are the id objects the
+    entries hold, not an int object per position (28 MB at a million)."""
+
+    def __init__(self, ids: dict[str, int], pos: Positions):
+        self.ids = ids
+        self.pos = pos
+
+    def get(self, name: str, default: int | None = None) -> int | None:
+        eid = self.ids.get(name)
+        return default if eid is None else self.pos.get(eid, default)
+
+    def __getitem__(self, name: str) -> int:
+        i = self.get(name)
+        if i is None:
+            raise KeyError(name)
+        return i
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.ids
+
+    def __setitem__(self, name: str, eid: int) -> None:
+        self.ids[name] = eid
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class Positions:
     """Entry id -> position: an array when ids are dense (as ``add`` makes them), not a dict of a
     million ints (40 MB at a million)."""
 
-    def __init__(self, ids: list[int], at: list[int]):
+    def __init__(self, ids: list[int], at: Iterable[int]):
         top = max(ids, default=0)
         self.sparse: dict[int, int] | None = None  # ids far apart (a hand-made file): a dict after all
         if top > 4 * len(ids) + 100_000:
             self.sparse, self.array = dict(zip(ids, at, strict=True)), np.empty(0, np.int64)
             return
         self.array = np.full(top + 1, -1, np.int64)
-        self.array[np.array(ids, np.int64)] = np.array(at, np.int64)
+        self.array[np.array(ids, np.int64)] = np.fromiter(at, np.int64, len(ids))
 
     def get(self, eid: int, default: int | None = None) -> int | None:
         if self.sparse is not None:

@@ -209,3 +209,75 @@ def test_texts_changed_while_an_index_is_built_or_scanned_are_never_lost(tmp_pat
 def test_bad_queries_are_refused_with_a_reason(bad: dict) -> None:
     with pytest.raises(QueryError):
         Query(**bad).check()
+
+
+@pytest.mark.parametrize("block", [2, 256])
+def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path, monkeypatch, block: int) -> None:
+    """The page keeps checks in columns, not per entry: every field of a check (figures exactly as
+    written, a transcript in any script, the error, the reason, the threshold, the model) reads back
+    as the state holds it, after a load as the dashboard does it (a ViewEntry) and after changes."""
+    from review.mirror import _check_dict
+    from statesvc.state import Check, Stage
+
+    monkeypatch.setattr(mirror_module.Checks, "BLOCK_ROWS", block)  # compressed blocks, and the rows after them
+    entries = []
+    for i in range(1, 9):
+        e = Entry.make(i, f"utt_{i}", f"texto número {i}")
+        e.status, e.duration_seconds, e.take, e.stage = Status.COMPLETED, 1.0 + i / 10, f"tk{i}", Stage.WAITING
+        entries.append(e)
+    heard = ["texto número uno", "¿qué? «otra» frase — ñandú 日本語", "", "a " * 400]
+    for i, t in enumerate(heard):
+        wrong = i % 2 == 1
+        entries[i].check = Check(f"tk{i + 1}", 0.1 + i / 3, 0.123456789 * i, t, ["base", "tiny.en"][i % 2], None,
+                                 wrong, "says something else" if wrong else None, 0.3 + i / 7, 1.5, 20)
+        entries[i].stage = Stage.FLAGGED if wrong else Stage.CHECKED
+    entries[4].check = Check("tk5", None, None, "", "base", "the recognizer failed: boom", True, "no transcript")
+    entries[4].stage = Stage.FLAGGED
+    create(tmp_path, State(entries))
+    want = {e.filename: (_check_dict(e.check, e.take), e.stage) for e in read(tmp_path).state.entries}
+    for m in (Mirror(read(tmp_path)), Mirror(read(tmp_path, view=ViewEntry)), Mirror.load(tmp_path)):
+        for name, (check, stage) in want.items():
+            row = m.entry(name)
+            assert (row["check"], row["stage"]) == (check, stage), name
+        assert all(e.check is None for e in m.entries)  # held once, in the columns
+        assert (m.counters()["checked"], m.counters()["mismatched"]) == (5, 3)
+        # a change: a new check of entry 6, entry 1 retaken (no check), a new entry with a check
+        six = msgspec.structs.replace(entries[5], check=Check("tk6", 0.5, 0.6, "seis", "large", None, True, "r", 0.2),
+                                      stage=Stage.FLAGGED)
+        one = msgspec.structs.replace(entries[0], take="tk1b", check=None, stage=Stage.WAITING)
+        new = Entry.make(9, "utt_9", "nueve")
+        new.status, new.take, new.stage = Status.COMPLETED, "tk9", Stage.CHECKED
+        new.check = Check("tk9", 0.0, 0.0, "nueve", "base", None)
+        for e in (six, one, new):
+            m.apply(_encode(e))
+            row = m.entry(e.filename)
+            assert (row["check"], row["stage"]) == (_check_dict(e.check, e.take), e.stage)
+        assert m.entry("utt_2")["check"] == want["utt_2"][0]  # the others as they were
+        assert m.select(Query(sort="-cer", limit=1))[1][0]["filename"] == "utt_4"
+
+
+def test_a_check_the_journal_replaced_is_not_shown(tmp_path: Path) -> None:
+    """The load takes the checks out of the file's entries as it decodes them; an entry the journal
+    replaced after the checkpoint (retaken: no check yet; or checked again) shows its journal check."""
+    from statesvc import journal
+    from statesvc.state import Check, Stage
+
+    entries = []
+    for i in range(1, 4):
+        e = Entry.make(i, f"utt_{i}", f"texto {i}")
+        e.status, e.take, e.stage = Status.COMPLETED, f"tk{i}", Stage.CHECKED
+        e.check = Check(f"tk{i}", 0.1 * i, 0.1 * i, f"oído {i}", "base", None)
+        entries.append(e)
+    create(tmp_path, State(entries))
+    retaken = msgspec.structs.replace(entries[0], take="tk1b", check=None, stage=Stage.WAITING)
+    again = msgspec.structs.replace(entries[1], check=Check("tk2", 0.9, 0.8, "otra cosa", "tiny", None, True, "r"),
+                                    stage=Stage.FLAGGED)
+    loaded = read(tmp_path)
+    w = journal.Writer(tmp_path, journal.start(tmp_path, loaded.head.checkpoint))
+    w.append(journal.encode(journal.Record(seq=loaded.head.seq + 1, entries=[retaken, again])))
+    w.close()
+    m = Mirror.load(tmp_path)
+    assert (m.entry("utt_1")["check"], m.entry("utt_1")["stage"]) == (None, Stage.WAITING)
+    assert m.entry("utt_2")["check"]["transcript"] == "otra cosa" and m.entry("utt_2")["stage"] == Stage.FLAGGED
+    assert m.entry("utt_3")["check"]["transcript"] == "oído 3"
+    assert (m.counters()["checked"], m.counters()["mismatched"], m.counters()["check_waiting"]) == (2, 1, 1)
