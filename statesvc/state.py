@@ -572,23 +572,30 @@ class State:
         return {"entries": out, "lease_seconds": seconds, "sample_rate": self.sample_rate,
                 "pending": self.counts[P], "owners": owners}
 
-    def _held(self, owner: str, token: str) -> Entry | None:
-        """The entry ``owner`` holds under ``token``, or None when that lease is gone."""
-        eid = self.leases.get(token)
+    def _held(self, owner: str, token: str, kind: str = "lease") -> Entry | None:
+        """The entry ``owner`` holds under ``token``, or None when that lease is gone. ``kind``: the
+        entry's field the lease is in, "lease" (a text to generate) or "check_lease" (a take to check)."""
+        eid = (self.check_leases if kind == "check_lease" else self.leases).get(token)
         e = self.by_id.get(eid) if eid is not None else None
-        return e if e is not None and e.lease.owner == owner else None
+        lease = getattr(e, kind) if e is not None else None
+        return e if lease is not None and lease.owner == owner else None
 
-    def heartbeat(self, owner: str, tokens: list[str], now: float) -> dict:
-        """Extend leases; tokens no longer held come back as ``lost``."""
+    def _renew(self, owner: str, tokens: list[str], now: float, kind: str) -> dict:
+        """Extend ``kind`` leases (see ``_held``); tokens no longer held come back as ``lost``."""
         lost = []
         for token in tokens:
-            e = self._held(owner, token)
+            e = self._held(owner, token, kind)
             if e is None:
                 lost.append(token)
                 continue
-            e.lease.deadline = max(e.lease.deadline, now + self.lease_seconds)
+            lease = getattr(e, kind)
+            lease.deadline = max(lease.deadline, now + self.lease_seconds)
             self.lease_dirty.add(e.id)  # saved with the next write; a heartbeat needs no fsync
         return {"lost": lost}
+
+    def heartbeat(self, owner: str, tokens: list[str], now: float) -> dict:
+        """Extend generation leases; tokens no longer held come back as ``lost``."""
+        return self._renew(owner, tokens, now, "lease")
 
     def working(self, owner: str, tokens: list[str], now: float) -> dict:
         """The generator is about to synthesize exactly ``tokens``: what it was synthesizing
@@ -715,26 +722,14 @@ class State:
                         "duration_seconds": e.duration_seconds})
         return {"entries": out, "lease_seconds": seconds, "waiting": self.stages[WAITING]}
 
-    def _check_held(self, owner: str, token: str) -> Entry | None:
-        eid = self.check_leases.get(token)
-        e = self.by_id.get(eid) if eid is not None else None
-        return e if e is not None and e.check_lease is not None and e.check_lease.owner == owner else None
-
     def check_heartbeat(self, owner: str, tokens: list[str], now: float) -> dict:
-        lost = []
-        for token in tokens:
-            e = self._check_held(owner, token)
-            if e is None:
-                lost.append(token)
-            else:
-                e.check_lease.deadline = max(e.check_lease.deadline, now + self.lease_seconds)
-                self.lease_dirty.add(e.id)
-        return {"lost": lost}
+        """Extend check leases; tokens no longer held come back as ``lost``."""
+        return self._renew(owner, tokens, now, "check_lease")
 
     def check_release(self, owner: str, tokens: list[str], now: float) -> dict:
         released = []
         for token in tokens:
-            e = self._check_held(owner, token)
+            e = self._held(owner, token, "check_lease")
             if e is not None:
                 self._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING)
                 released.append(e.id)
