@@ -39,13 +39,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipeline.reconciler import Reconciler  # the sync: the same pass as the reconciler's, a layer below
 from statesvc import protocol
 from statesvc.client import Client, ServiceError, Unavailable
+from statesvc.codec import DamagedState, state_path
 from statesvc.curve import CurveError, secure_client
 from statesvc.endpoints import connectable, defaults, running
 from statesvc.handlers import SET_ASIDE
 from statesvc.health import paused_line
 from statesvc.journal import JOURNAL_FILE
 from statesvc.state import Status
-from statesvc.store import DamagedState, state_path
 from statesvc.texts import check_filename, check_text
 
 from . import pages

@@ -29,6 +29,7 @@ from . import DISTRIBUTION
 from . import dataset as ds
 from .atomic import SaveFailed
 from .client import NoDaemon, ServiceError, Unavailable
+from .codec import DamagedState
 from .conventions import (
     FAILED,
     LOG_LEVELS,
@@ -44,10 +45,11 @@ from .curve import keygen as keygen_pair
 from .daemon import serve as serve_daemon
 from .endpoints import defaults, running
 from .export import FORMATS, lines
+from .loader import load
+from .lock import Locked
 from .notify import log_format
 from .protocol import BadRequest, ErrorKind
 from .state import STATUSES, Refused
-from .store import DamagedState, Locked, load
 from .texts import TextsError
 from .verify import mismatches, unsafe_texts
 

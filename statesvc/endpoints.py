@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from .store import holder_info
+from .lock import holder_info
 
 CONTROL_SOCK = "statesvc.sock"
 EVENTS_SOCK = "statesvc-events.sock"

@@ -40,7 +40,7 @@ def cli(*args: str, env: dict | None = None, check: bool = False, timeout: float
 
 def read_state(dataset: Path) -> dict:
     """The state as every reader sees it (the file, then its journal), shaped like the file."""
-    from statesvc.store import load
+    from statesvc.loader import load
     s = load(dataset)
     return {**s.counters(), "sample_rate": s.sample_rate, "answers": s.answers,
             "entries": [e.to_dict() for e in s.entries]}

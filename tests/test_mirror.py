@@ -11,8 +11,9 @@ import pytest
 
 import review.mirror as mirror_module
 from review.mirror import Haystack, Mirror, Query, QueryError, ViewEntry
+from statesvc.loader import read
 from statesvc.state import Entry, Review, State, Status, Verdict
-from statesvc.store import create, read
+from statesvc.store import create
 
 _encode = msgspec.json.Encoder().encode
 
