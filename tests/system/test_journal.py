@@ -176,7 +176,7 @@ def _refused_by_every_reader(ds: Path, where: str) -> None:
 
 
 def _refused_by_the_page(ds: Path) -> str:
-    from tests.test_dashboard import Dashboard, answer
+    from tests.system.test_dashboard import Dashboard, answer
     page = Dashboard(ds)
     try:
         return wait_for(lambda: answer(f"{page.url}/api/status").get("load_error"), 20, "the page's load error")
