@@ -14,8 +14,9 @@ from pathlib import Path
 from . import protocol
 from .atomic import fsync_dir
 from .audio import inspect, read_provenance, take_path
+from .entry import Entry, Status, is_adopted
 from .protocol import STORAGE, VALIDATORS, WRITES, ErrorKind
-from .state import Effect, Entry, Refused, State, Status, is_adopted
+from .state import Effect, Refused, State
 
 log = logging.getLogger("statesvc")
 

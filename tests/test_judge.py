@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import random
 
+from statesvc.entry import Entry, Stage, Status, Verdict
 from statesvc.judge import CEILING_CER, FLOOR_CER, MIN_CHECKS, Judge
 from statesvc.protocol import CheckReport
-from statesvc.state import Entry, Stage, State, Status, Verdict
+from statesvc.state import State
 from tests.conftest import take
 
 SR = 22050

@@ -8,9 +8,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from statesvc.entry import Entry, Phase, Stage, Status, text_hash
 from statesvc.judge import MIN_RATE_CHARS
+from statesvc.lifecycle import LIFECYCLE, Cause
 from statesvc.protocol import CheckReport
-from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, Stage, State, Status, text_hash
+from statesvc.state import Refused, State
 from statesvc.store import parse_state, render_bytes
 from tests.conftest import take
 
