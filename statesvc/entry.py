@@ -172,7 +172,7 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
     check_lease: Lease | None = None  # while a checker holds the current take (stage leased)
     deterministic: bool = False  # the current take's synthesizer gives the same audio for the same text
     earlier: list[Earlier] = msgspec.field(default_factory=list)  # takes a check set aside, with their checks
-    check_expiries: int = 0  # check leases of the current take that expired (MAX_CHECK_EXPIRIES)
+    check_expiries: int = 0  # check leases of the current take that expired (checks.MAX_CHECK_EXPIRIES)
 
     def public(self) -> dict:
         """The entry as `show --json` and `list --json` give it (the contract scripts rely on): its
@@ -229,4 +229,5 @@ class Entry(msgspec.Struct, gc=False, omit_defaults=True):
 
 @functools.lru_cache(maxsize=1)  # every change applied in one loop turn shares one ``now``
 def iso(now: float) -> str:
+    """An instant as the state writes it (``updated_at``, a review's ``at``): UTC, to the millisecond."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
