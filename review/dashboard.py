@@ -41,10 +41,10 @@ from statesvc import protocol
 from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.curve import CurveError, secure_client
 from statesvc.endpoints import connectable, defaults, running
+from statesvc.entry import Status
 from statesvc.handlers import SET_ASIDE
 from statesvc.health import paused_line
 from statesvc.journal import JOURNAL_FILE
-from statesvc.state import Status
 from statesvc.store import DamagedState, state_path
 from statesvc.texts import check_filename, check_text
 

@@ -43,10 +43,11 @@ from .curve import CurveError
 from .curve import keygen as keygen_pair
 from .daemon import serve as serve_daemon
 from .endpoints import defaults, running
+from .entry import STATUSES
 from .export import FORMATS, lines
 from .notify import log_format
 from .protocol import BadRequest, ErrorKind
-from .state import STATUSES, Refused
+from .state import Refused
 from .store import DamagedState, Locked, load
 from .texts import TextsError
 from .verify import mismatches, unsafe_texts

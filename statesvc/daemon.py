@@ -28,10 +28,11 @@ from . import protocol
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir
 from .curve import CurveError, secure_server
 from .endpoints import defaults
+from .entry import Status
 from .handlers import Handlers
 from .notify import Notifier
 from .protocol import BadRequest, ErrorKind
-from .state import Refused, State, Status
+from .state import Refused, State
 from .store import DamagedState, Store, WriterLock, load_for_writing, remove_stale_temps
 
 if TYPE_CHECKING:

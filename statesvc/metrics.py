@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from .state import Status
+from .entry import Status
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
