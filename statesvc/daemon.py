@@ -24,7 +24,7 @@ import msgspec
 import orjson
 import zmq
 
-from . import protocol
+from . import events, protocol
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir
 from .curve import CurveError, secure_server
 from .endpoints import defaults
@@ -414,10 +414,10 @@ class Daemon:
         and reads the state again."""
         try:
             for e in written:
-                self.pub.send(b"entry", NOBLOCK_MORE)
+                self.pub.send(events.ENTRY, NOBLOCK_MORE)
                 self.pub.send(_encode(e), NOBLOCK)
-            self.pub.send(b"commit", NOBLOCK_MORE)
-            self.pub.send(protocol.encode({"seq": self.store.seq, "entries": len(written)}), NOBLOCK)
+            self.pub.send(events.COMMIT, NOBLOCK_MORE)
+            self.pub.send(events.commit_body(self.store.seq, len(written)), NOBLOCK)
         except zmq.Again:
             pass
 
@@ -425,8 +425,8 @@ class Daemon:
         """The number of the last commit, now and then: a subscriber that lost a commit's events
         and its end (a full queue drops both) learns it without waiting for the next commit."""
         try:
-            self.pub.send(b"beat", NOBLOCK_MORE)
-            self.pub.send(protocol.encode({"seq": self.store.seq}), NOBLOCK)
+            self.pub.send(events.BEAT, NOBLOCK_MORE)
+            self.pub.send(events.beat_body(self.store.seq), NOBLOCK)
         except zmq.Again:
             pass
 
