@@ -68,15 +68,6 @@ class Provenance:
     def to_wire(self) -> dict:
         return {"text_hash": self.text_hash, "rev": self.rev, "token": self.token}
 
-    @staticmethod
-    def from_wire(obj: object) -> Provenance | None:
-        if not isinstance(obj, dict) or set(obj) != {"text_hash", "rev", "token"}:
-            return None
-        try:
-            return Provenance(obj["text_hash"], obj["rev"], obj["token"])
-        except ValueError:
-            return None
-
 
 @dataclass(frozen=True, slots=True)
 class Observation:

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import checks, protocol, reconcile
@@ -33,9 +34,10 @@ class Handlers:
     ``after_save``: the daemon carries those out once the change is durable, so a save that
     fails leaves the files as the state on disk describes them."""
 
-    def __init__(self, dataset: Path, state: State):
+    def __init__(self, dataset: Path, state: State, status: Callable[[float], dict] | None = None):
         self.dataset = dataset
         self.state = state
+        self.status = status  # a daemon's own view for the status op (its report.Report), if a daemon answers
         self.after_save: list[Effect] = []
         self.disk_pauses: dict[str, tuple[int, int, float]] = {}  # owner: (free, floor, when said)
         self._moved_in: set[str] = set()  # folders a move touched since the last fsync of them
@@ -174,7 +176,8 @@ class Handlers:
                 "floor_bytes": max(p[1] for p in pauses)}
 
     def on_status(self, a: dict, now: float) -> dict:
-        return self.state.stats()
+        """The counters; a daemon answers with its own view on top (progress, rate, commits, disk)."""
+        return self.status(now) if self.status is not None else self.state.stats()
 
     def on_list(self, a: dict, now: float) -> dict:
         st = a["status"]
