@@ -24,8 +24,8 @@ from typing import ClassVar
 import msgspec
 import numpy as np
 
+from statesvc.entry import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
 from statesvc.loader import Loaded, read
-from statesvc.state import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
 
 from .takes import BIT, Fit, Flag, fit
 

@@ -24,7 +24,7 @@ import msgspec
 import orjson
 
 from .atomic import write_all, write_atomic
-from .state import (
+from .entry import (
     SCHEMA_VERSION,
     STATUS_OF,
     STATUSES,
@@ -35,10 +35,10 @@ from .state import (
     Phase,
     Review,
     Stage,
-    State,
     Status,
     Verdict,
 )
+from .state import State
 from .texts import check_filename
 
 STATE_FILE = "generation_state.json"

@@ -20,9 +20,10 @@ import msgspec
 
 from . import journal
 from .codec import DamagedState, Head, build_state, decode_entries, no_gc, read_file, state_path
+from .entry import Entry, Lease, Status
 from .journal import JOURNAL_FILE, Contents, Record, journal_path
 from .lock import holder_info
-from .state import Entry, Lease, State, Status
+from .state import State
 
 log = logging.getLogger("statesvc")
 

@@ -17,9 +17,10 @@ from . import journal
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir, write_all
 from .checkpoint import Checkpointing
 from .codec import STATE_FILE, Head, state_path, write_file
+from .entry import Entry
 from .journal import JOURNAL_FILE, Record, journal_path
 from .loader import Loaded, damaged, read
-from .state import Entry, State
+from .state import State
 
 
 class Store:

@@ -29,8 +29,9 @@ import pytest
 
 from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.codec import DamagedState, build_state, read_file, state_path
+from statesvc.entry import Entry
 from statesvc.loader import load
-from statesvc.state import Entry, State
+from statesvc.state import State
 from statesvc.store import create
 from tests.conftest import take
 

@@ -13,8 +13,9 @@ import pytest
 
 from statesvc import journal, loader, store
 from statesvc.codec import STATE_FILE, DamagedState
+from statesvc.entry import Entry
 from statesvc.journal import journal_path, parse
-from statesvc.state import Entry, State
+from statesvc.state import State
 from tests.conftest import cli, read_state, take
 
 NEWLINE = 0x0A

@@ -17,9 +17,10 @@ from statesvc.atomic import OutcomeUnknown, SaveFailed, write_atomic
 from statesvc.client import Client, ServiceError
 from statesvc.codec import STATE_FILE, DamagedState
 from statesvc.daemon import Daemon
+from statesvc.entry import Entry
 from statesvc.loader import Loaded, load, read
 from statesvc.protocol import ErrorKind
-from statesvc.state import Entry, State
+from statesvc.state import State
 from tests.conftest import take, wait_for
 
 STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]  # of a checkpoint (temp, rename, folder)
