@@ -274,20 +274,35 @@ def _head_crc(first: bytes, checksum: str) -> int:
                                     b'"checksum":"' + CHECKSUM.encode() + b'00000000"', 1))
 
 
-def read_file(path: Path, decode: Callable[[object], list] = decode_entries
-               ) -> tuple[list[Entry], int | None, object, Head, int]:
-    """A checkpoint file's entries, header values and identity, and its size."""
+@dataclass
+class StateFile:
+    """What a state file holds: its entries and header values, what it says of itself, its size."""
+
+    entries: list[Entry]
+    sample_rate: int | None
+    answers: object
+    head: Head
+    size: int
+
+    def state(self) -> State:
+        """The state of this file alone (no journal replayed on top)."""
+        return build_state(self.entries, self.sample_rate, self.answers)
+
+
+def read_file(path: Path, decode: Callable[[object], list] = decode_entries) -> StateFile:
+    """A state file as it is on disk: fast when its checksum holds, validated the long way otherwise.
+    ``decode`` turns a chunk of entry lines into entries (see ``loader.read``'s ``view``)."""
     try:
         with open(path, "rb") as f:
             fast = _read_streamed(f, os.fstat(f.fileno()).st_size, decode)
         if fast is not None:
-            return fast
+            return StateFile(*fast)
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DamagedState(f"no state in {path.parent} (create one with: statesvc init --texts FILE)") from None
     except OSError as exc:
         raise DamagedState(f"{path}: {exc.strerror}") from None
-    return (*_read_file_bytes(raw, str(path)), len(raw))
+    return StateFile(*_read_file_bytes(raw, str(path)), len(raw))
 
 
 def build_state(entries: list[Entry], sr: int | None, answers: object = None) -> State:

@@ -121,7 +121,8 @@ def read(dataset: Path, view: type | None = None) -> Loaded:
     decode = decode_entries if view is None else msgspec.json.Decoder(list[view]).decode
     with no_gc():
         for attempt in range(4):
-            entries, sr, answers, head, size = read_file(state_path(dataset), decode)
+            file = read_file(state_path(dataset), decode)
+            entries, sr, answers, head = file.entries, file.sample_rate, file.answers, file.head
             extends = journal.extends_of(dataset)
             rp = Replay(entries, head.seq) if head.journal_applies(extends) else None
             try:
@@ -142,7 +143,7 @@ def read(dataset: Path, view: type | None = None) -> Loaded:
         if head.checkpoint is None:
             log.warning("%s: its checksum does not match (edited by hand, or written by an older statesvc): "
                         "loaded as a hand edit, every entry validated", state_path(dataset))
-        return Loaded(build_state(entries, sr, answers), head, j, rp.applied if rp else 0, size)
+        return Loaded(build_state(entries, sr, answers), head, j, rp.applied if rp else 0, file.size)
 
 
 def load(dataset: Path) -> State:

@@ -36,10 +36,12 @@ def replay_journal(dataset: Path, up_to_damage: bool = False) -> Replayed:
     are applied, the journal kept aside (a hard link, never overwritten) and the whole records
     after it listed. Call only under the writer lock."""
     with no_gc():
-        entries, sr, answers, head, size = read_file(state_path(dataset))
+        file = read_file(state_path(dataset))
+        entries, head = file.entries, file.head
         rp = Replay(entries, head.seq if head.journal_applies(journal.extends_of(dataset)) else 0)
         j = journal.read(dataset, rp)
-        state = build_state(entries, rp.sample_rate or sr, rp.answers if rp.answers is not None else answers)
+        state = build_state(entries, rp.sample_rate or file.sample_rate,
+                            rp.answers if rp.answers is not None else file.answers)
     done = Replayed(rp.applied, rp.versions)
     if j.damaged:
         if not up_to_damage:
@@ -51,7 +53,7 @@ def replay_journal(dataset: Path, up_to_damage: bool = False) -> Replayed:
         except OSError:  # a filesystem without hard links: a durable copy
             write_atomic(done.kept, journal_path(dataset).read_bytes())
         fsync_dir(dataset)
-    store = Store(dataset, None, None, max(head.seq, j.last_seq), size)
+    store = Store(dataset, None, None, max(head.seq, j.last_seq), file.size)
     store.checkpoint(state)
     store.close()
     return done

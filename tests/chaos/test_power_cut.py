@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from statesvc.client import Client, ServiceError, Unavailable
-from statesvc.codec import DamagedState, build_state, read_file, state_path
+from statesvc.codec import DamagedState, read_file, state_path
 from statesvc.entry import Entry
 from statesvc.loader import load
 from statesvc.state import State
@@ -161,7 +161,7 @@ def trial(m: Mount, rng: random.Random, mode: str) -> tuple[int, int]:
     m.mount()
     try:
         state = load(ds)
-        alone = build_state(*read_file(state_path(ds))[:3])  # the file without its journal
+        alone = read_file(state_path(ds)).state()  # the file without its journal
     except DamagedState:               # the state does not even load: everything acknowledged is lost
         return len(acked), len(acked)
     lost = sum(1 for eid, dur in acked.items()

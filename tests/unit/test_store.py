@@ -15,7 +15,7 @@ import pytest
 from statesvc import codec, store
 from statesvc.atomic import OutcomeUnknown, SaveFailed, write_atomic
 from statesvc.client import Client, ServiceError
-from statesvc.codec import STATE_FILE, DamagedState
+from statesvc.codec import STATE_FILE, DamagedState, read_file
 from statesvc.daemon import Daemon
 from statesvc.entry import Entry
 from statesvc.loader import Loaded, load, read
@@ -43,9 +43,8 @@ def load_bytes(folder: Path, raw: bytes) -> Loaded:
 
 
 def file_alone(ds: Path) -> State:
-    """The state ``ds``'s checkpoint file holds alone, without its journal (loaded from a copy)."""
-    n = sum(1 for _ in ds.parent.glob("alone-*"))
-    return load_bytes(ds.parent / f"alone-{n}", (ds / STATE_FILE).read_bytes()).state
+    """The state ``ds``'s checkpoint file holds alone, without its journal."""
+    return read_file(ds / STATE_FILE).state()
 
 
 class Faults:
