@@ -14,7 +14,8 @@ import pytest
 from statesvc import journal, store
 from statesvc.journal import journal_path, parse
 from statesvc.state import Entry, State
-from tests.conftest import cli, read_state, take
+from tests.support.books import read_state, take
+from tests.support.processes import cli
 
 NEWLINE = 0x0A
 

@@ -8,7 +8,7 @@ import random
 from statesvc.judge import CEILING_CER, FLOOR_CER, MIN_CHECKS, Judge
 from statesvc.protocol import CheckReport
 from statesvc.state import Entry, Stage, State, Status, Verdict
-from tests.conftest import take
+from tests.support.books import take
 
 SR = 22050
 

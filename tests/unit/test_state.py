@@ -12,7 +12,7 @@ from statesvc.judge import MIN_RATE_CHARS
 from statesvc.protocol import CheckReport
 from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, Stage, State, Status, text_hash
 from statesvc.store import parse_state, render_bytes
-from tests.conftest import take
+from tests.support.books import take
 
 SR = 22050
 

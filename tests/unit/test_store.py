@@ -19,7 +19,8 @@ from statesvc.daemon import Daemon
 from statesvc.protocol import ErrorKind
 from statesvc.state import Entry, State
 from statesvc.store import load
-from tests.conftest import take, wait_for
+from tests.support.books import take
+from tests.support.processes import wait_for
 
 STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]  # of a checkpoint (temp, rename, folder)
 
