@@ -490,15 +490,21 @@ def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | Non
         r.stop_children()
         fail(str(exc), USAGE if isinstance(exc, CannotStart) else FAILED)
     except Exception as exc:  # a bug of ours: stop the children cleanly, keep the traceback in the log
-        import traceback
-        log_file = layout.log_path(dataset, "run-pipeline")
-        log_file.parent.mkdir(exist_ok=True)
-        with open(log_file, "a") as f:
-            f.write(traceback.format_exc())
+        log_file = _keep_traceback(dataset)
         r.progress.clear()
         r.stop_children()
         fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {log_file})")
     sys.exit(code)
+
+
+def _keep_traceback(dataset: Path) -> Path:
+    """The traceback being handled, appended to run-pipeline's own log; returns the log's path."""
+    import traceback
+    log_file = layout.log_path(dataset, "run-pipeline")
+    log_file.parent.mkdir(exist_ok=True)
+    with open(log_file, "a") as f:
+        f.write(traceback.format_exc())
+    return log_file
 
 
 def gpus_for(ctx: click.Context, gpus: str | None, per_gpu: int | None) -> list[str] | None:
