@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import layout
-from .state import DURATION_TOLERANCE, is_adopted, same_duration, text_hash  # re-exported: one definition each
+from .entry import DURATION_TOLERANCE, is_adopted, same_duration, text_hash  # re-exported: one definition each
 
 __all__ = ["DURATION_TOLERANCE", "HEAD_BYTES", "TMP_PREFIX", "TAKE_PREFIX", "Observation", "Provenance", "encode_wav",
            "inspect", "is_adopted", "not_its_take", "read_provenance", "same_duration", "take_path", "text_hash"]

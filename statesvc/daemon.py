@@ -24,15 +24,16 @@ import msgspec
 import orjson
 import zmq
 
-from . import layout, protocol
+from . import events, layout, protocol
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir
 from .curve import CurveError, secure_server
 from .endpoints import defaults
+from .entry import Status
 from .handlers import Handlers
 from .notify import Notifier
 from .protocol import BadRequest, ErrorKind
 from .report import Commits, Report
-from .state import Refused, State, Status
+from .state import Refused, State
 from .store import DamagedState, Store, WriterLock, load_for_writing, remove_stale_temps
 
 if TYPE_CHECKING:
@@ -108,10 +109,10 @@ class Sockets:
         and reads the state again."""
         try:
             for e in written:
-                self.pub.send(b"entry", NOBLOCK_MORE)
+                self.pub.send(events.ENTRY, NOBLOCK_MORE)
                 self.pub.send(_encode(e), NOBLOCK)
-            self.pub.send(b"commit", NOBLOCK_MORE)
-            self.pub.send(protocol.encode({"seq": seq, "entries": len(written)}), NOBLOCK)
+            self.pub.send(events.COMMIT, NOBLOCK_MORE)
+            self.pub.send(events.commit_body(seq, len(written)), NOBLOCK)
         except zmq.Again:
             pass
 
@@ -119,8 +120,8 @@ class Sockets:
         """The number of the last commit, now and then: a subscriber that lost a commit's events
         and its end (a full queue drops both) learns it without waiting for the next commit."""
         try:
-            self.pub.send(b"beat", NOBLOCK_MORE)
-            self.pub.send(protocol.encode({"seq": seq}), NOBLOCK)
+            self.pub.send(events.BEAT, NOBLOCK_MORE)
+            self.pub.send(events.beat_body(seq), NOBLOCK)
         except zmq.Again:
             pass
 

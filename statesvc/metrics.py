@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from .entry import Status
 from .report import disk_space
-from .state import Status
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
