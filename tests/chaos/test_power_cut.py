@@ -33,7 +33,7 @@ from statesvc.entry import Entry
 from statesvc.loader import load
 from statesvc.state import State
 from statesvc.store import create
-from tests.conftest import take
+from tests.support.books import take
 
 FS_IOC_SHUTDOWN = 0x8004587D          # _IOR('X', 125, __u32)
 FS_GOING_DOWN_NOLOGFLUSH = 2

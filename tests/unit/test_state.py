@@ -20,7 +20,7 @@ from statesvc.lifecycle import LIFECYCLE, Cause
 from statesvc.loader import load
 from statesvc.protocol import CheckReport
 from statesvc.state import Refused, State
-from tests.conftest import take
+from tests.support.books import take
 
 SR = 22050
 SHM = "/dev/shm" if Path("/dev/shm").is_dir() else None  # real files, without a disk's fsyncs at every step
