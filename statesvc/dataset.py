@@ -17,8 +17,8 @@ from typing import Any
 from . import layout
 from .atomic import SaveFailed
 from .client import Client, NoDaemon
-from .codec import state_path
 from .handlers import Handlers
+from .layout import state_path
 from .loader import load
 from .lock import Locked, WriterLock
 from .protocol import NOT_IDEMPOTENT, validate
