@@ -27,7 +27,7 @@ import numpy as np
 from statesvc.state import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
 from statesvc.store import Loaded, read
 
-from .takes import BIT, Fit, Flag, fit
+from .flags import BIT, Fit, Flag, fit
 
 STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 VERDICT_CODE = {None: 0, Verdict.APPROVED: 1, Verdict.REJECTED: 2}
