@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import flags
-from .mirror import grown
+from .columns import grown
 
 CACHE_FILE = "dashboard-flags.npz"
 TEMP_SUFFIX = ".tmp"

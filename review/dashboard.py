@@ -44,10 +44,12 @@ from statesvc.store import DamagedState, state_path
 from . import api, routes
 from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
 from .auth import refusal
+from .columns import STATUS_CODE
 from .errors import ActionError, error
 from .files import EarlierTakes, Offload
 from .flags import analyze_file, bits
-from .mirror import STATUS_CODE, Mirror, QueryError
+from .mirror import Mirror
+from .query import QueryError
 from .sync import REQUEST_TIMEOUT
 
 log = logging.getLogger("statesvc.dashboard")

@@ -12,7 +12,7 @@ import orjson
 from statesvc.state import STATUSES
 
 from .flags import FLAG_LABELS, Flag
-from .mirror import MISMATCH, SORTS, Query
+from .query import MISMATCH, SORTS, Query
 
 KEYS = [("j / →", "next entry"), ("k / ←", "previous entry"), ("space", "play / pause"),
         ("a", "approve the take"), ("x", "reject the take (with the note, if any)"), ("g", "regenerate"),

@@ -13,7 +13,8 @@ from statesvc import protocol
 from statesvc.texts import check_filename
 
 from .errors import ActionError
-from .mirror import Mirror, Query, QueryError
+from .mirror import Mirror
+from .query import Query, QueryError
 
 MAX_BODY = 1 << 20
 
