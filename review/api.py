@@ -85,7 +85,8 @@ async def api_health(request: Request) -> dict:
 
 @router.get("/api/events")
 async def api_events(request: Request) -> EventSourceResponse:
-    return EventSourceResponse(hub_of(request).events(request), ping=10)
+    hub = hub_of(request)
+    return EventSourceResponse(hub.pushes.stream(hub.overview), ping=10)
 
 
 # ---- actions ----

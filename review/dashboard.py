@@ -10,21 +10,18 @@ durable. It starts whether or not the daemon runs and follows it through restart
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
 import os
 import secrets
-import threading
 import time
 import weakref
 from array import array
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import orjson
 import zmq
 import zmq.asyncio
@@ -38,26 +35,22 @@ from statesvc.endpoints import connectable, defaults, running
 from statesvc.handlers import SET_ASIDE
 from statesvc.health import paused_line
 from statesvc.journal import JOURNAL_FILE
-from statesvc.state import Status
 from statesvc.store import DamagedState, state_path
 
 from . import api, routes
-from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
+from .analyzer import Analyzer
 from .auth import refusal
-from .columns import STATUS_CODE
 from .errors import ActionError, error
 from .files import EarlierTakes, Offload
-from .flags import analyze_file, bits
 from .mirror import Mirror
+from .pushes import Pushes
 from .query import QueryError
 from .sync import REQUEST_TIMEOUT
 
 log = logging.getLogger("statesvc.dashboard")
 
 PUSH_EVERY = 0.5        # seconds: changes are coalesced into one push per tab at most this often
-CLIENT_QUEUE = 64       # pushes a tab may fall behind by before it is sent a fresh snapshot instead
 WATCH_EVERY = 1.0       # seconds between looks at whether the daemon came or went, or the files changed
-RELOADING = object()    # what the analyzer is told while the state is read again
 RELOAD_WAIT = 10.0      # seconds a reload waits for requests to let go of the old copy
 
 
@@ -129,42 +122,23 @@ class Hub:
         self.buffered: list[tuple[dict, list[bytes]]] = []  # commits received while reloading
         self.reloading = False
         self.reload_wanted = asyncio.Event()
-        self.clients: set[asyncio.Queue] = set()
-        self.last_push = ""
-        self.flags_file = self.dataset / CACHE_FILE
-        self.flags_unsaved = False  # said once in the log: the cache file cannot be written
-        self.flags_failed_at: float | None = None  # the last failed save: tried again a while later
-        self.analyzer_thread: threading.Thread | None = None
-        self.analyses = Analyses()
-        if settings.analyze:
-            self.analyses, why = Analyses.load(self.flags_file)
-            if why:
-                log.warning("not using %s: %s; the takes are analysed again", self.flags_file, why)
-        self.to_analyze: collections.deque[int] = collections.deque()  # ids of fresh takes: first
-        self.backlog: Iterator[int] = iter(())  # ids of the takes loaded without a known analysis
-        self.wake_analyzer = threading.Event()
-        self.stopping = threading.Event()
+        self.pushes = Pushes()
+        self.analyzer = Analyzer(self.dataset, lambda: self.mirror) if settings.analyze else None
         self.tasks: list[asyncio.Task] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.files = Offload()
         self.earlier = EarlierTakes(self.dataset / SET_ASIDE)
 
     # ---- life -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
         self.tasks = [asyncio.create_task(f()) for f in (self.watch, self.listen, self.reloader, self.pusher,
                                                          self.follow_pause)]
-        if self.settings.analyze:
-            self.analyzer_thread = threading.Thread(target=self.analyzer, name="analyzer", daemon=True)
-            self.analyzer_thread.start()
+        if self.analyzer is not None:
+            self.analyzer.start()
         self.reload_wanted.set()
 
     async def stop(self) -> None:
-        self.stopping.set()
-        self.wake_analyzer.set()
-        if self.analyzer_thread is not None:  # its last take done, then what it found saved
-            await asyncio.to_thread(self.analyzer_thread.join, 10)
-            await asyncio.to_thread(self.save_flags, True)
+        if self.analyzer is not None:
+            await self.analyzer.stop()
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -277,9 +251,8 @@ class Hub:
             return
         for raw in entries:
             e = m.apply(raw)
-            if e.status == "completed" and self.settings.analyze:
-                self.to_analyze.appendleft(e.id)
-                self.wake_analyzer.set()
+            if e.status == "completed" and self.analyzer is not None:
+                self.analyzer.took(e.id)
         m.seq = marker["seq"]
 
     async def reloader(self) -> None:
@@ -309,110 +282,20 @@ class Hub:
             self.load_error = None
             log.info("read the state: %d entries in %.1f s", len(mirror.entries), time.monotonic() - started)
             self.mirror, self.reloading = mirror, False
-            if self.settings.analyze:  # after the copy is in place: the analyzer looks takes up in it
-                self.backlog = iter(backlog)
-                self.wake_analyzer.set()
+            if self.analyzer is not None:  # after the copy is in place: the analyzer looks takes up in it
+                self.analyzer.queue(backlog)
             del backlog
             del mirror  # else this frame holds the old copy through the next load
             buffered, self.buffered = self.buffered, []
             for marker, entries in buffered:
                 self.on_commit(marker, entries)
-            self.broadcast("snapshot", {})
+            self.pushes.broadcast("snapshot", {})
 
     def _load(self) -> tuple[Mirror, array]:
         """The state read again, and the ids of its takes to analyse (what an earlier load's
         analysis found still holds for the same takes)."""
         mirror = Mirror.load(self.dataset)
-        backlog = array("q")
-        if self.settings.analyze:
-            done = []
-            for i in np.flatnonzero(mirror.status[:len(mirror.entries)] == STATUS_CODE[Status.COMPLETED]):
-                e = mirror.entries[i]
-                if e.take is None:  # a wav the reconciler adopted: the analyzer checks its file
-                    backlog.append(e.id)
-                else:
-                    done.append(e)
-            found = self.analyses.of_takes(np.fromiter((e.id for e in done), np.int64, len(done)),
-                                           [e.take for e in done])
-            for e, flags in zip(done, found.tolist(), strict=True):
-                if flags < 0:
-                    backlog.append(e.id)
-                else:
-                    mirror.set_audio_flags(e.filename, e.take, flags)
-        return mirror, backlog
-
-    # ---- the takes' analysis, in a thread (reading wavs must not stall the pages) ---------------
-    def analyzer(self) -> None:
-        while not self.stopping.is_set():
-            fresh = True
-            try:
-                eid = self.to_analyze.popleft()
-            except IndexError:
-                fresh, eid = False, next(self.backlog, None)
-            if eid is None:
-                self.save_flags()  # all caught up
-                self.wake_analyzer.wait(1.0)
-                self.wake_analyzer.clear()
-                continue
-            job = self._take_of(eid)
-            if job is RELOADING:  # the reload queues the takes again; a fresh one keeps its turn
-                if fresh:
-                    self.to_analyze.appendleft(eid)
-                self.wake_analyzer.wait(0.5)
-                self.wake_analyzer.clear()
-                continue
-            if job is None:
-                continue
-            name, take = job
-            path = self.dataset / "wavs" / f"{name}.wav"
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            sig = file_key(st.st_size, st.st_mtime_ns, st.st_ino)
-            flags = self.analyses.of_file(eid, sig)
-            if flags is None:
-                try:
-                    flags = bits(analyze_file(path).flags)
-                except ValueError:
-                    continue  # unreadable: the reconciler's business, not a flag
-            self.analyses.put(eid, sig, take, flags)
-            if self.analyses.save_due():
-                self.save_flags()
-            if self.loop is not None:
-                self.loop.call_soon_threadsafe(self._analysed, name, take, flags)
-
-    def save_flags(self, last: bool = False) -> None:
-        """Write the flags' cache file; after a failure (a read-only dataset folder), not again
-        until a while later, unless this is the last chance (on stop)."""
-        if not last and self.flags_failed_at is not None and time.monotonic() - self.flags_failed_at < SAVE_EVERY:
-            return
-        try:
-            self.analyses.save(self.flags_file)
-            self.flags_failed_at = None
-        except OSError as exc:
-            self.flags_failed_at = time.monotonic()
-            if not self.flags_unsaved:
-                self.flags_unsaved = True
-                log.warning("cannot keep the flags in %s (%s): a restart analyses the takes again",
-                            self.flags_file, exc.strerror)
-
-    def _take_of(self, eid: int) -> tuple[str, str | None] | None | object:
-        """The filename and take of a completed entry; RELOADING while the copy is read again.
-        (Its own frame: the analyzer holds no copy while it reads a wav, or waits.)"""
-        m = self.mirror
-        if m is None:
-            return RELOADING
-        i = m.pos.get(eid)
-        if i is None:
-            return None
-        e = m.entries[i]
-        return (e.filename, e.take) if e.status == Status.COMPLETED else None
-
-    def _analysed(self, name: str, take: str | None, flags: int) -> None:
-        if self.mirror is not None and self.mirror.set_audio_flags(name, take, flags):
-            i = self.mirror.by_name[name]
-            self.mirror.changed.add(self.mirror.entries[i].id)
+        return mirror, (array("q") if self.analyzer is None else self.analyzer.known(mirror))
 
     # ---- pushes ---------------------------------------------------------------------------------
     def overview(self) -> dict:
@@ -433,42 +316,8 @@ class Hub:
         m = self.mirror
         if m is not None and m.refit_due(time.time()):
             m.refit(time.time())
-            self.broadcast("snapshot", {})  # flags may have changed anywhere
-        if not self.clients:
-            if m is not None:
-                m.changed.clear()
-            return
-        ov = orjson.dumps(self.overview()).decode()
-        if ov != self.last_push:
-            self.last_push = ov
-            self.broadcast("overview", ov)
-        if m is not None and m.changed:
-            ids, m.changed = list(m.changed), set()
-            if len(ids) > 200:
-                self.broadcast("snapshot", {})
-            else:
-                self.broadcast("entries", [m.row(m.pos[i]) for i in ids if i in m.pos])
-
-    def broadcast(self, event: str, data: object) -> None:
-        text = data if isinstance(data, str) else orjson.dumps(data).decode()
-        for q in list(self.clients):
-            try:
-                q.put_nowait((event, text))
-            except asyncio.QueueFull:  # a tab that fell behind: drop what it missed, send a fresh start
-                while not q.empty():
-                    q.get_nowait()
-                q.put_nowait(("snapshot", "{}"))
-
-    async def events(self, request: Request) -> AsyncIterator[dict]:
-        q: asyncio.Queue = asyncio.Queue(CLIENT_QUEUE)
-        self.clients.add(q)
-        try:
-            yield {"event": "overview", "data": orjson.dumps(self.overview()).decode()}
-            while True:
-                event, data = await q.get()
-                yield {"event": event, "data": data}
-        finally:
-            self.clients.discard(q)
+            self.pushes.broadcast("snapshot", {})  # flags may have changed anywhere
+        self.pushes.push(m, self.overview)
 
 
 # ---- the web application ------------------------------------------------------------------------
