@@ -481,11 +481,11 @@ def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | Non
             click.echo(f"created {state_path(dataset)} with {len(new_state.entries)} entries", err=True)
         code = r.run()
     except DamagedState as exc:  # the state there cannot be read: nothing to run on
-        r.clear_bar()
+        r.progress.clear()
         r.stop_children()
         fail(str(exc), USAGE)
     except PipelineError as exc:
-        r.clear_bar()
+        r.progress.clear()
         r.stop_children()
         fail(str(exc), USAGE if isinstance(exc, CannotStart) else FAILED)
     except Exception as exc:  # a bug of ours: stop the children cleanly, keep the traceback in the log
@@ -493,7 +493,7 @@ def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | Non
         (dataset / "logs").mkdir(exist_ok=True)
         with open(dataset / "logs" / "run-pipeline.log", "a") as f:
             f.write(traceback.format_exc())
-        r.clear_bar()
+        r.progress.clear()
         r.stop_children()
         fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {dataset / 'logs' / 'run-pipeline.log'})")
     sys.exit(code)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from statesvc.state import Status
+from statesvc.entry import Status
 
 from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
 from .columns import STATUS_CODE

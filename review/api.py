@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
@@ -17,13 +16,11 @@ from statesvc.texts import check_text
 
 from .errors import ActionError
 from .files import takes_of
+from .hub import Hub
 from .mirror import Mirror
 from .parse import body_of, filename_of, names_of, query_of
 from .sync import reconcile
 from .words import word_diff
-
-if TYPE_CHECKING:
-    from .dashboard import Hub
 
 router = APIRouter()
 
@@ -95,12 +92,12 @@ async def api_requeue(request: Request) -> dict:
     hub = hub_of(request)
     body = await body_of(request)
     if body.get("failed") is True:
-        reply = await hub.daemon.call("requeue", keys=[], failed=True)
+        reply = await hub.follower.ask("requeue", keys=[], failed=True)
     else:
         names = names_of(body, loaded(hub))
         if not names:
             raise ActionError(400, "nothing to regenerate: give filenames, or failed or flagged: true")
-        reply = await hub.daemon.call("requeue", keys=names, failed=False)
+        reply = await hub.follower.ask("requeue", keys=names, failed=False)
     return {"requeued": len(reply["requeued"]), "moved": reply.get("moved", [])}
 
 
@@ -110,7 +107,7 @@ async def api_edit(request: Request) -> dict:
     name, text = filename_of(body.get("filename")), body.get("text")
     if check_text(text):
         raise ActionError(400, str(check_text(text)))
-    reply = await hub_of(request).daemon.call("edit", key=name, text=text, req=secrets.token_hex(8))
+    reply = await hub_of(request).follower.ask("edit", key=name, text=text, req=secrets.token_hex(8))
     return {"edited": name, "rev": reply["rev"]}
 
 
@@ -128,7 +125,7 @@ async def api_review(request: Request) -> dict:
         raise ActionError(400, "take must be the token of the take heard (the entry's take)")
     fields: dict = {"key": filename_of(body.get("filename")), "review": verdict, "note": note or None,
                     "take": take}
-    reply = await hub_of(request).daemon.call("review", **fields)
+    reply = await hub_of(request).follower.ask("review", **fields)
     return {"filename": fields["key"], "review": reply["review"]}
 
 

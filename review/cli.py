@@ -47,7 +47,8 @@ def dashboard(dataset: Path, host: str, port: int, token_file: Path | None, no_a
     need_dataset(dataset, remote_ok=False)
     try:
         from .auth import loopback, read_token
-        from .dashboard import Settings, serve
+        from .dashboard import serve
+        from .hub import Settings
         if not loopback(host) and token_file is None:
             raise click.UsageError(f"--host {host} is not loopback: give --token-file so only who holds the token "
                                    "gets in")

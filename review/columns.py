@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from statesvc.state import STATUSES, Stage, Verdict
+from statesvc.entry import STATUSES, Stage, Verdict
 
 STATUS_CODE = {s: i for i, s in enumerate(STATUSES)}
 VERDICT_CODE = {None: 0, Verdict.APPROVED: 1, Verdict.REJECTED: 2}

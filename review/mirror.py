@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from statesvc.state import STATUSES, Entry, Stage, Status
+from statesvc.entry import STATUSES, Entry, Stage, Status
 from statesvc.store import Loaded, read
 
 from .columns import STAGE_CODE, STAGES, STATUS_CODE, VERDICT_CODE, Names, Positions, grown

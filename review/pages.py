@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from statesvc.state import STATUSES
+from statesvc.entry import STATUSES
 
 from .flags import FLAG_LABELS, Flag
 from .query import MISMATCH, SORTS, Query

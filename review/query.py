@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from statesvc.state import STATUSES, Entry, Stage
+from statesvc.entry import STATUSES, Entry, Stage
 
 from .columns import STAGE_CODE, STATUS_CODE
 from .flags import BIT, Flag

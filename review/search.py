@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from statesvc.state import Entry
+from statesvc.entry import Entry
 
 from .view import ViewEntry
 

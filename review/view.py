@@ -16,7 +16,7 @@ from typing import ClassVar
 import msgspec
 import numpy as np
 
-from statesvc.state import Check, Earlier, Entry, Lease, Review, Stage, Status
+from statesvc.entry import Check, Earlier, Entry, Lease, Review, Stage, Status
 
 from .columns import grown
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .state import DURATION_TOLERANCE, is_adopted, same_duration, text_hash  # re-exported: one definition each
+from .entry import DURATION_TOLERANCE, is_adopted, same_duration, text_hash  # re-exported: one definition each
 
 __all__ = ["DURATION_TOLERANCE", "HEAD_BYTES", "TMP_PREFIX", "TAKE_PREFIX", "Observation", "Provenance", "encode_wav",
            "inspect", "is_adopted", "not_its_take", "read_provenance", "same_duration", "take_path", "text_hash",
@@ -67,15 +67,6 @@ class Provenance:
 
     def to_wire(self) -> dict:
         return {"text_hash": self.text_hash, "rev": self.rev, "token": self.token}
-
-    @staticmethod
-    def from_wire(obj: object) -> Provenance | None:
-        if not isinstance(obj, dict) or set(obj) != {"text_hash", "rev", "token"}:
-            return None
-        try:
-            return Provenance(obj["text_hash"], obj["rev"], obj["token"])
-        except ValueError:
-            return None
 
 
 @dataclass(frozen=True, slots=True)

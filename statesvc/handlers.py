@@ -9,13 +9,15 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from . import protocol
+from . import checks, protocol, reconcile
 from .atomic import fsync_dir
 from .audio import inspect, read_provenance, take_path
+from .entry import Entry, Status, is_adopted
 from .protocol import STORAGE, VALIDATORS, WRITES, ErrorKind
-from .state import Effect, Entry, Refused, State, Status, is_adopted
+from .state import Effect, Refused, State
 
 log = logging.getLogger("statesvc")
 
@@ -32,9 +34,10 @@ class Handlers:
     ``after_save``: the daemon carries those out once the change is durable, so a save that
     fails leaves the files as the state on disk describes them."""
 
-    def __init__(self, dataset: Path, state: State):
+    def __init__(self, dataset: Path, state: State, status: Callable[[float], dict] | None = None):
         self.dataset = dataset
         self.state = state
+        self.status = status  # a daemon's own view for the status op (its report.Report), if a daemon answers
         self.after_save: list[Effect] = []
         self.disk_pauses: dict[str, tuple[int, int, float]] = {}  # owner: (free, floor, when said)
         self._moved_in: set[str] = set()  # folders a move touched since the last fsync of them
@@ -69,13 +72,13 @@ class Handlers:
         self.disk_pauses.pop(a["owner"], None)
         body = self.state.died(a["owner"], now, self.finished(self.state.synthesizing_of(a["owner"])))
         return {**body, "adopted": self.adopt_orphans(now),
-                "checks_returned": self.state.expire_checks(now, a["owner"])}
+                "checks_returned": checks.expire(self.state, now, a["owner"])}
 
     def expire(self, now: float) -> list[int]:
         """End the leases past their deadline (the daemon's clock); adopt the whole takes they left."""
         expired = self.state.expire(now, self.finished(self.state.expiring(now)))
         self.adopt_orphans(now)
-        return expired + self.state.expire_checks(now)
+        return expired + checks.expire(self.state, now)
 
     def finished(self, tokens: list[str]) -> frozenset[str]:
         """Which of these leases under synthesis have their take on disk: they were not under way."""
@@ -117,22 +120,22 @@ class Handlers:
         return {**body, "moved": self.later(effects)}
 
     def on_check_claim(self, a: dict, now: float) -> dict:
-        return self.state.check_claim(a["owner"], a["n"], a["lease_seconds"], now)
+        return checks.claim(self.state, a["owner"], a["n"], a["lease_seconds"], now)
 
     def on_check_result(self, a: protocol.CheckReport, now: float) -> dict:
         e = self.state.lookup(a.id)  # only an earlier take whose file is there may come back (as promote checks)
         present = frozenset(x.file for x in e.earlier if x.rev == e.rev and (self.dataset / x.file).exists())
-        body, effects = self.state.check_result(a, now, present)
+        body, effects = checks.result(self.state, a, now, present)
         if body["applied"]:  # one line per check accepted (at debug): what a test counts
             log.debug("check accepted: entry %s take %s by %s: %s", a.id, a.take, a.owner, body["stage"])
         self.after_save.extend(effects)
         return body
 
     def on_check_release(self, a: dict, now: float) -> dict:
-        return self.state.check_release(a["owner"], a["tokens"], now)
+        return checks.release(self.state, a["owner"], a["tokens"], now)
 
     def on_check_heartbeat(self, a: dict, now: float) -> dict:
-        return self.state.check_heartbeat(a["owner"], a["tokens"], now)
+        return checks.heartbeat(self.state, a["owner"], a["tokens"], now)
 
     def on_review(self, a: dict, now: float) -> dict:
         return self.state.review(a["key"], a["verdict"], a["note"], a["take"], now)
@@ -142,8 +145,8 @@ class Handlers:
 
     def on_reconcile(self, a: dict, now: float) -> dict:
         if a["dry_run"]:
-            return self.state.preview_reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
-        body, effects = self.state.reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
+            return reconcile.preview(self.state, a["since"], a["epoch"], a["files"], a["missing"], now)
+        body, effects = reconcile.apply(self.state, a["since"], a["epoch"], a["files"], a["missing"], now)
         return {**body, "moved": self.later(effects)}
 
     # ---- reads: answered at once from memory ------------------------------
@@ -173,7 +176,8 @@ class Handlers:
                 "floor_bytes": max(p[1] for p in pauses)}
 
     def on_status(self, a: dict, now: float) -> dict:
-        return self.state.stats()
+        """The counters; a daemon answers with its own view on top (progress, rate, commits, disk)."""
+        return self.status(now) if self.status is not None else self.state.stats()
 
     def on_list(self, a: dict, now: float) -> dict:
         st = a["status"]

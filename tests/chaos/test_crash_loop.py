@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import ENV, RUN, assert_books_consistent
+from tests.system.test_pipeline import ENV, RUN, assert_books_consistent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -13,7 +13,7 @@ import pytest
 
 from statesvc.health import GB, MB, judge, min_free_bytes, paused_line
 from tests.conftest import BIN, ROOT, read_state, tmpfs, umount, wait_for
-from tests.test_dashboard import answer, browser, free_port, page  # noqa: F401 (fixtures)
+from tests.system.test_dashboard import answer, browser, free_port, page  # noqa: F401 (fixtures)
 
 ENV = {**os.environ, "PIPELINE_PYTHON": str(BIN / "python"), "PYTHONPATH": str(ROOT)}
 
@@ -71,7 +71,7 @@ def test_run_pipeline_completes_on_a_100_mb_disk_with_the_default_floor(tmp_path
 
 @pytest.mark.timeout(120)
 def test_a_pause_for_disk_space_shows_on_the_console_and_the_page_until_space_returns(
-        tmp_path: Path, small_disk, page) -> None:  # noqa: F811 (the fixture of tests/test_dashboard.py)
+        tmp_path: Path, small_disk, page) -> None:  # noqa: F811 (the fixture of tests/system/test_dashboard.py)
     ds, texts = small_disk
     junk = ds / "junk"
     junk.write_bytes(b"\0" * (60 * MB))  # about 40 MB left: under a 50 MB floor

@@ -24,7 +24,7 @@ from pipeline.cer import score
 from pipeline.synth import build, to_pcm16
 from tests.conftest import BIN
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")

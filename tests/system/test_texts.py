@@ -83,7 +83,7 @@ def test_the_daemon_refuses_add_and_edit_with_control_characters(tmp_path: Path,
 
 
 def test_the_page_refuses_an_edit_with_a_control_character(tmp_path: Path, start_daemon) -> None:
-    from tests.test_dashboard import Dashboard, request
+    from tests.system.test_dashboard import Dashboard, request
     ds = make_dataset(tmp_path, ["uno"])
     start_daemon(ds)
     dash = Dashboard(ds)

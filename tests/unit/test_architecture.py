@@ -2,7 +2,7 @@
 one line, its docstring's first sentence. A module missing from the map, one the map names that is
 gone, or a line that no longer says what the docstring says fails here; the fix is one command:
 
-    .venv/bin/python -m tests.test_architecture --write
+    .venv/bin/python -m tests.unit.test_architecture --write
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-LAYERS = ("statesvc", "pipeline", "review")  # lowest first, as in tests/test_imports.py
+LAYERS = ("statesvc", "pipeline", "review")  # lowest first, as in tests/system/test_imports.py
 DOC = Path("docs") / "ARCHITECTURE.md"
-BEGIN = "<!-- module map: drawn from the code by `.venv/bin/python -m tests.test_architecture --write` -->"
+BEGIN = "<!-- module map: drawn from the code by `.venv/bin/python -m tests.unit.test_architecture --write` -->"
 END = "<!-- end of the module map -->"
 LONG = 180  # a first sentence longer than this is cut at its first colon: what follows is the detail
 
@@ -87,7 +87,7 @@ def write(root: Path = ROOT) -> None:
 
 def test_the_module_map_is_the_codes() -> None:
     found = problems()
-    assert not found, "\n".join([*found, "redraw it: .venv/bin/python -m tests.test_architecture --write"])
+    assert not found, "\n".join([*found, "redraw it: .venv/bin/python -m tests.unit.test_architecture --write"])
 
 
 def test_a_new_module_is_missing_until_the_map_is_redrawn(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 from review.words import MAX_WORDS, word_diff
 from statesvc.client import Client
 from statesvc.endpoints import running
-from tests import test_dashboard as td
 from tests.conftest import BIN, cli, make_dataset, read_state, wait_for
-from tests.test_dashboard import ENV, get, start_generator
+from tests.system import test_dashboard as td
+from tests.system.test_dashboard import ENV, get, start_generator
 
 # the page's fixtures: a dashboard process, generators, Chromium and a page in it
 browser, page, start_dashboard, generators = td.browser, td.page, td.start_dashboard, td.generators

@@ -18,8 +18,9 @@ import pytest
 from statesvc import store
 from statesvc.audio import Provenance, encode_wav, take_path
 from statesvc.client import Client
+from statesvc.entry import Entry
 from statesvc.journal import journal_path, parse
-from statesvc.state import Entry, State
+from statesvc.state import State
 from tests.conftest import ROOT, cli, make_dataset, read_file, read_state, wait_for
 
 NO_CHECKPOINTS = ("--checkpoint-idle", "0", "--checkpoint-bytes", str(1 << 30))
@@ -176,7 +177,7 @@ def _refused_by_every_reader(ds: Path, where: str) -> None:
 
 
 def _refused_by_the_page(ds: Path) -> str:
-    from tests.test_dashboard import Dashboard, answer
+    from tests.system.test_dashboard import Dashboard, answer
     page = Dashboard(ds)
     try:
         return wait_for(lambda: answer(f"{page.url}/api/status").get("load_error"), 20, "the page's load error")

@@ -20,7 +20,7 @@ import soundfile as sf
 import pipeline.cli
 import statesvc.cli
 from tests.conftest import BIN, cli, make_dataset, wait_for
-from tests.test_dashboard import free_port
+from tests.system.test_dashboard import free_port
 
 S, P = "statesvc", "pipeline"
 

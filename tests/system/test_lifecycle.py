@@ -22,7 +22,7 @@ import zmq
 from statesvc.audio import read_provenance
 from statesvc.client import Client
 from statesvc.endpoints import connectable, running
-from statesvc.state import text_hash
+from statesvc.entry import text_hash
 from tests.conftest import BIN, ROOT, cli, fill, make_dataset, read_state, tmpfs, umount, wait_for
 
 RUN = ROOT / "bin" / "run-pipeline"

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from statesvc.client import Client
 from statesvc.endpoints import running
 from tests.conftest import BIN, cli, curve_keys, fill, make_dataset, take, tmpfs, umount, wait_for
-from tests.test_dashboard import free_port
+from tests.system.test_dashboard import free_port
 
 
 def health(ds: Path, *args: str) -> tuple[int, str]:
