@@ -1,8 +1,8 @@
 """The entries' update times as seconds (parsed fast, for sorting) and back as the text written.
 
-Not ``statesvc.state.iso``: that one formats a clock reading, cutting it to the millisecond; this
-one formats a time parsed from such a text back to it, so it rounds to the millisecond (a float
-of seconds holds .123 as .12299...).
+Written back in the state's own format (``statesvc.entry.iso``), which cuts a clock reading to
+its millisecond: a time parsed from such a text is handed to it half a millisecond on, so that a
+float that holds .123 as .12299... reads .123 again.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import calendar
 import time
 
 import numpy as np
+
+from statesvc.entry import iso
 
 
 def stamp(iso: str | None) -> float:
@@ -36,7 +38,7 @@ def stamps(isos: list[str | None]) -> np.ndarray:
 
 
 def iso_of(t: float) -> str | None:
+    """``updated_at`` as it was written, from its ``stamp`` (None: none, or not of the form written)."""
     if np.isnan(t):
         return None
-    ms = round(t * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+    return iso((round(t * 1000) + 0.5) / 1000)

@@ -285,3 +285,14 @@ def test_a_check_the_journal_replaced_is_not_shown(tmp_path: Path) -> None:
     assert m.entry("utt_2")["check"]["transcript"] == "otra cosa" and m.entry("utt_2")["stage"] == Stage.FLAGGED
     assert m.entry("utt_3")["check"]["transcript"] == "oído 3"
     assert (m.counters()["checked"], m.counters()["mismatched"], m.counters()["check_waiting"]) == (2, 1, 1)
+
+
+def test_update_times_read_back_as_written_to_the_millisecond() -> None:
+    """The copy keeps an update time as seconds (a float) and shows it in the state's own format
+    (statesvc's ``iso``, which cuts to the millisecond): every millisecond reads back as written."""
+    from review.stamps import iso_of, stamp, stamps
+    written = [f"{day}T{hms}.{ms:03d}Z" for day in ("1999-12-31", "2026-12-03", "2099-07-15")
+               for hms in ("00:00:00", "09:41:07", "23:59:59") for ms in range(1000)]
+    assert [iso_of(t) for t in stamps(written)] == written
+    assert [iso_of(stamp(s)) for s in written[::37]] == written[::37]  # one by one, as a change event is
+    assert iso_of(stamps([None])[0]) is None
