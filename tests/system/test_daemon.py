@@ -15,7 +15,8 @@ import pytest
 import zmq
 
 from statesvc.client import Client, ServiceError, Unavailable
-from tests.conftest import cli, make_dataset, read_state, take, wait_for
+from tests.support.books import make_dataset, read_state, take
+from tests.support.processes import cli, wait_for
 
 
 def client(ds: Path, timeout: float = 5.0) -> Client:
