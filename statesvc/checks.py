@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .entry import Check, Earlier, Entry, Lease, Verdict
+from .layout import set_aside_name
 from .lifecycle import CHECKED, COMPLETED, FLAGGED, LEASED, NONE_, PENDING, WAITING, Cause
 from .state import Effect, State
 
@@ -122,7 +123,7 @@ def result(state: State, msg: CheckReport, now: float, present: frozenset[str] |
 
 def _aside_name(e: Entry, now: float) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-    return f"requeued/{e.filename}.{stamp}.{e.take[-9:]}.wav"
+    return set_aside_name(f"{e.filename}.{stamp}.{e.take[-9:]}.wav")
 
 
 def _retake(state: State, e: Entry, check: Check, now: float) -> tuple[dict, list[Effect]]:
