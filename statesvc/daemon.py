@@ -185,7 +185,6 @@ class Daemon:
         self.handlers = Handlers(dataset, state, self.report.status)
         self.sockets = Sockets(endpoint, events, ctx, curve)
         self.send = self.sockets.send  # bound once: the hot path's replies
-        self.endpoint, self.events = endpoint, events
         self.notifier = Notifier()
         self.checkpoints = Checkpoints()
         self.commits = Commits(state.counts[Status.COMPLETED])
@@ -479,7 +478,7 @@ def _loop(daemon: Daemon) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     s = daemon.state  # the loop may replace it (a rollback): the last line reads daemon.state
-    log.info("serving %s on %s (events %s): %s", daemon.dataset, daemon.endpoint, daemon.events,
+    log.info("serving %s on %s (events %s): %s", daemon.dataset, daemon.sockets.endpoint, daemon.sockets.events,
              " ".join(f"{k}={v}" for k, v in s.counters().items()))
     daemon.notifier.send("READY=1\nSTATUS=serving")
     code = 0
