@@ -46,6 +46,7 @@ from .endpoints import defaults, running
 from .entry import STATUSES
 from .events import Commit, Subscriber
 from .export import FORMATS, lines
+from .layout import state_path
 from .notify import log_format
 from .protocol import BadRequest, ErrorKind
 from .state import Refused
@@ -163,7 +164,7 @@ def need_dataset(dataset: Path, remote_ok: bool = True) -> None:
     when --endpoint names a daemon elsewhere (the dataset is then the daemon's, not a local folder)."""
     if remote_ok and ds.endpoint() is not None:
         return
-    if not ds.state_path(dataset).exists():
+    if not state_path(dataset).exists():
         raise ds.DatasetError(f"no dataset at {dataset}: no state in it (create one with: "
                               f"statesvc init --dataset {dataset} --texts FILE)")
 
@@ -214,7 +215,7 @@ class _Said(logging.Formatter):
 def init(dataset: Path, texts: Path, prefix: str | None) -> None:
     """Create the state from a texts file (.txt, .csv, metadata.csv, .jsonl)."""
     state = ds.init(dataset, texts, prefix)
-    click.echo(f"created {dataset / 'generation_state.json'} with {len(state.entries)} entries")
+    click.echo(f"created {state_path(dataset)} with {len(state.entries)} entries")
     old = ds.wavs_already_there(dataset)
     if old:
         click.echo(f"note: wavs/ already holds {old} wav files. The reconciler counts a wav only for the entry "
@@ -559,7 +560,7 @@ def journal_replay(dataset: Path, up_to_damage: bool) -> None:
     refused (exit 2) unless --up-to-damage."""
     need_dataset(dataset, remote_ok=False)
     r = ds.journal_replay(dataset, up_to_damage)
-    click.echo(f"replayed {r.applied} commits ({r.versions} entry versions) onto {ds.state_path(dataset)}; "
+    click.echo(f"replayed {r.applied} commits ({r.versions} entry versions) onto {state_path(dataset)}; "
                "the journal is empty")
     if r.kept is not None:
         click.echo(f"the damaged journal was kept in {r.kept}; {len(r.lost)} acknowledged commits after the "
