@@ -46,7 +46,7 @@ from .endpoints import defaults, running
 from .entry import STATUSES
 from .events import Commit, Subscriber
 from .export import FORMATS, lines
-from .layout import state_path
+from .layout import CONTROL_SOCKET, EVENTS_SOCKET, JOURNAL_FILE, STATE_FILE, WAVS, state_path
 from .notify import log_format
 from .protocol import BadRequest, ErrorKind
 from .state import Refused
@@ -171,7 +171,7 @@ def need_dataset(dataset: Path, remote_ok: bool = True) -> None:
 
 dataset_opt = click.option("--dataset", "dataset", type=click.Path(file_okay=False, path_type=Path),
                            default=".", envvar="STATESVC_DATASET", show_envvar=True, show_default=True,
-                           help="Dataset folder (holds generation_state.json and wavs/).")
+                           help=f"Dataset folder (holds {STATE_FILE} and {WAVS}/).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 endpoint_opt = click.option(
     "--endpoint", type=TEXT, envvar="STATESVC_ENDPOINT", show_envvar=True, expose_value=False, is_eager=True,
@@ -238,9 +238,9 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
 @main.command()
 @dataset_opt
 @click.option("--endpoint", type=TEXT, default=None, envvar="STATESVC_ENDPOINT", show_envvar=True,
-              help="Control endpoint (default ipc://DIR/statesvc.sock; tcp://HOST:PORT needs CURVE keys).")
+              help=f"Control endpoint (default ipc://DIR/{CONTROL_SOCKET}; tcp://HOST:PORT needs CURVE keys).")
 @click.option("--events", type=TEXT, default=None,
-              help="PUB endpoint for change events (default: ipc://DIR/statesvc-events.sock, or the control "
+              help=f"PUB endpoint for change events (default: ipc://DIR/{EVENTS_SOCKET}, or the control "
                    "endpoint's port + 1 on tcp).")
 @click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None,
               help="How long a generator's lease lasts without a heartbeat (default 10).")
@@ -257,7 +257,7 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
               envvar="STATESVC_ALLOW", show_envvar=True, help="Folder of client public .key files allowed on tcp.")
 @click.option("--checkpoint-bytes", type=click.IntRange(4096, None), default=None,
               help="Write a checkpoint when the journal reaches this many bytes (default: half the size "
-                   "of generation_state.json, at least 1 MiB).")
+                   f"of {STATE_FILE}, at least 1 MiB).")
 @click.option("--checkpoint-idle", type=click.FloatRange(0, None), default=2.0, show_default=True,
               help="Write a checkpoint after this many seconds without a commit (0: never for idleness).")
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True, help="Log verbosity.")
@@ -553,7 +553,7 @@ def journal() -> None:
 @dataset_opt
 @click.option("--up-to-damage", is_flag=True,
               help="For a damaged journal: apply only the whole records before the first damaged one, keep "
-                   "the journal aside (generation_state.journal.damaged-TIME) and list the records after it.")
+                   f"the journal aside ({JOURNAL_FILE}.damaged-TIME) and list the records after it.")
 def journal_replay(dataset: Path, up_to_damage: bool) -> None:
     """Apply the journal's commits onto the file as it is now (what they changed takes the
     journal's value; your other edits stay), then start a fresh journal. A damaged journal is
