@@ -17,6 +17,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,7 +164,7 @@ class Checkpoints:
         return bool(self.idle and now - last_commit >= self.idle and store.seq != store.checkpoint_seq
                     and now >= self.next_try)
 
-    def answer(self, send, which, body: dict) -> None:
+    def answer(self, send: Callable[[list[bytes], bytes], None], which: Callable[[int], bool], body: dict) -> None:
         """Answer the askers whose sequence number ``which`` accepts; the others keep waiting."""
         keep = []
         for envelope, rid, seq in self.waiting:
@@ -175,6 +176,9 @@ class Checkpoints:
 
 
 class Daemon:
+    """The loop's state: the books (state, store, handlers), its parts (sockets, checkpoints, the
+    report and the commits' record for the status, metrics), and the writes waiting for a commit."""
+
     def __init__(self, dataset: Path, state: State, endpoint: str, events: str,
                  ctx: zmq.Context | None = None, curve: tuple[Path, Path] | None = None,
                  store: Store | None = None):
