@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline_overhead import make_texts  # noqa: E402
 
-from tests.corpus import texts as corpus_texts  # noqa: E402
+from tests.support.corpus import texts as corpus_texts  # noqa: E402
 
 SHAPES = {  # name: (plugin, options, texts)
     "50 ms + 10 ms/text": ("gpu_like:GpuLike", {"per_call": "0.05", "per_text": "0.01"}, "plain"),
@@ -124,7 +124,8 @@ def lengths_table(a: argparse.Namespace, root: Path) -> str:
     ratios = [b / c for c, b in zip(rates["claim order"], rates["length-aware"], strict=True)]
     rows = "\n".join(f"| {i + 1} | {c:.1f} | {b:.1f} | {r:.2f}x |" for i, (c, b, r)
                      in enumerate(zip(rates["claim order"], rates["length-aware"], ratios, strict=True)))
-    return (f"{len(texts)} texts of a real corpus's lengths (tests/corpus.py: 8 to 300 characters), 1 generator, "
+    return (f"{len(texts)} texts of a real corpus's lengths (tests/support/corpus.py: 8 to 300 characters), "
+            "1 generator, "
             "batch 16, the padded model (20 ms a call + 0.05 ms per character of the longest text, per text); "
             "whole job, start-up and final reconcile included.\n\n| run | claim order texts/s | length-aware "
             f"texts/s | ratio |\n|---:|---:|---:|---:|\n{rows}\n\nMedian ratio **{statistics.median(ratios):.2f}x** "

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from statesvc import layout
 from statesvc.atomic import SaveFailed
 from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
-from statesvc.dataset import create_prepared, prepare_init, state_path
+from statesvc.dataset import create_prepared, prepare_init
 from statesvc.dataset import entries as dataset_entries
 from statesvc.dataset import status as dataset_status
 from statesvc.endpoints import running
+from statesvc.layout import state_path
 
 from .progress import Progress, fmt_seconds
 from .synth import BUILTIN, resolve
@@ -191,7 +193,7 @@ class Run:
 
     # ---- children --------------------------------------------------------
     def spawn(self, name: str, argv: list[str], leases: bool = False, gpu: str | None = None) -> Child:
-        c = Child(name, argv, self.dataset / "logs" / f"{name}.log", leases=leases, gpu=gpu)
+        c = Child(name, argv, layout.log_path(self.dataset, name), leases=leases, gpu=gpu)
         c.start("first start")
         self.children.append(c)
         return c
@@ -215,11 +217,11 @@ class Run:
             self.spawn("dashboard", [*command("statesvc"), "dashboard", "--dataset", ds,
                                      "--port", str(self.dashboard_port)])
             self.say(f"review dashboard: http://127.0.0.1:{self.dashboard_port}/ (log: "
-                     f"{self.dataset / 'logs' / 'dashboard.log'})")
+                     f"{layout.log_path(self.dataset, 'dashboard')})")
 
     def create(self, state: State) -> None:
         """Write the new state while the generators load their models."""
-        (self.dataset / "wavs").mkdir(parents=True, exist_ok=True)
+        layout.wavs(self.dataset).mkdir(parents=True, exist_ok=True)
         self.start_generators()
         try:
             create_prepared(self.dataset, state)
@@ -428,7 +430,7 @@ class Run:
         from statesvc.audio import TMP_PREFIX  # soundfile: not before the children start
         ours = {str(pid) for c in self.children if c.name.startswith("generate-") for pid in c.pids}
         removed = 0
-        for path in (self.dataset / "wavs").glob(f"{TMP_PREFIX}*.wav"):
+        for path in layout.wavs(self.dataset).glob(f"{TMP_PREFIX}*.wav"):
             if path.name.rsplit(".", 2)[-2] in ours:
                 path.unlink(missing_ok=True)
                 removed += 1

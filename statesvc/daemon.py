@@ -24,7 +24,7 @@ import msgspec
 import orjson
 import zmq
 
-from . import events, protocol
+from . import events, layout, protocol
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir
 from .curve import CurveError, secure_server
 from .endpoints import defaults
@@ -339,7 +339,7 @@ class Daemon:
         if self.handlers.promoted:  # the takes' renames are durable before the state counts them
             self.handlers.promoted = False
             try:
-                fsync_dir(self.dataset / "wavs")
+                fsync_dir(layout.wavs(self.dataset))
             except OSError as exc:
                 raise SaveFailed(f"fsync of wavs/: {exc.strerror}") from None
         written = self.store.commit(self.state)

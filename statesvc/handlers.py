@@ -16,14 +16,12 @@ from . import checks, protocol, reconcile
 from .atomic import fsync_dir
 from .audio import inspect, read_provenance, take_path
 from .entry import Entry, Status, is_adopted
+from .layout import QUARANTINE, SET_ASIDE, STALE, set_aside, wav_name, wav_path
 from .protocol import STORAGE, VALIDATORS, WRITES, ErrorKind
 from .state import Effect, Refused, State
 
 log = logging.getLogger("statesvc")
 
-QUARANTINE = "quarantine"   # files that are not valid audio
-SET_ASIDE = "requeued"      # an entry's earlier takes (requeue, edit)
-STALE = "stale"             # takes that do not count: late, of another text or revision, over another's lease
 FOLDERS = {"quarantine": QUARANTINE, "set_aside": SET_ASIDE, "stale": STALE, "settle": SET_ASIDE}
 PAUSE_TTL = 10.0  # seconds a generator's disk pause holds unless said again (it says it every 2 s)
 
@@ -209,7 +207,7 @@ class Handlers:
             return True
         if any(x.filename == e.filename and (x.token is None or x.kind == "restore") for x in self.after_save):
             return False  # the wav under the name is on its way out (set aside, restored, stale)
-        prov = read_provenance(self.dataset / "wavs" / f"{e.filename}.wav")
+        prov = read_provenance(wav_path(self.dataset, e.filename))
         return prov is not None and prov.token == a["token"]
 
     def promote(self, a: dict) -> None:
@@ -217,7 +215,7 @@ class Handlers:
         e = self.state.lookup(a["id"])
         src = take_path(self.dataset, e.filename, a["token"])
         try:
-            os.replace(src, self.dataset / "wavs" / f"{e.filename}.wav")
+            os.replace(src, wav_path(self.dataset, e.filename))
         except FileNotFoundError:
             return  # promoted before a failed save or a restart: take_ready saw it under the name
         except OSError as exc:
@@ -232,12 +230,11 @@ class Handlers:
         """Queue moves for after the save; the reply names where each file will go."""
         self.after_save.extend(effects)
         return [f"{FOLDERS[e.kind]}/{e.filename}.wav" for e in effects
-                if os.path.lexists(os.path.join(self.dataset, "wavs", f"{e.filename}.wav"))]
+                if os.path.lexists(os.path.join(self.dataset, wav_name(e.filename)))]
 
     def carry_out(self, effects: list[Effect]) -> list[str]:
         """Move bad, set-aside or stale wavs out of wavs/; nothing is ever deleted."""
         moved = []
-        wavs = os.path.join(self.dataset, "wavs")
         for eff in effects:
             if eff.kind == "restore":
                 moved += self._restore(eff)
@@ -247,14 +244,14 @@ class Handlers:
                 moved += self.settle(e, self._aside_listing()) if e is not None else []
                 continue
             if eff.dest is not None:  # a retake: the name the state recorded
-                src = os.path.join(wavs, f"{eff.filename}.wav")
+                src = os.path.join(self.dataset, wav_name(eff.filename))
                 if self._move(src, self.dataset / eff.dest):
                     moved.append(eff.dest)
                 continue
             if eff.kind == "stale" and eff.token is not None:
                 src = str(take_path(self.dataset, eff.filename, eff.token))
             else:  # a str: a requeue of thousands costs a stat each, not more
-                src = os.path.join(wavs, f"{eff.filename}.wav")
+                src = os.path.join(self.dataset, wav_name(eff.filename))
             if not os.path.lexists(src):
                 continue
             folder = self.dataset / FOLDERS[eff.kind]
@@ -281,7 +278,7 @@ class Handlers:
 
     def _aside_listing(self) -> list[str]:
         try:
-            return os.listdir(self.dataset / SET_ASIDE)
+            return os.listdir(set_aside(self.dataset))
         except OSError:
             return []
 
@@ -298,7 +295,7 @@ class Handlers:
         commit of a retake or restore and its moves: a take a check set aside that sits under the
         entry's name goes to its file under requeued/; the current take, found under requeued/ (its
         token ends the file's name) while nothing is under the entry's name, comes back."""
-        wav = self.dataset / "wavs" / f"{e.filename}.wav"
+        wav = wav_path(self.dataset, e.filename)
         moved: list[str] = []
         prov = read_provenance(wav)
         aside = None if prov is None or prov.token == e.take else \
@@ -312,11 +309,11 @@ class Handlers:
         if e.status == Status.COMPLETED and e.take is not None and not os.path.lexists(wav):
             ending = f".{e.take[-9:]}.wav"
             for n in sorted(n for n in listing if n.startswith(f"{e.filename}.") and n.endswith(ending)):
-                src = self.dataset / SET_ASIDE / n
+                src = set_aside(self.dataset) / n
                 p = read_provenance(src)
                 if (p is not None and p.token == e.take) or (p is None and is_adopted(e.take)):
                     if self._move(str(src), wav):
-                        moved.append(f"wavs/{e.filename}.wav")
+                        moved.append(wav_name(e.filename))
                     break
         if moved:
             log.warning("%s: redid the moves its retake or restore implies: %s", e.filename, ", ".join(moved))
@@ -325,7 +322,7 @@ class Handlers:
     def _restore(self, eff: Effect) -> list[str]:
         """An earlier take back under the entry's name (the state records it): the current take to
         its recorded name under requeued/ first, so nothing is overwritten."""
-        wav = self.dataset / "wavs" / f"{eff.filename}.wav"
+        wav = wav_path(self.dataset, eff.filename)
         if not (self.dataset / eff.source).exists():
             log.error("cannot bring %s back: it is gone (the reconciler will record the take in wavs/)", eff.source)
             return []
@@ -333,7 +330,7 @@ class Handlers:
             return []
         if not self._move(str(self.dataset / eff.source), wav):
             return [eff.dest]
-        return [eff.dest, f"wavs/{eff.filename}.wav"]
+        return [eff.dest, wav_name(eff.filename)]
 
     def _move(self, src: str, dst: Path) -> bool:
         try:

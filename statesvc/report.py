@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import layout
+
 if TYPE_CHECKING:
     from .daemon import Daemon
 
@@ -43,7 +45,7 @@ def disk_space(dataset: Path) -> tuple[int, int]:
     """(free for us, total) bytes of the fuller of the state's and wavs/' filesystems (often one,
     not always: wavs/ may be a mount of its own); (-1, 0) if neither can be asked."""
     seen = []
-    for folder in (dataset, dataset / "wavs"):
+    for folder in (dataset, layout.wavs(dataset)):
         try:
             st = os.statvfs(folder)
         except OSError:

@@ -1,166 +1,105 @@
-"""Test support: real daemon processes on temp folders, polling with deadlines."""
+"""The fixtures: real daemon, dashboard and generator processes stopped after each test, Chromium,
+small real filesystems, the packaged speech models. The helpers they use are in tests/support/."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
-    """Poll ``cond`` until it returns something truthy, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def cli(*args: str, env: dict | None = None, check: bool = False, timeout: float = 60,
-        tool: str = "statesvc") -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{tool} {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def read_state(dataset: Path) -> dict:
-    """The state as every reader sees it (the file, then its journal), shaped like the file."""
-    from statesvc.store import load
-    s = load(dataset)
-    return {**s.counters(), "sample_rate": s.sample_rate, "answers": s.answers,
-            "entries": [e.to_dict() for e in s.entries]}
-
-
-def read_file(dataset: Path) -> dict:
-    """generation_state.json alone, as a person or the post-mortem's snippet reads it."""
-    return orjson.loads((dataset / "generation_state.json").read_bytes())
-
-
-def curve_keys(root: Path, allowed: tuple[str, ...], others: tuple[str, ...] = ()) -> tuple[Path, Path]:
-    """CURVE key pairs in ``root/keys`` (the daemon's and each client's) and an allow folder
-    ``root/allow`` holding the public keys of ``allowed`` only."""
-    keys, allow = root / "keys", root / "allow"
-    for name in ("daemon", *allowed, *others):
-        cli("keygen", "--out", str(keys), "--name", name, check=True)
-    allow.mkdir()
-    for name in allowed:
-        (allow / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
-    return keys, allow
-
-
-def make_dataset(root: Path, texts: list[str], name: str = "ds") -> Path:
-    ds = root / name
-    tf = root / f"{name}-texts.txt"
-    tf.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    cli("init", "--dataset", str(ds), "--texts", str(tf), check=True)
-    return ds
-
-
-class Daemon:
-    """A real `statesvc serve` subprocess."""
-
-    def __init__(self, dataset: Path, *args: str, env: dict | None = None):
-        self.dataset = dataset
-        self.log = dataset.parent / f"serve-{time.monotonic_ns()}.log"
-        self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen([str(BIN / "statesvc"), "serve", "--dataset", str(dataset), *args],
-                                     stdout=self._logf, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
-
-    def wait_ready(self, timeout: float = 15.0) -> Daemon:
-        from statesvc.client import Client, Unavailable
-        from statesvc.endpoints import running
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
-            rec = running(self.dataset)
-            if not rec or rec.get("pid") != self.proc.pid:
-                return False
-            c = Client(rec["endpoint"], timeout=0.5, retries=1)
-            try:
-                return c.call("ping")["pid"] == self.proc.pid
-            except Unavailable:
-                return False
-            finally:
-                c.close()
-        wait_for(ready, timeout, "daemon ready")
-        return self
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=30)
-        self._logf.close()
-        return code
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+from tests.support.disks import Tmpfs, Unmountable
+from tests.support.page import CHROMIUM, CHROMIUM_ARGS, DashboardProcess
+from tests.support.processes import DaemonProcess
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
     yield started
     for d in started:
         d.kill()
 
 
 @pytest.fixture
-def start_daemon(daemons: list[Daemon]) -> Callable[..., Daemon]:
-    def start(dataset: Path, *args: str, env: dict | None = None, ready: bool = True) -> Daemon:
-        d = Daemon(dataset, *args, env=env)
+def start_daemon(daemons: list[DaemonProcess]) -> Callable[..., DaemonProcess]:
+    def start(dataset: Path, *args: str, env: dict | None = None, ready: bool = True) -> DaemonProcess:
+        d = DaemonProcess(dataset, *args, env=env)
         daemons.append(d)
         return d.wait_ready() if ready else d
     return start
 
 
-def take(c: dict, duration: float = 1.0, sample_rate: int = 22050, **kw: object) -> dict:
-    """A completed result for the claimed item ``c``, as a generator sends it, with no take file
-    (a client of the books alone)."""
-    return {"id": c["id"], "token": c["token"], "status": "completed", "duration_seconds": duration,
-            "sample_rate": sample_rate, "text_hash": c["text_hash"], "rev": c["rev"], "take_file": False, **kw}
+@pytest.fixture
+def small_fs() -> Iterator[Callable[[Path, str], Tmpfs]]:
+    """Mount a real filesystem of a given size (a tmpfs, ``small_fs(folder, "2m")``) on a folder, to
+    fill it to the last byte (``.fill()``) or grow it (``.resize("50m")``); unmounted after the test.
+    Skips the test without root or where mounts are not allowed."""
+    mounted: list[Tmpfs] = []
 
-
-# ---- full disks for real: small tmpfs mounts ------------------------------------------------
-def tmpfs(point: Path, size: str) -> None:
-    point.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"tmpfs mounts are not allowed here: {r.stderr.strip()}")
-
-
-def umount(point: Path) -> None:
-    subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
-def fill(folder: Path) -> Path:
-    junk = folder / "junk"
-    with open(junk, "wb") as f:
+    def mount(point: Path, size: str) -> Tmpfs:
         try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
-    return junk
+            disk = Tmpfs(point, size)
+        except Unmountable as exc:
+            pytest.skip(str(exc))
+        mounted.append(disk)
+        return disk
+    yield mount
+    for disk in reversed(mounted):
+        disk.umount()
+
+
+@pytest.fixture
+def start_dashboard() -> Iterator[Callable[..., DashboardProcess]]:
+    """Start a dashboard on a dataset and wait until it has loaded it; stopped after the test."""
+    started: list[DashboardProcess] = []
+
+    def start(dataset: Path, *args: str, headers: dict | None = None) -> DashboardProcess:
+        d = DashboardProcess(dataset, *args)
+        started.append(d)
+        return d.ready(headers)
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def generators(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    """Generator processes a test starts (``tests.support.page.start_generator``), killed after it."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium through Playwright, one per test module."""
+    if not os.path.exists(CHROMIUM):
+        # A headline test: without its browser it fails loudly rather than skipping unseen.
+        pytest.fail("no chromium at /usr/bin/chromium: apt-get install chromium (bin/run-tests does it as root)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[object]:
+    """A page in its own browser context; the test fails if the page raised."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(20_000)
+    yield pg
+    ctx.close()
+    assert not errors, f"the page raised: {errors}"
 
 
 @pytest.fixture(scope="session")

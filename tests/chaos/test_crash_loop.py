@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.test_pipeline import ENV, RUN, assert_books_consistent
+from tests.support.runs import ENV, RUN, assert_books_consistent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -48,7 +48,7 @@ def test_crash_loop_2000_entries_4_generators(tmp_path: Path) -> None:
     ds = tmp_path / "chaos"
     log = tmp_path / "synth.log"
     proc = subprocess.Popen([str(RUN), "--dataset", str(ds), "--texts", str(texts), "--workers", "4",
-                             "--synth", "tests.plugins:Chaotic", "--synth-opt", f"log={log}",
+                             "--synth", "tests.support.plugins:Chaotic", "--synth-opt", f"log={log}",
                              "--synth-opt", "delay=0.1", "--lease-seconds", "3", "--reconcile-interval", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     kills: collections.Counter = collections.Counter()

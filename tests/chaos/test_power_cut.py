@@ -31,7 +31,7 @@ from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.entry import Entry
 from statesvc.state import State
 from statesvc.store import DamagedState, create, load, read_state
-from tests.conftest import take
+from tests.support.books import take
 
 FS_IOC_SHUTDOWN = 0x8004587D          # _IOR('X', 125, __u32)
 FS_GOING_DOWN_NOLOGFLUSH = 2

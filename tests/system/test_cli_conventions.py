@@ -19,8 +19,8 @@ import soundfile as sf
 
 import pipeline.cli
 import statesvc.cli
-from tests.conftest import BIN, cli, make_dataset, wait_for
-from tests.system.test_dashboard import free_port
+from tests.support.books import make_dataset
+from tests.support.processes import BIN, cli, free_port, wait_for
 
 S, P = "statesvc", "pipeline"
 

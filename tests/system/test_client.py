@@ -15,7 +15,7 @@ import zmq.asyncio
 
 from statesvc.client import AsyncClient, Client, NoDaemon, ServiceError, Unavailable
 from statesvc.protocol import ErrorKind
-from tests.conftest import make_dataset
+from tests.support.books import make_dataset
 
 
 def both(dataset_or_endpoint: Path | str, op: str, timeout: float = 5.0, **fields: object) -> list[object]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,8 @@ import zmq
 
 from statesvc.client import Client, Unavailable
 from statesvc.curve import CurveError
-from tests.conftest import cli, curve_keys, make_dataset, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.books import curve_keys, make_dataset
+from tests.support.processes import cli, free_port, wait_for
 
 
 @pytest.fixture

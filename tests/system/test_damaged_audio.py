@@ -9,7 +9,8 @@ import numpy as np
 import orjson
 import soundfile as sf
 
-from tests.conftest import cli, make_dataset, read_state
+from tests.support.books import make_dataset, read_state
+from tests.support.processes import cli
 
 SR = 22050
 

@@ -6,129 +6,28 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy
 import orjson
-import pytest
 
 from statesvc.audio import encode_wav
-from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
+from tests.support.books import make_dataset, read_state
+from tests.support.page import ENV, answer, get, request, start_generator
+from tests.support.processes import BIN, ROOT, cli, free_port, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DOCS = ROOT / "docs"
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-SLOW_SYNTH = ["--synth", "tests.plugins:BadTakes", "--synth-opt", "delay=0.08", "--synth-opt", "seconds_per_char=0.05"]
 
 TEXTS = [f"Frase número {i} para la voz nueva, con ñ y acentos." for i in range(1, 31)]
 BAD = ["SILENCIO al principio de esta frase de prueba.", "CORTADO a la mitad de esta frase larga.",
        "MUDO casi sin voz en esta frase de prueba."]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Dashboard:
-    """A real `statesvc dashboard` subprocess."""
-
-    def __init__(self, dataset: Path, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = dataset.parent / f"dashboard-{self.port}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([str(BIN / "statesvc"), "dashboard", "--dataset", str(dataset),
-                                          "--port", str(self.port), *args], stdout=out, stderr=subprocess.STDOUT,
-                                         env=ENV)
-
-    def ready(self, headers: dict | None = None) -> Dashboard:
-        def up() -> bool:
-            assert self.proc.poll() is None, f"dashboard exited:\n{self.log.read_text()}"
-            try:
-                return not get(f"{self.url}/api/status", headers)[1].get("loading", True)
-            except OSError:
-                return False
-        wait_for(up, 20, "the dashboard to answer")
-        return self
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def get(url: str, headers: dict | None = None) -> tuple[int, dict]:
-    return request("GET", url, None, headers)
-
-
-def answer(url: str) -> dict:
-    """The JSON at ``url``, or {} while nothing listens there yet."""
-    try:
-        return get(url)[1]
-    except OSError:
-        return {}
-
-
-def request(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            raw, status = resp.read(), resp.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    try:
-        return status, orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return status, {"raw": raw[:200]}
-
-
-@pytest.fixture
-def start_dashboard() -> Iterator[Callable[..., Dashboard]]:
-    """Start a dashboard on a dataset and wait until it has loaded it; stopped after the test."""
-    started: list[Dashboard] = []
-
-    def start(dataset: Path, *args: str, headers: dict | None = None) -> Dashboard:
-        d = Dashboard(dataset, *args)
-        started.append(d)
-        return d.ready(headers)
-    yield start
-    for d in started:
-        d.stop()
-
-
-@pytest.fixture
-def generators(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-
-
-def start_generator(ds: Path, procs: list[subprocess.Popen], *extra: str, synth: list[str] = SLOW_SYNTH
-                    ) -> subprocess.Popen:
-    with open(ds.parent / f"gen-{len(procs)}.log", "wb") as log:
-        p = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), *synth, *extra],
-                             stdout=log, stderr=subprocess.STDOUT, env=ENV)
-    procs.append(p)
-    return p
 
 
 def generated(tmp_path: Path, texts: list[str], start_daemon, procs: list[subprocess.Popen], stop: bool = False
@@ -143,32 +42,6 @@ def generated(tmp_path: Path, texts: list[str], start_daemon, procs: list[subpro
         gen.send_signal(signal.SIGTERM)
         gen.wait(20)
     return ds, daemon, gen
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        # A headline test: without its browser it fails loudly rather than skipping unseen.
-        pytest.fail("no chromium at /usr/bin/chromium: apt-get install chromium (bin/run-tests does it as root)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--autoplay-policy=no-user-gesture-required"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser) -> Iterator[object]:
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = ctx.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.set_default_timeout(20_000)
-    yield pg
-    ctx.close()
-    assert not errors, f"the page raised: {errors}"
 
 
 def entry_of(ds: Path, name: str) -> dict:
@@ -827,7 +700,7 @@ def test_a_text_built_to_break_out_of_embedded_json_leaves_every_page_working(
     ds = tmp_path / "ds"
     cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
     start_daemon(ds, "--max-attempts", "1")
-    start_generator(ds, generators, synth=["--synth", "tests.plugins:Flaky"])  # fails on RAISE
+    start_generator(ds, generators, synth=["--synth", "tests.support.plugins:Flaky"])  # fails on RAISE
     wait_for(lambda: read_state(ds)["failed"] == 1 and read_state(ds)["completed"] == 4, 60, "the run to finish")
     cli("review", "--dataset", str(ds), "bien_1", "rejected", "--note", PLANTED, check=True)
     dash = start_dashboard(ds)

@@ -13,12 +13,9 @@ import pytest
 from review.words import MAX_WORDS, word_diff
 from statesvc.client import Client
 from statesvc.endpoints import running
-from tests.conftest import BIN, cli, make_dataset, read_state, wait_for
-from tests.system import test_dashboard as td
-from tests.system.test_dashboard import ENV, get, start_generator
-
-# the page's fixtures: a dashboard process, generators, Chromium and a page in it
-browser, page, start_dashboard, generators = td.browser, td.page, td.start_dashboard, td.generators
+from tests.support.books import make_dataset, read_state
+from tests.support.page import ENV, get, start_generator
+from tests.support.processes import BIN, cli, wait_for
 
 TEXTS = [f"Frase número {i} para la voz nueva, con ñ y acentos." for i in range(1, 7)]
 HOSTILE = 'frase </script><script>window.__pwned=1</script> <img src=x onerror="window.__pwned=2"> para la voz'
@@ -67,7 +64,7 @@ def checked(tmp_path: Path, start_daemon, generators) -> tuple[Path, dict[str, f
     ds = make_dataset(tmp_path, TEXTS)
     start_daemon(ds, "--max-cer", "0.3", "--max-takes", "2")
     # a voice that is not deterministic (a wrong take of a deterministic one is flagged, not retaken)
-    start_generator(ds, generators, synth=["--synth", "tests.plugins:Worsening", "--synth-opt",
+    start_generator(ds, generators, synth=["--synth", "tests.support.plugins:Worsening", "--synth-opt",
                                            f"count={tmp_path / 'takes'}", "--synth-opt", "voice=es"])
     wait_for(lambda: read_state(ds)["completed"] == len(TEXTS), 60, "the takes")
     names = [f"ds_{i:04d}" for i in range(1, 7)]
@@ -179,7 +176,7 @@ def test_regenerate_all_flagged_includes_what_says_something_else(checked, start
 @pytest.mark.slow  # ~30 s: Piper takes heard by tiny.en
 def test_the_real_checker_s_transcripts_reach_the_page(tmp_path: Path, asr_models: dict, start_daemon,
                                                        start_dashboard, page) -> None:
-    from tests.planted import EN_TEXTS
+    from tests.support.planted import EN_TEXTS
     ds = make_dataset(tmp_path, EN_TEXTS[:3])
     start_daemon(ds)
     dash = start_dashboard(ds, "--no-analysis")

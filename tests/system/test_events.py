@@ -16,7 +16,8 @@ from statesvc import events
 from statesvc.client import Client
 from statesvc.endpoints import running
 from statesvc.events import AsyncSubscriber, Beat, Commit, Follow, Subscriber, follow
-from tests.conftest import make_dataset, wait_for
+from tests.support.books import make_dataset
+from tests.support.processes import wait_for
 
 
 def next_commit(sub: Subscriber, timeout: float = 10.0) -> Commit:

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from statesvc.client import Client
-from tests.conftest import make_dataset, read_state
+from tests.support.books import make_dataset, read_state
 
 
 def malformed(rng: random.Random) -> list[bytes]:

@@ -15,7 +15,8 @@ import pytest
 from pipeline.batches import next_batch
 from pipeline.gpus import NoGpus, discover, resolve
 from pipeline.synth import OutOfMemory, is_out_of_memory
-from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
+from tests.support.books import make_dataset, read_state
+from tests.support.processes import BIN, ROOT, cli, wait_for
 
 RUN = ROOT / "bin" / "run-pipeline"
 ENV = {**os.environ, "PIPELINE_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
@@ -46,7 +47,7 @@ def test_sigkill_while_writing_and_synthesizing_charges_only_the_text_under_synt
     texts = ["texto uno", "texto dos WRITEHOLD", "texto tres", "texto cuatro", "texto cinco SYNTHHOLD"]
     ds = tmp_path / "ds"
     proc = subprocess.Popen([str(RUN), "--dataset", str(ds), "--texts", str(texts_file(tmp_path, texts)),
-                             "--workers", "1", "--batch", "4", "--synth", "tests.plugins:HeldWriter",
+                             "--workers", "1", "--batch", "4", "--synth", "tests.support.plugins:HeldWriter",
                              "--synth-opt", f"gate={gate}", "--synth-opt", f"marks={marks}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
@@ -88,7 +89,7 @@ def test_a_death_while_only_writing_charges_nobody(tmp_path: Path, start_daemon)
     log = tmp_path / "generate.log"
     with open(log, "wb") as out:
         gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--owner", "gen-a",
-                                "--synth", "tests.plugins:HeldWriter", "--synth-opt", f"gate={gate}",
+                                "--synth", "tests.support.plugins:HeldWriter", "--synth-opt", f"gate={gate}",
                                 "--synth-opt", f"marks={marks}", "--log-level", "DEBUG"],
                                stdout=out, stderr=subprocess.STDOUT, env=ENV)
     try:
@@ -114,7 +115,7 @@ def gpus_seen(log: Path) -> list[str]:
 def test_gpus_list_gives_each_generator_its_gpu(tmp_path: Path) -> None:
     log = tmp_path / "seen.log"
     r = run_pipeline("--dataset", str(tmp_path / "ds"), "--texts", str(texts_file(tmp_path, ["a", "b", "c"])),
-                     "--gpus", "0,1", "--synth", "tests.plugins:GpuSeen", "--synth-opt", f"log={log}",
+                     "--gpus", "0,1", "--synth", "tests.support.plugins:GpuSeen", "--synth-opt", f"log={log}",
                      "--synth-opt", "expect=2")
     assert r.returncode == 0, r.stderr
     assert gpus_seen(log) == ["0", "1"]
@@ -134,7 +135,7 @@ def test_gpus_all_reads_a_stand_in_nvidia_smi(tmp_path: Path) -> None:
     log = tmp_path / "seen.log"
     env = {**ENV, "PATH": f"{fake}:{ENV['PATH']}"}
     r = run_pipeline("--dataset", str(tmp_path / "ds"), "--texts", str(texts_file(tmp_path, ["a", "b"])),
-                     "--gpus", "all", "--per-gpu", "2", "--synth", "tests.plugins:GpuSeen",
+                     "--gpus", "all", "--per-gpu", "2", "--synth", "tests.support.plugins:GpuSeen",
                      "--synth-opt", f"log={log}", "--synth-opt", "expect=4", env=env)
     assert r.returncode == 0, r.stderr
     assert gpus_seen(log) == ["0", "0", "1", "1"]
@@ -185,7 +186,8 @@ def test_out_of_memory_splits_uncharged_grows_back_and_charges_a_text_alone(tmp_
     texts = [f"frase corta número {i}" for i in range(1, 241)]
     texts.insert(2, "una frase HUGE que nunca cabe")
     r = run_pipeline("--dataset", str(tmp_path / "ds"), "--texts", str(texts_file(tmp_path, texts)),
-                     "--workers", "1", "--batch", "16", "--max-attempts", "3", "--synth", "tests.plugins:OomAbove",
+                     "--workers", "1", "--batch", "16", "--max-attempts", "3",
+                     "--synth", "tests.support.plugins:OomAbove",
                      "--synth-opt", f"log={log}", "--synth-opt", "refuse=10", "--synth-opt", "seconds_per_char=0.001")
     assert r.returncode == 3, r.stderr  # finished with a failed entry
     entries = by_text(tmp_path / "ds")
@@ -249,7 +251,7 @@ def test_a_long_text_completes_while_short_ones_keep_coming(tmp_path: Path, star
     add_shorts()
     # 20 batches of 4 a second: slower than the short texts come in, so the queue never runs dry
     gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--batch", "4",
-                            "--synth", "tests.plugins:Padded", "--synth-opt", f"log={log}",
+                            "--synth", "tests.support.plugins:Padded", "--synth-opt", f"log={log}",
                             "--synth-opt", "per_call=0.05"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:

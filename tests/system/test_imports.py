@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import ROOT, cli, make_dataset
+from tests.support.books import make_dataset
+from tests.support.processes import ROOT, cli
 
 LAYERS = ("statesvc", "pipeline", "review")  # lowest first
 WEB = ("fastapi", "starlette", "uvicorn", "sse_starlette")  # what the `review` extra installs

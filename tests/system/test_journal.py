@@ -21,7 +21,8 @@ from statesvc.client import Client
 from statesvc.entry import Entry
 from statesvc.journal import journal_path, parse
 from statesvc.state import State
-from tests.conftest import ROOT, cli, make_dataset, read_file, read_state, wait_for
+from tests.support.books import make_dataset, read_file, read_state
+from tests.support.processes import ROOT, cli, wait_for
 
 NO_CHECKPOINTS = ("--checkpoint-idle", "0", "--checkpoint-bytes", str(1 << 30))
 
@@ -177,8 +178,8 @@ def _refused_by_every_reader(ds: Path, where: str) -> None:
 
 
 def _refused_by_the_page(ds: Path) -> str:
-    from tests.system.test_dashboard import Dashboard, answer
-    page = Dashboard(ds)
+    from tests.support.page import DashboardProcess, answer
+    page = DashboardProcess(ds)
     try:
         return wait_for(lambda: answer(f"{page.url}/api/status").get("load_error"), 20, "the page's load error")
     finally:
@@ -427,7 +428,7 @@ def test_lease_renewals_and_phases_are_journalled_compactly_and_replayed(tmp_pat
 
 def _random_change(s: State, rng: random.Random, mine: list[dict], owner: str, op: str, now: float,
                    step: int) -> None:
-    from tests.conftest import take
+    from tests.support.books import take
     if op == "claim":
         mine += s.claim(owner, rng.randint(1, 4), None, now)["entries"]
     elif op in ("result", "fail", "release") and mine:

@@ -23,7 +23,8 @@ from statesvc.audio import read_provenance
 from statesvc.client import Client
 from statesvc.endpoints import connectable, running
 from statesvc.entry import text_hash
-from tests.conftest import BIN, ROOT, cli, fill, make_dataset, read_state, tmpfs, umount, wait_for
+from tests.support.books import make_dataset, read_state
+from tests.support.processes import BIN, ROOT, cli, wait_for
 
 RUN = ROOT / "bin" / "run-pipeline"
 ENV = {**os.environ, "PIPELINE_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
@@ -120,7 +121,8 @@ def test_poison_text_under_run_pipeline_fails_alone_and_quickly(tmp_path: Path) 
     texts.write_text("\n".join(lines) + "\n")
     ds = tmp_path / "poison"
     started = time.monotonic()
-    r = run_pipeline("--dataset", str(ds), "--texts", str(texts), "--workers", "2", "--synth", "tests.plugins:Flaky")
+    r = run_pipeline("--dataset", str(ds), "--texts", str(texts), "--workers", "2",
+                     "--synth", "tests.support.plugins:Flaky")
     wall = time.monotonic() - started
     assert r.returncode == 3, r.stderr
     doc = read_state(ds)
@@ -135,7 +137,7 @@ def test_poison_text_under_run_pipeline_fails_alone_and_quickly(tmp_path: Path) 
     assert wall < 60, f"run took {wall:.1f} s"
 
 
-@pytest.mark.parametrize("synth", ["tests.plugins:Flaky", "tests.plugins:BatchedFlaky"])
+@pytest.mark.parametrize("synth", ["tests.support.plugins:Flaky", "tests.support.plugins:BatchedFlaky"])
 def test_a_poison_text_in_batches_fails_alone(tmp_path: Path, synth: str) -> None:
     """--batch 4: a text that kills its generator is found and charged, not its batch-mates
     (a batch that dies goes back uncharged and its entries are tried one at a time)."""
@@ -158,7 +160,7 @@ def test_long_syntheses_keep_their_leases(tmp_path: Path) -> None:
     log = tmp_path / "synth.log"
     ds = tmp_path / "long"
     r = run_pipeline("--dataset", str(ds), "--texts", str(texts), "--workers", "2", "--lease-seconds", "2",
-                     "--synth", "tests.plugins:Chaotic", "--synth-opt", f"log={log}", "--synth-opt", "delay=6")
+                     "--synth", "tests.support.plugins:Chaotic", "--synth-opt", f"log={log}", "--synth-opt", "delay=6")
     assert r.returncode == 0, r.stderr
     done = collections.Counter(line.split("\t")[1] for line in log.read_text().splitlines())
     assert done == {"primera frase larga": 1, "segunda frase larga": 1, "tercera frase larga": 1}, done
@@ -167,31 +169,28 @@ def test_long_syntheses_keep_their_leases(tmp_path: Path) -> None:
 
 
 # ---- 4 ----------------------------------------------------------------------------------------
-def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_daemon) -> None:
+def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_daemon, small_fs) -> None:
     ds = tmp_path / "ds"
-    tmpfs(ds, "2m")
-    try:
-        base = tmp_path / "base.txt"
-        base.write_text("".join(f"texto {i}\n" for i in range(50)))
-        cli("init", "--dataset", str(ds), "--texts", str(base), check=True)
-        start_daemon(ds)
-        new = tmp_path / "new.txt"
-        # big enough that its journal record cannot fit in the slack a full disk leaves in a page
-        new.write_text("nuevo uno\nnuevo dos\nnuevo tres\n" + "".join(f"relleno {i} {'x' * 80}\n" for i in range(400)))
-        junk = fill(ds)
-        r = cli("add", "--dataset", str(ds), "--texts", str(new), timeout=30)
-        assert_one_line_error(r, "not saved")
-        assert not any(e["text"].startswith("nuevo") for e in read_state(ds)["entries"])
-        junk.unlink()
-        r = cli("add", "--dataset", str(ds), "--texts", str(new), timeout=30)
-        assert r.returncode == 0, r.stderr
-        texts = collections.Counter(e["text"] for e in read_state(ds)["entries"])
-        assert [texts[t] for t in ("nuevo uno", "nuevo dos", "nuevo tres")] == [1, 1, 1], texts
-        assert len(read_state(ds)["entries"]) == 453
-        # and the daemon agrees with the file (nothing rolled back appears later)
-        assert daemon_status(ds)["total"] == 453
-    finally:
-        umount(ds)
+    disk = small_fs(ds, "2m")
+    base = tmp_path / "base.txt"
+    base.write_text("".join(f"texto {i}\n" for i in range(50)))
+    cli("init", "--dataset", str(ds), "--texts", str(base), check=True)
+    start_daemon(ds)
+    new = tmp_path / "new.txt"
+    # big enough that its journal record cannot fit in the slack a full disk leaves in a page
+    new.write_text("nuevo uno\nnuevo dos\nnuevo tres\n" + "".join(f"relleno {i} {'x' * 80}\n" for i in range(400)))
+    junk = disk.fill()
+    r = cli("add", "--dataset", str(ds), "--texts", str(new), timeout=30)
+    assert_one_line_error(r, "not saved")
+    assert not any(e["text"].startswith("nuevo") for e in read_state(ds)["entries"])
+    junk.unlink()
+    r = cli("add", "--dataset", str(ds), "--texts", str(new), timeout=30)
+    assert r.returncode == 0, r.stderr
+    texts = collections.Counter(e["text"] for e in read_state(ds)["entries"])
+    assert [texts[t] for t in ("nuevo uno", "nuevo dos", "nuevo tres")] == [1, 1, 1], texts
+    assert len(read_state(ds)["entries"]) == 453
+    # and the daemon agrees with the file (nothing rolled back appears later)
+    assert daemon_status(ds)["total"] == 453
 
 
 # ---- 5 ----------------------------------------------------------------------------------------
@@ -287,7 +286,7 @@ def test_a_dead_unsupervised_generator_loses_its_leases_to_the_other(tmp_path: P
         for i in range(2):
             logs.append(open(tmp_path / f"gen{i}.log", "wb"))
             gens.append(subprocess.Popen(
-                [str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth", "tests.plugins:Slow",
+                [str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth", "tests.support.plugins:Slow",
                  "--synth-opt", "delay=0.2"], stdout=logs[i], stderr=subprocess.STDOUT, env=ENV))
 
         def completed() -> int:

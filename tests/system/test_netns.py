@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, ROOT, curve_keys, make_dataset, read_state, wait_for
+from tests.support.books import curve_keys, make_dataset, read_state
+from tests.support.processes import BIN, ROOT, wait_for
 
 
 def sh(*args: str) -> subprocess.CompletedProcess:

@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from statesvc.client import Client
 from statesvc.endpoints import running
-from tests.conftest import BIN, cli, curve_keys, fill, make_dataset, take, tmpfs, umount, wait_for
-from tests.system.test_dashboard import free_port
+from tests.support.books import curve_keys, make_dataset, take
+from tests.support.processes import BIN, cli, free_port, wait_for
 
 
 def health(ds: Path, *args: str) -> tuple[int, str]:
@@ -50,28 +50,25 @@ def test_health_healthy_stopped_stalled_and_without_generators(tmp_path: Path, s
     assert r.returncode == 2 and "no dataset" in r.stderr
 
 
-def test_health_on_a_full_disk_says_commits_fail(tmp_path: Path, start_daemon) -> None:
+def test_health_on_a_full_disk_says_commits_fail(tmp_path: Path, start_daemon, small_fs) -> None:
     ds = tmp_path / "small"
-    tmpfs(ds, "3m")
-    try:
-        texts = tmp_path / "t.txt"
-        texts.write_text("".join(f"frase {i}\n" for i in range(20)))
-        cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
-        start_daemon(ds)
-        code, out = health(ds, "--min-free-mb", "1")
-        assert code == 0, out
-        fill(ds)
-        code, out = health(ds, "--min-free-mb", "1")  # the default floor is far above a 3 MB disk
-        assert code == 1 and "free disk space 0 MB" in out, out
-        with Client(running(ds)["endpoint"], retries=1) as c:
-            try:
-                c.call("requeue", keys=list(range(1, 21)))
-            except Exception:  # noqa: BLE001 (refused: not saved; what health says is the point)
-                pass
-        code, out = health(ds, "--min-free-mb", "0")
-        assert code == 1 and "commits are failing (1 in a row)" in out, out
-    finally:
-        umount(ds)
+    disk = small_fs(ds, "3m")
+    texts = tmp_path / "t.txt"
+    texts.write_text("".join(f"frase {i}\n" for i in range(20)))
+    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    start_daemon(ds)
+    code, out = health(ds, "--min-free-mb", "1")
+    assert code == 0, out
+    disk.fill()
+    code, out = health(ds, "--min-free-mb", "1")  # the default floor is far above a 3 MB disk
+    assert code == 1 and "free disk space 0 MB" in out, out
+    with Client(running(ds)["endpoint"], retries=1) as c:
+        try:
+            c.call("requeue", keys=list(range(1, 21)))
+        except Exception:  # noqa: BLE001 (refused: not saved; what health says is the point)
+            pass
+    code, out = health(ds, "--min-free-mb", "0")
+    assert code == 1 and "commits are failing (1 in a row)" in out, out
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple], float]:

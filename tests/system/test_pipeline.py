@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +15,9 @@ import orjson
 import pytest
 import soundfile as sf
 
-from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
-
-RUN = ROOT / "bin" / "run-pipeline"
-ENV = {**os.environ, "PIPELINE_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-
-
-def run_pipeline(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RUN), *args], capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def assert_books_consistent(ds: Path) -> dict:
-    """The seed's own verification snippet, plus durations and counters."""
-    doc = read_state(ds)
-    files = {f.stem for f in (ds / "wavs").glob("*.wav")}
-    errors = 0
-    for e in doc["entries"]:
-        exists = e["filename"] in files
-        if (exists and e["status"] != "completed") or (not exists and e["status"] == "completed"):
-            errors += 1
-    assert errors == 0, "sync errors"
-    for k in ("pending", "generating", "completed", "failed"):
-        assert doc[k] == sum(e["status"] == k for e in doc["entries"]), k
-    assert doc["total"] == len(doc["entries"])
-    for e in doc["entries"]:
-        if e["status"] == "completed":
-            info = sf.info(str(ds / "wavs" / f"{e['filename']}.wav"))
-            assert info.frames > 0 and info.channels == 1
-            assert abs(info.frames / info.samplerate - e["duration_seconds"]) < 0.002
-    assert not [p for p in (ds / "wavs").iterdir() if p.name.startswith((".tmp-", ".take-"))], "temp files left"
-    return doc
+from tests.support.books import make_dataset, read_state
+from tests.support.processes import BIN, ROOT, cli, wait_for
+from tests.support.runs import ENV, RUN, assert_books_consistent, run_pipeline
 
 
 def test_end_to_end_espeak(tmp_path: Path) -> None:
@@ -129,7 +101,7 @@ def test_plugin_that_raises_and_one_that_kills_itself(tmp_path: Path) -> None:
     texts.write_text("\n".join(lines) + "\n")
     ds = tmp_path / "flaky"
     r = run_pipeline("--dataset", str(ds), "--texts", str(texts), "--workers", "2",
-                     "--synth", "tests.plugins:Flaky", "--lease-seconds", "2", "--reconcile-interval", "1")
+                     "--synth", "tests.support.plugins:Flaky", "--lease-seconds", "2", "--reconcile-interval", "1")
     assert r.returncode == 3, r.stderr
     assert "restarted" in r.stderr and "SIGKILL" in r.stderr
     doc = assert_books_consistent(ds)
@@ -148,7 +120,7 @@ def test_sigterm_mid_run_then_resume(tmp_path: Path) -> None:
     texts.write_text("".join(f"sentence {i}\n" for i in range(300)))
     ds = tmp_path / "slow"
     args = ["--dataset", str(ds), "--texts", str(texts), "--workers", "2",
-            "--synth", "tests.plugins:Slow", "--synth-opt", "delay=0.03"]
+            "--synth", "tests.support.plugins:Slow", "--synth-opt", "delay=0.03"]
     p = subprocess.Popen([str(RUN), *args], stderr=subprocess.PIPE, text=True, env=ENV)
     wait_for(lambda: (ds / "generation_state.json").exists() and read_state(ds)["completed"] >= 30,
              60, "some progress")
@@ -168,8 +140,8 @@ def test_batch_plugin_gets_batches(tmp_path: Path) -> None:
     texts = tmp_path / "t.txt"
     texts.write_text("".join(f"text {i}\n" for i in range(64)))
     calls = tmp_path / "calls.txt"
-    r = run_pipeline("--dataset", str(tmp_path / "b"), "--texts", str(texts), "--synth", "tests.plugins:Batched",
-                     "--synth-opt", f"calls_file={calls}", "--batch", "16")
+    r = run_pipeline("--dataset", str(tmp_path / "b"), "--texts", str(texts),
+                     "--synth", "tests.support.plugins:Batched", "--synth-opt", f"calls_file={calls}", "--batch", "16")
     assert r.returncode == 0, r.stderr
     sizes = [int(x) for x in calls.read_text().split()]
     assert sum(sizes) == 64 and max(sizes) == 16 and len(sizes) <= 8

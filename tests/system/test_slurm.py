@@ -18,9 +18,10 @@ import orjson
 import pytest
 
 from statesvc.client import Client
-from tests.conftest import BIN, ROOT, cli, make_dataset, read_state, wait_for
+from tests.support.books import make_dataset, read_state
+from tests.support.processes import BIN, ROOT, cli, wait_for
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # tests.plugins importable by the generators
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # tests.support.plugins importable by the generators
 
 
 def generate(ds: Path, *args: str) -> subprocess.Popen:
@@ -66,7 +67,7 @@ def test_until_done_waits_for_other_generators_leases(tmp_path: Path, start_daem
 def test_until_done_exits_with_failed_entries(tmp_path: Path, start_daemon) -> None:
     ds = make_dataset(tmp_path, ["uno", "please RAISE", "tres"])
     start_daemon(ds, "--max-attempts", "1")
-    code, err = finish(generate(ds, "--synth", "tests.plugins:Flaky", "--until-done"), 60)
+    code, err = finish(generate(ds, "--synth", "tests.support.plugins:Flaky", "--until-done"), 60)
     assert code == 0, err
     doc = read_state(ds)
     assert (doc["completed"], doc["failed"], doc["pending"], doc["generating"]) == (2, 1, 0, 0)
@@ -91,7 +92,7 @@ def test_sigterm_gives_work_back_at_once(tmp_path: Path, start_daemon) -> None:
     ones are released uncharged; nothing waits for a lease to expire."""
     ds = make_dataset(tmp_path, [f"frase {i}" for i in range(40)])
     start_daemon(ds, "--lease-seconds", "60")  # a lease never expires within this test
-    p = generate(ds, "--synth", "tests.plugins:Slow", "--synth-opt", "delay=0.3", "--until-done")
+    p = generate(ds, "--synth", "tests.support.plugins:Slow", "--synth-opt", "delay=0.3", "--until-done")
     try:
         wait_for(lambda: read_state(ds)["completed"] >= 2 and read_state(ds)["generating"] >= 2, 30,
                  "working with texts in hand")
@@ -159,7 +160,7 @@ def owners_generating(ds: Path) -> dict[str, int]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_slurm_array_finishes_a_dataset_with_a_task_scancelled(tmp_path: Path, start_daemon, monkeypatch) -> None:
-    from tests.slurm_cluster import SlurmCluster, free_port, missing_reason
+    from tests.support.slurm_cluster import SlurmCluster, free_port, missing_reason
     if (why := missing_reason()) is not None:
         pytest.skip(why)
     keys, allow = tmp_path / "keys", tmp_path / "allow"
@@ -181,8 +182,8 @@ def test_slurm_array_finishes_a_dataset_with_a_task_scancelled(tmp_path: Path, s
         t0 = time.monotonic()
         cluster.start()
         up = time.monotonic() - t0
-        job = cluster.sbatch("--array=0-2", str(SBATCH), "--synth", "tests.plugins:Slow", "--synth-opt", "delay=0.2",
-                             cwd=tmp_path, env=env)
+        job = cluster.sbatch("--array=0-2", str(SBATCH), "--synth", "tests.support.plugins:Slow",
+                             "--synth-opt", "delay=0.2", cwd=tmp_path, env=env)
 
         def victim() -> str | None:
             """A running task that has done some work and holds leases right now."""

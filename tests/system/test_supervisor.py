@@ -24,7 +24,8 @@ from pipeline.supervisor import (
     Run,
     leases_back,
 )
-from tests.conftest import ROOT, cli, read_state, wait_for
+from tests.support.books import read_state
+from tests.support.processes import ROOT, cli, wait_for
 
 S = ChildState
 ALLOWED = {
@@ -135,7 +136,8 @@ def test_run_reports_a_killed_generator_to_the_daemon(tmp_path: Path) -> None:
     texts = tmp_path / "t.txt"
     texts.write_text("one\ntwo\nplease KILL me\nfour\nfive\nsix\n")
     ds = tmp_path / "ds"
-    r = cli("run", "--dataset", str(ds), "--texts", str(texts), "--workers", "2", "--synth", "tests.plugins:Flaky",
+    r = cli("run", "--dataset", str(ds), "--texts", str(texts), "--workers", "2",
+            "--synth", "tests.support.plugins:Flaky",
             "--lease-seconds", "1", "--max-attempts", "1", "--reconcile-interval", "0.5", tool="pipeline",
             env={"PYTHONPATH": str(ROOT)}, timeout=20)
     assert r.returncode == 3, r.stderr

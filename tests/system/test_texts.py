@@ -12,7 +12,8 @@ import pytest
 
 from statesvc.client import Client, ServiceError
 from statesvc.texts import TextsError, read_texts
-from tests.conftest import cli, make_dataset, read_file, read_state
+from tests.support.books import make_dataset, read_file, read_state
+from tests.support.processes import cli
 
 NUL_JSONL = ('{"text": "uno"}\n{"text": "dos"}\n{"text": "hola\\u0000 buenos dias"}\n{"text": "cuatro"}\n')
 
@@ -83,10 +84,10 @@ def test_the_daemon_refuses_add_and_edit_with_control_characters(tmp_path: Path,
 
 
 def test_the_page_refuses_an_edit_with_a_control_character(tmp_path: Path, start_daemon) -> None:
-    from tests.system.test_dashboard import Dashboard, request
+    from tests.support.page import DashboardProcess, request
     ds = make_dataset(tmp_path, ["uno"])
     start_daemon(ds)
-    dash = Dashboard(ds)
+    dash = DashboardProcess(ds)
     try:
         dash.ready()
         html = urllib.request.urlopen(dash.url + "/", timeout=10).read().decode()

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support.processes import ROOT
 
 LAYERS = ("statesvc", "pipeline", "review")  # lowest first, as in tests/system/test_imports.py
 DOC = Path("docs") / "ARCHITECTURE.md"

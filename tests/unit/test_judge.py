@@ -10,7 +10,7 @@ from statesvc.entry import Entry, Stage, Status, Verdict
 from statesvc.judge import CEILING_CER, FLOOR_CER, MIN_CHECKS, Judge
 from statesvc.protocol import CheckReport
 from statesvc.state import State
-from tests.conftest import take
+from tests.support.books import take
 
 SR = 22050
 

@@ -15,7 +15,7 @@ from statesvc.lifecycle import LIFECYCLE, Cause
 from statesvc.protocol import CheckReport
 from statesvc.state import Refused, State
 from statesvc.store import parse_state, render_bytes
-from tests.conftest import take
+from tests.support.books import take
 
 SR = 22050
 

@@ -20,7 +20,8 @@ from statesvc.entry import Entry
 from statesvc.protocol import ErrorKind
 from statesvc.state import State
 from statesvc.store import load
-from tests.conftest import take, wait_for
+from tests.support.books import take
+from tests.support.processes import wait_for
 
 STEPS = ["open", "write", "fsync", "replace", "fsync_dir"]  # of a checkpoint (temp, rename, folder)
 

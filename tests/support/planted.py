@@ -2,7 +2,7 @@
 cut short, silence, a tail said twice. Shared by the model tests and the checker's end-to-end tests.
 
 Pure functions over audio (float32 mono), plus ``Planted``, a synthesizer plugin that wraps a real
-voice and plants a chosen kind of bad take for chosen texts (``--synth tests.planted:Planted``).
+voice and plants a chosen kind of bad take for chosen texts (``--synth tests.support.planted:Planted``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ES_TEXTS = [t for t in (ROOT / "examples" / "texts_es.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
 EN_TEXTS = [t for t in (ROOT / "examples" / "texts_en.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
 KINDS = ("other", "truncated", "silence", "repeat")
