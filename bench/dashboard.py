@@ -96,7 +96,7 @@ def sentence(rng: random.Random) -> str:
 def check_of(e: object, rng: random.Random) -> None:
     """A check of the completed take of ``e``, as a run with --check leaves it: a transcript (the text
     lowercased, a word dropped now and then), its CER, 3 % judged wrong and kept (flagged)."""
-    from statesvc.state import Check, Stage
+    from statesvc.entry import Check, Stage
     words = e.text.lower().split()
     if len(words) > 2 and rng.random() < 0.3:
         del words[rng.randrange(len(words))]
@@ -110,7 +110,8 @@ def check_of(e: object, rng: random.Random) -> None:
 def make_dataset(folder: Path, n: int, seed: int = 1, checked: bool = False) -> dict:
     """Write a state of ``n`` entries into ``folder`` (no wavs); return what it holds, by status.
     With ``checked``, every completed take carries a check (``check_of``)."""
-    from statesvc.state import Entry, Lease, Phase, Review, State, Status, Verdict
+    from statesvc.entry import Entry, Lease, Phase, Review, Status, Verdict
+    from statesvc.state import State
     from statesvc.store import create
     rng = random.Random(seed)
     t_end = 1_760_000_000.0                    # the last completion; a run of about three days before it

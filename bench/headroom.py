@@ -70,7 +70,8 @@ PACING_MS = 1000 * MIN_COMMIT_GAP  # results nobody waits on are committed at mo
 MAKE = """
 import sys
 from pathlib import Path
-from statesvc.state import Entry, State
+from statesvc.entry import Entry
+from statesvc.state import State
 from statesvc.store import create
 folder, n = Path(sys.argv[1]), int(sys.argv[2])
 (folder / "wavs").mkdir(parents=True)

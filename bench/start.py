@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 MAKE = """
 import sys
 from pathlib import Path
-from statesvc.state import Entry, State
+from statesvc.entry import Entry
+from statesvc.state import State
 from statesvc.store import create
 folder, n = Path(sys.argv[1]), int(sys.argv[2])
 (folder / "wavs").mkdir(parents=True)

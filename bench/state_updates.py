@@ -141,7 +141,8 @@ def bare_router(endpoint: str, entries: int, ready: mp.Event) -> None:
 
 
 def make_state(folder: Path, entries: int) -> None:
-    from statesvc.state import Entry, State
+    from statesvc.entry import Entry
+    from statesvc.state import State
     from statesvc.store import create
     (folder / "wavs").mkdir(parents=True)
     create(folder, State([Entry.make(i, f"b_{i:07d}", f"text number {i}") for i in range(1, entries + 1)]))

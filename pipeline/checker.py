@@ -27,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from statesvc.audio import is_adopted, read_provenance, wav_path
+from statesvc.audio import is_adopted, read_provenance
 from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.conventions import FAILED
+from statesvc.layout import wav_path
 
 if TYPE_CHECKING:
     from .asr import Recognizer  # faster-whisper is loaded only by a checker that runs

@@ -24,6 +24,7 @@ from typing import Any
 import click
 import zmq
 
+from statesvc import layout
 from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
 from statesvc.conventions import (
     FAILED,
@@ -144,8 +145,8 @@ def parse_opts(pairs: tuple[str, ...]) -> dict[str, str]:
 def need_wavs(dataset: Path) -> None:
     """A one-line error (exit 2) for a folder that is not a dataset, before a model is loaded or a
     daemon awaited. wavs/ is what these commands use (on a remote box it may be all that is shared)."""
-    if not (dataset / "wavs").is_dir():
-        fail(f"no dataset at {dataset}: {dataset / 'wavs'} is not a folder", USAGE)
+    if not layout.wavs(dataset).is_dir():
+        fail(f"no dataset at {dataset}: {layout.wavs(dataset)} is not a folder", USAGE)
 
 
 def endpoint_for(dataset: Path, endpoint: str | None, wait: float) -> str:
@@ -446,7 +447,7 @@ def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | Non
 
     Exit 0 every entry completed, 3 finished with failed entries, 130 interrupted (Ctrl-C or SIGTERM
     stop every process cleanly), 2 it cannot start as asked, 1 a failure of the pipeline itself."""
-    from statesvc.dataset import DatasetError, state_path
+    from statesvc.dataset import DatasetError
     from statesvc.store import DamagedState
     from statesvc.texts import TextsError
 
@@ -478,25 +479,32 @@ def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | Non
     try:
         if new_state is not None:
             r.create(new_state)
-            click.echo(f"created {state_path(dataset)} with {len(new_state.entries)} entries", err=True)
+            click.echo(f"created {layout.state_path(dataset)} with {len(new_state.entries)} entries", err=True)
         code = r.run()
     except DamagedState as exc:  # the state there cannot be read: nothing to run on
-        r.clear_bar()
+        r.progress.clear()
         r.stop_children()
         fail(str(exc), USAGE)
     except PipelineError as exc:
-        r.clear_bar()
+        r.progress.clear()
         r.stop_children()
         fail(str(exc), USAGE if isinstance(exc, CannotStart) else FAILED)
     except Exception as exc:  # a bug of ours: stop the children cleanly, keep the traceback in the log
-        import traceback
-        (dataset / "logs").mkdir(exist_ok=True)
-        with open(dataset / "logs" / "run-pipeline.log", "a") as f:
-            f.write(traceback.format_exc())
-        r.clear_bar()
+        log_file = _keep_traceback(dataset)
+        r.progress.clear()
         r.stop_children()
-        fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {dataset / 'logs' / 'run-pipeline.log'})")
+        fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {log_file})")
     sys.exit(code)
+
+
+def _keep_traceback(dataset: Path) -> Path:
+    """The traceback being handled, appended to run-pipeline's own log; returns the log's path."""
+    import traceback
+    log_file = layout.log_path(dataset, "run-pipeline")
+    log_file.parent.mkdir(exist_ok=True)
+    with open(log_file, "a") as f:
+        f.write(traceback.format_exc())
+    return log_file
 
 
 def gpus_for(ctx: click.Context, gpus: str | None, per_gpu: int | None) -> list[str] | None:

@@ -31,10 +31,10 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statesvc import protocol
+from statesvc import layout, protocol
 from statesvc.client import Client, Unavailable
-from statesvc.dataset import state_path
 from statesvc.health import min_free_bytes
+from statesvc.layout import state_path
 
 from .batches import next_batch
 from .synth import Synthesizer, batch_cost, is_deterministic, is_out_of_memory
@@ -421,7 +421,7 @@ class Generator:
             return self.disk_low
         self.disk_checked = now
         try:
-            st = os.statvfs(self.dataset / "wavs")
+            st = os.statvfs(layout.wavs(self.dataset))
         except OSError:
             return self.disk_low
         free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize

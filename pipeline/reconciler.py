@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from statesvc import layout
 from statesvc.audio import TAKE_PREFIX, TMP_PREFIX, Observation, Provenance, inspect, is_adopted, not_its_take
 from statesvc.client import Client
 
@@ -52,7 +53,7 @@ class Reconciler:
     def scan(self, sample_rate: int | None, now: float, result: PassResult,
              known: dict[str, list] | None = None, live: frozenset[str] = frozenset()) -> dict[str, Observation]:
         seen: dict[str, Observation] = {}
-        folder = self.dataset / "wavs"
+        folder = layout.wavs(self.dataset)
         if sample_rate != self.cache_rate:  # every observation was judged against the old rate
             self.cache.clear()
             self.cache_rate = sample_rate
@@ -109,9 +110,9 @@ class Reconciler:
             return
         try:
             if now - d.stat(follow_symlinks=False).st_mtime > self.temp_max_age:
-                (self.dataset / "stale").mkdir(exist_ok=True)
-                os.replace(d.path, self.dataset / "stale" / d.name[1:])
-                result.moved.append(f"stale/{d.name[1:]}")
+                (self.dataset / layout.STALE).mkdir(exist_ok=True)
+                os.replace(d.path, self.dataset / layout.STALE / d.name[1:])
+                result.moved.append(f"{layout.STALE}/{d.name[1:]}")
         except FileNotFoundError:
             pass
 

@@ -2,7 +2,7 @@
 
 Starts the daemon (unless one already serves the dataset), a reconciler and N
 generators as separate child commands, the same ones the systemd units run;
-restarts any that die; shows progress; ends when nothing is pending or
+restarts any that die; shows progress (progress.py); ends when nothing is pending or
 generating after a final reconcile pass.
 """
 
@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from statesvc import layout
 from statesvc.atomic import SaveFailed
 from statesvc.client import Client, NoDaemon, ServiceError, Unavailable
-from statesvc.dataset import create_prepared, prepare_init, state_path
+from statesvc.dataset import create_prepared, prepare_init
 from statesvc.dataset import entries as dataset_entries
 from statesvc.dataset import status as dataset_status
 from statesvc.endpoints import running
-from statesvc.health import paused_line
+from statesvc.layout import state_path
 
+from .progress import Progress, fmt_seconds
 from .synth import BUILTIN, resolve
 
 if TYPE_CHECKING:  # the supervisor only hands it from prepare_init to create_prepared
@@ -181,14 +183,17 @@ class Run:
     log_keep: int = LOG_KEEP
     next_rotation: float = 0.0
     gpus: list[str] | None = None  # one GPU per generator (--gpus, --per-gpu): workers is its length
+    progress: Progress = field(init=False)  # the terminal's view of the run
+
+    def __post_init__(self) -> None:
+        self.progress = Progress(self.out, self.gpus, self.check_args is not None)
 
     def say(self, text: str) -> None:
-        self.clear_bar()
-        print(text, file=self.out, flush=True)
+        self.progress.say(text)
 
     # ---- children --------------------------------------------------------
     def spawn(self, name: str, argv: list[str], leases: bool = False, gpu: str | None = None) -> Child:
-        c = Child(name, argv, self.dataset / "logs" / f"{name}.log", leases=leases, gpu=gpu)
+        c = Child(name, argv, layout.log_path(self.dataset, name), leases=leases, gpu=gpu)
         c.start("first start")
         self.children.append(c)
         return c
@@ -212,11 +217,11 @@ class Run:
             self.spawn("dashboard", [*command("statesvc"), "dashboard", "--dataset", ds,
                                      "--port", str(self.dashboard_port)])
             self.say(f"review dashboard: http://127.0.0.1:{self.dashboard_port}/ (log: "
-                     f"{self.dataset / 'logs' / 'dashboard.log'})")
+                     f"{layout.log_path(self.dataset, 'dashboard')})")
 
     def create(self, state: State) -> None:
         """Write the new state while the generators load their models."""
-        (self.dataset / "wavs").mkdir(parents=True, exist_ok=True)
+        layout.wavs(self.dataset).mkdir(parents=True, exist_ok=True)
         self.start_generators()
         try:
             create_prepared(self.dataset, state)
@@ -374,41 +379,6 @@ class Run:
                 error = exc
         raise PipelineError(f"final reconcile failed: {error}")
 
-    # ---- progress ------------------------------------------------------------
-    _bar_shown = False
-    _next_line = 0.0
-    _paused = ""
-
-    def progress(self, st: dict) -> None:
-        total = st["total"] or 1
-        done = st["completed"] + st["failed"]
-        rate, eta = st.get("rate_per_second"), st.get("eta_seconds")
-        text = (f"{done}/{st['total']} {100 * done / total:5.1f}%  completed {st['completed']}  "
-                f"failed {st['failed']}  generating {st['generating']}  "
-                f"{(rate or 0):.1f}/s  ETA {fmt_seconds(eta) if eta is not None else '-'}")
-        if self.gpus:
-            text += f"  GPUs {','.join(dict.fromkeys(self.gpus))}"
-        if self.check_args is not None:
-            text += f"  checked {st.get('checked', 0)}  flagged {st.get('mismatched', 0)}"
-        paused = paused_line(st)  # the generators' disk guard, as they told the daemon
-        if paused:
-            text += f"  {paused}"
-        if paused != self._paused:  # a pause (or its end) shows at once, not at the next 10 s line
-            self._paused, self._next_line = paused, 0.0
-        if getattr(self.out, "isatty", lambda: False)():
-            width = 30
-            filled = int(width * done / total)
-            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {text}\033[K", end="", file=self.out, flush=True)
-            self._bar_shown = True
-        elif time.monotonic() >= self._next_line:
-            self._next_line = time.monotonic() + 10.0
-            print(f"progress: {text}", file=self.out, flush=True)
-
-    def clear_bar(self) -> None:
-        if self._bar_shown:
-            print("\r\033[K", end="", file=self.out, flush=True)
-            self._bar_shown = False
-
     # ---- the whole run -------------------------------------------------------
     def run(self) -> int:
         self.start_all()
@@ -420,7 +390,7 @@ class Run:
             if st is not None:
                 done = self.done(st)
                 if not reviewing:
-                    self.progress(st)
+                    self.progress.show(st)
                 if done and not reviewing:
                     for line in self.final_reconcile()[:-1]:
                         self.say(f"final reconcile: {line}")
@@ -428,7 +398,7 @@ class Run:
                     if self.done(st):
                         if self.dashboard_port is None:
                             break
-                        self.clear_bar()
+                        self.progress.clear()
                         self.say(f"all generated; the dashboard stays up for review at "
                                  f"http://127.0.0.1:{self.dashboard_port}/ (Ctrl-C to stop)")
                         reviewing = True
@@ -439,7 +409,7 @@ class Run:
             st = self.status() or st
         interrupted = bool(self.stopping) and not (self.dashboard_port is not None and st is not None
                                                    and st["pending"] == 0 and st["generating"] == 0)
-        self.clear_bar()
+        self.progress.clear()
         if interrupted:
             self.stop_children(why="interrupted")  # generators flush their results to the daemon, then it stops
         else:
@@ -460,7 +430,7 @@ class Run:
         from statesvc.audio import TMP_PREFIX  # soundfile: not before the children start
         ours = {str(pid) for c in self.children if c.name.startswith("generate-") for pid in c.pids}
         removed = 0
-        for path in (self.dataset / "wavs").glob(f"{TMP_PREFIX}*.wav"):
+        for path in layout.wavs(self.dataset).glob(f"{TMP_PREFIX}*.wav"):
             if path.name.rsplit(".", 2)[-2] in ours:
                 path.unlink(missing_ok=True)
                 removed += 1
@@ -544,13 +514,6 @@ def describe_code(code: int | None) -> str:
     if code is not None and code < 0:
         return f"signal {signal.Signals(-code).name}"
     return f"code {code}"
-
-
-def fmt_seconds(s: float) -> str:
-    if s < 60:
-        return f"{s:.1f}s"
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def install_signals(run: Run) -> None:

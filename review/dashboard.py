@@ -15,7 +15,6 @@ import collections
 import contextlib
 import hmac
 import ipaddress
-import itertools
 import logging
 import os
 import secrets
@@ -38,13 +37,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.reconciler import Reconciler  # the sync: the same pass as the reconciler's, a layer below
 from statesvc import protocol
-from statesvc.client import Client, ServiceError, Unavailable
-from statesvc.curve import CurveError, secure_client
-from statesvc.endpoints import connectable, defaults, running
+from statesvc.client import AsyncClient, Client, NoDaemon, ServiceError, Unavailable
+from statesvc.curve import CurveError
+from statesvc.endpoints import defaults, running
+from statesvc.entry import Status
+from statesvc.events import AsyncSubscriber, Beat, Commit, Follow, follow, missed
 from statesvc.handlers import SET_ASIDE
 from statesvc.health import paused_line
 from statesvc.journal import JOURNAL_FILE
-from statesvc.state import Status
 from statesvc.store import DamagedState, state_path
 from statesvc.texts import check_filename, check_text
 
@@ -213,45 +213,6 @@ class EarlierTakes:
         return self.names
 
 
-# ---- the daemon, asynchronously ---------------------------------------------------------------
-class Daemon:
-    """Requests to the daemon serving the dataset, over zmq.asyncio; one socket per request, so a
-    daemon that restarted (or moved endpoint) is found again at the next request."""
-
-    def __init__(self, dataset: Path, ctx: zmq.asyncio.Context):
-        self.dataset = dataset
-        self.ctx = ctx
-        self.rids = itertools.count(int.from_bytes(os.urandom(3), "big") << 20)
-
-    async def call(self, op: str, timeout: float = REQUEST_TIMEOUT, **fields: object) -> dict:
-        rec = running(self.dataset)
-        if rec is None or not rec.get("endpoint"):
-            raise ActionError(503, "the daemon is not running: start it (statesvc serve) and try again")
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            if rec["endpoint"].startswith("tcp://"):
-                secure_client(sock)
-            sock.connect(connectable(rec["endpoint"]))
-            rid = next(self.rids)
-            await sock.send(protocol.encode({"op": op, "rid": rid, **fields}))
-            deadline = time.monotonic() + timeout
-            while (left := deadline - time.monotonic()) > 0:
-                if not await sock.poll(left * 1000):
-                    break
-                reply = orjson.loads(await sock.recv())
-                if reply.get("rid") != rid:
-                    continue
-                if not reply.get("ok"):  # refused: 409; the daemon's trouble (try again): 503
-                    kind = protocol.error_kind(reply)
-                    raise ActionError(409 if kind == protocol.ErrorKind.REFUSED else 503, str(reply.get("error")))
-                return reply
-            raise ActionError(504, f"the daemon did not answer within {timeout:.0f} s; "
-                                   "the action may or may not be done: look again")
-        finally:
-            sock.close(0)
-
-
 # ---- the copy of the state and the pushes to the pages -----------------------------------------
 class Hub:
     """Owns the mirror: loads it, applies the daemon's events, reloads when it missed some, and
@@ -261,15 +222,14 @@ class Hub:
         self.settings = settings
         self.dataset = settings.dataset
         self.ctx = zmq.asyncio.Context()
-        self.daemon = Daemon(self.dataset, self.ctx)
+        self.daemon = AsyncClient.for_dataset(self.dataset, self.ctx, REQUEST_TIMEOUT)
         self.mirror: Mirror | None = None
         self.load_error: str | None = None
         self.daemon_pid: int | None = None
         self.files_sig: tuple | None = None
         self.events_at: str | None = None
-        self.sub: zmq.asyncio.Socket | None = None
-        self.batch: list[bytes] = []           # entries of the commit whose marker is still to come
-        self.buffered: list[tuple[dict, list[bytes]]] = []  # commits received while reloading
+        self.sub: AsyncSubscriber | None = None
+        self.buffered: list[Commit] = []  # commits received while reloading
         self.reloading = False
         self.reload_wanted = asyncio.Event()
         self.clients: set[asyncio.Queue] = set()
@@ -314,7 +274,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self.sub is not None:
-            self.sub.close(0)
+            self.sub.close()
         self.ctx.term()
 
     # ---- the daemon and the files -------------------------------------------------------------
@@ -348,7 +308,7 @@ class Hub:
         """The generators' disk pause, as they told the daemon: its status says it, the events do not."""
         while True:
             try:
-                self.paused = paused_line(await self.daemon.call("status", timeout=2.0))
+                self.paused = paused_line(await self.ask("status", timeout=2.0))
             except ActionError:
                 self.paused = ""  # no daemon: nobody generates, nobody is paused
             except Exception as exc:  # noqa: BLE001 (a bug here must not leave a stale line for ever)
@@ -358,23 +318,30 @@ class Hub:
 
     paused = ""
 
+    async def ask(self, op: str, timeout: float = REQUEST_TIMEOUT, **fields: object) -> dict:
+        """The daemon's answer to an action, or why not as an ``ActionError``: refused 409, the
+        daemon's trouble (try again) or none running 503, no answer in time 504."""
+        try:
+            return await self.daemon.call(op, timeout=timeout, **fields)
+        except NoDaemon:
+            raise ActionError(503, "the daemon is not running: start it (statesvc serve) and try again") from None
+        except ServiceError as exc:
+            raise ActionError(409 if exc.kind == protocol.ErrorKind.REFUSED else 503, str(exc)) from None
+        except Unavailable:
+            raise ActionError(504, f"the daemon did not answer within {timeout:.0f} s; "
+                                   "the action may or may not be done: look again") from None
+
     def _subscribe(self, events: str) -> None:
         if self.sub is not None:
-            self.sub.close(0)
-        sub = self.ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 100_000)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self.sub.close()
+            self.sub = None
         try:
-            if events.startswith("tcp://"):
-                secure_client(sub)
+            sub = AsyncSubscriber(events, self.ctx)
         except CurveError as exc:
-            sub.close(0)
             if self.load_error != str(exc):
                 log.error("cannot follow the daemon's events: %s", exc)
             self.load_error = str(exc)
             return
-        sub.connect(connectable(events))
         self.sub, self.events_at = sub, events
         self.reload_wanted.set()
 
@@ -385,45 +352,42 @@ class Hub:
                 continue
             sub = self.sub
             try:
-                topic, body = await sub.recv_multipart()
+                event = await sub.receive()
             except zmq.ZMQError:
                 continue  # the socket was replaced (another endpoint): read from the new one
-            if topic == b"entry":
-                self.batch.append(body)
-            elif topic == b"commit":
-                marker, entries, self.batch = orjson.loads(body), self.batch, []
-                self.on_commit(marker, entries)
-            elif topic == b"beat":
-                self.on_beat(orjson.loads(body)["seq"])
+            if isinstance(event, Commit):
+                self.on_commit(event)
+            else:
+                self.on_beat(event)
 
-    def on_beat(self, seq: int) -> None:
+    def on_beat(self, beat: Beat) -> None:
         """The daemon's last commit number, sent between commits: a commit we do not hold, or
         entries whose commit never came to an end, mean events were lost."""
-        lost, self.batch = bool(self.batch), []
         m = self.mirror
         if m is None or self.reloading:
             return
-        if lost or seq > m.seq:
-            log.info("missed change events (the daemon is at commit %d, we at %d): reading the state again", seq, m.seq)
+        if follow(m.seq, beat) is Follow.MISSED:
+            log.info("missed change events (%s): reading the state again", missed(m.seq, beat))
             self.reload_wanted.set()
 
-    def on_commit(self, marker: dict, entries: list[bytes]) -> None:
+    def on_commit(self, commit: Commit) -> None:
         m = self.mirror
         if self.reloading or m is None:
-            self.buffered.append((marker, entries))
+            self.buffered.append(commit)
             return
-        if marker["seq"] <= m.seq:
+        step = follow(m.seq, commit)
+        if step is Follow.HELD:
             return  # already in what was loaded
-        if marker["seq"] != m.seq + 1 or marker["entries"] != len(entries):
-            log.info("missed change events (commit %d after %d): reading the state again", marker["seq"], m.seq)
+        if step is Follow.MISSED:
+            log.info("missed change events (%s): reading the state again", missed(m.seq, commit))
             self.reload_wanted.set()
             return
-        for raw in entries:
+        for raw in commit.entries:
             e = m.apply(raw)
             if e.status == "completed" and self.settings.analyze:
                 self.to_analyze.appendleft(e.id)
                 self.wake_analyzer.set()
-        m.seq = marker["seq"]
+        m.seq = commit.seq
 
     async def reloader(self) -> None:
         while True:
@@ -458,8 +422,8 @@ class Hub:
             del backlog
             del mirror  # else this frame holds the old copy through the next load
             buffered, self.buffered = self.buffered, []
-            for marker, entries in buffered:
-                self.on_commit(marker, entries)
+            for commit in buffered:
+                self.on_commit(commit)
             self.broadcast("snapshot", {})
 
     def _load(self) -> tuple[Mirror, array]:
@@ -713,12 +677,12 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
     async def api_requeue(request: Request) -> dict:
         body = await _body(request)
         if body.get("failed") is True:
-            reply = await hub.daemon.call("requeue", keys=[], failed=True)
+            reply = await hub.ask("requeue", keys=[], failed=True)
         else:
             names = _names(body, mirror())
             if not names:
                 raise ActionError(400, "nothing to regenerate: give filenames, or failed or flagged: true")
-            reply = await hub.daemon.call("requeue", keys=names, failed=False)
+            reply = await hub.ask("requeue", keys=names, failed=False)
         return {"requeued": len(reply["requeued"]), "moved": reply.get("moved", [])}
 
     @app.post("/api/edit")
@@ -727,7 +691,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
         name, text = _filename(body.get("filename")), body.get("text")
         if check_text(text):
             raise ActionError(400, str(check_text(text)))
-        reply = await hub.daemon.call("edit", key=name, text=text, req=secrets.token_hex(8))
+        reply = await hub.ask("edit", key=name, text=text, req=secrets.token_hex(8))
         return {"edited": name, "rev": reply["rev"]}
 
     @app.post("/api/review")
@@ -744,7 +708,7 @@ def create_app(settings: Settings) -> FastAPI:  # noqa: C901 (each route is a cl
             raise ActionError(400, "take must be the token of the take heard (the entry's take)")
         fields: dict = {"key": _filename(body.get("filename")), "review": verdict, "note": note or None,
                         "take": take}
-        reply = await hub.daemon.call("review", **fields)
+        reply = await hub.ask("review", **fields)
         return {"filename": fields["key"], "review": reply["review"]}
 
     @app.post("/api/reconcile")

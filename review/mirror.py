@@ -24,7 +24,7 @@ from typing import ClassVar
 import msgspec
 import numpy as np
 
-from statesvc.state import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
+from statesvc.entry import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
 from statesvc.store import Loaded, read
 
 from .takes import BIT, Fit, Flag, fit

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from statesvc.state import STATUSES
+from statesvc.entry import STATUSES
 
 from .mirror import MISMATCH, SORTS, Query
 from .takes import FLAG_LABELS, Flag

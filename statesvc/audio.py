@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .state import DURATION_TOLERANCE, is_adopted, same_duration, text_hash  # re-exported: one definition each
+from . import layout
+from .entry import DURATION_TOLERANCE, is_adopted, same_duration, text_hash  # re-exported: one definition each
 
 __all__ = ["DURATION_TOLERANCE", "HEAD_BYTES", "TMP_PREFIX", "TAKE_PREFIX", "Observation", "Provenance", "encode_wav",
-           "inspect", "is_adopted", "not_its_take", "read_provenance", "same_duration", "take_path", "text_hash",
-           "wav_path"]
+           "inspect", "is_adopted", "not_its_take", "read_provenance", "same_duration", "take_path", "text_hash"]
 
 if TYPE_CHECKING:
     import numpy
@@ -67,15 +67,6 @@ class Provenance:
 
     def to_wire(self) -> dict:
         return {"text_hash": self.text_hash, "rev": self.rev, "token": self.token}
-
-    @staticmethod
-    def from_wire(obj: object) -> Provenance | None:
-        if not isinstance(obj, dict) or set(obj) != {"text_hash", "rev", "token"}:
-            return None
-        try:
-            return Provenance(obj["text_hash"], obj["rev"], obj["token"])
-        except ValueError:
-            return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,17 +225,13 @@ def _read_up_to(fd: int, n: int) -> bytes:
     return b"".join(parts)
 
 
-def wav_path(dataset: Path, filename: str) -> Path:
-    return dataset / "wavs" / f"{filename}.wav"
-
-
 TAKE_PREFIX = ".take-"
 
 
 def take_path(dataset: Path, filename: str, token: str) -> Path:
     """Where a generator leaves a take for the daemon: hidden, named after the entry and the lease.
     Only the daemon moves it under the entry's name, and only when the take counts."""
-    return dataset / "wavs" / f"{TAKE_PREFIX}{filename}.{token}.wav"
+    return layout.wavs(dataset) / f"{TAKE_PREFIX}{filename}.{token}.wav"
 
 
 def not_its_take(obs: Observation, duration: float | None, text_hash: str | None, rev: int | None,

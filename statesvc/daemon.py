@@ -24,14 +24,16 @@ import msgspec
 import orjson
 import zmq
 
-from . import protocol
+from . import events, layout, protocol
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir
 from .curve import CurveError, secure_server
 from .endpoints import defaults
+from .entry import Status
 from .handlers import Handlers
 from .notify import Notifier
 from .protocol import BadRequest, ErrorKind
-from .state import Refused, State, Status
+from .report import Commits, Report
+from .state import Refused, State
 from .store import DamagedState, Store, WriterLock, load_for_writing, remove_stale_temps
 
 if TYPE_CHECKING:
@@ -57,7 +59,6 @@ SAVE_DUTY = 2.0
 CHECKPOINT_MIN_BYTES = 1 << 20
 CHECKPOINT_IDLE = 2.0
 CHECKPOINT_RETRY = 10.0
-STATS_EVERY = 2.0  # seconds between recomputing the audio total for status replies
 # Plain ints: pyzmq's enum flags cost more to combine than the send itself.
 NOBLOCK, NOBLOCK_MORE, RCVMORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE), int(zmq.RCVMORE)
 URGENT = 2  # a deferred reply that somebody is waiting on (a claim): commit without pacing
@@ -65,14 +66,12 @@ CHECKPOINT = 3  # a request for a checkpoint: answered once it is written
 _encode = msgspec.json.Encoder().encode
 
 
-class Daemon:
-    def __init__(self, dataset: Path, state: State, endpoint: str, events: str,
-                 ctx: zmq.Context | None = None, curve: tuple[Path, Path] | None = None,
-                 store: Store | None = None):
-        self.dataset = dataset
-        self.state = state
-        self.store = store or Store(dataset, state)
-        self.handlers = Handlers(dataset, state)
+class Sockets:
+    """The control ROUTER (requests, replies) and the events PUB (what each commit changed), bound
+    to their endpoints, behind CURVE when asked; owner-only files for ipc endpoints."""
+
+    def __init__(self, endpoint: str, events: str, ctx: zmq.Context | None = None,
+                 curve: tuple[Path, Path] | None = None):
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -95,32 +94,115 @@ class Daemon:
         self.endpoint, self.events = endpoint, events
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
+
+    def send(self, envelope: list[bytes], reply: bytes) -> None:
+        try:
+            for frame in envelope:
+                self.router.send(frame, NOBLOCK_MORE)
+            self.router.send(reply, NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            pass  # a vanished or slow client never blocks the daemon; it will resend
+
+    def publish(self, written: list, seq: int) -> None:
+        """Change events: each entry the commit wrote, as it now is, then the commit's number and
+        how many entries it wrote, so a subscriber knows it missed some (a full queue drops events)
+        and reads the state again."""
+        try:
+            for e in written:
+                self.pub.send(events.ENTRY, NOBLOCK_MORE)
+                self.pub.send(_encode(e), NOBLOCK)
+            self.pub.send(events.COMMIT, NOBLOCK_MORE)
+            self.pub.send(events.commit_body(seq, len(written)), NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def beat(self, seq: int) -> None:
+        """The number of the last commit, now and then: a subscriber that lost a commit's events
+        and its end (a full queue drops both) learns it without waiting for the next commit."""
+        try:
+            self.pub.send(events.BEAT, NOBLOCK_MORE)
+            self.pub.send(events.beat_body(seq), NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def close(self) -> None:
+        self.router.close(0)
+        self.pub.close(0)
+        if self.auth is not None:
+            self.auth.stop()
+        if self._own_ctx:
+            self.ctx.term()
+        for ep in (self.endpoint, self.events):
+            if ep.startswith("ipc://"):
+                try:
+                    os.unlink(ep[len("ipc://"):])
+                except OSError:
+                    pass
+
+
+class Checkpoints:
+    """When the daemon writes a checkpoint, and who waits for one (``statesvc checkpoint``): each
+    asker is answered once a checkpoint holding every commit before its request is in place."""
+
+    def __init__(self, limit_bytes: int | None = None, idle: float = CHECKPOINT_IDLE):
+        self.waiting: list[tuple[list[bytes], int | None, int]] = []  # envelope, rid, seq then
+        self.limit_bytes = limit_bytes  # None: half the file's size (at least CHECKPOINT_MIN_BYTES)
+        self.idle = idle                # 0: never for idleness
+        self.next_try = 0.0             # after a failed one: not before
+
+    def ask(self, envelope: list[bytes], rid: int | None, seq: int) -> None:
+        self.waiting.append((envelope, rid, seq))
+
+    def due(self, store: Store, now: float) -> bool:
+        """After a commit: somebody asked, or the journal has grown to the limit."""
+        limit = self.limit_bytes or max(CHECKPOINT_MIN_BYTES, store.file_bytes // 2)
+        return bool(self.waiting) or (store.journal_bytes >= limit and now >= self.next_try)
+
+    def idle_due(self, store: Store, now: float, last_commit: float) -> bool:
+        """No commit for ``idle`` seconds and the file lags: the file alone becomes the whole truth again."""
+        return bool(self.idle and now - last_commit >= self.idle and store.seq != store.checkpoint_seq
+                    and now >= self.next_try)
+
+    def answer(self, send, which, body: dict) -> None:
+        """Answer the askers whose sequence number ``which`` accepts; the others keep waiting."""
+        keep = []
+        for envelope, rid, seq in self.waiting:
+            if which(seq):
+                send(envelope, protocol.encode({"rid": rid, **body}))
+            else:
+                keep.append((envelope, rid, seq))
+        self.waiting = keep
+
+
+class Daemon:
+    def __init__(self, dataset: Path, state: State, endpoint: str, events: str,
+                 ctx: zmq.Context | None = None, curve: tuple[Path, Path] | None = None,
+                 store: Store | None = None):
+        self.dataset = dataset
+        self.state = state
+        self.store = store or Store(dataset, state)
+        self.report = Report(self)
+        self.handlers = Handlers(dataset, state, self.report.status)
+        self.sockets = Sockets(endpoint, events, ctx, curve)
+        self.send = self.sockets.send  # bound once: the hot path's replies
+        self.endpoint, self.events = endpoint, events
         self.notifier = Notifier()
+        self.checkpoints = Checkpoints()
+        self.commits = Commits(state.counts[Status.COMPLETED])
+        self.metrics: Metrics | None = None   # --metrics-port: Prometheus counters and histograms
         self.stopping = 0
-        self.started = time.time()
-        self.next_expire = 0.0
-        self.next_watchdog = 0.0
-        self.next_commit = 0.0
-        self.stats_cache: dict = {}
-        self.stats_at = float("-inf")
-        self.waiting: list[tuple[list[bytes], bytes, float]] = []  # envelope, reply, when it arrived
-        self.checkpoint_waiting: list[tuple[list[bytes], int | None, int]] = []  # envelope, rid, seq then
-        self.checkpoint_bytes: int | None = None  # None: half the file's size (at least CHECKPOINT_MIN_BYTES)
-        self.checkpoint_idle = CHECKPOINT_IDLE    # 0: never for idleness
+        self.next_expire = self.next_watchdog = self.next_commit = 0.0
         self.last_commit = time.time()
-        self.next_checkpoint_try = 0.0
-        self.rate_samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=120)
+        self.waiting: list[tuple[list[bytes], bytes, float]] = []  # envelope, reply, when it arrived
         self.totals = collections.Counter()
         self.broken = False  # a write failed half way (a bug): the next commit rolls back instead of saving
-        self.metrics: Metrics | None = None   # --metrics-port: Prometheus counters and histograms
-        self.commit_failures = 0              # in a row; 0 once a commit succeeds
-        self.last_commit_error: str | None = None
-        self.last_completion = time.time()    # a take accepted (the start, until one is)
-        self.completed_seen = state.counts[Status.COMPLETED]
 
     # ---- one message ----------------------------------------------------
     def handle(self, frames: list[bytes], now: float) -> tuple[bytes | None, list[bytes] | None, int]:
-        """Return (reply, envelope, deferred) for one multipart message; deferred may be URGENT."""
+        """Return (reply, envelope, deferred) for one multipart message; deferred may be URGENT.
+
+        Every op goes to ``Handlers`` but a checkpoint (``protocol.STORAGE``): it is about the
+        files, not the entries, and answered once a checkpoint is written, not once a commit is."""
         ident, rest = frames[0], frames[1:]
         envelope = [ident]
         if len(rest) == 2 and rest[0] == b"":
@@ -137,10 +219,8 @@ class Daemon:
             first = self.state.answer_of(op, req) if req else None
             if first is not None:  # a resend: the first answer, applied once
                 body, deferred = first, True
-            elif op == "status":  # the daemon's own view: progress and rate on top of the counters
-                body, deferred = self.status(now), False
-            elif op == "checkpoint":
-                self.checkpoint_waiting.append((envelope, rid, self.store.seq))
+            elif op in protocol.STORAGE:
+                self.checkpoints.ask(envelope, rid, self.store.seq)
                 return b"", envelope, CHECKPOINT
             else:
                 body, deferred = self.handlers.apply(op, args, now)
@@ -150,7 +230,7 @@ class Daemon:
                 deferred = URGENT
             self.totals[op] += 1
             if self.metrics is not None and op in protocol.WRITES:
-                self.count(op, args, body)
+                self.metrics.applied(op, args, body)
             reply = {"rid": rid, "ok": True, **body}
         except (BadRequest, Refused) as exc:
             self.totals["refused"] += 1
@@ -162,36 +242,13 @@ class Daemon:
                 self.broken = True
         return protocol.encode(reply), envelope, deferred
 
-    def status(self, now: float) -> dict:
-        s = self.state
-        done = s.counts["completed"] + s.counts["failed"]
-        total = len(s.entries)
-        rate = None
-        if len(self.rate_samples) >= 2:
-            (t0, c0), (t1, c1) = self.rate_samples[0], self.rate_samples[-1]
-            rate = round((c1 - c0) / (t1 - t0), 3) if t1 > t0 else None
-        remaining = s.counts["pending"] + s.counts["generating"]
-        disk = self.disk()
-        if now - self.stats_at >= STATS_EVERY:  # summing every duration is O(entries): not per poll
-            self.stats_cache, self.stats_at = s.stats(), now
-        return {**self.stats_cache, **s.counters(), **s.check_counters(), "sample_rate": s.sample_rate,
-                "daemon": True, "pid": os.getpid(), "uptime": round(now - self.started, 1),
-                "progress": round(done / total, 4) if total else 1.0, "rate_per_second": rate,
-                "eta_seconds": round(remaining / rate, 1) if rate else None,
-                "leases": len(s.leases), "journal_bytes": self.store.journal_bytes,
-                "checkpoint_bytes": self.store.file_bytes, "generators": len(s.owner_tokens),
-                "commit_failures": self.commit_failures, "last_commit_error": self.last_commit_error,
-                "last_completion": round(self.last_completion, 3), "disk_free_bytes": disk[0],
-                "disk_total_bytes": disk[1], "disk_pause": self.handlers.disk_pause(now),
-                "now": round(now, 3)}
-
     # ---- the loop -------------------------------------------------------
     def wait(self, max_ms: int = 50) -> None:  # short: a signal is noticed within max_ms
         """Block until a message arrives or the next commit is due."""
         timeout = max_ms
         if self.waiting or self.state.unsaved:
             timeout = min(timeout, max(0, int((self.next_commit - time.time()) * 1000) + 1))
-        self.poller.poll(timeout)
+        self.sockets.poller.poll(timeout)
 
     def run_once(self, now: float) -> None:
         """Apply what has arrived; commit when due; answer the writes of a durable commit."""
@@ -200,19 +257,17 @@ class Daemon:
             self.next_expire = now + EXPIRE_EVERY
             for eid in self.handlers.expire(now):
                 log.info("lease on entry %d expired", eid)
-            self.rate_samples.append((now, self.state.counts["completed"]))
-            self.beat()
+            self.report.sample(now, self.state.counts["completed"])
+            self.sockets.beat(self.store.seq)
         job = self.store.job
-        if (self.waiting or self.state.unsaved or (self.checkpoint_waiting and job is None)) \
+        if (self.waiting or self.state.unsaved or (self.checkpoints.waiting and job is None)) \
                 and now >= self.next_commit:
             self.commit(now)
         elif job is not None and not self.state.unsaved and not self.waiting:
             job.release()  # nothing uncommitted: the file can hold nothing refused
             if job.done:
                 self.finish_checkpoint(now)
-        elif (job is None and self.checkpoint_idle and now - self.last_commit >= self.checkpoint_idle
-              and self.store.seq != self.store.checkpoint_seq
-              and now >= self.next_checkpoint_try and not self.state.unsaved):
+        elif job is None and not self.state.unsaved and self.checkpoints.idle_due(self.store, now, self.last_commit):
             self.store.begin(self.state)  # idle: the file alone becomes the whole truth again
         if now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval
@@ -220,11 +275,12 @@ class Daemon:
 
     def drain(self, now: float) -> None:
         """Apply what has arrived on the control socket; answer reads at once."""
+        router = self.sockets.router
         for _ in range(DRAIN_LIMIT):
             try:
-                frames = [self.router.recv(NOBLOCK)]
-                while self.router.getsockopt(RCVMORE):
-                    frames.append(self.router.recv(NOBLOCK))
+                frames = [router.recv(NOBLOCK)]
+                while router.getsockopt(RCVMORE):
+                    frames.append(router.recv(NOBLOCK))
             except zmq.Again:
                 break
             reply, envelope, later = self.handle(frames, now)
@@ -252,26 +308,19 @@ class Daemon:
             self.rollback(now)
             return
         if self.state.unsaved:
-            started = time.monotonic()
-            journal_before = self.store.journal_bytes
             try:
-                if self.handlers.promoted:  # the takes' renames are durable before the state counts them
-                    self.handlers.promoted = False
-                    try:
-                        fsync_dir(self.dataset / "wavs")
-                    except OSError as exc:
-                        raise SaveFailed(f"fsync of wavs/: {exc.strerror}") from None
-                written = self.store.commit(self.state)
+                written, took, appended = self.write()
             except SaveFailed as exc:
                 self.commit_failed(waiting, exc, now)
                 return
-            took = time.monotonic() - started
-            self.committed(now, took, journal_before)
+            completed = self.commits.succeeded(now, self.state.counts[Status.COMPLETED])
+            if self.metrics is not None:
+                self.metrics.committed(took, appended, completed)
             self.next_commit = now + took + max(MIN_COMMIT_GAP, SAVE_DUTY * took)
             self.last_commit = now
             self.handlers.carry_out(self.handlers.after_save)
             self.handlers.after_save.clear()
-            self.publish(written)
+            self.sockets.publish(written, self.store.seq)
         self.acknowledge(waiting)
         job = self.store.job
         if job is not None:
@@ -280,9 +329,21 @@ class Daemon:
             if job.done:
                 self.finish_checkpoint(now)
             return
-        limit = self.checkpoint_bytes or max(CHECKPOINT_MIN_BYTES, self.store.file_bytes // 2)
-        if self.checkpoint_waiting or (self.store.journal_bytes >= limit and now >= self.next_checkpoint_try):
+        if self.checkpoints.due(self.store, now):
             self.store.begin(self.state)  # written by a forked child: commits go on meanwhile
+
+    def write(self) -> tuple[list, float, int]:
+        """Make what was applied durable: (the entries written, seconds it took, journal bytes appended)."""
+        started = time.monotonic()
+        journal_before = self.store.journal_bytes
+        if self.handlers.promoted:  # the takes' renames are durable before the state counts them
+            self.handlers.promoted = False
+            try:
+                fsync_dir(layout.wavs(self.dataset))
+            except OSError as exc:
+                raise SaveFailed(f"fsync of wavs/: {exc.strerror}") from None
+        written = self.store.commit(self.state)
+        return written, time.monotonic() - started, self.store.journal_bytes - journal_before
 
     def finish_checkpoint(self, now: float, wait: bool = False) -> None:
         """Put a written checkpoint in place and start the journal afresh; answer who asked."""
@@ -290,39 +351,29 @@ class Daemon:
         try:
             self.store.complete() if wait else self.store.finish()
         except OutcomeUnknown:
-            self.answer_checkpoint(lambda s: True, protocol.failure(ErrorKind.OUTCOME_UNKNOWN,
-                                                                    "checkpoint outcome unknown"))
+            self.checkpoints.answer(self.send, lambda s: True, protocol.failure(
+                ErrorKind.OUTCOME_UNKNOWN, "checkpoint outcome unknown"))
             raise
         except SaveFailed as exc:
-            self.next_checkpoint_try = now + CHECKPOINT_RETRY
+            self.checkpoints.next_try = now + CHECKPOINT_RETRY
             log.error("checkpoint failed (the journal keeps every commit; next try in %.0f s): %s",
                       CHECKPOINT_RETRY, exc)
             if self.metrics is not None:
                 self.metrics.save_failures.labels("checkpoint").inc()
-            self.answer_checkpoint(lambda s: True, protocol.failure(ErrorKind.NOT_SAVED, f"checkpoint failed: {exc}"))
+            self.checkpoints.answer(self.send, lambda s: True, protocol.failure(
+                ErrorKind.NOT_SAVED, f"checkpoint failed: {exc}"))
             return
         took = self.store.last_checkpoint_seconds
         log.info("checkpoint: %d bytes in %.3f s", self.store.file_bytes, took)
         if self.metrics is not None:
-            self.metrics.checkpoint.observe(took)
-            self.metrics.bytes.labels("checkpoint").inc(self.store.file_bytes)
+            self.metrics.checkpointed(took, self.store.file_bytes)
         # who asked before the commits it holds is answered; who asked later waits for the next one
-        self.answer_checkpoint(lambda s: s <= seq, {"ok": True, "bytes": self.store.file_bytes,
-                                                    "seconds": round(took, 3)})
-
-    def answer_checkpoint(self, which, body: dict) -> None:
-        keep = []
-        for envelope, rid, seq in self.checkpoint_waiting:
-            if which(seq):
-                self.send(envelope, protocol.encode({"rid": rid, **body}))
-            else:
-                keep.append((envelope, rid, seq))
-        self.checkpoint_waiting = keep
+        self.checkpoints.answer(self.send, lambda s: s <= seq, {"ok": True, "bytes": self.store.file_bytes,
+                                                                "seconds": round(took, 3)})
 
     def commit_failed(self, waiting: list, exc: SaveFailed, now: float) -> None:
         """Refuse the batch and roll memory back to the disk (or, outcome unknown, stop)."""
-        self.commit_failures += 1
-        self.last_commit_error = str(exc)
+        self.commits.failed(exc)
         if self.metrics is not None:
             self.metrics.save_failures.labels("commit").inc()
         self.refuse(waiting, exc)
@@ -337,43 +388,6 @@ class Daemon:
             self.send(envelope, reply)
             if self.metrics is not None:
                 self.metrics.ack.observe(max(0.0, acked - arrived))
-
-    def committed(self, now: float, took: float, journal_before: int) -> None:
-        """Book-keeping of a successful commit: progress seen, failures over, metrics."""
-        self.commit_failures, self.last_commit_error = 0, None
-        done = self.state.counts[Status.COMPLETED]
-        if done > self.completed_seen:
-            self.last_completion = now
-            if self.metrics is not None:
-                self.metrics.completed.inc(done - self.completed_seen)
-        self.completed_seen = done
-        if self.metrics is not None:
-            self.metrics.commit.observe(took)
-            self.metrics.bytes.labels("journal").inc(max(0, self.store.journal_bytes - journal_before))
-
-    def count(self, op: str, args: dict, body: dict) -> None:
-        """Metrics of one write applied."""
-        m = self.metrics
-        m.updates.labels(op).inc(len(args["items"]) if op == "results" else 1)
-        if op == "reconcile" and not args.get("dry_run"):
-            for f in body.get("fixes", ()):
-                m.corrections.labels(f"{f.get('from')}_{f.get('to')}").inc()
-
-    def disk_free(self) -> int:
-        """Bytes free for us on the dataset's filesystem (-1 if it cannot be asked)."""
-        return self.disk()[0]
-
-    def disk(self) -> tuple[int, int]:
-        """(free for us, total) bytes of the fuller of the state's and wavs/' filesystems (often one,
-        not always: wavs/ may be a mount of its own); (-1, 0) if neither can be asked."""
-        seen = []
-        for folder in (self.dataset, self.dataset / "wavs"):
-            try:
-                st = os.statvfs(folder)
-            except OSError:
-                continue
-            seen.append((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
-        return min(seen, default=(-1, 0))
 
     def refuse(self, waiting: list, exc: SaveFailed) -> None:
         log.error("save failed, batch of %d writes refused: %s", len(waiting), exc)
@@ -391,8 +405,8 @@ class Daemon:
         appears later (SQLite's rollback). Costs a load (seconds at a million entries), only on failure."""
         started = time.monotonic()
         if self.store.job is not None:  # it may hold what was just refused
-            self.answer_checkpoint(lambda s: True, protocol.failure(ErrorKind.NOT_SAVED,
-                                                                    "checkpoint failed: a commit failed"))
+            self.checkpoints.answer(self.send, lambda s: True, protocol.failure(
+                ErrorKind.NOT_SAVED, "checkpoint failed: a commit failed"))
         self.store.close()
         try:
             state, store = load_for_writing(self.dataset)
@@ -402,54 +416,13 @@ class Daemon:
         state.max_takes, state.judge.max_cer = self.state.max_takes, self.state.judge.max_cer
         state.grant_grace(now)
         self.state, self.store = state, store
-        self.completed_seen = state.counts[Status.COMPLETED]
-        self.handlers = Handlers(self.dataset, state)
+        self.commits.completed_seen = state.counts[Status.COMPLETED]
+        self.handlers = Handlers(self.dataset, state, self.report.status)
         log.warning("rolled back to the state on disk in %.2f s: %s", time.monotonic() - started,
                     " ".join(f"{k}={v}" for k, v in state.counters().items()))
 
-    def publish(self, written: list) -> None:
-        """Change events: each entry the commit wrote, as it now is, then the commit's number and
-        how many entries it wrote, so a subscriber knows it missed some (a full queue drops events)
-        and reads the state again."""
-        try:
-            for e in written:
-                self.pub.send(b"entry", NOBLOCK_MORE)
-                self.pub.send(_encode(e), NOBLOCK)
-            self.pub.send(b"commit", NOBLOCK_MORE)
-            self.pub.send(protocol.encode({"seq": self.store.seq, "entries": len(written)}), NOBLOCK)
-        except zmq.Again:
-            pass
-
-    def beat(self) -> None:
-        """The number of the last commit, now and then: a subscriber that lost a commit's events
-        and its end (a full queue drops both) learns it without waiting for the next commit."""
-        try:
-            self.pub.send(b"beat", NOBLOCK_MORE)
-            self.pub.send(protocol.encode({"seq": self.store.seq}), NOBLOCK)
-        except zmq.Again:
-            pass
-
-    def send(self, envelope: list[bytes], reply: bytes) -> None:
-        try:
-            for frame in envelope:
-                self.router.send(frame, NOBLOCK_MORE)
-            self.router.send(reply, NOBLOCK)
-        except (zmq.Again, zmq.ZMQError):
-            pass  # a vanished or slow client never blocks the daemon; it will resend
-
     def close(self) -> None:
-        self.router.close(0)
-        self.pub.close(0)
-        if self.auth is not None:
-            self.auth.stop()
-        if self._own_ctx:
-            self.ctx.term()
-        for ep in (self.endpoint, self.events):
-            if ep.startswith("ipc://"):
-                try:
-                    os.unlink(ep[len("ipc://"):])
-                except OSError:
-                    pass
+        self.sockets.close()
 
 
 def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
@@ -486,7 +459,7 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
                      f"kept in {store.torn_kept}" if store.torn else "")
         daemon = Daemon(dataset, state, control, events, curve=curve, store=store)
         daemon.handlers.settle_all()  # the moves a retake or restore committed before a crash implies
-        daemon.checkpoint_bytes, daemon.checkpoint_idle = checkpoint_bytes, checkpoint_idle
+        daemon.checkpoints = Checkpoints(checkpoint_bytes, checkpoint_idle)
         if metrics is not None:
             from .metrics import Metrics  # here: prometheus_client costs every other start its import
             daemon.metrics = Metrics()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .atomic import SaveFailed
 from .client import Client, NoDaemon
 from .handlers import Handlers
@@ -53,7 +54,7 @@ def prepare_init(dataset: Path, texts: Path, prefix: str | None = None) -> State
 
 def create_prepared(dataset: Path, state: State) -> State:
     dataset.mkdir(parents=True, exist_ok=True)
-    (dataset / "wavs").mkdir(exist_ok=True)
+    layout.wavs(dataset).mkdir(exist_ok=True)
     create(dataset, state)
     return state
 
@@ -114,13 +115,14 @@ def show(dataset: Path, key: int | str) -> dict:
     reply = ask(dataset, "show", key=key)
     e = reply["entry"] if reply is not None else load(dataset).lookup(key).public()
     cers = {x["file"]: (x.get("check") or {}).get("cer") for x in e.get("earlier", ())}
-    folder = dataset / "requeued"
+    folder = layout.set_aside(dataset)
     try:
         mine = re.compile(re.escape(e["filename"]) + r"\.\d{8}T\d{6}(\.[0-9a-f]{1,9})?\.wav")
         names = sorted(n for n in os.listdir(folder) if mine.fullmatch(n))
     except FileNotFoundError:
         names = []
-    return {**e, "earlier_takes": [{"file": f"requeued/{n}", "cer": cers.get(f"requeued/{n}")} for n in names]}
+    files = [layout.set_aside_name(n) for n in names]
+    return {**e, "earlier_takes": [{"file": f, "cer": cers.get(f)} for f in files]}
 
 
 def write(dataset: Path, op: str, **fields: Any) -> dict:
@@ -203,7 +205,7 @@ def journal_discard(dataset: Path) -> tuple[int, Path | None]:
 
 def wavs_already_there(dataset: Path) -> int:
     """How many wavs a new state would find in ``wavs/`` (a re-init over an earlier run)."""
-    folder = dataset / "wavs"
+    folder = layout.wavs(dataset)
     return sum(1 for p in folder.glob("*.wav") if not p.name.startswith(".")) if folder.is_dir() else 0
 
 

@@ -7,22 +7,20 @@ from pathlib import Path
 
 import orjson
 
+from .layout import CONTROL_SOCKET, EVENTS_SOCKET
 from .store import holder_info
-
-CONTROL_SOCK = "statesvc.sock"
-EVENTS_SOCK = "statesvc-events.sock"
 
 
 def defaults(dataset: Path, endpoint: str | None = None, events: str | None = None) -> tuple[str, str]:
     """The control and events endpoints: ipc sockets in the dataset unless tcp is asked for."""
     d = Path(os.path.abspath(dataset))
-    control = endpoint or f"ipc://{d / CONTROL_SOCK}"
+    control = endpoint or f"ipc://{d / CONTROL_SOCKET}"
     if events is None:
         if control.startswith("tcp://") and control.rsplit(":", 1)[-1].isdigit():
             base, port = control.rsplit(":", 1)
             events = f"{base}:{int(port) + 1}"
         else:
-            events = f"ipc://{d / EVENTS_SOCK}"
+            events = f"ipc://{d / EVENTS_SOCKET}"
     return control, events
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import orjson
 
+from .layout import wav_path
+
 FORMATS = ("ljspeech", "jsonl")
 
 
@@ -27,6 +29,6 @@ def lines(dataset: Path, entries: list[dict], fmt: str, approved_only: bool = Fa
         if fmt == "ljspeech":
             yield f"{e['filename']}|{text.replace('|', ' ')}|{text.replace('|', ' ')}"
         else:
-            path = (dataset / "wavs" / f"{e['filename']}.wav").resolve()
+            path = wav_path(dataset, e["filename"]).resolve()
             yield orjson.dumps({"audio_filepath": str(path), "text": text, "duration": e["duration_seconds"],
                                 "cer": check.get("cer"), "transcript": check.get("transcript")}).decode()

@@ -9,19 +9,19 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from . import protocol
+from . import checks, protocol, reconcile
 from .atomic import fsync_dir
 from .audio import inspect, read_provenance, take_path
+from .entry import Entry, Status, is_adopted
+from .layout import QUARANTINE, SET_ASIDE, STALE, set_aside, wav_name, wav_path
 from .protocol import STORAGE, VALIDATORS, WRITES, ErrorKind
-from .state import Effect, Entry, Refused, State, Status, is_adopted
+from .state import Effect, Refused, State
 
 log = logging.getLogger("statesvc")
 
-QUARANTINE = "quarantine"   # files that are not valid audio
-SET_ASIDE = "requeued"      # an entry's earlier takes (requeue, edit)
-STALE = "stale"             # takes that do not count: late, of another text or revision, over another's lease
 FOLDERS = {"quarantine": QUARANTINE, "set_aside": SET_ASIDE, "stale": STALE, "settle": SET_ASIDE}
 PAUSE_TTL = 10.0  # seconds a generator's disk pause holds unless said again (it says it every 2 s)
 
@@ -32,9 +32,10 @@ class Handlers:
     ``after_save``: the daemon carries those out once the change is durable, so a save that
     fails leaves the files as the state on disk describes them."""
 
-    def __init__(self, dataset: Path, state: State):
+    def __init__(self, dataset: Path, state: State, status: Callable[[float], dict] | None = None):
         self.dataset = dataset
         self.state = state
+        self.status = status  # a daemon's own view for the status op (its report.Report), if a daemon answers
         self.after_save: list[Effect] = []
         self.disk_pauses: dict[str, tuple[int, int, float]] = {}  # owner: (free, floor, when said)
         self._moved_in: set[str] = set()  # folders a move touched since the last fsync of them
@@ -69,13 +70,13 @@ class Handlers:
         self.disk_pauses.pop(a["owner"], None)
         body = self.state.died(a["owner"], now, self.finished(self.state.synthesizing_of(a["owner"])))
         return {**body, "adopted": self.adopt_orphans(now),
-                "checks_returned": self.state.expire_checks(now, a["owner"])}
+                "checks_returned": checks.expire(self.state, now, a["owner"])}
 
     def expire(self, now: float) -> list[int]:
         """End the leases past their deadline (the daemon's clock); adopt the whole takes they left."""
         expired = self.state.expire(now, self.finished(self.state.expiring(now)))
         self.adopt_orphans(now)
-        return expired + self.state.expire_checks(now)
+        return expired + checks.expire(self.state, now)
 
     def finished(self, tokens: list[str]) -> frozenset[str]:
         """Which of these leases under synthesis have their take on disk: they were not under way."""
@@ -117,22 +118,22 @@ class Handlers:
         return {**body, "moved": self.later(effects)}
 
     def on_check_claim(self, a: dict, now: float) -> dict:
-        return self.state.check_claim(a["owner"], a["n"], a["lease_seconds"], now)
+        return checks.claim(self.state, a["owner"], a["n"], a["lease_seconds"], now)
 
     def on_check_result(self, a: protocol.CheckReport, now: float) -> dict:
         e = self.state.lookup(a.id)  # only an earlier take whose file is there may come back (as promote checks)
         present = frozenset(x.file for x in e.earlier if x.rev == e.rev and (self.dataset / x.file).exists())
-        body, effects = self.state.check_result(a, now, present)
+        body, effects = checks.result(self.state, a, now, present)
         if body["applied"]:  # one line per check accepted (at debug): what a test counts
             log.debug("check accepted: entry %s take %s by %s: %s", a.id, a.take, a.owner, body["stage"])
         self.after_save.extend(effects)
         return body
 
     def on_check_release(self, a: dict, now: float) -> dict:
-        return self.state.check_release(a["owner"], a["tokens"], now)
+        return checks.release(self.state, a["owner"], a["tokens"], now)
 
     def on_check_heartbeat(self, a: dict, now: float) -> dict:
-        return self.state.check_heartbeat(a["owner"], a["tokens"], now)
+        return checks.heartbeat(self.state, a["owner"], a["tokens"], now)
 
     def on_review(self, a: dict, now: float) -> dict:
         return self.state.review(a["key"], a["verdict"], a["note"], a["take"], now)
@@ -142,8 +143,8 @@ class Handlers:
 
     def on_reconcile(self, a: dict, now: float) -> dict:
         if a["dry_run"]:
-            return self.state.preview_reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
-        body, effects = self.state.reconcile(a["since"], a["epoch"], a["files"], a["missing"], now)
+            return reconcile.preview(self.state, a["since"], a["epoch"], a["files"], a["missing"], now)
+        body, effects = reconcile.apply(self.state, a["since"], a["epoch"], a["files"], a["missing"], now)
         return {**body, "moved": self.later(effects)}
 
     # ---- reads: answered at once from memory ------------------------------
@@ -173,7 +174,8 @@ class Handlers:
                 "floor_bytes": max(p[1] for p in pauses)}
 
     def on_status(self, a: dict, now: float) -> dict:
-        return self.state.stats()
+        """The counters; a daemon answers with its own view on top (progress, rate, commits, disk)."""
+        return self.status(now) if self.status is not None else self.state.stats()
 
     def on_list(self, a: dict, now: float) -> dict:
         st = a["status"]
@@ -205,7 +207,7 @@ class Handlers:
             return True
         if any(x.filename == e.filename and (x.token is None or x.kind == "restore") for x in self.after_save):
             return False  # the wav under the name is on its way out (set aside, restored, stale)
-        prov = read_provenance(self.dataset / "wavs" / f"{e.filename}.wav")
+        prov = read_provenance(wav_path(self.dataset, e.filename))
         return prov is not None and prov.token == a["token"]
 
     def promote(self, a: dict) -> None:
@@ -213,7 +215,7 @@ class Handlers:
         e = self.state.lookup(a["id"])
         src = take_path(self.dataset, e.filename, a["token"])
         try:
-            os.replace(src, self.dataset / "wavs" / f"{e.filename}.wav")
+            os.replace(src, wav_path(self.dataset, e.filename))
         except FileNotFoundError:
             return  # promoted before a failed save or a restart: take_ready saw it under the name
         except OSError as exc:
@@ -228,12 +230,11 @@ class Handlers:
         """Queue moves for after the save; the reply names where each file will go."""
         self.after_save.extend(effects)
         return [f"{FOLDERS[e.kind]}/{e.filename}.wav" for e in effects
-                if os.path.lexists(os.path.join(self.dataset, "wavs", f"{e.filename}.wav"))]
+                if os.path.lexists(os.path.join(self.dataset, wav_name(e.filename)))]
 
     def carry_out(self, effects: list[Effect]) -> list[str]:
         """Move bad, set-aside or stale wavs out of wavs/; nothing is ever deleted."""
         moved = []
-        wavs = os.path.join(self.dataset, "wavs")
         for eff in effects:
             if eff.kind == "restore":
                 moved += self._restore(eff)
@@ -243,14 +244,14 @@ class Handlers:
                 moved += self.settle(e, self._aside_listing()) if e is not None else []
                 continue
             if eff.dest is not None:  # a retake: the name the state recorded
-                src = os.path.join(wavs, f"{eff.filename}.wav")
+                src = os.path.join(self.dataset, wav_name(eff.filename))
                 if self._move(src, self.dataset / eff.dest):
                     moved.append(eff.dest)
                 continue
             if eff.kind == "stale" and eff.token is not None:
                 src = str(take_path(self.dataset, eff.filename, eff.token))
             else:  # a str: a requeue of thousands costs a stat each, not more
-                src = os.path.join(wavs, f"{eff.filename}.wav")
+                src = os.path.join(self.dataset, wav_name(eff.filename))
             if not os.path.lexists(src):
                 continue
             folder = self.dataset / FOLDERS[eff.kind]
@@ -277,7 +278,7 @@ class Handlers:
 
     def _aside_listing(self) -> list[str]:
         try:
-            return os.listdir(self.dataset / SET_ASIDE)
+            return os.listdir(set_aside(self.dataset))
         except OSError:
             return []
 
@@ -294,7 +295,7 @@ class Handlers:
         commit of a retake or restore and its moves: a take a check set aside that sits under the
         entry's name goes to its file under requeued/; the current take, found under requeued/ (its
         token ends the file's name) while nothing is under the entry's name, comes back."""
-        wav = self.dataset / "wavs" / f"{e.filename}.wav"
+        wav = wav_path(self.dataset, e.filename)
         moved: list[str] = []
         prov = read_provenance(wav)
         aside = None if prov is None or prov.token == e.take else \
@@ -308,11 +309,11 @@ class Handlers:
         if e.status == Status.COMPLETED and e.take is not None and not os.path.lexists(wav):
             ending = f".{e.take[-9:]}.wav"
             for n in sorted(n for n in listing if n.startswith(f"{e.filename}.") and n.endswith(ending)):
-                src = self.dataset / SET_ASIDE / n
+                src = set_aside(self.dataset) / n
                 p = read_provenance(src)
                 if (p is not None and p.token == e.take) or (p is None and is_adopted(e.take)):
                     if self._move(str(src), wav):
-                        moved.append(f"wavs/{e.filename}.wav")
+                        moved.append(wav_name(e.filename))
                     break
         if moved:
             log.warning("%s: redid the moves its retake or restore implies: %s", e.filename, ", ".join(moved))
@@ -321,7 +322,7 @@ class Handlers:
     def _restore(self, eff: Effect) -> list[str]:
         """An earlier take back under the entry's name (the state records it): the current take to
         its recorded name under requeued/ first, so nothing is overwritten."""
-        wav = self.dataset / "wavs" / f"{eff.filename}.wav"
+        wav = wav_path(self.dataset, eff.filename)
         if not (self.dataset / eff.source).exists():
             log.error("cannot bring %s back: it is gone (the reconciler will record the take in wavs/)", eff.source)
             return []
@@ -329,7 +330,7 @@ class Handlers:
             return []
         if not self._move(str(self.dataset / eff.source), wav):
             return [eff.dest]
-        return [eff.dest, f"wavs/{eff.filename}.wav"]
+        return [eff.dest, wav_name(eff.filename)]
 
     def _move(self, src: str, dst: Path) -> bool:
         try:

@@ -34,7 +34,7 @@ import msgspec
 import orjson
 
 from .atomic import OutcomeUnknown, SaveFailed, write_all, write_atomic
-from .state import Entry, Phase
+from .entry import Entry, Phase
 
 JOURNAL_FILE = "generation_state.journal"
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from .state import Status
+from .entry import Status
+from .report import disk_space
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -37,6 +38,24 @@ class Metrics:
                                    "by kind (from_to).", ["kind"], registry=r)
         self.completed = Counter("tts_takes_completed", "Takes accepted (entries becoming completed).", registry=r)
 
+    def applied(self, op: str, args: dict, body: dict) -> None:
+        """One write applied (committed with the next commit)."""
+        self.updates.labels(op).inc(len(args["items"]) if op == "results" else 1)
+        if op == "reconcile" and not args.get("dry_run"):
+            for f in body.get("fixes", ()):
+                self.corrections.labels(f"{f.get('from')}_{f.get('to')}").inc()
+
+    def committed(self, took: float, journal_bytes: int, completed: int) -> None:
+        """A commit made durable: its duration, the bytes it appended, the entries it completed."""
+        if completed:
+            self.completed.inc(completed)
+        self.commit.observe(took)
+        self.bytes.labels("journal").inc(max(0, journal_bytes))
+
+    def checkpointed(self, took: float, file_bytes: int) -> None:
+        self.checkpoint.observe(took)
+        self.bytes.labels("checkpoint").inc(file_bytes)
+
     def serve(self, daemon: Daemon, port: int, host: str) -> None:
         self.registry.register(_Gauges(daemon))
         start_http_server(port, addr=host, registry=self.registry)
@@ -61,8 +80,8 @@ class _Gauges:
         yield GaugeMetricFamily("tts_journal_bytes", "Size of the journal (commits since the last checkpoint).",
                                 value=d.store.journal_bytes)
         yield GaugeMetricFamily("tts_last_completion_timestamp_seconds", "When the last take was accepted "
-                                "(the daemon's start if none since).", value=d.last_completion)
+                                "(the daemon's start if none since).", value=d.commits.last_completion)
         yield GaugeMetricFamily("tts_commit_failing", "1 while commits fail (the last one failed).",
-                                value=1 if d.commit_failures else 0)
+                                value=1 if d.commits.failures else 0)
         yield GaugeMetricFamily("tts_disk_free_bytes", "Free space on the dataset's filesystem.",
-                                value=d.disk_free())
+                                value=disk_space(d.dataset)[0])

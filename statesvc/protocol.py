@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .state import STATUSES, Verdict
+from .entry import STATUSES, Verdict
 from .texts import check_filename, check_text
 
 

@@ -1,15 +1,17 @@
-"""The entries of a dataset and their lifecycle.
+"""The entries of a dataset and their transitions: ``State``, the one writer of their lifecycle.
 
 Pure: nothing here touches a socket, a file or the clock. Every transition takes
 the state, a validated message and ``now`` (seconds since the epoch) and returns
 a reply; file moves it needs (promoting a take, moving an old take aside) are
 returned as ``Effect`` values for the daemon to carry out.
 
-The lifecycle is one table, ``LIFECYCLE``: for each cause (claim, result, failure,
-expiry, release, requeue, reconcile, edit) the statuses it may move an entry from
+The lifecycle is one table, ``LIFECYCLE`` (``statesvc.lifecycle``): for each cause (claim, result,
+failure, expiry, release, requeue, reconcile, edit) the statuses it may move an entry from
 and to. ``_transition`` is the only code that changes a status; it refuses anything
 the table does not list, keeps the counters, and owns the lease: an entry holds a
-lease exactly while it is generating.
+lease exactly while it is generating. The entry's values are in ``statesvc.entry``; the check of
+takes (``statesvc.checks``) and what the reconciler saw (``statesvc.reconcile``) are ``State``'s
+operations too, kept in modules of their own, and change entries only through ``_transition``.
 
 Fencing: every lease has a token, checked on every result and heartbeat. Every
 entry has a revision, bumped by requeue and edit, and the hash of its text; a take
@@ -20,290 +22,35 @@ before a requeue or an edit, or over another generator's live lease, never count
 from __future__ import annotations
 
 import collections
-import enum
-import functools
-import hashlib
 import heapq
-import logging
-import numbers
 import operator
 import secrets
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-import msgspec
-
+from .entry import (
+    Check,
+    Entry,
+    Lease,
+    Phase,
+    Review,
+    Stage,
+    Status,
+    Verdict,
+    adopted_token,
+    iso,
+    text_hash,
+)
 from .judge import Judge
+from .lifecycle import CHECKED, FLAGGED, LEASED, LIFECYCLE, NONE_, STAGES, WAITING, C, Cause, F, G, P
 
-if TYPE_CHECKING:
-    from .protocol import CheckReport
-
-SCHEMA_VERSION = 2
-DURATION_TOLERANCE = 0.002  # seconds: the one tolerance between a duration recorded and one measured
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 10.0
 DEFAULT_MAX_TAKES = 3
-# A take whose check lease expired this many times (its checker hung, or died, on it each time) is
-# recorded as a check with an error and flagged, not handed out for ever.
-MAX_CHECK_EXPIRIES = 3
 ANSWERS_KEPT = 256  # answers to add/edit kept (and saved) for resends: a client resends within seconds
-ADOPTED = "adopted-"  # a take token the daemon gives a wav made by another tool: ADOPTED + 16 hex digits
-
-log = logging.getLogger("statesvc.state")
-
-
-def adopted_token() -> str:
-    """A token of its own for a take the daemon adopts (a wav that records no take): reviews and
-    checks are fenced by it like any take's."""
-    return ADOPTED + secrets.token_hex(8)
-
-
-def is_adopted(token: str | None) -> bool:
-    """The token names an adopted take: its wav records no take (made by another tool)."""
-    return token is not None and token.startswith(ADOPTED)
-
-
-class Status(enum.StrEnum):
-    PENDING = "pending"
-    GENERATING = "generating"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-STATUSES = tuple(s.value for s in Status)
-STATUS_OF = {s.value: s for s in Status}
-
-
-class Cause(enum.StrEnum):
-    CLAIM = "claim"          # a generator takes a pending entry under a lease
-    RESULT = "result"        # a take is accepted: its lease's, or a late one nobody else holds
-    FAILURE = "failure"      # the synthesizer raised on the text
-    EXPIRY = "expiry"        # the lease ended without a result: its generator died or went silent
-    RELEASE = "release"      # a generator gives back a lease it never started
-    REQUEUE = "requeue"      # a person asks for a new take
-    RECONCILE = "reconcile"  # what the reconciler saw in wavs/
-    EDIT = "edit"            # a person changes the text
-    # the check of takes: the status stays, the check stage (``Stage``) changes
-    CHECK_CLAIM = "check_claim"      # a checker takes the current take under a check lease
-    CHECK_RESULT = "check_result"    # a check is in: judged fine, or wrong and kept (flagged)
-    CHECK_EXPIRY = "check_expiry"    # the check lease ended without a check (checker dead, stopped, gave it back)
-    RETAKE = "retake"                # a check judged the take wrong: another take of the same text and revision
-
-
-class Stage(enum.StrEnum):
-    """Where the check of an entry's current take is: one value, changed only by ``_transition``."""
-
-    NONE = "none"        # no take (the entry is not completed)
-    WAITING = "waiting"  # the current take awaits a check
-    LEASED = "leased"    # a checker holds it under a check lease
-    CHECKED = "checked"  # judged: it says its text
-    FLAGGED = "flagged"  # judged wrong and kept: the best of its takes, a deterministic voice, approved,
-    #                      or the recognizer failed on it; for the curator
-
-
-P, G, C, F = Status.PENDING, Status.GENERATING, Status.COMPLETED, Status.FAILED
-# cause -> {from: allowed targets}. Anything else is refused.
-LIFECYCLE: dict[Cause, dict[Status, frozenset[Status]]] = {
-    Cause.CLAIM: {P: frozenset({G})},
-    Cause.RESULT: {G: frozenset({C}), P: frozenset({C}), F: frozenset({C})},
-    Cause.FAILURE: {G: frozenset({P, F})},
-    Cause.EXPIRY: {G: frozenset({P, F})},
-    Cause.RELEASE: {G: frozenset({P})},
-    Cause.REQUEUE: {P: frozenset({P}), G: frozenset({P}), C: frozenset({P}), F: frozenset({P})},
-    Cause.RECONCILE: {P: frozenset({C}), F: frozenset({C}), C: frozenset({P, C})},
-    Cause.EDIT: {P: frozenset({P}), C: frozenset({P}), F: frozenset({P})},
-    Cause.CHECK_CLAIM: {C: frozenset({C})},
-    Cause.CHECK_RESULT: {C: frozenset({C})},
-    Cause.CHECK_EXPIRY: {C: frozenset({C})},
-    Cause.RETAKE: {C: frozenset({P})},
-}
-NONE_, WAITING, LEASED, CHECKED, FLAGGED = Stage.NONE, Stage.WAITING, Stage.LEASED, Stage.CHECKED, Stage.FLAGGED
-# The check stage, beside the status, for the check causes: cause -> {from: allowed targets}. Every
-# other cause leaves it at NONE (an entry that is not completed), or WAITING for a take that enters.
-STAGES: dict[Cause, dict[Stage, frozenset[Stage]]] = {
-    Cause.CHECK_CLAIM: {WAITING: frozenset({LEASED})},
-    Cause.CHECK_RESULT: {LEASED: frozenset({CHECKED, FLAGGED})},
-    Cause.CHECK_EXPIRY: {LEASED: frozenset({WAITING})},
-    Cause.RETAKE: {LEASED: frozenset({NONE_})},
-}
-
-
-class Phase(enum.StrEnum):
-    """Where the work under a lease is, as its generator last said."""
-
-    QUEUED = "queued"              # claimed, not started: given back uncharged if the generator dies
-    SYNTHESIZING = "synthesizing"  # under way: the text is charged an attempt if the generator dies
-    WRITTEN = "written"            # synthesized, its result not in yet: given back uncharged
-
-
-class Verdict(enum.StrEnum):
-    """What a person who listened to an entry's take made of it."""
-
-    APPROVED = "approved"
-    REJECTED = "rejected"
-
-
-class Review(msgspec.Struct, gc=False, omit_defaults=True):
-    """A verdict on one take (``take``: its token; an adopted take has one too, see
-    ``adopted_token``; None only in files written before adopted takes had one). A new take, or
-    the entry leaving completed, ends it."""
-
-    verdict: Verdict
-    take: str | None
-    at: str
-    note: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "take": self.take, "at": self.at, "note": self.note}
 
 
 class Refused(Exception):
     """A request that is well formed but cannot be applied; its text is the reply."""
-
-
-def text_hash(text: str) -> str:
-    """What a take records of the text it was made from: 16 hex digits of its SHA-256."""
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def same_duration(a: object, b: object) -> bool:
-    """Two durations in seconds agree: both known and within DURATION_TOLERANCE."""
-    ok = (isinstance(x, numbers.Real) and not isinstance(x, bool) for x in (a, b))
-    return all(ok) and abs(a - b) <= DURATION_TOLERANCE
-
-
-class Lease(msgspec.Struct, gc=False):
-    token: str
-    owner: str
-    deadline: float
-    phase: Phase = Phase.QUEUED
-
-    def to_dict(self) -> dict:
-        return {"token": self.token, "owner": self.owner, "deadline": self.deadline, "phase": self.phase}
-
-
-class Check(msgspec.Struct, gc=False):
-    """A check of one take (``take``: its token): what the recognizer heard and the judgement."""
-
-    take: str
-    cer: float | None
-    wer: float | None
-    transcript: str
-    model: str
-    error: str | None
-    wrong: bool = False
-    reason: str | None = None      # why it is wrong, in words
-    threshold: float | None = None  # the CER threshold applied
-    seconds: float | None = None    # the take's duration and its text's length, as the judge learnt them
-    chars: int = 0
-
-    def to_dict(self) -> dict:
-        return {"cer": self.cer, "wer": self.wer, "transcript": self.transcript, "model": self.model,
-                "take": self.take, "error": self.error, "wrong": self.wrong, "reason": self.reason,
-                "threshold": self.threshold}
-
-
-class Earlier(msgspec.Struct, gc=False):
-    """A take of an entry that a check set aside (or that a better one replaced): its file under
-    requeued/, and what is needed to bring it back (the daemon's, fenced like any take)."""
-
-    file: str   # "requeued/NAME.TIMESTAMP.wav"
-    take: str
-    rev: int
-    duration: float | None
-    check: Check | None = None
-
-
-class Entry(msgspec.Struct, gc=False, omit_defaults=True):
-    """One text and what is known of its audio.
-
-    A msgspec Struct: a saved line decodes straight into one, without a dict in between (a
-    million of them load in a third of the time), and encodes straight back. Only ``lease``
-    and ``suspect`` have defaults, so a line holds every other field, as ``to_dict`` does;
-    build new entries with ``Entry.make``. ``gc=False``: entries hold no cycles, so the cyclic
-    collector never walks a million of them.
-    """
-
-    id: int
-    filename: str
-    text: str
-    status: Status
-    duration_seconds: float | None
-    sample_rate: int | None
-    attempts: int            # syntheses that ended: completed, raised, or died with their generator
-    error: str | None
-    updated_at: str | None
-    text_hash: str
-    rev: int                 # bumped by requeue and edit: takes of an older revision never count
-    # The token of the take under the entry's name: its lease's, or ADOPTED... for a wav made by
-    # another tool. Never None when completed (files written before adopted tokens are given one
-    # at the daemon's start: ``repair``).
-    take: str | None
-    lease: Lease | None = None
-    # In flight when its generator died, not charged: synthesized alone next time, its generator's
-    # working notice acknowledged first, so a text that kills its generator is found and charged.
-    suspect: bool = False
-    review: Review | None = None  # of the take under the entry's name; ended by any other take
-    take_count: int = 0         # takes of this revision made (a retake is not a failed attempt)
-    stage: Stage = Stage.NONE   # the check of the current take
-    check: Check | None = None  # of the current take, once checked
-    check_lease: Lease | None = None  # while a checker holds the current take (stage leased)
-    deterministic: bool = False  # the current take's synthesizer gives the same audio for the same text
-    earlier: list[Earlier] = msgspec.field(default_factory=list)  # takes a check set aside, with their checks
-    check_expiries: int = 0  # check leases of the current take that expired (MAX_CHECK_EXPIRIES)
-
-    def public(self) -> dict:
-        """The entry as `show --json` and `list --json` give it (the contract scripts rely on): its
-        line in the file, plus ``check`` (null before the current take is checked), ``take_count``
-        and the check ``stage``, always."""
-        return {**self.to_dict(), "take_count": self.take_count,
-                "check": None if self.check is None else self.check.to_dict(), "stage": self.stage}
-
-    @classmethod
-    def make(cls, id: int, filename: str, text: str, status: Status = Status.PENDING,  # noqa: A002
-             duration_seconds: float | None = None, sample_rate: int | None = None, attempts: int = 0,
-             error: str | None = None, updated_at: str | None = None, rev: int = 0,
-             take: str | None = None) -> Entry:
-        return cls(id, filename, text, status, duration_seconds, sample_rate, attempts, error, updated_at,
-                   text_hash(text), rev, take)
-
-    def to_dict(self) -> dict:
-        d = {
-            "id": self.id,
-            "filename": self.filename,
-            "text": self.text,
-            "status": self.status,
-            "duration_seconds": self.duration_seconds,
-            "sample_rate": self.sample_rate,
-            "attempts": self.attempts,
-            "error": self.error,
-            "updated_at": self.updated_at,
-            "text_hash": self.text_hash,
-            "rev": self.rev,
-            "take": self.take,
-        }
-        if self.lease is not None:
-            d["lease"] = self.lease.to_dict()
-        if self.suspect:
-            d["suspect"] = True
-        if self.review is not None:
-            d["review"] = self.review.to_dict()
-        if self.take_count:
-            d["take_count"] = self.take_count
-        if self.check is not None:
-            d["check"] = self.check.to_dict()
-        if self.stage != Stage.NONE:
-            d["stage"] = self.stage
-        if self.check_lease is not None:
-            d["check_lease"] = self.check_lease.to_dict()
-        if self.deterministic:
-            d["deterministic"] = True
-        if self.earlier:
-            d["earlier"] = [msgspec.to_builtins(x) for x in self.earlier]
-        if self.check_expiries:
-            d["check_expiries"] = self.check_expiries
-        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,11 +63,6 @@ class Effect:
     token: str | None = None
     dest: str | None = None  # set_aside, restore: the name under requeued/ the state records for the take leaving
     source: str | None = None  # restore: the earlier take brought back under the entry's name
-
-
-@functools.lru_cache(maxsize=1)  # every change applied in one loop turn shares one ``now``
-def iso(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 @dataclass
@@ -707,127 +449,6 @@ class State:
             self._touch(e, now)
         return [e.id for e in stuck]
 
-    # ---- checks: the current take of completed entries, handed out like generation work ----------
-    def check_claim(self, owner: str, n: int, lease_seconds: float | None, now: float) -> dict:
-        """Hand out up to ``n`` takes awaiting a check, each under an exclusive check lease."""
-        seconds = lease_seconds or self.lease_seconds
-        out = []
-        while self._waiting and len(out) < n:
-            e = self.by_id.get(self._waiting.popleft())
-            if e is None or e.stage != WAITING:
-                continue  # moved on since it was queued
-            token = secrets.token_hex(8)
-            self._transition(e, Cause.CHECK_CLAIM, C, now, stage=LEASED, check_lease=Lease(token, owner, now + seconds))
-            out.append({"id": e.id, "filename": e.filename, "text": e.text, "take": e.take, "token": token,
-                        "duration_seconds": e.duration_seconds})
-        return {"entries": out, "lease_seconds": seconds, "waiting": self.stages[WAITING]}
-
-    def check_heartbeat(self, owner: str, tokens: list[str], now: float) -> dict:
-        """Extend check leases; tokens no longer held come back as ``lost``."""
-        return self._renew(owner, tokens, now, "check_lease")
-
-    def check_release(self, owner: str, tokens: list[str], now: float) -> dict:
-        released = []
-        for token in tokens:
-            e = self._held(owner, token, "check_lease")
-            if e is not None:
-                self._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING)
-                released.append(e.id)
-        return {"released": released}
-
-    def expire_checks(self, now: float, owner: str | None = None) -> list[int]:
-        """End the check leases past their deadline (or all of ``owner``'s: it died): the takes
-        wait for another checker; nothing is lost."""
-        leases = [(eid, self.by_id[eid].check_lease) for eid in self.check_leases.values()]
-        ended = [eid for eid, lease in leases if (lease.owner == owner if owner is not None else lease.deadline <= now)]
-        for eid in ended:
-            e = self.by_id[eid]
-            e.check_expiries += 1
-            if e.check_expiries >= MAX_CHECK_EXPIRIES:  # it hangs or kills its checkers: a failed check
-                self._check_failed(e, f"no checker finished this take: its check lease expired "
-                                      f"{e.check_expiries} times", now)
-            else:
-                self._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING)
-        return ended
-
-    def _check_failed(self, e: Entry, error: str, now: float) -> None:
-        """Record a check with ``error`` on the current take, flagged, as a recognizer error is."""
-        j = self.judge.judge(None, error, False, e.duration_seconds, len(e.text))
-        e.check = Check(e.take, None, None, "", "", error, j.wrong, j.reason, j.threshold, e.duration_seconds,
-                        len(e.text))
-        self._transition(e, Cause.CHECK_RESULT, C, now, stage=FLAGGED)
-        self._learn(e, 1)
-        log.warning("entry %d take %s: %s: recorded as a failed check, flagged", e.id, e.take, error)
-
-    def check_result(self, msg: CheckReport, now: float, present: frozenset[str] | None = None
-                     ) -> tuple[dict, list[Effect]]:
-        """A check of a take, fenced by the take's token AND the check lease: a check of a take
-        that is no longer current, or not under this live lease, is refused and discarded. The
-        judgement is the daemon's: fine; wrong and retaken (back to pending, the take to
-        requeued/ with its check); or kept (checked, or flagged when wrong), on the best take of
-        its revision by CER, whatever the threshold was when the others were judged. ``present``:
-        the files of the entry's earlier takes that are on disk (None: all), the only ones that
-        may come back."""
-        e = self.lookup(msg.id)
-        if e.status != C or e.take != msg.take:
-            return {"applied": False, "reason": "the take is no longer the entry's current take"}, []
-        if e.check_lease is None or e.check_lease.token != msg.token or e.check_lease.owner != msg.owner:
-            return {"applied": False, "reason": "no live check lease of this take under that token"}, []
-        j = self.judge.judge(msg.cer, msg.error, msg.silent, e.duration_seconds, len(e.text))
-        check = Check(e.take, msg.cer, msg.wer, msg.transcript, msg.model, msg.error, j.wrong,
-                      j.reason, j.threshold, e.duration_seconds, len(e.text))
-        approved = e.review is not None and e.review.verdict == Verdict.APPROVED
-        if j.wrong and msg.error is None and not e.deterministic and not approved and \
-                e.take_count < self.max_takes:
-            return self._retake(e, check, now)
-        effects: list[Effect] = []
-        if msg.error is None and not approved:  # the final judgement: the best take of this revision by CER
-            best = self._best_earlier(e, check, present)
-            if best is not None:
-                effects = self._restore(e, check, best, now)
-                check = e.check
-                j2 = self.judge.judge(check.cer, None, False, check.seconds, check.chars)
-                check.wrong, check.reason, check.threshold = j2.wrong, j2.reason, j2.threshold
-        self._transition(e, Cause.CHECK_RESULT, C, now, stage=FLAGGED if check.wrong else CHECKED)
-        e.check = check
-        self._learn(e, 1)
-        return {"applied": True, "stage": e.stage, "wrong": check.wrong, "reason": check.reason}, effects
-
-    def _aside_name(self, e: Entry, now: float) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-        return f"requeued/{e.filename}.{stamp}.{e.take[-9:]}.wav"
-
-    def _retake(self, e: Entry, check: Check, now: float) -> tuple[dict, list[Effect]]:
-        """Another take of the same text and revision: the wrong one to requeued/, with its check."""
-        dest = self._aside_name(e, now)
-        e.earlier.append(Earlier(dest, e.take, e.rev, e.duration_seconds, check))
-        e.take = None
-        e.duration_seconds = None
-        e.deterministic = False
-        e.attempts = 0  # a retake is not a failed attempt: the new take has the whole --max-attempts budget
-        self._transition(e, Cause.RETAKE, P, now, stage=NONE_)
-        return ({"applied": True, "stage": e.stage, "wrong": True, "reason": check.reason, "retake": True},
-                [Effect("set_aside", e.filename, dest=dest)])
-
-    @staticmethod
-    def _best_earlier(e: Entry, check: Check, present: frozenset[str] | None) -> Earlier | None:
-        """An earlier take of this revision with a lower CER than the current one, the lowest."""
-        mine = [x for x in e.earlier if x.rev == e.rev and x.check is not None and x.check.cer is not None
-                and x.check.error is None and (present is None or x.file in present)]
-        best = min(mine, key=lambda x: x.check.cer, default=None)
-        return best if best is not None and (check.cer is None or best.check.cer < check.cer) else None
-
-    def _restore(self, e: Entry, check: Check, best: Earlier, now: float) -> list[Effect]:
-        """Bring ``best`` back under the entry's name; the current take goes to requeued/ with its check."""
-        dest = self._aside_name(e, now)
-        e.earlier.remove(best)
-        e.earlier.append(Earlier(dest, e.take, e.rev, e.duration_seconds, check))
-        e.take, e.duration_seconds, e.check = best.take, best.duration, best.check
-        e.review = None  # on the take that left
-        self.wav_sig.pop(e.id, None)
-        self._learn_take(e)
-        return [Effect("restore", e.filename, token=best.take, dest=dest, source=best.file)]
-
     # ---- results ----------------------------------------------------------
     def result(self, msg: dict, now: float, take_ready: bool = True) -> tuple[dict, list[Effect]]:
         """Apply one result. ``take_ready``: the take file is on disk (or already promoted)."""
@@ -952,96 +573,6 @@ class State:
             heapq.heappush(self._pending_heap, e.id)
             self._touch(e, now)
         return {"added": len(new), "first_id": next_id if new else None}
-
-    # ---- what the reconciler saw --------------------------------------------
-    def reconcile(self, since: int, epoch: str, files: dict, missing: list[str], now: float
-                  ) -> tuple[dict, list[Effect]]:
-        """Apply what the reconciler saw on disk at sequence ``since``.
-
-        ``files`` maps filename to an observation ``{"valid": bool, "duration": float,
-        "sample_rate": int, "reason": str, "take": {"text_hash", "rev", "token"} or absent}``;
-        ``missing`` lists entries the reconciler believed completed and found no wav for.
-        Entries that changed after ``since`` are left alone: the observation may predate the change.
-        """
-        if epoch != self.epoch:
-            raise Refused("stale reconcile snapshot (the daemon restarted); scan again")
-        fixes: list[dict] = []
-        effects: list[Effect] = []
-        for name, obs in files.items():
-            e = self.by_name.get(name)
-            if e is None or e.status == G or self.changed_seq.get(e.id, 0) > since:
-                continue
-            before = e.status
-            fix, effect = self._reconcile_file(e, obs, now)
-            if fix:
-                fixes.append({"id": e.id, "filename": name, "fix": fix, "from": before, "to": e.status})
-            if effect:
-                effects.append(Effect(effect, name))
-        for name in missing:
-            e = self.by_name.get(name)
-            if e is None or e.status != C or self.changed_seq.get(e.id, 0) > since:
-                continue
-            e.duration_seconds = None
-            e.take = None
-            e.error = "audio missing"
-            self._transition(e, Cause.RECONCILE, P, now)
-            fixes.append({"id": e.id, "filename": name, "fix": "completed -> pending (wav missing)",
-                          "from": C, "to": P})
-        return {"fixes": fixes}, effects
-
-    def preview_reconcile(self, since: int, epoch: str, files: dict, missing: list[str], now: float) -> dict:
-        """What ``reconcile`` would do, changing nothing: it runs on copies of the entries named."""
-        named = list({e.id: e for e in (self.by_name.get(n) for n in (*files, *missing)) if e is not None}.values())
-        scratch = State([msgspec.structs.replace(e) for e in named], self.sample_rate,
-                        self.max_attempts, self.lease_seconds, self.epoch)
-        scratch.changed_seq = {e.id: self.changed_seq[e.id] for e in named if e.id in self.changed_seq}
-        return scratch.reconcile(since, epoch, files, missing, now)[0]
-
-    def _reconcile_file(self, e: Entry, obs: dict, now: float) -> tuple[str | None, str | None]:
-        """What one wav on disk means for its entry: (the fix made, the file move needed)."""
-        before = e.status
-        if not obs["valid"] or (self.sample_rate is not None and obs.get("sample_rate") != self.sample_rate):
-            reason = obs.get("reason") or f"sample rate {obs.get('sample_rate')}"
-            if before == C:
-                self._unset(e, f"bad audio: {reason}", now)
-            return f"quarantined ({reason}); {before} -> {e.status}", "quarantine"
-        take = obs.get("take")
-        if take is not None and (take["text_hash"] != e.text_hash or take["rev"] != e.rev):
-            if before == C:
-                self._unset(e, "the wav on disk is a take of another text or revision", now)
-            what = "another text" if take["text_hash"] != e.text_hash else f"revision {take['rev']}"
-            return f"moved aside (a take of {what}); {before} -> {e.status}", "stale"
-        token = take["token"] if take is not None else None
-        if token is not None and token != e.take and any(x.take == token and x.rev == e.rev for x in e.earlier):
-            # a take a check set aside, still under the name (a crash before its move): back to its
-            # file under requeued/ (the daemon's move, after the commit this touch makes), never adopted
-            self._touch(e, now)
-            return "a take a check set aside: back to its file in requeued/", "settle"
-        if token is None:  # a wav that records no take: the one adopted before (same length), or a new adoption
-            same = before == C and is_adopted(e.take) and same_duration(e.duration_seconds, obs["duration"])
-            token = e.take if same else adopted_token()  # another wav under the name: a verdict on the old one ends
-        if before in (P, F):
-            e.take, e.duration_seconds, e.sample_rate, e.error = token, obs["duration"], obs["sample_rate"], None
-            e.take_count += 1
-            if self.sample_rate is None:
-                self.sample_rate = obs["sample_rate"]
-            self._transition(e, Cause.RECONCILE, C, now)
-            how = "adopted a wav that records no text (made by another tool)" if is_adopted(token) \
-                else "a late take of its text"
-            return f"{before} -> completed ({how})", None
-        if e.take != token or not same_duration(e.duration_seconds, obs["duration"]):
-            old = e.duration_seconds
-            e.take, e.duration_seconds = token, obs["duration"]
-            self._transition(e, Cause.RECONCILE, C, now)
-            return f"duration {old} -> {obs['duration']}" + (" (a wav that records no text)" if is_adopted(token)
-                                                             else ""), None
-        return None, None
-
-    def _unset(self, e: Entry, error: str, now: float) -> None:
-        e.duration_seconds = None
-        e.take = None
-        e.error = error
-        self._transition(e, Cause.RECONCILE, P, now)
 
     # ---- requests that are not idempotent ---------------------------------------
     def answer_of(self, op: str, req: str) -> dict | None:

@@ -40,8 +40,7 @@ import orjson
 
 from . import journal
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir, write_all, write_atomic
-from .journal import JOURNAL_FILE, Contents, Record, journal_path
-from .state import (
+from .entry import (
     SCHEMA_VERSION,
     STATUS_OF,
     STATUSES,
@@ -52,10 +51,11 @@ from .state import (
     Phase,
     Review,
     Stage,
-    State,
     Status,
     Verdict,
 )
+from .journal import JOURNAL_FILE, Contents, Record, journal_path
+from .state import State
 from .texts import check_filename
 
 STATE_FILE = "generation_state.json"

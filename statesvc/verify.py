@@ -7,7 +7,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .audio import inspect, not_its_take, wav_path
+from .audio import inspect, not_its_take
+from .layout import wav_path
 from .texts import control_character
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from statesvc.client import Client, ServiceError, Unavailable
-from statesvc.state import Entry, State
+from statesvc.entry import Entry
+from statesvc.state import State
 from statesvc.store import DamagedState, create, load, read_state
 from tests.support.books import take
 

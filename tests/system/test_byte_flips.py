@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from statesvc import journal, store
+from statesvc.entry import Entry
 from statesvc.journal import journal_path, parse
-from statesvc.state import Entry, State
+from statesvc.state import State
 from tests.support.books import read_state, take
 from tests.support.processes import cli
 

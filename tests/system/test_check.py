@@ -463,7 +463,7 @@ def test_a_take_whose_check_lease_keeps_expiring_is_recorded_as_a_failed_check(t
     """A take that hangs or kills every checker that takes it: after MAX_CHECK_EXPIRIES expired
     check leases it is recorded as a check with an error, flagged, and no longer handed out. A
     lease given back (a checker stopping) does not count."""
-    from statesvc.state import MAX_CHECK_EXPIRIES
+    from statesvc.checks import MAX_CHECK_EXPIRIES
     ds = make_dataset(tmp_path, ["uno", "dos"])
     start_daemon(ds, "--lease-seconds", "1")
     with Client(running(ds)["endpoint"]) as cl:

@@ -51,7 +51,7 @@ def test_killed_daemon_lock_does_not_block_restart(tmp_path: Path, start_daemon)
 
 
 def test_the_sockets_a_killed_daemon_leaves_are_replaced_at_the_next_start(tmp_path: Path, start_daemon) -> None:
-    from statesvc.endpoints import CONTROL_SOCK, EVENTS_SOCK
+    from statesvc.layout import CONTROL_SOCKET, EVENTS_SOCKET
 
     def listening(path: Path) -> bool:
         with socket.socket(socket.AF_UNIX) as s:
@@ -62,7 +62,7 @@ def test_the_sockets_a_killed_daemon_leaves_are_replaced_at_the_next_start(tmp_p
                 return False
 
     ds = make_dataset(tmp_path, [f"t{i}" for i in range(20)])
-    socks = [ds.resolve() / name for name in (CONTROL_SOCK, EVENTS_SOCK)]
+    socks = [ds.resolve() / name for name in (CONTROL_SOCKET, EVENTS_SOCKET)]
     start_daemon(ds).kill(signal.SIGKILL)
     assert all(stat.S_ISSOCK(p.stat().st_mode) and not listening(p) for p in socks)  # left behind, dead
     d = start_daemon(ds)  # the stale ones are removed and bound anew (libzmq unlinks before bind)

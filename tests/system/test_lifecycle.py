@@ -22,7 +22,7 @@ import zmq
 from statesvc.audio import read_provenance
 from statesvc.client import Client
 from statesvc.endpoints import connectable, running
-from statesvc.state import text_hash
+from statesvc.entry import text_hash
 from tests.support.books import make_dataset, read_state
 from tests.support.processes import BIN, ROOT, cli, wait_for
 

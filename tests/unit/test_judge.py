@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 
+from statesvc import checks
+from statesvc.entry import Entry, Stage, Status, Verdict
 from statesvc.judge import CEILING_CER, FLOOR_CER, MIN_CHECKS, Judge
 from statesvc.protocol import CheckReport
-from statesvc.state import Entry, Stage, State, Status, Verdict
+from statesvc.state import State
 from tests.support.books import take
 
 SR = 22050
@@ -99,11 +101,11 @@ def regenerate(s: State, eid: int, now: float) -> str:
 
 
 def report(s: State, eid: int, cer: float | None, now: float, error: str | None = None) -> dict:
-    items = s.check_claim("k", 1000, None, now)["entries"]
-    s.check_release("k", [c["token"] for c in items if c["id"] != eid], now)  # the others wait on
+    items = checks.claim(s, "k", 1000, None, now)["entries"]
+    checks.release(s, "k", [c["token"] for c in items if c["id"] != eid], now)  # the others wait on
     c = next(c for c in items if c["id"] == eid)
-    return s.check_result(CheckReport(eid, "k", c["token"], c["take"], cer, cer, "oído", "base", error, False),
-                          now)
+    return checks.result(s, CheckReport(eid, "k", c["token"], c["take"], cer, cer, "oído", "base", error, False),
+                         now)
 
 
 def test_a_wrong_take_is_retaken_and_the_best_take_is_kept_flagged_when_all_are_wrong() -> None:
@@ -146,26 +148,26 @@ def test_deterministic_approved_and_recognizer_errors_are_flagged_not_retaken() 
     assert t.by_id[2].stage == Stage.FLAGGED and t.by_id[2].review is not None
     report(t, 3, None, 2.0, error="the model failed")
     assert t.by_id[3].stage == Stage.FLAGGED and t.by_id[3].check.error == "the model failed"
-    assert [c["id"] for c in t.check_claim("k", 10, None, 3.0)["entries"]] == [1], "a judged take is not handed out"
+    assert [c["id"] for c in checks.claim(t, "k", 10, None, 3.0)["entries"]] == [1], "a judged take is not handed out"
 
 
 def test_a_check_of_a_replaced_take_or_under_a_lost_lease_is_refused() -> None:
     s = completed()
-    items = s.check_claim("k", 10, None, 2.0)["entries"]
-    s.check_release("k", [i["token"] for i in items if i["id"] != 1], 2.0)
+    items = checks.claim(s, "k", 10, None, 2.0)["entries"]
+    checks.release(s, "k", [i["token"] for i in items if i["id"] != 1], 2.0)
     c = next(i for i in items if i["id"] == 1)
     s.requeue([1], False, 2.5)
     regenerate(s, 1, 3.0)
-    body, _ = s.check_result(CheckReport(1, "k", c["token"], c["take"], 0.0, 0.0, "", "m", None, False), 3.5)
+    body, _ = checks.result(s, CheckReport(1, "k", c["token"], c["take"], 0.0, 0.0, "", "m", None, False), 3.5)
     assert not body["applied"] and "no longer" in body["reason"] and s.by_id[1].check is None
     # a lease that expired: the take waits for another checker, the late report is refused
-    c2 = next(c for c in s.check_claim("k", 10, None, 4.0)["entries"] if c["id"] == 2)
-    assert s.expire_checks(4.0 + s.lease_seconds + 1) and s.by_id[2].stage == Stage.WAITING
-    body, _ = s.check_result(CheckReport(2, "k", c2["token"], c2["take"], 0.0, 0.0, "", "m", None, False), 20.0)
+    c2 = next(c for c in checks.claim(s, "k", 10, None, 4.0)["entries"] if c["id"] == 2)
+    assert checks.expire(s, 4.0 + s.lease_seconds + 1) and s.by_id[2].stage == Stage.WAITING
+    body, _ = checks.result(s, CheckReport(2, "k", c2["token"], c2["take"], 0.0, 0.0, "", "m", None, False), 20.0)
     assert not body["applied"] and s.by_id[2].stage == Stage.WAITING
     # a checker that died: its leases come back at once
-    s.check_claim("dead", 10, None, 30.0)
-    assert s.expire_checks(30.0, "dead") and not s.check_leases
+    checks.claim(s, "dead", 10, None, 30.0)
+    assert checks.expire(s, 30.0, "dead") and not s.check_leases
 
 
 def test_the_entry_ends_on_its_best_take_when_the_threshold_rose_between_its_takes() -> None:
@@ -188,10 +190,10 @@ def test_the_entry_ends_on_its_best_take_when_the_threshold_rose_between_its_tak
     t.judge.max_cer = 0.2
     assert report(t, 1, 0.3, 2.0)[0]["retake"]
     regenerate(t, 1, 3.0)
-    items = t.check_claim("k", 10, None, 4.0)["entries"]
+    items = checks.claim(t, "k", 10, None, 4.0)["entries"]
     c = next(c for c in items if c["id"] == 1)
-    body, effects = t.check_result(CheckReport(1, "k", c["token"], c["take"], 0.5, 0.5, "x", "m", None, False), 4.0,
-                                   frozenset())
+    body, effects = checks.result(t, CheckReport(1, "k", c["token"], c["take"], 0.5, 0.5, "x", "m", None, False), 4.0,
+                                  frozenset())
     assert not effects and t.by_id[1].take == c["take"] and t.by_id[1].stage == Stage.FLAGGED
 
 

@@ -11,7 +11,8 @@ import pytest
 
 import review.mirror as mirror_module
 from review.mirror import Haystack, Mirror, Query, QueryError, ViewEntry
-from statesvc.state import Entry, Review, State, Status, Verdict
+from statesvc.entry import Entry, Review, Status, Verdict
+from statesvc.state import State
 from statesvc.store import create, read
 
 _encode = msgspec.json.Encoder().encode
@@ -217,7 +218,7 @@ def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path, monkeypatch, 
     written, a transcript in any script, the error, the reason, the threshold, the model) reads back
     as the state holds it, after a load as the dashboard does it (a ViewEntry) and after changes."""
     from review.mirror import _check_dict
-    from statesvc.state import Check, Stage
+    from statesvc.entry import Check, Stage
 
     monkeypatch.setattr(mirror_module.Checks, "BLOCK_ROWS", block)  # compressed blocks, and the rows after them
     entries = []
@@ -260,7 +261,7 @@ def test_a_check_the_journal_replaced_is_not_shown(tmp_path: Path) -> None:
     """The load takes the checks out of the file's entries as it decodes them; an entry the journal
     replaced after the checkpoint (retaken: no check yet; or checked again) shows its journal check."""
     from statesvc import journal
-    from statesvc.state import Check, Stage
+    from statesvc.entry import Check, Stage
 
     entries = []
     for i in range(1, 4):

@@ -8,9 +8,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from statesvc import checks, reconcile
+from statesvc.entry import Entry, Phase, Stage, Status, text_hash
 from statesvc.judge import MIN_RATE_CHARS
+from statesvc.lifecycle import LIFECYCLE, Cause
 from statesvc.protocol import CheckReport
-from statesvc.state import LIFECYCLE, Cause, Entry, Phase, Refused, Stage, State, Status, text_hash
+from statesvc.state import Refused, State
 from statesvc.store import parse_state, render_bytes
 from tests.support.books import take
 
@@ -186,7 +189,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.now += seconds
         before, units = dict(self.s.leases), self._units()
         self.s.expire(self.now)
-        self.s.expire_checks(self.now)
+        checks.expire(self.s, self.now)
         assert all(self.s.by_id[eid].lease.deadline > self.now for eid in self.s.leases.values())
         assert all(self.s.by_id[eid].check_lease.deadline > self.now for eid in self.s.check_leases.values())
         self._end_leases(before, units)
@@ -195,7 +198,7 @@ class Lifecycle(RuleBasedStateMachine):
     def died(self, owner: str) -> None:
         before, units = dict(self.s.leases), self._units()
         body = self.s.died(owner, self.now)
-        self.s.expire_checks(self.now, owner)
+        checks.expire(self.s, self.now, owner)
         assert owner not in self.s.owner_tokens
         assert set(body["charged"]) == self._end_leases(before, units)
 
@@ -206,7 +209,7 @@ class Lifecycle(RuleBasedStateMachine):
     # ---- checkers -------------------------------------------------------------------
     @rule(owner=OWNERS, n=st.integers(1, 3))
     def check_claim(self, owner: str, n: int) -> None:
-        items = self.s.check_claim(owner, n, None, self.now)["entries"]
+        items = checks.claim(self.s, owner, n, None, self.now)["entries"]
         assert len({c["id"] for c in items}) == len(items)
         for c in items:
             assert c["id"] not in {h["id"] for h in self.checks_out if self.s.check_leases.get(h["token"]) == h["id"]
@@ -224,7 +227,7 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(owner=OWNERS, cer=st.sampled_from([0.1, 0.4, 0.6, 0.9, 2.0]))
     def check_at_once(self, owner: str, cer: float) -> None:
         """A checker that reports at once: takes are judged, retaken and restored often."""
-        for c in self.s.check_claim(owner, 1, None, self.now)["entries"]:
+        for c in checks.claim(self.s, owner, 1, None, self.now)["entries"]:
             self.checks_out.append({**c, "owner": owner})
             self._report(self.checks_out[-1], cer, False, False)
 
@@ -234,7 +237,7 @@ class Lifecycle(RuleBasedStateMachine):
         live = e.check_lease is not None and e.check_lease.token == c["token"] and e.check_lease.owner == c["owner"]
         report = CheckReport(c["id"], c["owner"], c["token"], "0" * 16 if stale_take else c["take"],
                              None if error else cer, None, "x", "m", "boom" if error else None, False)
-        body, _ = self.s.check_result(report, self.now)
+        body, _ = checks.result(self.s, report, self.now)
         assert body["applied"] == (live and not stale_take and status == Status.COMPLETED and take_now == c["take"]), \
             "a check counts only for the current take under its live check lease"
         if body["applied"] and body.get("retake"):
@@ -279,17 +282,17 @@ class Lifecycle(RuleBasedStateMachine):
                 was = (e.status, e.take, e.take_count)
                 obs = {"valid": True, "duration": 1.0, "sample_rate": SR,
                        "take": {"text_hash": e.text_hash, "rev": e.rev, "token": aside[i % len(aside)].take}}
-                _, effects = self.s.reconcile(self.s.seq, self.s.epoch, {e.filename: obs}, [], self.now)
+                _, effects = reconcile.apply(self.s, self.s.seq, self.s.epoch, {e.filename: obs}, [], self.now)
                 settled = [] if was[0] == Status.GENERATING else ["settle"]  # a generating entry is left alone
                 assert (e.status, e.take, e.take_count) == was and [f.kind for f in effects] == settled
             return
         if seen == "missing":
-            self.s.reconcile(self.s.seq, self.s.epoch, {}, [e.filename], self.now)
+            reconcile.apply(self.s, self.s.seq, self.s.epoch, {}, [e.filename], self.now)
             return
         obs: dict = {"valid": seen != "invalid", "duration": 1.0, "sample_rate": SR, "reason": "bad"}
         if seen in ("current", "old-rev"):
             obs["take"] = {"text_hash": e.text_hash, "rev": e.rev - (seen == "old-rev"), "token": f"t{i}"}
-        self.s.reconcile(self.s.seq, self.s.epoch, {e.filename: obs}, [], self.now)
+        reconcile.apply(self.s, self.s.seq, self.s.epoch, {e.filename: obs}, [], self.now)
         if e.status == Status.COMPLETED and before[0] != Status.COMPLETED:
             assert seen in ("current", "foreign"), "only a take of the current text and revision is adopted"
             assert before[0] in (Status.PENDING, Status.FAILED)
@@ -483,7 +486,7 @@ def test_reconcile_adopts_a_current_take_moves_an_old_one_aside_and_adopts_a_for
                      "take": {"text_hash": text_hash("text 2"), "rev": 0, "token": "t2"}},
         "utt_0003": {"valid": True, "duration": 1.0, "sample_rate": SR},
     }
-    body, effects = s.reconcile(s.seq, s.epoch, files, [], 1)
+    body, effects = reconcile.apply(s, s.seq, s.epoch, files, [], 1)
     fixes = {f["filename"]: f["fix"] for f in body["fixes"]}
     assert fixes["utt_0001"] == "pending -> completed (a late take of its text)"
     assert fixes["utt_0002"].startswith("moved aside (a take of revision 0)")
@@ -499,7 +502,7 @@ def test_reconcile_of_a_take_of_another_text_unsets_a_completed_entry() -> None:
     s.result(take(c), 1)
     files = {"utt_0001": {"valid": True, "duration": 1.0, "sample_rate": SR,
                           "take": {"text_hash": text_hash("something else"), "rev": 0, "token": "zz"}}}
-    s.reconcile(s.seq, s.epoch, files, [], 2)
+    reconcile.apply(s, s.seq, s.epoch, files, [], 2)
     assert s.by_id[1].status == "pending" and "another text" in s.by_id[1].error
 
 
@@ -508,14 +511,14 @@ def test_reconcile_ignores_entries_changed_after_the_scan() -> None:
     since = s.seq
     c = s.claim("g", 1, None, 0)["entries"][0]
     s.result(take(c), 1)
-    body, _ = s.reconcile(since, s.epoch, {}, ["utt_0001"], 2)  # the scan began before the wav existed
+    body, _ = reconcile.apply(s, since, s.epoch, {}, ["utt_0001"], 2)  # the scan began before the wav existed
     assert body["fixes"] == [] and s.by_id[1].status == "completed"
 
 
 def test_reconcile_from_another_daemon_run_is_refused() -> None:
     s = fresh(1)
     with pytest.raises(Refused, match="stale"):
-        s.reconcile(0, "other", {}, [], 0)
+        reconcile.apply(s, 0, "other", {}, [], 0)
 
 
 def test_wrong_sample_rate_is_refused_and_charged() -> None:

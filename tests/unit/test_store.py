@@ -16,8 +16,9 @@ from statesvc import store
 from statesvc.atomic import OutcomeUnknown, SaveFailed
 from statesvc.client import Client, ServiceError
 from statesvc.daemon import Daemon
+from statesvc.entry import Entry
 from statesvc.protocol import ErrorKind
-from statesvc.state import Entry, State
+from statesvc.state import State
 from statesvc.store import load
 from tests.support.books import take
 from tests.support.processes import wait_for
