@@ -8,10 +8,8 @@ load repairs, and edits. Nothing of ours is mocked; synchronization is polling w
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +22,8 @@ from statesvc.client import Client
 from statesvc.endpoints import connectable, running
 from statesvc.entry import text_hash
 from tests.support.books import make_dataset, read_state
-from tests.support.processes import BIN, ROOT, cli, wait_for
-
-RUN = ROOT / "bin" / "run-pipeline"
-ENV = {**os.environ, "PIPELINE_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-
-
-def run_pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RUN), *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+from tests.support.processes import BIN, cli, wait_for
+from tests.support.runs import ENV, run_pipeline
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
