@@ -202,7 +202,7 @@ def bench_daemon(entries: int, writers: int, inflight: int) -> dict:
         out["rss_mb"] = _rss_mb(d.pid, "VmHWM")  # the peak, start-up included
         d.kill()  # an acknowledgement means durable: SIGKILL must lose none of them
         d.wait(60)
-        from statesvc.store import load  # the file, then its journal: what every reader sees
+        from statesvc.loader import load  # the file, then its journal: what every reader sees
         kept = {e.id for e in load(folder).entries if e.status == "completed"}
         out["lost"] = len(out.pop("done") - kept)
         return out

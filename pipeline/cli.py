@@ -447,8 +447,8 @@ def run(ctx: click.Context, dataset: Path, texts: Path | None, prefix: str | Non
 
     Exit 0 every entry completed, 3 finished with failed entries, 130 interrupted (Ctrl-C or SIGTERM
     stop every process cleanly), 2 it cannot start as asked, 1 a failure of the pipeline itself."""
+    from statesvc.codec import DamagedState
     from statesvc.dataset import DatasetError
-    from statesvc.store import DamagedState
     from statesvc.texts import TextsError
 
     from .supervisor import CannotStart, PipelineError, Run, install_signals, plan

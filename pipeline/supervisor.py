@@ -29,6 +29,7 @@ from statesvc.dataset import entries as dataset_entries
 from statesvc.dataset import status as dataset_status
 from statesvc.endpoints import running
 from statesvc.layout import state_path
+from statesvc.process import die_with_parent
 
 from .progress import Progress, fmt_seconds
 from .synth import BUILTIN, resolve
@@ -484,11 +485,7 @@ def plan(dataset: Path, texts: Path | None, prefix: str | None, synth: str) -> S
 
 def _die_with_parent() -> None:
     """In the child: SIGTERM when run-pipeline itself dies, so no generator outlives it."""
-    import ctypes
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    die_with_parent(signal.SIGTERM)
 
 
 def leases_back(reply: dict) -> str:

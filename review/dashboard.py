@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipeline.reconciler import Reconciler  # the sync: the same pass as the reconciler's, a layer below
 from statesvc import protocol
 from statesvc.client import AsyncClient, Client, NoDaemon, ServiceError, Unavailable
+from statesvc.codec import DamagedState, state_path
 from statesvc.curve import CurveError
 from statesvc.endpoints import defaults, running
 from statesvc.entry import Status
@@ -45,7 +46,6 @@ from statesvc.events import AsyncSubscriber, Beat, Commit, Follow, follow, misse
 from statesvc.handlers import SET_ASIDE
 from statesvc.health import paused_line
 from statesvc.journal import JOURNAL_FILE
-from statesvc.store import DamagedState, state_path
 from statesvc.texts import check_filename, check_text
 
 from . import pages

@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 
 from statesvc.entry import STATUSES, Check, Earlier, Entry, Lease, Review, Stage, Status, Verdict
-from statesvc.store import Loaded, read
+from statesvc.loader import Loaded, read
 
 from .takes import BIT, Fit, Flag, fit
 
@@ -167,7 +167,7 @@ _loading = _Loading()
 class ViewEntry(msgspec.Struct, gc=False, omit_defaults=True):
     """An entry as the page sees it: Entry's fields but those it never shows (the text's hash, the
     sample rate, suspect), so a load decodes the file straight into these and never allocates
-    them (``store.read(dataset, view=ViewEntry)``; 100 MB at a million)."""
+    them (``loader.read(dataset, view=ViewEntry)``; 100 MB at a million)."""
 
     id: int
     filename: str

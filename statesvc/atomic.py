@@ -42,7 +42,7 @@ def write_atomic(path: Path, data: bytes | list | Callable[[int], None]) -> None
             os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise SaveFailed(f"saving {path.name}: {exc.strerror or exc}") from None
     try:
         fsync_dir(path.parent)
@@ -85,7 +85,8 @@ def fsync_dir(folder: Path) -> None:
         os.close(dfd)
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
+    """Remove ``path`` if it can be removed (a temp file dropped after a failure); never raises."""
     try:
         os.unlink(path)
     except OSError:

@@ -29,6 +29,7 @@ from . import DISTRIBUTION
 from . import dataset as ds
 from .atomic import SaveFailed
 from .client import NoDaemon, ServiceError, Unavailable
+from .codec import DamagedState
 from .conventions import (
     FAILED,
     LOG_LEVELS,
@@ -47,10 +48,11 @@ from .entry import STATUSES
 from .events import Commit, Subscriber
 from .export import FORMATS, lines
 from .layout import CONTROL_SOCKET, EVENTS_SOCKET, JOURNAL_FILE, STATE_FILE, WAVS, state_path
+from .loader import load
+from .lock import Locked
 from .notify import log_format
 from .protocol import BadRequest, ErrorKind
 from .state import Refused
-from .store import DamagedState, Locked, load
 from .texts import TextsError
 from .verify import mismatches, unsafe_texts
 

@@ -27,15 +27,17 @@ import zmq
 
 from . import events, layout, protocol
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir
+from .codec import DamagedState
 from .curve import CurveError, secure_server
 from .endpoints import defaults
 from .entry import Status
 from .handlers import Handlers
+from .lock import WriterLock
 from .notify import Notifier
 from .protocol import BadRequest, ErrorKind
 from .report import Commits, Report
 from .state import Refused, State
-from .store import DamagedState, Store, WriterLock, load_for_writing, remove_stale_temps
+from .store import Store, load_for_writing, remove_stale_temps
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -267,11 +269,11 @@ class Daemon:
                 and now >= self.next_commit:
             self.commit(now)
         elif job is not None and not self.state.unsaved and not self.waiting:
-            job.release()  # nothing uncommitted: the file can hold nothing refused
+            job.let_in_place()  # nothing uncommitted: the file can hold nothing refused
             if job.done:
                 self.finish_checkpoint(now)
         elif job is None and not self.state.unsaved and self.checkpoints.idle_due(self.store, now, self.last_commit):
-            self.store.begin(self.state)  # idle: the file alone becomes the whole truth again
+            self.store.begin_checkpoint(self.state)  # idle: the file alone becomes the whole truth again
         if now >= self.next_watchdog:
             self.next_watchdog = now + self.notifier.watchdog_interval
             self.notifier.send("WATCHDOG=1")
@@ -328,12 +330,12 @@ class Daemon:
         job = self.store.job
         if job is not None:
             if not self.state.unsaved:
-                job.release()  # right after a successful commit: everything it can hold is committed
+                job.let_in_place()  # right after a successful commit: everything it can hold is committed
             if job.done:
                 self.finish_checkpoint(now)
             return
         if self.checkpoints.due(self.store, now):
-            self.store.begin(self.state)  # written by a forked child: commits go on meanwhile
+            self.store.begin_checkpoint(self.state)  # written by a forked child: commits go on meanwhile
 
     def write(self) -> tuple[list, float, int]:
         """Make what was applied durable: (the entries written, seconds it took, journal bytes appended)."""
@@ -352,7 +354,7 @@ class Daemon:
         """Put a written checkpoint in place and start the journal afresh; answer who asked."""
         seq = self.store.job.head.seq
         try:
-            self.store.complete() if wait else self.store.finish()
+            self.store.wait_checkpoint_in_place() if wait else self.store.swap_in_checkpoint()
         except OutcomeUnknown:
             self.checkpoints.answer(self.send, lambda s: True, protocol.failure(
                 ErrorKind.OUTCOME_UNKNOWN, "checkpoint outcome unknown"))
@@ -495,7 +497,7 @@ def _loop(daemon: Daemon) -> int:
         if daemon.store.job is not None and not daemon.state.unsaved:
             daemon.finish_checkpoint(time.time(), wait=True)
         if daemon.store.seq != daemon.store.checkpoint_seq and not daemon.state.unsaved:
-            daemon.store.begin(daemon.state)  # at rest, the file alone is the whole truth
+            daemon.store.begin_checkpoint(daemon.state)  # at rest, the file alone is the whole truth
             daemon.finish_checkpoint(time.time(), wait=True)
     except OutcomeUnknown as exc:
         log.error("stopping: %s", exc)

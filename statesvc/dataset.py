@@ -17,20 +17,14 @@ from typing import Any
 from . import layout
 from .atomic import SaveFailed
 from .client import Client, NoDaemon
+from .codec import state_path
 from .handlers import Handlers
+from .loader import load
+from .lock import Locked, WriterLock
 from .protocol import NOT_IDEMPOTENT, validate
+from .recovery import Replayed, discard_journal, replay_journal
 from .state import State
-from .store import (
-    Locked,
-    Replayed,
-    WriterLock,
-    create,
-    discard_journal,
-    load,
-    load_for_writing,
-    replay_journal,
-    state_path,
-)
+from .store import create, load_for_writing
 from .texts import TextsError, read_texts
 
 
@@ -190,7 +184,7 @@ def _no_daemon(dataset: Path, what: str) -> None:
 
 def journal_replay(dataset: Path, up_to_damage: bool = False) -> Replayed:
     """Apply the journal's records onto generation_state.json as it is now; a fresh journal. A
-    damaged journal is refused unless ``up_to_damage`` (see ``store.replay_journal``)."""
+    damaged journal is refused unless ``up_to_damage`` (see ``recovery.replay_journal``)."""
     _no_daemon(dataset, "replaying its journal")
     with _offline(dataset, "statesvc journal replay"):
         return replay_journal(dataset, up_to_damage)

@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from .layout import CONTROL_SOCKET, EVENTS_SOCKET
-from .store import holder_info
+from .lock import holder_info
 
 
 def defaults(dataset: Path, endpoint: str | None = None, events: str | None = None) -> tuple[str, str]:

@@ -28,9 +28,11 @@ from pathlib import Path
 import pytest
 
 from statesvc.client import Client, ServiceError, Unavailable
+from statesvc.codec import DamagedState, read_file, state_path
 from statesvc.entry import Entry
+from statesvc.loader import load
 from statesvc.state import State
-from statesvc.store import DamagedState, create, load, read_state
+from statesvc.store import create
 from tests.support.books import take
 
 FS_IOC_SHUTDOWN = 0x8004587D          # _IOR('X', 125, __u32)
@@ -159,7 +161,7 @@ def trial(m: Mount, rng: random.Random, mode: str) -> tuple[int, int]:
     m.mount()
     try:
         state = load(ds)
-        alone = read_state((ds / "generation_state.json").read_bytes())[0]
+        alone = read_file(state_path(ds)).state()  # the file without its journal
     except DamagedState:               # the state does not even load: everything acknowledged is lost
         return len(acked), len(acked)
     lost = sum(1 for eid, dur in acked.items()

@@ -12,7 +12,7 @@ from tests.support.processes import cli
 
 def read_state(dataset: Path) -> dict:
     """The state as every reader sees it (the file, then its journal), shaped like the file."""
-    from statesvc.store import load
+    from statesvc.loader import load
     s = load(dataset)
     return {**s.counters(), "sample_rate": s.sample_rate, "answers": s.answers,
             "entries": [e.to_dict() for e in s.entries]}

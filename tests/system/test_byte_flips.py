@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from statesvc import journal, store
+from statesvc import journal, loader, store
+from statesvc.codec import STATE_FILE, DamagedState
 from statesvc.entry import Entry
 from statesvc.journal import journal_path, parse
 from statesvc.state import State
@@ -61,8 +62,8 @@ def _flips(b: int) -> tuple[int, int]:
 def _judge(ds: Path, acked: dict, torn_at: int) -> str:
     """What every reader gets after a flip: the acknowledged state, or a refusal."""
     try:
-        loaded = store.read(ds)
-    except store.DamagedState:
+        loaded = loader.read(ds)
+    except DamagedState:
         return "refused"
     got = read_state(ds)
     assert got == acked, "a flip changed what loads without a refusal"
@@ -102,8 +103,8 @@ def test_every_flip_of_every_byte_is_harmless_or_refused(tmp_path: Path) -> None
     assert seen["refused"] >= 2 * torn_at and 0 < seen["same"] <= 2 * tail, seen
     # the checkpoint: every byte, its framing (head, checksum, separators, close) and its entries;
     # the journal holds records after it, so even a flip that leaves valid JSON is refused
-    raw = (ds / store.STATE_FILE).read_bytes()
-    seen = _sweep(ds, ds / store.STATE_FILE, list(range(len(raw))), acked, torn_at)
+    raw = (ds / STATE_FILE).read_bytes()
+    seen = _sweep(ds, ds / STATE_FILE, list(range(len(raw))), acked, torn_at)
     assert seen == {"refused": 2 * len(raw), "same": 0}, seen
 
 
@@ -116,7 +117,7 @@ def test_a_flip_through_real_processes(tmp_path: Path, start_daemon, where: str)
     path, at = journal_path(ds), {"header": 0, "record": ends[1] + 20, "newline": ends[-1] - 1,
                                   "tail": len(jraw) - 3}.get(where)
     if at is None:  # the digit of the file's seq: a load that trusted it would skip journal records
-        path = ds / store.STATE_FILE
+        path = ds / STATE_FILE
         at = path.read_bytes().index(b'"seq":2') + 6  # 2 -> 3: record 3 would be skipped
     raw = path.read_bytes()
     path.write_bytes(raw[:at] + bytes([raw[at] ^ 0x01]) + raw[at + 1:])

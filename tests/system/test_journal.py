@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
-from statesvc import store
+from statesvc import codec, loader, store
 from statesvc.audio import Provenance, encode_wav, take_path
 from statesvc.client import Client
 from statesvc.entry import Entry
@@ -129,15 +129,15 @@ def test_a_torn_tail_is_cut_at_the_first_bad_record_wherever_the_crash_fell(tmp_
     rng = random.Random(3)
     for cut in sorted({ends[-2] + 1, ends[-1] - 1, *rng.sample(range(ends[-2] + 1, ends[-1]), 20)}):
         journal_path(ds).write_bytes(raw[:cut])
-        assert store.load(ds).counters() == after[-2]  # the torn record was never acknowledged
+        assert loader.load(ds).counters() == after[-2]  # the torn record was never acknowledged
     journal_path(ds).write_bytes(raw[:ends[-1] - 5] + b"\0" * 3000)  # a crash can also leave zeros
-    assert store.load(ds).counters() == after[-2]
+    assert loader.load(ds).counters() == after[-2]
     s, st = store.load_for_writing(ds)  # the writer cuts the tail off, then appends after it
     assert journal_path(ds).stat().st_size == ends[-2]
     s.claim("again", 1, None, 99)
     st.commit(s)
     st.close()
-    assert store.load(ds).counts["generating"] == after[-2]["generating"] + 1
+    assert loader.load(ds).counts["generating"] == after[-2]["generating"] + 1
 
 
 def test_a_damaged_record_with_whole_ones_after_it_is_refused(tmp_path: Path) -> None:
@@ -147,8 +147,8 @@ def test_a_damaged_record_with_whole_ones_after_it_is_refused(tmp_path: Path) ->
     ends = parse(bytes(raw)).ends
     raw[ends[0] + 30] ^= 0x01  # a bit flipped in the second record; the third and fourth are whole
     journal_path(ds).write_bytes(bytes(raw))
-    with pytest.raises(store.DamagedState, match=r"record 2 \(line 3, at byte \d+\) is damaged"):
-        store.load(ds)
+    with pytest.raises(codec.DamagedState, match=r"record 2 \(line 3, at byte \d+\) is damaged"):
+        loader.load(ds)
 
 
 # ---- damage through real processes: every reader refuses, and the way out loses nothing silently ----
@@ -257,7 +257,7 @@ DIE_AT = {
               "    real(fd, data[:len(data) // 2], at); os._exit(9)\n"
               "j.write_all = half\n",
     # the checkpoint file half written (by its forked child), and the writer killed: a temp file left
-    "checkpoint": "import statesvc.store as m, os, signal\n"
+    "checkpoint": "import statesvc.codec as m, os, signal\n"
                   "real = m.write_all\n"
                   "def half(fd, data, at=None):\n"
                   "    real(fd, data[:len(data) // 2], at); os.kill(os.getppid(), signal.SIGKILL); os._exit(9)\n"
@@ -420,7 +420,7 @@ def test_lease_renewals_and_phases_are_journalled_compactly_and_replayed(tmp_pat
     rec = parse(journal_path(ds).read_bytes()).records[-1]
     assert rec.entries == [] and [x[0] for x in rec.claims] == [5] and sorted(x[0] for x in rec.leases) == [1, 2]
     assert st.journal_bytes - size < 2 * len(orjson.dumps(s.by_id[5].to_dict())) + 200  # not whole entries
-    again = store.load(ds)
+    again = loader.load(ds)
     for i in (1, 2, 3, 5):
         assert again.by_id[i].to_dict() == s.by_id[i].to_dict()
     assert again.by_id[1].lease.phase == "synthesizing" and again.synthesizing == {"g": [items[0]["token"]]}
@@ -465,9 +465,9 @@ def test_what_loads_after_any_commit_is_what_the_daemon_held(tmp_path: Path, see
     store.create(ds, State([Entry.make(i, f"u_{i:03d}", f"t{i}") for i in range(1, 31)]))
     s, st = store.load_for_writing(ds)
     # a slow checkpoint thread, a few entries at a time, so that it reads entries while they change
-    encode = store._encode
-    monkeypatch.setattr(store, "_CHUNK", 2)
-    monkeypatch.setattr(store, "_encode", lambda e: (time.sleep(0.0002), encode(e))[1])
+    encode = codec._encode
+    monkeypatch.setattr(codec, "_CHUNK", 2)
+    monkeypatch.setattr(codec, "_encode", lambda e: (time.sleep(0.0002), encode(e))[1])
     held: dict[str, list[dict]] = {"a": [], "b": []}
     now = 1000.0
     for step in range(400):
@@ -483,15 +483,15 @@ def test_what_loads_after_any_commit_is_what_the_daemon_held(tmp_path: Path, see
         # checkpoints as the daemon writes them: begun after a commit, written by a thread while
         # changes and commits go on, put in place right after a later commit
         if st.job is not None:
-            st.release()  # right after a commit, as the daemon does; commits go on meanwhile
+            st.let_checkpoint_in_place()  # right after a commit, as the daemon does; commits go on meanwhile
             r = rng.random()
             if r < 0.1:
-                st.complete()
+                st.wait_checkpoint_in_place()
             elif r < 0.6 and st.job.done:
-                st.finish()
+                st.swap_in_checkpoint()
         elif rng.random() < 0.2:
-            st.begin(s)
-        again = store.load(ds)
+            st.begin_checkpoint(s)
+        again = loader.load(ds)
         assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries], f"step {step}"
         assert again.counters() == s.counters()
     st.close()
@@ -500,7 +500,7 @@ def test_what_loads_after_any_commit_is_what_the_daemon_held(tmp_path: Path, see
 def test_a_killed_daemon_leaves_no_lock_behind_in_its_checkpoint_writer(tmp_path: Path, start_daemon) -> None:
     """The checkpoint is written by a forked child; when the daemon is killed meanwhile, the child
     must not keep the writer lock (an inherited descriptor would), so a new daemon starts at once."""
-    from statesvc.store import holder_info
+    from statesvc.lock import holder_info
     ds = make_dataset(tmp_path, [f"una frase bastante larga para el texto número {i}" for i in range(150_000)])
     d = start_daemon(ds, *NO_CHECKPOINTS)
     with client(ds) as c:

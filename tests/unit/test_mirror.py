@@ -12,8 +12,9 @@ import pytest
 import review.mirror as mirror_module
 from review.mirror import Haystack, Mirror, Query, QueryError, ViewEntry
 from statesvc.entry import Entry, Review, Status, Verdict
+from statesvc.loader import read
 from statesvc.state import State
-from statesvc.store import create, read
+from statesvc.store import create
 
 _encode = msgspec.json.Encoder().encode
 

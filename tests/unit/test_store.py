@@ -12,14 +12,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from statesvc import store
-from statesvc.atomic import OutcomeUnknown, SaveFailed
+from statesvc import codec, store
+from statesvc.atomic import OutcomeUnknown, SaveFailed, write_atomic
 from statesvc.client import Client, ServiceError
+from statesvc.codec import STATE_FILE, DamagedState, read_file
 from statesvc.daemon import Daemon
 from statesvc.entry import Entry
+from statesvc.loader import Loaded, load, read
 from statesvc.protocol import ErrorKind
 from statesvc.state import State
-from statesvc.store import load
 from tests.support.books import take
 from tests.support.processes import wait_for
 
@@ -35,6 +36,18 @@ def new_state(ds: Path, n: int = 5) -> State:
     return s
 
 
+def load_bytes(folder: Path, raw: bytes) -> Loaded:
+    """``raw`` as the state file of a dataset of its own (no journal), loaded as every reader loads it."""
+    folder.mkdir(parents=True)
+    (folder / STATE_FILE).write_bytes(raw)
+    return read(folder)
+
+
+def file_alone(ds: Path) -> State:
+    """The state ``ds``'s checkpoint file holds alone, without its journal."""
+    return read_file(ds / STATE_FILE).state()
+
+
 class Faults:
     """Fail one step of a checkpoint or an append with ``err``, ``times`` times (0 = for ever),
     after letting ``skip`` of them pass. ``events`` records each fsync, fdatasync and close."""
@@ -46,10 +59,10 @@ class Faults:
                                                  "fdatasync", "ftruncate", "close")}
         for name, as_step in (("open", "open"), ("write", "write"), ("writev", "write"), ("pwrite", "write"),
                               ("replace", "replace"), ("ftruncate", "ftruncate")):
-            monkeypatch.setattr(store.os, name, self._failing(name, as_step))
-        monkeypatch.setattr(store.os, "fsync", self._sync("fsync"))
-        monkeypatch.setattr(store.os, "fdatasync", self._sync("fdatasync"))
-        monkeypatch.setattr(store.os, "close", self._close)
+            monkeypatch.setattr(os, name, self._failing(name, as_step))
+        monkeypatch.setattr(os, "fsync", self._sync("fsync"))
+        monkeypatch.setattr(os, "fdatasync", self._sync("fdatasync"))
+        monkeypatch.setattr(os, "close", self._close)
 
     def _hit(self, name: str) -> bool:
         if name != self.step or self.left <= 0:
@@ -106,7 +119,7 @@ def test_a_failed_checkpoint_loses_nothing_and_leaves_no_temp(tmp_path: Path, mo
     s.claim("g", 1, None, 1)
     st.commit(s)  # the journal goes on after a failed checkpoint
     st.checkpoint(s)  # the fault has passed
-    assert store.read_state((ds / "generation_state.json").read_bytes())[0].counts["generating"] == 3
+    assert file_alone(ds).counts["generating"] == 3
     assert load(ds).counts["generating"] == 3
 
 
@@ -137,7 +150,7 @@ def test_an_append_that_cannot_be_cut_off_is_outcome_unknown(tmp_path: Path, mon
     s, st = store.load_for_writing(ds)
     s.claim("g", 1, None, 0)
     Faults(monkeypatch, "fdatasync", errno.EIO, times=1)
-    monkeypatch.setattr(store.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+    monkeypatch.setattr(os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
     with pytest.raises(OutcomeUnknown):
         st.commit(s)
 
@@ -197,7 +210,7 @@ def test_a_failed_checkpoint_in_the_daemon_is_reported_and_retried(tmp_path: Pat
                 c.call("checkpoint")
             c.call("claim", owner="g", n=1)  # still serving, still committing
             assert c.call("checkpoint")["bytes"] > 0
-        assert store.read_state((ds / "generation_state.json").read_bytes())[0].counts["generating"] == 2
+        assert file_alone(ds).counts["generating"] == 2
     finally:
         stop.set()
         t.join(10)
@@ -239,7 +252,7 @@ def test_damaged_state_is_refused(tmp_path: Path) -> None:
         d = orjson.loads(orjson.dumps(doc))
         damage(d)
         path.write_bytes(orjson.dumps(d))
-        with pytest.raises(store.DamagedState):
+        with pytest.raises(DamagedState):
             load(ds)
 
 
@@ -256,10 +269,11 @@ def _saved(tmp_path: Path, n: int) -> Path:
 def test_a_checksummed_file_loads_fast_and_equals_a_full_validation(tmp_path: Path) -> None:
     ds = _saved(tmp_path, 9000)  # three chunks, the last one partial
     raw = (ds / "generation_state.json").read_bytes()
-    fast, head = store.read_state(raw)
-    assert head.checkpoint is not None
-    slow, shead = store.read_state(orjson.dumps(orjson.loads(raw)))  # same content, another layout
-    assert shead.checkpoint is None
+    fast = load_bytes(tmp_path / "fast", raw)
+    assert fast.head.checkpoint is not None
+    slow = load_bytes(tmp_path / "slow", orjson.dumps(orjson.loads(raw)))  # same content, another layout
+    assert slow.head.checkpoint is None
+    fast, slow = fast.state, slow.state
     assert [e.to_dict() for e in fast.entries] == [e.to_dict() for e in slow.entries]
     assert fast.counters() == slow.counters() and fast.sample_rate == slow.sample_rate == 16000
 
@@ -267,15 +281,15 @@ def test_a_checksummed_file_loads_fast_and_equals_a_full_validation(tmp_path: Pa
 def test_the_checksum_covers_the_header_and_an_older_entries_only_checksum_still_loads_fast(tmp_path: Path) -> None:
     raw = (_saved(tmp_path, 50) / "generation_state.json").read_bytes()
     at = raw.index(b'"seq":0') + 6
-    state, head = store.read_state(raw[:at] + b"7" + raw[at + 1:])  # a seq that would skip journal records
-    assert head.checkpoint is None  # not trusted: a hand edit, which a journal holding records refuses
+    edited = load_bytes(tmp_path / "edited", raw[:at] + b"7" + raw[at + 1:])  # a seq that would skip journal records
+    assert edited.head.checkpoint is None  # not trusted: a hand edit, which a journal holding records refuses
     first, rest = raw.split(b"\n", 1)
     crc = zlib.crc32(rest[:-len(b"\n]}\n")])  # the entry lines only: how statesvc wrote files before
     start = raw.index(b'"crc32h:')
     older = raw[:start] + b'"crc32:%08x"' % crc + raw[start + len(b'"crc32h:00000000"'):]
-    state, head = store.read_state(older)
-    assert head.checkpoint is not None and [e.to_dict() for e in state.entries] == \
-        [e.to_dict() for e in store.read_state(raw)[0].entries]
+    loaded = load_bytes(tmp_path / "older", older)
+    assert loaded.head.checkpoint is not None and [e.to_dict() for e in loaded.state.entries] == \
+        [e.to_dict() for e in load_bytes(tmp_path / "newer", raw).state.entries]
 
 
 def test_a_hand_edit_is_validated_the_long_way(tmp_path: Path) -> None:
@@ -284,27 +298,30 @@ def test_a_hand_edit_is_validated_the_long_way(tmp_path: Path) -> None:
     raw = path.read_bytes()
     line = b'{"id":40,"filename":"u_00040","text":"t40\\n\\"quoted\\", {x}","status":"pending"'
     assert line in raw
-    state, head = store.read_state(raw.replace(line, line.replace(b"pending", b"failed")))
-    assert head.checkpoint is None and state.by_id[40].status == "failed"  # the checksum no longer matches
+    edited = load_bytes(tmp_path / "edited", raw.replace(line, line.replace(b"pending", b"failed")))
+    # the checksum no longer matches: validated the long way
+    assert edited.head.checkpoint is None and edited.state.by_id[40].status == "failed"
     path.write_bytes(raw.replace(b'"status":"pending"', b'"status":"done"', 1))
-    with pytest.raises(store.DamagedState, match="unknown status 'done'"):
+    with pytest.raises(DamagedState, match="unknown status 'done'"):
         load(ds)
 
 
 def test_short_writev_resumes_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
     real = os.writev
-    monkeypatch.setattr(store.os, "writev", lambda fd, bufs: real(fd, [bytes(b"".join(bytes(b) for b in bufs)[:7])]))
+    monkeypatch.setattr(os, "writev", lambda fd, bufs: real(fd, [bytes(b"".join(bytes(b) for b in bufs)[:7])]))
     parts = [b"abc", memoryview(b"defghij")[2:], b"", b"0123456789" * 3]
-    store.write_atomic(tmp_path / "f", parts)
+    write_atomic(tmp_path / "f", parts)
     assert (tmp_path / "f").read_bytes() == b"".join(bytes(p) for p in parts)
 
 
 @pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 8192])
-def test_chunk_edges_round_trip_through_the_fast_path(n: int) -> None:
+def test_chunk_edges_round_trip_through_the_fast_path(tmp_path: Path, n: int) -> None:
     s = State([Entry.make(i, f"e_{i:05d}", f"text {i}") for i in range(1, n + 1)])
-    raw = store.render_bytes(s)
-    again, head = store.read_state(raw)
-    assert head.checkpoint is not None
+    store.create(tmp_path, s)
+    raw = (tmp_path / STATE_FILE).read_bytes()
+    again = read(tmp_path)
+    assert again.head.checkpoint is not None
+    again = again.state
     assert [e.to_dict() for e in again.entries] == [e.to_dict() for e in s.entries]
     assert orjson.loads(raw)["entries"] == [e.to_dict() for e in s.entries]  # plain JSON, every field
 
@@ -312,9 +329,9 @@ def test_chunk_edges_round_trip_through_the_fast_path(n: int) -> None:
 def test_a_commit_failing_while_a_checkpoint_is_written_drops_the_checkpoint(tmp_path: Path, monkeypatch) -> None:
     ds = tmp_path / "ds"
     s = new_state(ds, 40)
-    encode = store._encode
-    monkeypatch.setattr(store, "_CHUNK", 1)  # a slow checkpoint: it is still being written below
-    monkeypatch.setattr(store, "_encode", lambda e: (time.sleep(0.01), encode(e))[1])
+    encode = codec._encode
+    monkeypatch.setattr(codec, "_CHUNK", 1)  # a slow checkpoint: it is still being written below
+    monkeypatch.setattr(codec, "_encode", lambda e: (time.sleep(0.01), encode(e))[1])
     d, stop, t, errors = _serve_in_thread(ds, s)
     try:
         with Client(f"ipc://{ds}/statesvc.sock", timeout=5, retries=1) as c, \
@@ -331,7 +348,7 @@ def test_a_commit_failing_while_a_checkpoint_is_written_drops_the_checkpoint(tmp
             wait_for(lambda: d.store.job is None, 10, "the checkpoint dropped")
             c.call("claim", owner="g", n=1)
             assert c.call("checkpoint")["bytes"] > 0
-        alone = store.read_state((ds / "generation_state.json").read_bytes())[0]
+        alone = file_alone(ds)
         assert alone.counts["generating"] == 2 and load(ds).counts["generating"] == 2  # never the refused one
     finally:
         stop.set()
