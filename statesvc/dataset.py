@@ -209,4 +209,4 @@ def add(dataset: Path, texts: Path, prefix: str | None = None) -> dict:
 
 
 __all__ = ["DatasetError", "TextsError", "init", "prepare_init", "create_prepared", "status", "entries", "show",
-           "write", "add", "wavs_already_there", "state_path", "checkpoint", "journal_replay", "journal_discard"]
+           "write", "add", "wavs_already_there", "checkpoint", "journal_replay", "journal_discard"]

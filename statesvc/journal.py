@@ -292,5 +292,5 @@ def after_damage(dataset: Path, j: Contents) -> list[Record]:
     return found
 
 
-__all__ = ["JOURNAL_FILE", "Record", "Contents", "Writer", "journal_path", "parse", "read", "scan", "extends_of",
+__all__ = ["Record", "Contents", "Writer", "parse", "read", "scan", "extends_of",
            "encode", "start", "tail", "cut", "aside", "keep_tail", "after_damage"]
