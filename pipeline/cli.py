@@ -107,7 +107,7 @@ class StoppingClient:
 
 dataset_opt = click.option("--dataset", type=click.Path(file_okay=False, path_type=Path), default=".",
                            envvar="STATESVC_DATASET", show_envvar=True, show_default=True,
-                           help="Dataset folder (holds generation_state.json and wavs/).")
+                           help=f"Dataset folder (holds {layout.STATE_FILE} and {layout.WAVS}/).")
 endpoint_opt = click.option("--endpoint", type=TEXT, default=None, envvar="STATESVC_ENDPOINT", show_envvar=True,
                             help="Daemon control endpoint (default: the one serving --dataset; tcp://HOST:PORT "
                                  "with the CURVE keys of STATESVC_CLIENT_KEY and STATESVC_SERVER_KEY).")

@@ -66,16 +66,16 @@ class ChildState(enum.Enum):
     GIVEN_UP = "given up"        # a crash loop: it cannot start at all; the run fails
 
 
-_S = ChildState
 TRANSITIONS: dict[ChildState, frozenset[ChildState]] = {
-    _S.STOPPED: frozenset({_S.STARTING}),
-    _S.STARTING: frozenset({_S.RUNNING, _S.BACKING_OFF, _S.GIVEN_UP, _S.STOPPED}),
-    _S.RUNNING: frozenset({_S.BACKING_OFF, _S.STOPPED}),
-    _S.BACKING_OFF: frozenset({_S.STARTING, _S.STOPPED}),
-    _S.GIVEN_UP: frozenset(),
+    ChildState.STOPPED: frozenset({ChildState.STARTING}),
+    ChildState.STARTING: frozenset({ChildState.RUNNING, ChildState.BACKING_OFF, ChildState.GIVEN_UP,
+                                    ChildState.STOPPED}),
+    ChildState.RUNNING: frozenset({ChildState.BACKING_OFF, ChildState.STOPPED}),
+    ChildState.BACKING_OFF: frozenset({ChildState.STARTING, ChildState.STOPPED}),
+    ChildState.GIVEN_UP: frozenset(),
 }
-LIVE = frozenset({_S.STARTING, _S.RUNNING})     # a process is (or was, until we notice) running
-ACTIVE = LIVE | {_S.BACKING_OFF}                 # under supervision: what a stop must end
+LIVE = frozenset({ChildState.STARTING, ChildState.RUNNING})  # a process is (or was, until we notice) running
+ACTIVE = LIVE | {ChildState.BACKING_OFF}                      # under supervision: what a stop must end
 
 
 class BadTransition(RuntimeError):

@@ -1,10 +1,10 @@
-"""What the analysis of the takes found (review.takes' audio flags), for the review dashboard:
+"""What the analysis of the takes found (review.flags' audio flags), for the review dashboard:
 kept by entry id across reloads of the state, and across restarts in a cache file beside the
 dataset, so each take is read once, not once per start (19 minutes of a core at 700,000 takes).
 
 By entry id, a 64-bit key of the wav's signature (size, mtime, inode) and of the take, and the
 flags' bits, in numpy columns: 17 bytes an entry. The keys are stable from one process to the next.
-The cache file names the analysis it holds (a hash of review/takes.py): when the analysis
+The cache file names the analysis it holds (a hash of review/flags.py): when the analysis
 changes, its flags are found again. A cache file that cannot be read is ignored; it is never the
 state, only a saving of time.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import takes
-from .mirror import grown
+from . import flags
+from .columns import grown
 
 CACHE_FILE = "dashboard-flags.npz"
 TEMP_SUFFIX = ".tmp"
@@ -34,7 +34,7 @@ _FORMAT = "statesvc dashboard flags 1"
 
 def _analysis_version() -> str:
     digest = hashlib.blake2b(_FORMAT.encode(), digest_size=16)
-    digest.update(Path(takes.__file__).read_bytes())
+    digest.update(Path(flags.__file__).read_bytes())
     return digest.hexdigest()
 
 
@@ -68,13 +68,9 @@ class Analyses:
                 return None if self.bits[eid] < 0 else (int(self.sig[eid]), int(self.take[eid]), int(self.bits[eid]))
             return self.sparse.get(eid)
 
-    def of_take(self, eid: int, take: str) -> int | None:
-        """The flags found for this take of the entry, if it was analysed."""
-        found = int(self.of_takes(np.array([eid], np.int64), [take])[0])
-        return None if found < 0 else found
-
     def of_takes(self, ids: np.ndarray, takes: list[str]) -> np.ndarray:
-        """``of_take`` of many at once (every take of a state just loaded): -1 where none was found."""
+        """The flags found for each take of these entries (every take of a state just loaded), where it was
+        analysed: -1 where none was found."""
         keys = np.fromiter(map(take_key, takes), np.uint64, len(takes))
         found = np.full(len(ids), -1, np.int16)
         with self.lock:

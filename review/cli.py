@@ -46,7 +46,9 @@ def dashboard(dataset: Path, host: str, port: int, token_file: Path | None, no_a
     stops it (exit 0)."""
     need_dataset(dataset, remote_ok=False)
     try:
-        from .dashboard import Settings, loopback, read_token, serve
+        from .auth import loopback, read_token
+        from .dashboard import serve
+        from .hub import Settings
         if not loopback(host) and token_file is None:
             raise click.UsageError(f"--host {host} is not loopback: give --token-file so only who holds the token "
                                    "gets in")

@@ -11,8 +11,8 @@ import orjson
 
 from statesvc.entry import STATUSES
 
-from .mirror import MISMATCH, SORTS, Query
-from .takes import FLAG_LABELS, Flag
+from .flags import FLAG_LABELS, Flag
+from .query import MISMATCH, SORTS, Query
 
 KEYS = [("j / →", "next entry"), ("k / ←", "previous entry"), ("space", "play / pause"),
         ("a", "approve the take"), ("x", "reject the take (with the note, if any)"), ("g", "regenerate"),

@@ -16,7 +16,8 @@ import time
 from typing import TYPE_CHECKING
 
 from .entry import Check, Earlier, Entry, Lease, Verdict
-from .lifecycle import CHECKED, FLAGGED, LEASED, NONE_, WAITING, C, Cause, P
+from .layout import set_aside_name
+from .lifecycle import CHECKED, COMPLETED, FLAGGED, LEASED, NONE_, PENDING, WAITING, Cause
 from .state import Effect, State
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ def claim(state: State, owner: str, n: int, lease_seconds: float | None, now: fl
         if e is None or e.stage != WAITING:
             continue  # moved on since it was queued
         token = secrets.token_hex(8)
-        state._transition(e, Cause.CHECK_CLAIM, C, now, stage=LEASED, check_lease=Lease(token, owner, now + seconds))
+        state._transition(e, Cause.CHECK_CLAIM, COMPLETED, now, stage=LEASED,
+                          check_lease=Lease(token, owner, now + seconds))
         out.append({"id": e.id, "filename": e.filename, "text": e.text, "take": e.take, "token": token,
                     "duration_seconds": e.duration_seconds})
     return {"entries": out, "lease_seconds": seconds, "waiting": state.stages[WAITING]}
@@ -53,7 +55,7 @@ def release(state: State, owner: str, tokens: list[str], now: float) -> dict:
     for token in tokens:
         e = state._held(owner, token, "check_lease")
         if e is not None:
-            state._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING)
+            state._transition(e, Cause.CHECK_EXPIRY, COMPLETED, now, stage=WAITING)
             released.append(e.id)
     return {"released": released}
 
@@ -70,7 +72,7 @@ def expire(state: State, now: float, owner: str | None = None) -> list[int]:
             _failed(state, e, f"no checker finished this take: its check lease expired {e.check_expiries} times",
                     now)
         else:
-            state._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING)
+            state._transition(e, Cause.CHECK_EXPIRY, COMPLETED, now, stage=WAITING)
     return ended
 
 
@@ -79,7 +81,7 @@ def _failed(state: State, e: Entry, error: str, now: float) -> None:
     j = state.judge.judge(None, error, False, e.duration_seconds, len(e.text))
     e.check = Check(e.take, None, None, "", "", error, j.wrong, j.reason, j.threshold, e.duration_seconds,
                     len(e.text))
-    state._transition(e, Cause.CHECK_RESULT, C, now, stage=FLAGGED)
+    state._transition(e, Cause.CHECK_RESULT, COMPLETED, now, stage=FLAGGED)
     state._learn(e, 1)
     log.warning("entry %d take %s: %s: recorded as a failed check, flagged", e.id, e.take, error)
 
@@ -94,7 +96,7 @@ def result(state: State, msg: CheckReport, now: float, present: frozenset[str] |
     the files of the entry's earlier takes that are on disk (None: all), the only ones that
     may come back."""
     e = state.lookup(msg.id)
-    if e.status != C or e.take != msg.take:
+    if e.status != COMPLETED or e.take != msg.take:
         return {"applied": False, "reason": "the take is no longer the entry's current take"}, []
     if e.check_lease is None or e.check_lease.token != msg.token or e.check_lease.owner != msg.owner:
         return {"applied": False, "reason": "no live check lease of this take under that token"}, []
@@ -113,7 +115,7 @@ def result(state: State, msg: CheckReport, now: float, present: frozenset[str] |
             check = e.check
             j2 = state.judge.judge(check.cer, None, False, check.seconds, check.chars)
             check.wrong, check.reason, check.threshold = j2.wrong, j2.reason, j2.threshold
-    state._transition(e, Cause.CHECK_RESULT, C, now, stage=FLAGGED if check.wrong else CHECKED)
+    state._transition(e, Cause.CHECK_RESULT, COMPLETED, now, stage=FLAGGED if check.wrong else CHECKED)
     e.check = check
     state._learn(e, 1)
     return {"applied": True, "stage": e.stage, "wrong": check.wrong, "reason": check.reason}, effects
@@ -121,7 +123,7 @@ def result(state: State, msg: CheckReport, now: float, present: frozenset[str] |
 
 def _aside_name(e: Entry, now: float) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-    return f"requeued/{e.filename}.{stamp}.{e.take[-9:]}.wav"
+    return set_aside_name(f"{e.filename}.{stamp}.{e.take[-9:]}.wav")
 
 
 def _retake(state: State, e: Entry, check: Check, now: float) -> tuple[dict, list[Effect]]:
@@ -132,7 +134,7 @@ def _retake(state: State, e: Entry, check: Check, now: float) -> tuple[dict, lis
     e.duration_seconds = None
     e.deterministic = False
     e.attempts = 0  # a retake is not a failed attempt: the new take has the whole --max-attempts budget
-    state._transition(e, Cause.RETAKE, P, now, stage=NONE_)
+    state._transition(e, Cause.RETAKE, PENDING, now, stage=NONE_)
     return ({"applied": True, "stage": e.stage, "wrong": True, "reason": check.reason, "retake": True},
             [Effect("set_aside", e.filename, dest=dest)])
 

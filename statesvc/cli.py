@@ -47,6 +47,7 @@ from .endpoints import defaults, running
 from .entry import STATUSES
 from .events import Commit, Subscriber
 from .export import FORMATS, lines
+from .layout import CONTROL_SOCKET, EVENTS_SOCKET, JOURNAL_FILE, STATE_FILE, WAVS, state_path
 from .loader import load
 from .lock import Locked
 from .notify import log_format
@@ -165,14 +166,14 @@ def need_dataset(dataset: Path, remote_ok: bool = True) -> None:
     when --endpoint names a daemon elsewhere (the dataset is then the daemon's, not a local folder)."""
     if remote_ok and ds.endpoint() is not None:
         return
-    if not ds.state_path(dataset).exists():
+    if not state_path(dataset).exists():
         raise ds.DatasetError(f"no dataset at {dataset}: no state in it (create one with: "
                               f"statesvc init --dataset {dataset} --texts FILE)")
 
 
 dataset_opt = click.option("--dataset", "dataset", type=click.Path(file_okay=False, path_type=Path),
                            default=".", envvar="STATESVC_DATASET", show_envvar=True, show_default=True,
-                           help="Dataset folder (holds generation_state.json and wavs/).")
+                           help=f"Dataset folder (holds {STATE_FILE} and {WAVS}/).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 endpoint_opt = click.option(
     "--endpoint", type=TEXT, envvar="STATESVC_ENDPOINT", show_envvar=True, expose_value=False, is_eager=True,
@@ -216,7 +217,7 @@ class _Said(logging.Formatter):
 def init(dataset: Path, texts: Path, prefix: str | None) -> None:
     """Create the state from a texts file (.txt, .csv, metadata.csv, .jsonl)."""
     state = ds.init(dataset, texts, prefix)
-    click.echo(f"created {dataset / 'generation_state.json'} with {len(state.entries)} entries")
+    click.echo(f"created {state_path(dataset)} with {len(state.entries)} entries")
     old = ds.wavs_already_there(dataset)
     if old:
         click.echo(f"note: wavs/ already holds {old} wav files. The reconciler counts a wav only for the entry "
@@ -239,9 +240,9 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
 @main.command()
 @dataset_opt
 @click.option("--endpoint", type=TEXT, default=None, envvar="STATESVC_ENDPOINT", show_envvar=True,
-              help="Control endpoint (default ipc://DIR/statesvc.sock; tcp://HOST:PORT needs CURVE keys).")
+              help=f"Control endpoint (default ipc://DIR/{CONTROL_SOCKET}; tcp://HOST:PORT needs CURVE keys).")
 @click.option("--events", type=TEXT, default=None,
-              help="PUB endpoint for change events (default: ipc://DIR/statesvc-events.sock, or the control "
+              help=f"PUB endpoint for change events (default: ipc://DIR/{EVENTS_SOCKET}, or the control "
                    "endpoint's port + 1 on tcp).")
 @click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=None,
               help="How long a generator's lease lasts without a heartbeat (default 10).")
@@ -258,7 +259,7 @@ def add(dataset: Path, texts: Path, prefix: str | None) -> None:
               envvar="STATESVC_ALLOW", show_envvar=True, help="Folder of client public .key files allowed on tcp.")
 @click.option("--checkpoint-bytes", type=click.IntRange(4096, None), default=None,
               help="Write a checkpoint when the journal reaches this many bytes (default: half the size "
-                   "of generation_state.json, at least 1 MiB).")
+                   f"of {STATE_FILE}, at least 1 MiB).")
 @click.option("--checkpoint-idle", type=click.FloatRange(0, None), default=2.0, show_default=True,
               help="Write a checkpoint after this many seconds without a commit (0: never for idleness).")
 @click.option("--log-level", type=LOG_LEVELS, default="INFO", show_default=True, help="Log verbosity.")
@@ -554,14 +555,14 @@ def journal() -> None:
 @dataset_opt
 @click.option("--up-to-damage", is_flag=True,
               help="For a damaged journal: apply only the whole records before the first damaged one, keep "
-                   "the journal aside (generation_state.journal.damaged-TIME) and list the records after it.")
+                   f"the journal aside ({JOURNAL_FILE}.damaged-TIME) and list the records after it.")
 def journal_replay(dataset: Path, up_to_damage: bool) -> None:
     """Apply the journal's commits onto the file as it is now (what they changed takes the
     journal's value; your other edits stay), then start a fresh journal. A damaged journal is
     refused (exit 2) unless --up-to-damage."""
     need_dataset(dataset, remote_ok=False)
     r = ds.journal_replay(dataset, up_to_damage)
-    click.echo(f"replayed {r.applied} commits ({r.versions} entry versions) onto {ds.state_path(dataset)}; "
+    click.echo(f"replayed {r.applied} commits ({r.versions} entry versions) onto {state_path(dataset)}; "
                "the journal is empty")
     if r.kept is not None:
         click.echo(f"the damaged journal was kept in {r.kept}; {len(r.lost)} acknowledged commits after the "

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -165,7 +166,7 @@ class Checkpoints:
         return bool(self.idle and now - last_commit >= self.idle and store.seq != store.checkpoint_seq
                     and now >= self.next_try)
 
-    def answer(self, send, which, body: dict) -> None:
+    def answer(self, send: Callable[[list[bytes], bytes], None], which: Callable[[int], bool], body: dict) -> None:
         """Answer the askers whose sequence number ``which`` accepts; the others keep waiting."""
         keep = []
         for envelope, rid, seq in self.waiting:
@@ -177,6 +178,9 @@ class Checkpoints:
 
 
 class Daemon:
+    """The loop's state: the books (state, store, handlers), its parts (sockets, checkpoints, the
+    report and the commits' record for the status, metrics), and the writes waiting for a commit."""
+
     def __init__(self, dataset: Path, state: State, endpoint: str, events: str,
                  ctx: zmq.Context | None = None, curve: tuple[Path, Path] | None = None,
                  store: Store | None = None):
@@ -187,7 +191,6 @@ class Daemon:
         self.handlers = Handlers(dataset, state, self.report.status)
         self.sockets = Sockets(endpoint, events, ctx, curve)
         self.send = self.sockets.send  # bound once: the hot path's replies
-        self.endpoint, self.events = endpoint, events
         self.notifier = Notifier()
         self.checkpoints = Checkpoints()
         self.commits = Commits(state.counts[Status.COMPLETED])
@@ -481,7 +484,7 @@ def _loop(daemon: Daemon) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     s = daemon.state  # the loop may replace it (a rollback): the last line reads daemon.state
-    log.info("serving %s on %s (events %s): %s", daemon.dataset, daemon.endpoint, daemon.events,
+    log.info("serving %s on %s (events %s): %s", daemon.dataset, daemon.sockets.endpoint, daemon.sockets.events,
              " ".join(f"{k}={v}" for k, v in s.counters().items()))
     daemon.notifier.send("READY=1\nSTATUS=serving")
     code = 0

@@ -18,7 +18,7 @@ A take is wrong when any of these holds:
   wrong crosses;
 * its seconds per character are far off the voice's own over every take of the dataset (checked
   or not: generators run ahead of checkers, so the fit is there before the first check; the
-  same rule as the page's duration fit, ``review.takes``: ``K`` robust deviations,
+  same rule as the page's duration fit, ``review.flags``: ``K`` robust deviations,
   never tighter than ``MIN_RATE_RATIO`` either way; only with ``MIN_CHECKS`` takes and texts
   of at least ``MIN_RATE_CHARS`` characters): a recognizer papers over a repeated tail or a cut
   that a duration shows.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 from .entry import Entry, adopted_token, is_adopted, same_duration
-from .lifecycle import C, Cause, F, G, P
+from .lifecycle import COMPLETED, FAILED, GENERATING, PENDING, Cause
 from .state import Effect, Refused, State
 
 
@@ -30,7 +30,7 @@ def apply(state: State, since: int, epoch: str, files: dict, missing: list[str],
     effects: list[Effect] = []
     for name, obs in files.items():
         e = state.by_name.get(name)
-        if e is None or e.status == G or state.changed_seq.get(e.id, 0) > since:
+        if e is None or e.status == GENERATING or state.changed_seq.get(e.id, 0) > since:
             continue
         before = e.status
         fix, effect = _file(state, e, obs, now)
@@ -40,14 +40,14 @@ def apply(state: State, since: int, epoch: str, files: dict, missing: list[str],
             effects.append(Effect(effect, name))
     for name in missing:
         e = state.by_name.get(name)
-        if e is None or e.status != C or state.changed_seq.get(e.id, 0) > since:
+        if e is None or e.status != COMPLETED or state.changed_seq.get(e.id, 0) > since:
             continue
         e.duration_seconds = None
         e.take = None
         e.error = "audio missing"
-        state._transition(e, Cause.RECONCILE, P, now)
+        state._transition(e, Cause.RECONCILE, PENDING, now)
         fixes.append({"id": e.id, "filename": name, "fix": "completed -> pending (wav missing)",
-                      "from": C, "to": P})
+                      "from": COMPLETED, "to": PENDING})
     return {"fixes": fixes}, effects
 
 
@@ -65,12 +65,12 @@ def _file(state: State, e: Entry, obs: dict, now: float) -> tuple[str | None, st
     before = e.status
     if not obs["valid"] or (state.sample_rate is not None and obs.get("sample_rate") != state.sample_rate):
         reason = obs.get("reason") or f"sample rate {obs.get('sample_rate')}"
-        if before == C:
+        if before == COMPLETED:
             _unset(state, e, f"bad audio: {reason}", now)
         return f"quarantined ({reason}); {before} -> {e.status}", "quarantine"
     take = obs.get("take")
     if take is not None and (take["text_hash"] != e.text_hash or take["rev"] != e.rev):
-        if before == C:
+        if before == COMPLETED:
             _unset(state, e, "the wav on disk is a take of another text or revision", now)
         what = "another text" if take["text_hash"] != e.text_hash else f"revision {take['rev']}"
         return f"moved aside (a take of {what}); {before} -> {e.status}", "stale"
@@ -81,21 +81,21 @@ def _file(state: State, e: Entry, obs: dict, now: float) -> tuple[str | None, st
         state._touch(e, now)
         return "a take a check set aside: back to its file in requeued/", "settle"
     if token is None:  # a wav that records no take: the one adopted before (same length), or a new adoption
-        same = before == C and is_adopted(e.take) and same_duration(e.duration_seconds, obs["duration"])
+        same = before == COMPLETED and is_adopted(e.take) and same_duration(e.duration_seconds, obs["duration"])
         token = e.take if same else adopted_token()  # another wav under the name: a verdict on the old one ends
-    if before in (P, F):
+    if before in (PENDING, FAILED):
         e.take, e.duration_seconds, e.sample_rate, e.error = token, obs["duration"], obs["sample_rate"], None
         e.take_count += 1
         if state.sample_rate is None:
             state.sample_rate = obs["sample_rate"]
-        state._transition(e, Cause.RECONCILE, C, now)
+        state._transition(e, Cause.RECONCILE, COMPLETED, now)
         how = "adopted a wav that records no text (made by another tool)" if is_adopted(token) \
             else "a late take of its text"
         return f"{before} -> completed ({how})", None
     if e.take != token or not same_duration(e.duration_seconds, obs["duration"]):
         old = e.duration_seconds
         e.take, e.duration_seconds = token, obs["duration"]
-        state._transition(e, Cause.RECONCILE, C, now)
+        state._transition(e, Cause.RECONCILE, COMPLETED, now)
         return f"duration {old} -> {obs['duration']}" + (" (a wav that records no text)" if is_adopted(token)
                                                          else ""), None
     return None, None
@@ -105,4 +105,4 @@ def _unset(state: State, e: Entry, error: str, now: float) -> None:
     e.duration_seconds = None
     e.take = None
     e.error = error
-    state._transition(e, Cause.RECONCILE, P, now)
+    state._transition(e, Cause.RECONCILE, PENDING, now)

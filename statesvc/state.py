@@ -41,7 +41,20 @@ from .entry import (
     text_hash,
 )
 from .judge import Judge
-from .lifecycle import CHECKED, FLAGGED, LEASED, LIFECYCLE, NONE_, STAGES, WAITING, C, Cause, F, G, P
+from .lifecycle import (
+    CHECKED,
+    COMPLETED,
+    FAILED,
+    FLAGGED,
+    GENERATING,
+    LEASED,
+    LIFECYCLE,
+    NONE_,
+    PENDING,
+    STAGES,
+    WAITING,
+    Cause,
+)
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_LEASE_SECONDS = 10.0
@@ -109,7 +122,7 @@ class State:
             if e.lease.phase == Phase.SYNTHESIZING:
                 self.synthesizing.setdefault(e.lease.owner, []).append(e.lease.token)
         self.recount()
-        self._pending_heap = [e.id for e in entries if e.status == P]
+        self._pending_heap = [e.id for e in entries if e.status == PENDING]
         heapq.heapify(self._pending_heap)
         checked = [e for e in entries if e.stage != Stage.NONE]  # one pass at load; incremental after
         self.stages = {st: 0 for st in Stage}
@@ -177,7 +190,7 @@ class State:
         check causes (``STAGES``); any other cause leaves it NONE, or WAITING for a new take."""
         if to not in LIFECYCLE[cause].get(e.status, ()):
             raise Refused(f"entry {e.id} is {e.status}: {cause} cannot make it {to}")
-        if (to == G) != (lease is not None):
+        if (to == GENERATING) != (lease is not None):
             raise Refused(f"entry {e.id}: generating needs a lease, and only generating has one")
         self._set_stage(e, self._next_stage(e, cause, to, stage, check_lease), check_lease)
         if cause not in (Cause.CHECK_CLAIM, Cause.CHECK_EXPIRY):
@@ -195,7 +208,7 @@ class State:
             self.counts[e.status] -= 1
             self.counts[to] += 1
             e.status = to
-            if to == P:
+            if to == PENDING:
                 heapq.heappush(self._pending_heap, e.id)
         self._touch(e, now)
 
@@ -225,9 +238,10 @@ class State:
         if cause in STAGES:
             if stage not in STAGES[cause].get(e.stage, ()):
                 raise Refused(f"entry {e.id}'s take is {e.stage}: {cause} cannot make it {stage}")
+        elif to == COMPLETED:  # a take that enters waits for its check
+            stage = WAITING if e.status != COMPLETED or cause in (Cause.RESULT, Cause.RECONCILE) else e.stage
         else:
-            stage = WAITING if to == C and (e.status != C or cause in (Cause.RESULT, Cause.RECONCILE)) else \
-                (e.stage if to == C else NONE_)
+            stage = NONE_
         if (stage == LEASED) != (check_lease is not None):
             raise Refused(f"entry {e.id}: a check lease exactly while leased")
         return stage
@@ -246,11 +260,11 @@ class State:
         """A synthesis of ``e`` ended badly: one attempt; failed once the attempts are spent."""
         e.attempts += 1
         e.error = error[:2000]
-        self._transition(e, cause, F if e.attempts >= self.max_attempts else P, now)
+        self._transition(e, cause, FAILED if e.attempts >= self.max_attempts else PENDING, now)
 
     def _reset(self, e: Entry, cause: Cause, now: float) -> list[Effect]:
         """A new revision of ``e`` (requeue, edit): no take of an older one will count."""
-        effects = [Effect("set_aside", e.filename)] if e.status == C else []
+        effects = [Effect("set_aside", e.filename)] if e.status == COMPLETED else []
         self._prune_earlier(e)
         e.rev += 1
         e.suspect = False
@@ -260,7 +274,7 @@ class State:
         e.take = None
         e.take_count = 0
         e.deterministic = False
-        self._transition(e, cause, P, now)
+        self._transition(e, cause, PENDING, now)
         return effects
 
     @staticmethod
@@ -294,16 +308,16 @@ class State:
         # Near the end, what is left is shared among the owners holding work, so no generator
         # sits on a queue while another has nothing (every run ends with its slowest generator).
         owners = len(self.owner_tokens) + (owner not in self.owner_tokens)
-        n = min(n, max(batch, -(-self.counts[P] // owners)))
-        randomness = secrets.token_hex(8 * min(n, self.counts[P]))  # one system call, not one per entry
+        n = min(n, max(batch, -(-self.counts[PENDING] // owners)))
+        randomness = secrets.token_hex(8 * min(n, self.counts[PENDING]))  # one system call, not one per entry
         while self._pending_heap and len(out) < n:
             eid = heapq.heappop(self._pending_heap)
             e = self.by_id.get(eid)
-            if e is None or e.status != P:
+            if e is None or e.status != PENDING:
                 continue  # stale heap item: the entry moved on since it was pushed
             token = randomness[16 * len(out):16 * len(out) + 16]
             clean = e.id not in self.dirty
-            self._transition(e, Cause.CLAIM, G, now, Lease(token, owner, now + seconds))
+            self._transition(e, Cause.CLAIM, GENERATING, now, Lease(token, owner, now + seconds))
             if clean:  # nothing else changed it since the last commit: the claim alone is its change
                 self.claimed.add(e.id)
             item = {"id": e.id, "filename": e.filename, "text": e.text, "token": token,
@@ -312,7 +326,7 @@ class State:
                 item["suspect"] = True
             out.append(item)
         return {"entries": out, "lease_seconds": seconds, "sample_rate": self.sample_rate,
-                "pending": self.counts[P], "owners": owners}
+                "pending": self.counts[PENDING], "owners": owners}
 
     def _held(self, owner: str, token: str, kind: str = "lease") -> Entry | None:
         """The entry ``owner`` holds under ``token``, or None when that lease is gone. ``kind``: the
@@ -368,7 +382,7 @@ class State:
         for token in tokens:
             e = self._held(owner, token)
             if e is not None:
-                self._transition(e, Cause.RELEASE, P, now)
+                self._transition(e, Cause.RELEASE, PENDING, now)
                 released.append(e.id)
         return {"released": released}
 
@@ -384,7 +398,7 @@ class State:
             self._charge(e, Cause.EXPIRY, why, now)
             return True
         e.suspect = e.suspect or phase == Phase.QUEUED or (phase == Phase.SYNTHESIZING and token not in finished)
-        self._transition(e, Cause.EXPIRY, P, now)
+        self._transition(e, Cause.EXPIRY, PENDING, now)
         return False
 
     def _unit_sizes(self) -> dict[str, int]:
@@ -419,7 +433,7 @@ class State:
             (charged if self._end_lease(e, "the generator died while synthesizing this text", now, unit, finished)
              else returned).append(e.id)
         return {"returned": returned, "charged": charged,
-                "failed": [i for i in charged if self.by_id[i].status == F]}
+                "failed": [i for i in charged if self.by_id[i].status == FAILED]}
 
     def synthesizing_of(self, owner: str) -> list[str]:
         return [t for t in self.synthesizing.get(owner, ()) if t in self.leases]
@@ -437,12 +451,12 @@ class State:
         """What a load can safely fix: a generating entry without a lease (a hand edit, an older
         file) goes back to pending, uncharged; a completed entry without a take token (a file
         written before adopted takes had one) is given one, so a review is fenced by it."""
-        stuck = [e for e in self.entries if e.status == G and e.lease is None]
+        stuck = [e for e in self.entries if e.status == GENERATING and e.lease is None]
         for e in stuck:
-            self._transition(e, Cause.EXPIRY, P, now)
+            self._transition(e, Cause.EXPIRY, PENDING, now)
         for e in [e for e in self.entries if e.stage == LEASED and e.check_lease is None]:
-            self._transition(e, Cause.CHECK_EXPIRY, C, now, stage=WAITING, check_lease=None)
-        for e in [e for e in self.entries if e.status == C and e.take is None]:
+            self._transition(e, Cause.CHECK_EXPIRY, COMPLETED, now, stage=WAITING, check_lease=None)
+        for e in [e for e in self.entries if e.status == COMPLETED and e.take is None]:
             e.take = adopted_token()
             if e.review is not None:
                 e.review.take = e.take  # the verdict was given on this very wav
@@ -478,7 +492,7 @@ class State:
         e.deterministic = msg.get("deterministic") is True
         if self.sample_rate is None:
             self.sample_rate = sr
-        self._transition(e, Cause.RESULT, C, now)
+        self._transition(e, Cause.RESULT, COMPLETED, now)
         if msg.get("wav"):
             self.wav_sig[e.id] = msg["wav"]
         return {"applied": True, "status": e.status}, []
@@ -493,14 +507,14 @@ class State:
     def _take_refusal(e: Entry, msg: dict, take_ready: bool) -> str | None:
         """Why a completed take does not count, or None when it does."""
         token = msg["token"]
-        if e.status == C and e.take == token:
+        if e.status == COMPLETED and e.take == token:
             return "duplicate"  # a resend of a result already applied
         if any(x.take == token for x in e.earlier):
             return "a check set this take aside"  # never current again through a result (a resend)
         held = e.lease is not None and e.lease.token == token
-        if e.status == G and not held:
+        if e.status == GENERATING and not held:
             return "another generator holds the entry"
-        if e.status == C:
+        if e.status == COMPLETED:
             return "the entry is already completed by another take"
         if msg["rev"] != e.rev:
             return "the entry was requeued or edited since this take was claimed"
@@ -511,7 +525,7 @@ class State:
         return None
 
     def _result_failed(self, e: Entry, token: str, error: str, now: float) -> dict:
-        if e.status != G or e.lease.token != token:
+        if e.status != GENERATING or e.lease.token != token:
             return {"applied": False, "status": e.status}
         self._charge(e, Cause.FAILURE, error, now)
         return {"applied": True, "status": e.status}
@@ -520,7 +534,7 @@ class State:
     def requeue(self, keys: list, failed: bool, now: float) -> tuple[dict, list[Effect]]:
         targets = [self.lookup(k) for k in keys]  # refuses before changing anything
         if failed:
-            targets += [e for e in self.entries if e.status == F]
+            targets += [e for e in self.entries if e.status == FAILED]
         effects, done = [], []
         for eid in dict.fromkeys(t.id for t in targets):
             effects += self._reset(self.by_id[eid], Cause.REQUEUE, now)
@@ -530,7 +544,7 @@ class State:
     def edit(self, key: int | str, text: str, now: float) -> tuple[dict, list[Effect]]:
         """A new text for an entry that is not being generated: a new revision, back to pending."""
         e = self.lookup(key)
-        if e.status == G:
+        if e.status == GENERATING:
             raise Refused(f"entry {e.id} ({e.filename}) is being generated; edit it once its lease ends")
         e.text = text
         e.text_hash = text_hash(text)
@@ -543,7 +557,7 @@ class State:
         the token of the take they heard (the page always sends it): a verdict on a take since
         replaced is refused. Without it, the verdict is on the current take."""
         e = self.lookup(key)
-        if e.status != C:
+        if e.status != COMPLETED:
             raise Refused(f"entry {e.id} ({e.filename}) is {e.status}: only a completed take can be reviewed")
         if take is not None and take != e.take:
             raise Refused(f"entry {e.id} ({e.filename}) has a new take since that one; listen again")
@@ -568,7 +582,7 @@ class State:
             self.entries.append(e)
             self.by_id[e.id] = e
             self.by_name[e.filename] = e
-            self.counts[P] += 1
+            self.counts[PENDING] += 1
             self.stages[NONE_] += 1
             heapq.heappush(self._pending_heap, e.id)
             self._touch(e, now)
@@ -601,4 +615,4 @@ class State:
     def stats(self) -> dict:
         return {**self.counters(), **self.check_counters(), "sample_rate": self.sample_rate,
                 "audio_seconds": round(sum(e.duration_seconds or 0.0 for e in self.entries
-                                           if e.status == C), 3)}
+                                           if e.status == COMPLETED), 3)}

@@ -790,7 +790,7 @@ def test_an_entry_view_stuck_on_a_file_leaves_the_dashboard_answering_and_stoppi
 
 
 def test_earlier_takes_are_found_by_name_in_a_listing_kept_until_the_folder_changes(tmp_path: Path) -> None:
-    from review.dashboard import EARLIER_TAKES, EarlierTakes
+    from review.files import EARLIER_TAKES, EarlierTakes
     folder = tmp_path / "requeued"
     earlier = EarlierTakes(folder)
     assert earlier.of("ds_0001") == []  # no folder yet

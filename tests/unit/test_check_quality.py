@@ -15,7 +15,7 @@ import pytest
 from pipeline.asr import Recognizer
 from pipeline.cer import silent
 from pipeline.synth import build, to_pcm16
-from review.takes import BIT, Flag, fit
+from review.flags import BIT, Flag, fit
 from tests.support.planted import EN_TEXTS, ES_TEXTS, KINDS, other_text, plant
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]

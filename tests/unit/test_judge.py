@@ -74,10 +74,10 @@ def test_seconds_per_character_far_off_the_voices_own_is_wrong() -> None:
 
 
 def test_the_judge_counts_deviations_as_the_pages_fit_does() -> None:
-    from review import takes
+    from review import flags
     from statesvc import judge
     assert (judge.K, judge.MAD_SCALE, judge.MIN_RATE_CHARS) == \
-        (takes.SPREAD_SIGMAS, takes.MAD_SCALE, takes.MIN_RATE_CHARS)
+        (flags.SPREAD_SIGMAS, flags.MAD_SCALE, flags.MIN_RATE_CHARS)
     h = judge._Histogram(0.0, 0.01, 100)
     for v in (0.105, 0.205, 0.305, 0.405, 0.905):
         h.add(v)

@@ -10,7 +10,10 @@ import msgspec
 import pytest
 
 import review.mirror as mirror_module
-from review.mirror import Haystack, Mirror, Query, QueryError, ViewEntry
+from review.mirror import Mirror
+from review.query import Query, QueryError
+from review.search import Haystack
+from review.view import ViewEntry
 from statesvc.entry import Entry, Review, Status, Verdict
 from statesvc.loader import read
 from statesvc.state import State
@@ -178,7 +181,7 @@ def test_texts_changed_while_an_index_is_built_or_scanned_are_never_lost(tmp_pat
     # while the search's index is built from a snapshot of the entries
     pending.append(("utt_0003", "kiwi"))
     with monkeypatch.context() as mp:
-        mp.setattr(mirror_module, "_row", hooked(mirror_module._row))
+        mp.setattr(mirror_module, "searchable", hooked(mirror_module.searchable))
         assert m.select(Query(q="kiwi"))[0] == 1
     # while a scan runs: its answer may predate the edit, but is not kept for the next ask
     pending.append(("utt_0004", "mango"))
@@ -189,7 +192,7 @@ def test_texts_changed_while_an_index_is_built_or_scanned_are_never_lost(tmp_pat
     # while the characters are counted
     pending.append(("utt_0005", "þ"))
     with monkeypatch.context() as mp:
-        mp.setattr(mirror_module, "_char_counts", hooked(mirror_module._char_counts))
+        mp.setattr(mirror_module, "char_counts", hooked(mirror_module.char_counts))
         assert m.coverage()["characters"].get("þ") == 1
     assert not pending
     # a build that fails leaves no record of changes behind to pile up
@@ -198,7 +201,7 @@ def test_texts_changed_while_an_index_is_built_or_scanned_are_never_lost(tmp_pat
     def failing(texts):
         raise MemoryError
     with monkeypatch.context() as mp:
-        mp.setattr(mirror_module, "_char_counts", failing)
+        mp.setattr(mirror_module, "char_counts", failing)
         with pytest.raises(MemoryError):
             m.coverage()
     pending.append(("utt_0006", "otra"))
@@ -218,10 +221,10 @@ def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path, monkeypatch, 
     """The page keeps checks in columns, not per entry: every field of a check (figures exactly as
     written, a transcript in any script, the error, the reason, the threshold, the model) reads back
     as the state holds it, after a load as the dashboard does it (a ViewEntry) and after changes."""
-    from review.mirror import _check_dict
+    from review.view import Checks, check_dict
     from statesvc.entry import Check, Stage
 
-    monkeypatch.setattr(mirror_module.Checks, "BLOCK_ROWS", block)  # compressed blocks, and the rows after them
+    monkeypatch.setattr(Checks, "BLOCK_ROWS", block)  # compressed blocks, and the rows after them
     entries = []
     for i in range(1, 9):
         e = Entry.make(i, f"utt_{i}", f"texto número {i}")
@@ -236,7 +239,7 @@ def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path, monkeypatch, 
     entries[4].check = Check("tk5", None, None, "", "base", "the recognizer failed: boom", True, "no transcript")
     entries[4].stage = Stage.FLAGGED
     create(tmp_path, State(entries))
-    want = {e.filename: (_check_dict(e.check, e.take), e.stage) for e in read(tmp_path).state.entries}
+    want = {e.filename: (check_dict(e.check, e.take), e.stage) for e in read(tmp_path).state.entries}
     for m in (Mirror(read(tmp_path)), Mirror(read(tmp_path, view=ViewEntry)), Mirror.load(tmp_path)):
         for name, (check, stage) in want.items():
             row = m.entry(name)
@@ -253,7 +256,7 @@ def test_checks_are_shown_as_the_daemon_holds_them(tmp_path: Path, monkeypatch, 
         for e in (six, one, new):
             m.apply(_encode(e))
             row = m.entry(e.filename)
-            assert (row["check"], row["stage"]) == (_check_dict(e.check, e.take), e.stage)
+            assert (row["check"], row["stage"]) == (check_dict(e.check, e.take), e.stage)
         assert m.entry("utt_2")["check"] == want["utt_2"][0]  # the others as they were
         assert m.select(Query(sort="-cer", limit=1))[1][0]["filename"] == "utt_4"
 
@@ -283,3 +286,14 @@ def test_a_check_the_journal_replaced_is_not_shown(tmp_path: Path) -> None:
     assert m.entry("utt_2")["check"]["transcript"] == "otra cosa" and m.entry("utt_2")["stage"] == Stage.FLAGGED
     assert m.entry("utt_3")["check"]["transcript"] == "oído 3"
     assert (m.counters()["checked"], m.counters()["mismatched"], m.counters()["check_waiting"]) == (2, 1, 1)
+
+
+def test_update_times_read_back_as_written_to_the_millisecond() -> None:
+    """The copy keeps an update time as seconds (a float) and shows it in the state's own format
+    (statesvc's ``iso``, which cuts to the millisecond): every millisecond reads back as written."""
+    from review.stamps import iso_of, stamp, stamps
+    written = [f"{day}T{hms}.{ms:03d}Z" for day in ("1999-12-31", "2026-12-03", "2099-07-15")
+               for hms in ("00:00:00", "09:41:07", "23:59:59") for ms in range(1000)]
+    assert [iso_of(t) for t in stamps(written)] == written
+    assert [iso_of(stamp(s)) for s in written[::37]] == written[::37]  # one by one, as a change event is
+    assert iso_of(stamps([None])[0]) is None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from review.takes import (
+from review.flags import (
     BIT,
     FLAG_LABELS,
     Analysis,
@@ -270,7 +270,7 @@ def test_fit_is_deterministic_and_json_friendly() -> None:
     a, b = fit(chars, seconds), fit(chars, seconds)
     assert a is not None and a == b
     d = json.loads(json.dumps(a.to_dict()))
-    assert type(a).from_dict(d) == a
+    assert type(a)(**d) == a
 
 
 def test_fit_with_one_text_length() -> None:

@@ -1,4 +1,4 @@
-"""Which takes of generated speech look wrong, and what their waveforms look like: the review dashboard's analysis.
+"""The flags of takes of generated speech that look wrong, and their waveforms: the review dashboard's analysis.
 
 Two independent views of a take:
 
@@ -268,11 +268,6 @@ class Fit:
     def to_dict(self) -> dict[str, Any]:
         return {"slope": self.slope, "intercept": self.intercept, "spread": self.spread,
                 "median_cps": self.median_cps, "points": self.points}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Fit:
-        return cls(slope=float(d["slope"]), intercept=float(d["intercept"]), spread=float(d["spread"]),
-                   median_cps=float(d["median_cps"]), points=int(d["points"]))
 
 
 def _theil_sen_slope(x: np.ndarray, y: np.ndarray) -> float:
