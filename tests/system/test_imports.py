@@ -231,7 +231,7 @@ def test_without_the_review_extra_the_dashboard_says_which_to_install(tmp_path: 
     assert r.returncode == 0 and "Serve the review dashboard" in r.stdout, r.stderr
 
 
-if __name__ == "__main__":  # a look at the graph: python tests/system/test_imports.py
+if __name__ == "__main__":  # a look at the graph: .venv/bin/python -m tests.system.test_imports
     g = graph()
     print("\n".join(upward(g) + private(g)) or "no upward or private import")
     for c in cycles(g):
