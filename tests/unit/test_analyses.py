@@ -114,3 +114,14 @@ def test_a_temporary_file_left_by_a_save_cut_short_is_removed(tmp_path: Path) ->
     left.write_bytes(b"half")
     Analyses.load(tmp_path / analyses.CACHE_FILE)
     assert not left.exists()
+
+
+def test_a_cache_file_of_an_earlier_version_known_to_flag_the_same_is_used(tmp_path: Path, monkeypatch) -> None:
+    """The page's cache from before issue 18 (review/takes.py, renamed flags.py with no change to what
+    it computes) is used as it is: an upgrade does not read every take again."""
+    path = tmp_path / analyses.CACHE_FILE
+    monkeypatch.setattr(analyses, "_analysis_version", lambda: "ae085d9b1ddd6708ed1ec4d925adf6ac")
+    _filled().save(path)  # as the page before issue 18 wrote it
+    monkeypatch.undo()
+    a, why = Analyses.load(path)
+    assert why is None and of_take(a, 1, "take1") == 1 and of_take(a, 5000, "take5000") == 5000 % 7
