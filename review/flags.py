@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from statesvc.judge import MAD_SCALE, MIN_RATE_CHARS  # one home: the daemon's judge uses them too
+
 __all__ = ["BIT", "FLAG_LABELS", "Analysis", "Fit", "Flag", "analyze", "analyze_file", "bits", "fit", "from_bits"]
 
 
@@ -76,11 +78,9 @@ FLOOR_DB = -120.0             # what digital silence reports instead of -inf (JS
 MIN_FIT_POINTS = 20           # fewer than this and the medians below are not worth trusting
 MAX_PAIRS = 20_000            # Theil-Sen on a fixed-seed sample of pairs: deterministic, O(1) in dataset size
 FIT_SEED = 0
-MAD_SCALE = 1.4826            # makes the MAD a consistent estimate of a normal standard deviation
 SPREAD_SIGMAS = 4.0           # outliers are judged in units of the dataset's own typical scatter ...
 MIN_DURATION_RATIO = 1.5      # ... but never tighter than 1.5x either way, so a very consistent voice is not nagged
 RATE_RATIO = 1.6              # characters per second this far off the dataset's median is audibly rushed / dragged
-MIN_RATE_CHARS = 10           # below this the fixed start/end overhead dominates and chars/second is mostly noise
 MIN_PREDICTED = 0.1           # seconds; keeps log(seconds / predicted) finite when a degenerate fit goes negative
 
 

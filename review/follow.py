@@ -24,9 +24,9 @@ from statesvc.health import paused_line
 from statesvc.layout import journal_path, state_path
 
 from .errors import ActionError
-from .sync import REQUEST_TIMEOUT
 
 log = logging.getLogger("statesvc.dashboard")
+REQUEST_TIMEOUT = 10.0  # seconds a request waits for the daemon's durable answer
 
 WATCH_EVERY = 1.0       # seconds between looks at whether the daemon came or went, or the files changed
 

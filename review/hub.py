@@ -107,10 +107,11 @@ class Hub:
             log.info("missed change events (%s): reading the state again", missed(m.seq, commit))
             self.reload_wanted.set()
             return
+        analyzer = self.analyzer
         for raw in commit.entries:
             e = m.apply(raw)
-            if e.status == "completed" and self.analyzer is not None:
-                self.analyzer.took(e.id)
+            if e.status == "completed" and analyzer is not None:
+                analyzer.took(e.id)
         m.seq = commit.seq
 
     def unfollowable(self, why: str) -> None:

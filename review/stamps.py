@@ -15,12 +15,12 @@ import numpy as np
 from statesvc.entry import iso
 
 
-def stamp(iso: str | None) -> float:
+def stamp(text: str | None) -> float:
     """Seconds of an ``updated_at`` (for sorting), without a datetime per entry."""
-    if not iso:
+    if not text:
         return np.nan
     try:
-        return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S")) + float(iso[19:-1] or 0)
+        return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + float(text[19:-1] or 0)
     except ValueError:
         return np.nan
 

@@ -9,8 +9,7 @@ from statesvc.client import Client, ServiceError, Unavailable
 from statesvc.endpoints import running
 
 from .errors import ActionError
-
-REQUEST_TIMEOUT = 10.0  # seconds a request waits for the daemon's durable answer
+from .follow import REQUEST_TIMEOUT
 
 
 def reconcile(dataset: Path, dry_run: bool) -> list[dict]:

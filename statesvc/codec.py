@@ -279,10 +279,6 @@ class StateFile:
     head: Head
     size: int
 
-    def state(self) -> State:
-        """The state of this file alone (no journal replayed on top)."""
-        return build_state(self.entries, self.sample_rate, self.answers)
-
 
 def read_file(path: Path, decode: Callable[[object], list] = decode_entries) -> StateFile:
     """A state file as it is on disk: fast when its checksum holds, validated the long way otherwise.

@@ -25,12 +25,13 @@ import msgspec
 import orjson
 import zmq
 
-from . import events, layout, protocol
+from . import layout, protocol
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir
 from .codec import DamagedState
 from .curve import CurveError, secure_server
 from .endpoints import defaults
 from .entry import Status
+from .events import BEAT, COMMIT, ENTRY, beat_body, commit_body
 from .handlers import Handlers
 from .lock import WriterLock
 from .notify import Notifier
@@ -112,10 +113,10 @@ class Sockets:
         and reads the state again."""
         try:
             for e in written:
-                self.pub.send(events.ENTRY, NOBLOCK_MORE)
+                self.pub.send(ENTRY, NOBLOCK_MORE)
                 self.pub.send(_encode(e), NOBLOCK)
-            self.pub.send(events.COMMIT, NOBLOCK_MORE)
-            self.pub.send(events.commit_body(seq, len(written)), NOBLOCK)
+            self.pub.send(COMMIT, NOBLOCK_MORE)
+            self.pub.send(commit_body(seq, len(written)), NOBLOCK)
         except zmq.Again:
             pass
 
@@ -123,8 +124,8 @@ class Sockets:
         """The number of the last commit, now and then: a subscriber that lost a commit's events
         and its end (a full queue drops both) learns it without waiting for the next commit."""
         try:
-            self.pub.send(events.BEAT, NOBLOCK_MORE)
-            self.pub.send(events.beat_body(seq), NOBLOCK)
+            self.pub.send(BEAT, NOBLOCK_MORE)
+            self.pub.send(beat_body(seq), NOBLOCK)
         except zmq.Again:
             pass
 
@@ -181,18 +182,18 @@ class Daemon:
     """The loop's state: the books (state, store, handlers), its parts (sockets, checkpoints, the
     report and the commits' record for the status, metrics), and the writes waiting for a commit."""
 
-    def __init__(self, dataset: Path, state: State, endpoint: str, events: str,
+    def __init__(self, dataset: Path, state: State, endpoint: str, events: str, store: Store,
                  ctx: zmq.Context | None = None, curve: tuple[Path, Path] | None = None,
-                 store: Store | None = None):
+                 checkpoints: Checkpoints | None = None):
         self.dataset = dataset
         self.state = state
-        self.store = store or Store(dataset, state)
+        self.store = store
         self.report = Report(self)
         self.handlers = Handlers(dataset, state, self.report.status)
         self.sockets = Sockets(endpoint, events, ctx, curve)
         self.send = self.sockets.send  # bound once: the hot path's replies
         self.notifier = Notifier()
-        self.checkpoints = Checkpoints()
+        self.checkpoints = checkpoints or Checkpoints()
         self.commits = Commits(state.counts[Status.COMPLETED])
         self.metrics: Metrics | None = None   # --metrics-port: Prometheus counters and histograms
         self.stopping = 0
@@ -462,9 +463,9 @@ def serve(dataset: Path, endpoint: str | None = None, events: str | None = None,
             log.info("replayed %d commits from the journal%s", store.replayed,
                      f"; cut its torn last record, {store.torn} bytes (a crash mid-append: never acknowledged), "
                      f"kept in {store.torn_kept}" if store.torn else "")
-        daemon = Daemon(dataset, state, control, events, curve=curve, store=store)
+        daemon = Daemon(dataset, state, control, events, curve=curve, store=store,
+                        checkpoints=Checkpoints(checkpoint_bytes, checkpoint_idle))
         daemon.handlers.settle_all()  # the moves a retake or restore committed before a crash implies
-        daemon.checkpoints = Checkpoints(checkpoint_bytes, checkpoint_idle)
         if metrics is not None:
             from .metrics import Metrics  # here: prometheus_client costs every other start its import
             daemon.metrics = Metrics()

@@ -36,8 +36,8 @@ __all__ = ["CEILING_CER", "FLOOR_CER", "K", "MIN_CHECKS", "Judge", "Judgement"]
 MAD_SCALE = 1.4826  # makes the MAD a consistent estimate of a normal standard deviation
 FLOOR_CER = 0.5   # half the characters wrong: no good take of any voice we measured comes near
 CEILING_CER = 0.65  # under what another sentence scores: the adaptive threshold stops here
-K = 4.0            # "far above": as many robust deviations as the page's duration fit (takes.SPREAD_SIGMAS)
-MIN_RATE_CHARS = 10  # shorter texts: the fixed start/end overhead dominates (takes.MIN_RATE_CHARS)
+K = 4.0            # "far above": as many robust deviations as the page's duration fit (review.flags.SPREAD_SIGMAS)
+MIN_RATE_CHARS = 10  # shorter texts: the fixed start/end overhead dominates (review.flags uses this one)
 MIN_CHECKS = 20    # fewer checks and the median says little: the floor alone
 # A take this far off its voice's seconds per character (either way) is off however consistent the
 # voice is: a phrase said again, or a cut, moves a take by more than a quarter; natural variation of

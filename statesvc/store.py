@@ -145,11 +145,6 @@ class Store:
         self.checkpoint_seq = job.head.seq
         self.last_checkpoint_seconds = time.monotonic() - job.started
 
-    def let_checkpoint_in_place(self) -> None:
-        """Everything applied is committed: a checkpoint written meanwhile may go in place."""
-        if self.job is not None:
-            self.job.let_in_place()
-
     def abort_checkpoint(self) -> None:
         """Drop a checkpoint being written (a commit failed: it may hold what was refused)."""
         job, self.job = self.job, None

@@ -488,7 +488,7 @@ def test_what_loads_after_any_commit_is_what_the_daemon_held(tmp_path: Path, see
         # checkpoints as the daemon writes them: begun after a commit, written by a thread while
         # changes and commits go on, put in place right after a later commit
         if st.job is not None:
-            st.let_checkpoint_in_place()  # right after a commit, as the daemon does; commits go on meanwhile
+            st.job.let_in_place()  # right after a commit, as the daemon does; commits go on meanwhile
             r = rng.random()
             if r < 0.1:
                 st.wait_checkpoint_in_place()

@@ -15,7 +15,7 @@ import pytest
 from statesvc import codec, store
 from statesvc.atomic import OutcomeUnknown, SaveFailed, write_atomic
 from statesvc.client import Client, ServiceError
-from statesvc.codec import DamagedState, read_file
+from statesvc.codec import DamagedState, build_state, read_file
 from statesvc.daemon import Daemon
 from statesvc.entry import Entry
 from statesvc.layout import STATE_FILE
@@ -46,7 +46,8 @@ def load_bytes(folder: Path, raw: bytes) -> Loaded:
 
 def file_alone(ds: Path) -> State:
     """The state ``ds``'s checkpoint file holds alone, without its journal."""
-    return read_file(ds / STATE_FILE).state()
+    f = read_file(ds / STATE_FILE)
+    return build_state(f.entries, f.sample_rate, f.answers)
 
 
 class Faults:
