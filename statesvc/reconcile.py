@@ -42,10 +42,7 @@ def apply(state: State, since: int, epoch: str, files: dict, missing: list[str],
         e = state.by_name.get(name)
         if e is None or e.status != COMPLETED or state.changed_seq.get(e.id, 0) > since:
             continue
-        e.duration_seconds = None
-        e.take = None
-        e.error = "audio missing"
-        state._transition(e, Cause.RECONCILE, PENDING, now)
+        _unset(state, e, "audio missing", now)
         fixes.append({"id": e.id, "filename": name, "fix": "completed -> pending (wav missing)",
                       "from": COMPLETED, "to": PENDING})
     return {"fixes": fixes}, effects
@@ -102,6 +99,9 @@ def _file(state: State, e: Entry, obs: dict, now: float) -> tuple[str | None, st
 
 
 def _unset(state: State, e: Entry, error: str, now: float) -> None:
+    """A completed entry whose wav is gone, bad or not its take: back to pending with the whole
+    --max-attempts budget, as a retake (its synthesis ended well: it was no failed attempt)."""
+    e.attempts = 0
     e.duration_seconds = None
     e.take = None
     e.error = error

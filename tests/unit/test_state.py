@@ -308,11 +308,13 @@ class Lifecycle(RuleBasedStateMachine):
             return
         if seen == "missing":
             reconcile.apply(self.s, self.s.seq, self.s.epoch, {}, [e.filename], self.now)
-            return
-        obs: dict = {"valid": seen != "invalid", "duration": 1.0, "sample_rate": SR, "reason": "bad"}
-        if seen in ("current", "old-rev"):
-            obs["take"] = {"text_hash": e.text_hash, "rev": e.rev - (seen == "old-rev"), "token": f"t{i}"}
-        reconcile.apply(self.s, self.s.seq, self.s.epoch, {e.filename: obs}, [], self.now)
+        else:
+            obs: dict = {"valid": seen != "invalid", "duration": 1.0, "sample_rate": SR, "reason": "bad"}
+            if seen in ("current", "old-rev"):
+                obs["take"] = {"text_hash": e.text_hash, "rev": e.rev - (seen == "old-rev"), "token": f"t{i}"}
+            reconcile.apply(self.s, self.s.seq, self.s.epoch, {e.filename: obs}, [], self.now)
+        if before[0] == Status.COMPLETED and e.status == Status.PENDING:
+            self.ended[eid] = 0  # a wav lost is no failed attempt: the next take's budget is whole
         if e.status == Status.COMPLETED and before[0] != Status.COMPLETED:
             assert seen in ("current", "foreign"), "only a take of the current text and revision is adopted"
             assert before[0] in (Status.PENDING, Status.FAILED)
@@ -534,6 +536,29 @@ def test_reconcile_ignores_entries_changed_after_the_scan() -> None:
     s.result(take(c), 1)
     body, _ = reconcile.apply(s, since, s.epoch, {}, ["utt_0001"], 2)  # the scan began before the wav existed
     assert body["fixes"] == [] and s.by_id[1].status == "completed"
+
+
+@pytest.mark.parametrize("seen", ["missing", "invalid", "old-rev"])
+def test_a_wav_lost_again_and_again_never_takes_attempts_past_max_attempts(seen: str) -> None:
+    """A completed synthesis is not a failed attempt: when the reconciler finds its wav missing,
+    bad or of an older revision, the entry goes back to pending with the whole --max-attempts
+    budget (as a retake does). Before, each round kept its attempt, and the fourth take made
+    ``attempts`` 4 over ``max_attempts`` 3 (hypothesis' test_lifecycle found it)."""
+    s = fresh(1, max_attempts=3)
+    e = s.by_id[1]
+    for n in range(4):
+        if n:  # the reconciler finds the last take's wav gone (or bad, or of an older revision)
+            if seen == "missing":
+                reconcile.apply(s, s.seq, s.epoch, {}, [e.filename], n)
+            else:
+                obs = {"valid": seen != "invalid", "duration": 1.0, "sample_rate": SR, "reason": "bad",
+                       "take": {"text_hash": e.text_hash, "rev": e.rev - (seen == "old-rev"), "token": "x"}}
+                reconcile.apply(s, s.seq, s.epoch, {e.filename: obs}, [], n)
+            assert e.status == Status.PENDING
+        c = s.claim("g", 1, None, n)["entries"][0]
+        assert s.result(take(c), n)[0]["applied"] and e.status == Status.COMPLETED
+        check_invariants(s)  # attempts <= max_attempts
+    assert e.attempts == 1, "a completed entry has 1"
 
 
 def test_reconcile_from_another_daemon_run_is_refused() -> None:
