@@ -195,7 +195,7 @@ def cpu_seconds(pid: int) -> float:
 def reload_seconds(pid: int, folder: Path, timeout: float = 600.0) -> float:
     """Touch the state file and wait until the dashboard read it again: its CPU use rose, then stayed
     under a tenth of a core for a second (it looks at the files once a second)."""
-    from statesvc.codec import state_path
+    from statesvc.layout import state_path
     t0 = time.perf_counter()
     os.utime(state_path(folder))
     busy, quiet_since, last, at = False, None, cpu_seconds(pid), time.perf_counter()
@@ -265,7 +265,7 @@ def main() -> None:
                     help="Every completed take checked, with a transcript (as after a run with --check).")
     a = ap.parse_args()
 
-    from statesvc.codec import state_path
+    from statesvc.layout import state_path
     tmp = None
     if a.dataset is None:
         tmp = Path(tempfile.mkdtemp(prefix="bench-dashboard-", dir=os.environ.get("BENCH_DIR")))

@@ -401,7 +401,7 @@ def sample(daemon: int, workers: list[int], metrics_port: int) -> dict:
 def step(n: int, a: argparse.Namespace, template: Path, keys: Path, tmp: Path) -> dict:
     folder = tmp / f"n{n}"
     shutil.copytree(template, folder)
-    from statesvc.codec import state_path
+    from statesvc.layout import state_path
     file_bytes = state_path(folder).stat().st_size
     port, mport = free_ports(2)[0], free_ports(1)[0]
     d = start_daemon(folder, keys, port, mport, shlex.split(a.serve_args))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from statesvc.entry import Status
+from statesvc.layout import wav_path
 
 from .analyses import CACHE_FILE, SAVE_EVERY, Analyses, file_key
 from .columns import STATUS_CODE
@@ -117,7 +118,7 @@ class Analyzer:
                 self._analyse(eid, *job)
 
     def _analyse(self, eid: int, name: str, take: str | None) -> None:
-        path = self.dataset / "wavs" / f"{name}.wav"
+        path = wav_path(self.dataset, name)
         try:
             st = path.stat()
         except OSError:

@@ -11,7 +11,7 @@ import secrets
 from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 
-from statesvc.handlers import SET_ASIDE
+from statesvc.layout import SET_ASIDE
 from statesvc.texts import check_text
 
 from .errors import ActionError

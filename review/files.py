@@ -13,7 +13,7 @@ from pathlib import Path
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from statesvc.handlers import SET_ASIDE
+from statesvc.layout import SET_ASIDE, WAVS, set_aside, wav_path
 from statesvc.texts import check_filename
 
 from .errors import ActionError
@@ -110,10 +110,10 @@ class EarlierTakes:
 def takes_of(dataset: Path, earlier: EarlierTakes, name: str, completed: bool) -> list[dict]:
     """An entry's current take (when completed) and its earlier ones, read and drawn (blocking)."""
     takes = []
-    current = dataset / "wavs" / f"{name}.wav"
+    current = wav_path(dataset, name)
     if completed and current.is_file():
-        takes.append(_take("wavs", current, True))
-    folder = dataset / SET_ASIDE
+        takes.append(_take(WAVS, current, True))
+    folder = set_aside(dataset)
     return takes + [_take(SET_ASIDE, folder / n, False) for n in earlier.of(name)]
 
 
@@ -130,7 +130,7 @@ def _take(folder: str, path: Path, current: bool) -> dict:
 def audio_path(dataset: Path, folder: str, name: str) -> Path:
     """Only a wav directly in wavs/ or in the folder of earlier takes; anything else is a 404."""
     missing = StarletteHTTPException(404, "no such audio")
-    if folder not in ("wavs", SET_ASIDE) or not name.endswith(".wav") or "/" in name or "\\" in name:
+    if folder not in (WAVS, SET_ASIDE) or not name.endswith(".wav") or "/" in name or "\\" in name:
         raise missing
     stem = name[:-4]
     base = stem.split(".", 1)[0] if folder == SET_ASIDE else stem

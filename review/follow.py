@@ -21,8 +21,7 @@ from statesvc.curve import CurveError
 from statesvc.endpoints import defaults, running
 from statesvc.events import AsyncSubscriber, Beat, Commit
 from statesvc.health import paused_line
-from statesvc.journal import JOURNAL_FILE
-from statesvc.layout import state_path
+from statesvc.layout import journal_path, state_path
 
 from .errors import ActionError
 from .sync import REQUEST_TIMEOUT
@@ -61,7 +60,7 @@ class Follower:
 
     def _files_sig(self) -> tuple:
         sig = []
-        for p in (state_path(self.dataset), self.dataset / JOURNAL_FILE):
+        for p in (state_path(self.dataset), journal_path(self.dataset)):
             try:
                 st = p.stat()
                 sig.append((st.st_ino, st.st_size, st.st_mtime_ns))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from statesvc.codec import DamagedState
 from statesvc.events import Beat, Commit, Follow, follow, missed
-from statesvc.handlers import SET_ASIDE
+from statesvc.layout import SET_ASIDE
 
 from .analyzer import Analyzer
 from .files import EarlierTakes, Offload

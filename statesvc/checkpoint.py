@@ -11,8 +11,8 @@ from pathlib import Path
 
 from . import journal
 from .atomic import fsync_dir, unlink_quietly, write_all
-from .codec import STATE_FILE, Head, header_values, state_path, write_entries
-from .journal import JOURNAL_FILE, journal_path
+from .codec import Head, header_values, write_entries
+from .layout import JOURNAL_FILE, STATE_FILE, journal_path, state_path
 from .process import die_with_parent
 from .state import State
 

@@ -38,18 +38,13 @@ from .entry import (
     Status,
     Verdict,
 )
+from .layout import state_path
 from .state import State
 from .texts import check_filename
-
-STATE_FILE = "generation_state.json"
 
 
 class DamagedState(Exception):
     """The state on disk cannot be trusted or read; the message says why in one line."""
-
-
-def state_path(dataset: Path) -> Path:
-    return dataset / STATE_FILE
 
 
 @dataclass(frozen=True)

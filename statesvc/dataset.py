@@ -17,8 +17,8 @@ from typing import Any
 from . import layout
 from .atomic import SaveFailed
 from .client import Client, NoDaemon
-from .codec import state_path
 from .handlers import Handlers
+from .layout import state_path
 from .loader import load
 from .lock import Locked, WriterLock
 from .protocol import NOT_IDEMPOTENT, validate
@@ -209,4 +209,4 @@ def add(dataset: Path, texts: Path, prefix: str | None = None) -> dict:
 
 
 __all__ = ["DatasetError", "TextsError", "init", "prepare_init", "create_prepared", "status", "entries", "show",
-           "write", "add", "wavs_already_there", "state_path", "checkpoint", "journal_replay", "journal_discard"]
+           "write", "add", "wavs_already_there", "checkpoint", "journal_replay", "journal_discard"]

@@ -35,8 +35,7 @@ import orjson
 
 from .atomic import OutcomeUnknown, SaveFailed, write_all, write_atomic
 from .entry import Entry, Phase
-
-JOURNAL_FILE = "generation_state.journal"
+from .layout import JOURNAL_FILE, journal_path
 
 
 class Record(msgspec.Struct, gc=False, omit_defaults=True):
@@ -58,10 +57,6 @@ class Record(msgspec.Struct, gc=False, omit_defaults=True):
 _decode_record = msgspec.json.Decoder(Record).decode
 _CRC = re.compile(rb"[0-9a-f]{8} ")  # a record's checksum as the writer writes it (int() would take " +_A")
 _encode = msgspec.json.Encoder().encode
-
-
-def journal_path(dataset: Path) -> Path:
-    return dataset / JOURNAL_FILE
 
 
 @dataclass
@@ -297,5 +292,5 @@ def after_damage(dataset: Path, j: Contents) -> list[Record]:
     return found
 
 
-__all__ = ["JOURNAL_FILE", "Record", "Contents", "Writer", "journal_path", "parse", "read", "scan", "extends_of",
+__all__ = ["Record", "Contents", "Writer", "parse", "read", "scan", "extends_of",
            "encode", "start", "tail", "cut", "aside", "keep_tail", "after_damage"]

@@ -19,9 +19,10 @@ from pathlib import Path
 import msgspec
 
 from . import journal
-from .codec import DamagedState, Head, build_state, decode_entries, no_gc, read_file, state_path
+from .codec import DamagedState, Head, build_state, decode_entries, no_gc, read_file
 from .entry import Entry, Lease, Status
-from .journal import JOURNAL_FILE, Contents, Record, journal_path
+from .journal import Contents, Record
+from .layout import JOURNAL_FILE, journal_path, state_path
 from .lock import holder_info
 from .state import State
 

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-LOCK_FILE = "statesvc.lock"
+from .layout import lock_path
 
 
 class Locked(Exception):
@@ -19,7 +19,7 @@ class WriterLock:
     """An flock on DIR/statesvc.lock; the kernel drops it when the holder dies."""
 
     def __init__(self, dataset: Path):
-        self.path = dataset / LOCK_FILE
+        self.path = lock_path(dataset)
         self.fd: int | None = None
 
     def acquire(self, info: str, wait: float = 1.0) -> None:
@@ -51,7 +51,7 @@ class WriterLock:
 
 def holder_info(dataset: Path) -> str | None:
     """What the running writer wrote into the lock file, or None when nobody holds it."""
-    path = dataset / LOCK_FILE
+    path = lock_path(dataset)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from . import journal
 from .atomic import fsync_dir, write_atomic
-from .codec import build_state, no_gc, read_file, state_path
-from .journal import Record, journal_path
+from .codec import build_state, no_gc, read_file
+from .journal import Record
+from .layout import journal_path, state_path
 from .loader import Replay, damaged
 from .store import Store
 

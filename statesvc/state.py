@@ -80,6 +80,10 @@ class Effect:
 
 @dataclass
 class State:
+    """The entries, their indexes and counters, and the operations that change them: generation
+    leases, results, people's requests (the check of takes is ``statesvc.checks``, what the reconciler
+    saw ``statesvc.reconcile``). One writer of the lifecycle: ``_transition``."""
+
     entries: list[Entry]
     sample_rate: int | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS

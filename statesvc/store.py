@@ -16,9 +16,10 @@ from pathlib import Path
 from . import journal
 from .atomic import OutcomeUnknown, SaveFailed, fsync_dir, write_all
 from .checkpoint import Checkpointing
-from .codec import STATE_FILE, Head, state_path, write_file
+from .codec import Head, write_file
 from .entry import Entry
-from .journal import JOURNAL_FILE, Record, journal_path
+from .journal import Record
+from .layout import JOURNAL_FILE, STATE_FILE, journal_path, state_path
 from .loader import Loaded, damaged, read
 from .state import State
 

@@ -28,8 +28,9 @@ from pathlib import Path
 import pytest
 
 from statesvc.client import Client, ServiceError, Unavailable
-from statesvc.codec import DamagedState, read_file, state_path
+from statesvc.codec import DamagedState, read_file
 from statesvc.entry import Entry
+from statesvc.layout import state_path
 from statesvc.loader import load
 from statesvc.state import State
 from statesvc.store import create

@@ -12,9 +12,10 @@ import orjson
 import pytest
 
 from statesvc import journal, loader, store
-from statesvc.codec import STATE_FILE, DamagedState
+from statesvc.codec import DamagedState
 from statesvc.entry import Entry
-from statesvc.journal import journal_path, parse
+from statesvc.journal import parse
+from statesvc.layout import STATE_FILE, journal_path
 from statesvc.state import State
 from tests.support.books import read_state, take
 from tests.support.processes import cli

@@ -19,7 +19,8 @@ from statesvc import codec, loader, store
 from statesvc.audio import Provenance, encode_wav, take_path
 from statesvc.client import Client
 from statesvc.entry import Entry
-from statesvc.journal import journal_path, parse
+from statesvc.journal import parse
+from statesvc.layout import journal_path
 from statesvc.state import State
 from tests.support.books import make_dataset, read_file, read_state
 from tests.support.processes import ROOT, cli, wait_for

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from statesvc import checks, reconcile
-from statesvc.codec import STATE_FILE, Head, write_file
+from statesvc.codec import Head, write_file
 from statesvc.entry import Entry, Phase, Stage, Status, text_hash
 from statesvc.judge import MIN_RATE_CHARS
+from statesvc.layout import STATE_FILE
 from statesvc.lifecycle import LIFECYCLE, Cause
 from statesvc.loader import load
 from statesvc.protocol import CheckReport

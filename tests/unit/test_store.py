@@ -15,9 +15,10 @@ import pytest
 from statesvc import codec, store
 from statesvc.atomic import OutcomeUnknown, SaveFailed, write_atomic
 from statesvc.client import Client, ServiceError
-from statesvc.codec import STATE_FILE, DamagedState, read_file
+from statesvc.codec import DamagedState, read_file
 from statesvc.daemon import Daemon
 from statesvc.entry import Entry
+from statesvc.layout import STATE_FILE
 from statesvc.loader import Loaded, load, read
 from statesvc.protocol import ErrorKind
 from statesvc.state import State
