@@ -59,18 +59,23 @@ def endpoint_of(dataset: Path) -> str:
     return rec["endpoint"]
 
 
+def connect(sock: zmq.Socket, endpoint: str) -> zmq.Socket:
+    """``sock`` connected to one of the daemon's endpoints, a CURVE client on tcp; closed if it cannot be."""
+    try:
+        if endpoint.startswith("tcp://"):
+            secure_client(sock)
+        sock.connect(connectable(endpoint))
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock
+
+
 def open_socket(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     """A DEALER connected to ``endpoint`` (a CURVE client on tcp); an async one from an async context."""
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
-    try:
-        if endpoint.startswith("tcp://"):
-            secure_client(s)
-        s.connect(connectable(endpoint))
-    except BaseException:
-        s.close(0)
-        raise
-    return s
+    return connect(s, endpoint)
 
 
 def frame(op: str, rid: int, fields: dict) -> bytes:

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 import orjson
 import zmq
 
-from .curve import secure_client
-from .endpoints import connectable
+from .client import connect
 
 if TYPE_CHECKING:  # not imported at run time: the daemon and the CLI need no asyncio
     import zmq.asyncio
@@ -118,14 +117,7 @@ def subscribe(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, HWM)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    try:
-        if endpoint.startswith("tcp://"):
-            secure_client(sub)
-        sub.connect(connectable(endpoint))
-    except BaseException:
-        sub.close(0)
-        raise
-    return sub
+    return connect(sub, endpoint)
 
 
 class Subscriber:
