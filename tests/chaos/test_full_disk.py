@@ -12,16 +12,13 @@ import pytest
 
 from statesvc.audio import inspect
 from statesvc.client import Client, ServiceError
-from tests.support.books import read_state
+from tests.support.books import make_dataset, read_state
 from tests.support.processes import BIN, ROOT, cli, wait_for
 
 
 def test_state_disk_full_refuses_writes_then_catches_up(tmp_path: Path, start_daemon, small_fs) -> None:
-    ds = tmp_path / "ds"
-    disk = small_fs(ds, "2m")
-    texts = tmp_path / "t.txt"
-    texts.write_text("".join(f"text {i}\n" for i in range(300)))
-    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    disk = small_fs(tmp_path / "ds", "2m")
+    ds = make_dataset(tmp_path, [f"text {i}" for i in range(300)])
     start_daemon(ds)
     before = (ds / "generation_state.json").read_bytes()
     junk = disk.fill()
@@ -39,10 +36,7 @@ def test_state_disk_full_refuses_writes_then_catches_up(tmp_path: Path, start_da
 
 @pytest.mark.timeout(240)
 def test_generator_disk_full_pauses_without_partial_wavs_or_charges(tmp_path: Path, start_daemon, small_fs) -> None:
-    texts = tmp_path / "t.txt"
-    texts.write_text("".join(f"{'una frase bastante larga ' * 8} {i}\n" for i in range(40)))
-    ds = tmp_path / "ds"
-    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    ds = make_dataset(tmp_path, [f"{'una frase bastante larga ' * 8} {i}" for i in range(40)])
     disk = small_fs(ds / "wavs", "1m")
     start_daemon(ds, "--max-attempts", "10")
     log = open(tmp_path / "gen.log", "w")
@@ -75,10 +69,7 @@ def test_disk_guard_pauses_generators_uncharged_health_says_so_and_they_resume(t
                                                                               start_daemon, small_fs) -> None:
     """Under the floor, generators claim nothing and give back what they hold, uncharged; said
     once in their log; `statesvc health` reports it; they resume by themselves when space returns."""
-    texts = tmp_path / "t.txt"
-    texts.write_text("".join(f"{'una frase bastante larga ' * 4} {i}\n" for i in range(60)))
-    ds = tmp_path / "ds"
-    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    ds = make_dataset(tmp_path, [f"{'una frase bastante larga ' * 4} {i}" for i in range(60)])
     small_fs(ds / "wavs", "16m")
     log_path = tmp_path / "gen.log"
     start_daemon(ds)

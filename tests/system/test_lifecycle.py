@@ -162,11 +162,8 @@ def test_long_syntheses_keep_their_leases(tmp_path: Path) -> None:
 
 # ---- a write refused on a full disk is never applied later; once space is back it applies once ----
 def test_add_on_a_full_disk_is_refused_then_applies_once(tmp_path: Path, start_daemon, small_fs) -> None:
-    ds = tmp_path / "ds"
-    disk = small_fs(ds, "2m")
-    base = tmp_path / "base.txt"
-    base.write_text("".join(f"texto {i}\n" for i in range(50)))
-    cli("init", "--dataset", str(ds), "--texts", str(base), check=True)
+    disk = small_fs(tmp_path / "ds", "2m")
+    ds = make_dataset(tmp_path, [f"texto {i}" for i in range(50)])
     start_daemon(ds)
     new = tmp_path / "new.txt"
     # big enough that its journal record cannot fit in the slack a full disk leaves in a page

@@ -51,11 +51,8 @@ def test_health_healthy_stopped_stalled_and_without_generators(tmp_path: Path, s
 
 
 def test_health_on_a_full_disk_says_commits_fail(tmp_path: Path, start_daemon, small_fs) -> None:
-    ds = tmp_path / "small"
-    disk = small_fs(ds, "3m")
-    texts = tmp_path / "t.txt"
-    texts.write_text("".join(f"frase {i}\n" for i in range(20)))
-    cli("init", "--dataset", str(ds), "--texts", str(texts), check=True)
+    disk = small_fs(tmp_path / "small", "3m")
+    ds = make_dataset(tmp_path, [f"frase {i}" for i in range(20)], name="small")
     start_daemon(ds)
     code, out = health(ds, "--min-free-mb", "1")
     assert code == 0, out
