@@ -38,6 +38,7 @@ from statesvc.layout import state_path
 
 from .batches import next_batch
 from .synth import Synthesizer, batch_cost, is_deterministic, is_out_of_memory
+from .wavs import create_take
 from .writer import DiskTrouble, Failed, Writer, Written
 
 log = logging.getLogger("pipeline.generate")
@@ -260,8 +261,9 @@ class Generator:
         """Tell the daemon what we are about to synthesize, so a text that kills us is charged and
         no other. For a suspect entry (in flight when a generator died) wait for the answer first:
         a notice still in our socket when we die is lost. Otherwise go on at once: if this notice
-        is lost, the daemon finds the previous text's take on disk and charges nobody, and the
-        entries we held come back as suspects. Returns the entries whose leases we still hold."""
+        is lost, the daemon finds the previous unit's take files on disk (``write`` creates them
+        before this is sent, written or not) and charges nobody, and the entries we held come back
+        as suspects. Returns the entries whose leases we still hold."""
         rid = self.send("working", owner=self.owner, tokens=[e["token"] for e in entries])
         self.said_synthesizing = bool(entries)
         if not any(e.get("suspect") for e in entries):
@@ -326,7 +328,11 @@ class Generator:
                 self.synthesize(part)
 
     def write(self, entries: list[dict], audios: list) -> None:
-        """Hand a synthesized batch to the writer thread; while its queue is full, handle replies."""
+        """Hand a synthesized batch to the writer thread; while its queue is full, handle replies.
+        Each take's file is created first, before the next working notice can be sent: if that
+        notice dies with us, the daemon finds these files and charges none of these texts."""
+        for e in entries:
+            create_take(self.dataset, e["filename"], e["token"])
         if self.writer is None:  # not running (a test stepping run_once): write here
             self.take_outcomes(Writer(self.dataset, self.synth.sample_rate).write(entries, audios))
             return

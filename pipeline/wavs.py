@@ -1,4 +1,10 @@
-"""Writing a take: a whole wav under a hidden name, which only the daemon moves under the entry's name."""
+"""Writing a take: a whole wav under a hidden name, which only the daemon moves under the entry's name.
+
+A take's file exists from the moment its synthesis is over (``create_take``, before the generator
+says what it synthesizes next), empty until its writer fills it (``write_take``) or removes it
+(``discard_take``). The daemon reads that file as "this text was not under way": a death after it
+charges the text nothing, even when the next text's working notice died with the generator.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
-from statesvc.atomic import write_all
+from statesvc.atomic import unlink_quietly, write_all
 from statesvc.audio import Provenance, encode_wav, take_path
+
+TAKE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+
+
+def create_take(dataset: Path, filename: str, token: str) -> None:
+    """Create the empty file of a take whose synthesis is over. A disk that refuses is not
+    raised here: ``write_take`` tries again and reports it as the writer's outcome."""
+    try:
+        os.close(os.open(take_path(dataset, filename, token), TAKE_FLAGS, 0o644))
+    except OSError:
+        pass
+
+
+def discard_take(dataset: Path, filename: str, token: str) -> None:
+    """A take that will not be written (its audio was bad, or the disk refused an earlier one)."""
+    unlink_quietly(take_path(dataset, filename, token))
 
 
 def write_take(dataset: Path, filename: str, pcm16: np.ndarray, sample_rate: int,
@@ -23,7 +45,7 @@ def write_take(dataset: Path, filename: str, pcm16: np.ndarray, sample_rate: int
     path = take_path(dataset, filename, provenance.token)
     data = encode_wav(pcm16, sample_rate, provenance)  # in memory first: a full disk fails our own write
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, TAKE_FLAGS | os.O_TRUNC, 0o644)
         try:
             write_all(fd, data)
             os.fsync(fd)

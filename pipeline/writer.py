@@ -18,7 +18,7 @@ from pathlib import Path
 from statesvc.audio import Provenance
 
 from .synth import to_pcm16
-from .wavs import write_take
+from .wavs import discard_take, write_take
 
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 DEPTH = 2  # batches waiting to be written: one being written, one more ready, while the next is synthesized
@@ -109,13 +109,23 @@ class Writer(threading.Thread):
                 self.finished += 1
 
     def write(self, entries: list[dict], audios: list) -> list[Outcome]:
+        """Write each take into the file the generator created for it (``create_take``); a take
+        that is not written has its file removed (``write_take`` removes its own on failure)."""
         out: list[Outcome] = []
         for i, (e, audio) in enumerate(zip(entries, audios, strict=True)):
             try:
-                seconds, sig = write_take(self.dataset, e["filename"], to_pcm16(audio), self.sample_rate,
+                pcm16 = to_pcm16(audio)
+            except Exception as exc:
+                discard_take(self.dataset, e["filename"], e["token"])
+                out.append(Failed(e, exc))
+                continue
+            try:
+                seconds, sig = write_take(self.dataset, e["filename"], pcm16, self.sample_rate,
                                           Provenance(e["text_hash"], e["rev"], e["token"]))
             except OSError as exc:
                 if exc.errno in DISK_ERRORS:  # the disk, not the text: nothing charged, the rest given back
+                    for later in entries[i + 1:]:
+                        discard_take(self.dataset, later["filename"], later["token"])
                     out.append(DiskTrouble(exc, entries[i:]))
                     return out
                 out.append(Failed(e, exc))

@@ -191,18 +191,21 @@ class _HeldAudio:
 
 class HeldWriter(Tone):
     """While the file ``gate`` exists: the take of a text holding WRITEHOLD is held mid-write (its
-    writer waits), and a batch holding SYNTHHOLD waits in synthesis; each says so first in
-    ``DIR/writing`` and ``DIR/synthesizing`` (the pid)."""
+    writer waits), and a batch holding SYNTHHOLD waits in synthesis (while ``synth_gate`` exists,
+    when given); each says so first in ``DIR/writing`` and ``DIR/synthesizing`` (the pid). A text
+    holding KILL kills the process at once, like a CUDA crash."""
 
-    def __init__(self, gate: str, marks: str, **kw: str):
+    def __init__(self, gate: str, marks: str, synth_gate: str = "", **kw: str):
         super().__init__(**kw)
-        self.gate, self.marks = gate, marks
+        self.gate, self.marks, self.synth_gate = gate, marks, synth_gate or gate
 
     def synthesize_batch(self, texts: list[str]) -> list[np.ndarray]:
-        if any("SYNTHHOLD" in t for t in texts) and os.path.exists(self.gate):
+        if any("KILL" in t for t in texts):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if any("SYNTHHOLD" in t for t in texts) and os.path.exists(self.synth_gate):
             with open(os.path.join(self.marks, "synthesizing"), "w") as f:
                 f.write(str(os.getpid()))
-            while os.path.exists(self.gate):
+            while os.path.exists(self.synth_gate):
                 time.sleep(0.01)
         out: list = [Tone.synthesize(self, t) for t in texts]
         if os.path.exists(self.gate):

@@ -53,8 +53,10 @@ def test_sigkill_while_writing_and_synthesizing_charges_only_the_text_under_synt
                  "a batch held mid-write while the next is synthesized")
         pid = int((marks / "writing").read_text())
         assert int((marks / "synthesizing").read_text()) == pid, "one generator does both at once"
-        written = list((ds / "wavs").glob(".take-*.wav"))
-        assert len(written) == 1, written  # the first take is on disk, fsynced, not yet reported
+        # the batch's four take files exist since its synthesis ended; the first is whole (on disk,
+        # fsynced, not yet reported), the other three still empty
+        sizes = sorted(p.stat().st_size for p in (ds / "wavs").glob(".take-*.wav"))
+        assert len(sizes) == 4 and sizes[:3] == [0, 0, 0] and sizes[3] > 44, sizes
         os.kill(pid, signal.SIGKILL)
         gate.unlink()
         _, err = proc.communicate(timeout=120)
@@ -101,6 +103,45 @@ def test_a_death_while_only_writing_charges_nobody(tmp_path: Path, start_daemon)
         reply = c.call("died", owner="gen-a")
     assert reply["charged"] == [] and reply["returned"] == [1], reply
     assert read_state(ds)["entries"][0]["attempts"] == 0
+
+
+def test_a_text_that_kills_before_its_notice_leaves_does_not_charge_the_text_before(
+        tmp_path: Path, start_daemon) -> None:
+    """The next text's working notice never left the generator (the daemon was away: a notice
+    sent just before a death can be lost the same way) and that text killed the generator at
+    once. The text before was synthesized but its take not yet written: the daemon, which last
+    heard that text was under synthesis, must not charge it."""
+    from statesvc.client import Client
+    from statesvc.endpoints import running
+    write_gate, synth_gate, marks = tmp_path / "write-gate", tmp_path / "synth-gate", tmp_path / "marks"
+    write_gate.touch()
+    synth_gate.touch()
+    marks.mkdir()
+    ds = make_dataset(tmp_path, ["texto uno SYNTHHOLD WRITEHOLD", "texto dos KILL"])
+    daemon = start_daemon(ds)
+    log = tmp_path / "generate.log"
+    with open(log, "wb") as out:
+        gen = subprocess.Popen([str(BIN / "pipeline"), "generate", "--dataset", str(ds), "--owner", "gen-a",
+                                "--synth", "tests.support.plugins:HeldWriter", "--synth-opt", f"gate={write_gate}",
+                                "--synth-opt", f"synth_gate={synth_gate}", "--synth-opt", f"marks={marks}"],
+                               stdout=out, stderr=subprocess.STDOUT, env=ENV)
+    try:
+        wait_for(lambda: (marks / "synthesizing").exists(), 30, "the first text under synthesis")
+        assert daemon.kill(signal.SIGTERM) == 0, daemon.output()
+        synth_gate.unlink()  # the first text's synthesis ends, its take waits to be written
+        assert gen.wait(30) == -signal.SIGKILL, log.read_text()
+    finally:
+        if gen.poll() is None:
+            gen.kill()
+    start_daemon(ds)
+    with Client(running(ds)["endpoint"], timeout=5.0) as c:
+        reply = c.call("died", owner="gen-a")
+    assert reply["charged"] == [] and sorted(reply["returned"]) == [1, 2], reply
+    assert [(e["id"], e["status"], e["attempts"]) for e in read_state(ds)["entries"]] == [
+        (1, "pending", 0), (2, "pending", 0)]
+    # the first text's take never got past its empty file, which went to stale/; nothing is in wavs/
+    assert [(f.name.split(".")[0], f.stat().st_size) for f in (ds / "stale").iterdir()] == [("ds_0001", 0)]
+    assert list((ds / "wavs").iterdir()) == []
 
 
 # ---- --gpus ---------------------------------------------------------------------------------------
