@@ -17,7 +17,6 @@ from pathlib import Path
 
 from statesvc.audio import Provenance
 
-from .synth import to_pcm16
 from .wavs import discard_take, write_take
 
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
@@ -114,13 +113,7 @@ class Writer(threading.Thread):
         out: list[Outcome] = []
         for i, (e, audio) in enumerate(zip(entries, audios, strict=True)):
             try:
-                pcm16 = to_pcm16(audio)
-            except Exception as exc:
-                discard_take(self.dataset, e["filename"], e["token"])
-                out.append(Failed(e, exc))
-                continue
-            try:
-                seconds, sig = write_take(self.dataset, e["filename"], pcm16, self.sample_rate,
+                seconds, sig = write_take(self.dataset, e["filename"], audio, self.sample_rate,
                                           Provenance(e["text_hash"], e["rev"], e["token"]))
             except OSError as exc:
                 if exc.errno in DISK_ERRORS:  # the disk, not the text: nothing charged, the rest given back
